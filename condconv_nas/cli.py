@@ -1,0 +1,184 @@
+"""The ``condconv-nas`` command line: one small class per command, a shared ``--format``.
+
+Exit status: 0 success; 2 bad usage or bad input (one line on stderr, no traceback);
+1 any other failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Dict, List, Optional, Sequence, Type
+
+from .errors import UsageError
+
+
+def format_rows(rows: List[Dict], fmt: str) -> str:
+    """Rows of dicts as an aligned text table or as JSON."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+class Command:
+    """A subcommand: ``add_arguments`` declares its options, ``take_action`` runs it."""
+
+    name: str = ""
+    help: str = ""
+    formats = ("table", "json")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError  # every concrete command overrides this
+
+    def out(self, args, rows, fmt_obj=None) -> None:
+        print(format_rows(rows, args.format) if fmt_obj is None or args.format == "table" else json.dumps(fmt_obj, indent=2))
+
+
+class Madds(Command):
+    name, help = "madds", "count a spec's multiply-adds (MADDs) and parameters"
+
+    def add_arguments(self, p):
+        p.add_argument("spec", help="a spec JSON file or a preset name")
+        p.add_argument("--resolution", type=int, default=None, help="input size (default: the spec's)")
+
+    def take_action(self, args):
+        from .spec import load_spec  # noqa: PLC0415  (validate before the heavy imports)
+        if args.resolution is not None and args.resolution < 8:
+            raise UsageError(f"--resolution: must be >= 8, got {args.resolution}")
+        spec = load_spec(args.spec)
+        from .madds import count_madds, count_params  # noqa: PLC0415
+        from .models import build_model  # noqa: PLC0415
+        model = build_model(spec)
+        res = args.resolution or spec.resolution
+        obj = {"spec": args.spec, "id": spec.id, "base": spec.base, "resolution": res,
+               "madds": count_madds(model, res), "params": count_params(model)}
+        self.out(args, [{**obj, "madds_M": round(obj["madds"] / 1e6, 2), "params_M": round(obj["params"] / 1e6, 2)}], obj)
+        return 0
+
+
+class Table1(Command):
+    name, help = "table1", "the paper's Table 1 MADDs side by side with ours"
+
+    def take_action(self, args):
+        from .table1 import table1  # noqa: PLC0415
+        self.out(args, table1())
+        return 0
+
+
+class Presets(Command):
+    name, help = "presets", "list the named preset specs"
+
+    def take_action(self, args):
+        from .spec import PRESETS, load_spec  # noqa: PLC0415
+        rows = []
+        for name in PRESETS:
+            s = load_spec(name)
+            cc = s.condconv
+            rows.append({"preset": name, "base": s.base, "depth": s.depth_multiplier, "resolution": s.resolution,
+                         "begin_layer": cc.begin_layer if cc else None, "experts": cc.num_experts if cc else None,
+                         "classifier": cc.classifier if cc else None})
+        self.out(args, rows)
+        return 0
+
+
+class Search(Command):
+    name, help = "search", "search CondConv architectures under a MADD budget (Pareto front of top-1 vs MADDs)"
+
+    def add_arguments(self, p):
+        from .search.options import add_search_arguments  # noqa: PLC0415
+        add_search_arguments(p)
+
+    def take_action(self, args):
+        from .search.run import run_search  # noqa: PLC0415
+        return run_search(args)
+
+
+class Show(Command):
+    name, help = "show", "show a run's Pareto front"
+
+    def add_arguments(self, p):
+        p.add_argument("run_dir", help="a run folder written by `condconv-nas search`")
+
+    def take_action(self, args):
+        from .results import load_front  # noqa: PLC0415
+        front = load_front(args.run_dir)
+        rows = [{"trial": r["trial"], "madds_M": round(r["madds"] / 1e6, 1), "params_M": round(r["params"] / 1e6, 2),
+                 "top1": round(r["top1"], 4), "spec": f"specs/{r['trial']}.json"} for r in front]
+        self.out(args, rows, front)
+        return 0
+
+
+class Train(Command):
+    name, help = "train", "train a spec (a file from a run's specs/, or a preset) with a recipe"
+
+    def add_arguments(self, p):
+        from .train.options import add_train_arguments  # noqa: PLC0415
+        add_train_arguments(p)
+
+    def take_action(self, args):
+        from .train.run import run_train  # noqa: PLC0415
+        return run_train(args)
+
+
+class Evaluate(Command):
+    name, help = "evaluate", "evaluate a checkpoint or an exported model on a data set"
+
+    def add_arguments(self, p):
+        p.add_argument("checkpoint", help="a checkpoint (.pt) written by `condconv-nas train`, or an exported model")
+        p.add_argument("--data", default="digits", help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH")
+        p.add_argument("--batch-size", type=int, default=64)
+
+    def take_action(self, args):
+        from .train.run import run_evaluate  # noqa: PLC0415
+        return run_evaluate(args)
+
+
+COMMANDS: Sequence[Type[Command]] = (Search, Show, Train, Evaluate, Madds, Table1, Presets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__  # noqa: PLC0415
+    parser = argparse.ArgumentParser(
+        prog="condconv-nas",
+        description="Neural architecture search for CondConv under a hard MADD budget.",
+        epilog="Start with: condconv-nas search --budget 400M")
+    parser.add_argument("--version", action="version", version=f"condconv-nas {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cls in COMMANDS:
+        cmd = cls()
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.add_argument("--format", choices=cmd.formats, default="table", help="output format (default: table)")
+        p.set_defaults(handler=cmd)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler.take_action(args)
+    except UsageError as e:
+        print(f"condconv-nas {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"condconv-nas {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

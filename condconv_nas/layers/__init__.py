@@ -1,0 +1,7 @@
+"""CondConv layers (``CondConv2d``, ``CondLinear``) and routing (``Router``, ``Routed``)."""
+from .cond_conv2d import CondConv2d
+from .cond_linear import CondLinear
+from .routing import Routed, Router, RoutingState
+from .strategy import clear_cache
+
+__all__ = ["CondConv2d", "CondLinear", "Router", "Routed", "RoutingState", "clear_cache"]

@@ -1,0 +1,129 @@
+"""CondConv2d: a convolution whose kernel is mixed per example from `num_experts` experts.
+
+For every example b the layer convolves x[b] once with `sum_i r[b, i] * W_i`, which equals the
+mixture `sum_i r[b, i] * conv(x[b], W_i)` (Yang et al., 2019). Two execution forms give that
+result; which one runs is chosen per call (see `strategy`):
+
+- ``kernel``: build the per-example kernels (one matmul), then one grouped convolution over the
+  whole batch (the batch folded into the channels, ``groups = groups * B``). This is the form
+  whose cost is the MADD convention: the static convolution plus ``n * kernel_size`` for mixing.
+- ``mixture``: one ordinary convolution with all experts stacked on the output channels
+  (``n`` convolutions in one call), then the routing-weighted sum over experts.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .strategy import STRATEGIES, applicable, choose_strategy
+
+_Size = Union[int, Tuple[int, int]]
+
+
+def _pair(v: _Size, name: str) -> Tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 2 or not all(isinstance(i, int) for i in t):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def check_routing(routing_weights: torch.Tensor, batch: int, num_experts: int, layer: str) -> None:
+    if routing_weights.dim() != 2 or routing_weights.shape[0] != batch or routing_weights.shape[1] != num_experts:
+        raise ValueError(
+            f"{layer}: routing_weights must have shape (batch={batch}, num_experts={num_experts}), "
+            f"got {tuple(routing_weights.shape)}")
+
+
+class CondConv2d(nn.Module):
+    """A drop-in for ``nn.Conv2d`` with per-example kernels; ``forward(x, routing_weights)``.
+
+    ``weight`` has shape ``(num_experts, out_channels, in_channels // groups, kH, kW)``; ``bias``
+    ``(num_experts, out_channels)`` or None. ``padding=None`` means ``dilation * (k - 1) // 2``.
+    ``strategy`` is ``"auto"`` (measured per shape, see ``layers.strategy``), ``"kernel"`` or
+    ``"mixture"``; every choice gives the same result.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size, stride: _Size = 1,
+                 padding: Optional[_Size] = None, dilation: _Size = 1, groups: int = 1, bias: bool = False,
+                 num_experts: int = 8, *, strategy: str = "auto") -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} "
+                             f"must both be divisible by groups={groups}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if padding is None:
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size))
+        self.padding = _pair(padding, "padding")
+        self.num_experts = num_experts
+        self.strategy = strategy
+        self.weight = nn.Parameter(torch.empty(num_experts, out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each expert initialised as ``nn.Conv2d`` initialises its one kernel."""
+        for w in self.weight:
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.weight[0][0].numel())
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}")
+
+    def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"CondConv2d: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        check_routing(routing_weights, x.shape[0], self.num_experts, "CondConv2d")
+        strategy = self.strategy
+        if strategy == "auto":
+            strategy = choose_strategy(self, x)
+        elif strategy not in applicable(self, x):
+            raise ValueError(f"CondConv2d: strategy {strategy!r} needs a 1x1, stride-1, unpadded, ungrouped conv")
+        return self.run(strategy, x, routing_weights, self.weight, self.bias)
+
+    def run(self, strategy: str, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
+            bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """One execution form on explicit expert weights (``strategy.py`` times forms on copies)."""
+        mixed_bias = None if bias is None else r @ bias  # (B, out)
+        return getattr(self, "_forward_" + strategy)(x, r, weight, mixed_bias)
+
+    def _forward_kernel(self, x, r, weight, bias):
+        B, C, H, W = x.shape
+        n, O = self.num_experts, self.out_channels
+        kernels = (r @ weight.reshape(n, -1)).reshape(B * O, C // self.groups, *self.kernel_size)
+        out = F.conv2d(x.reshape(1, B * C, H, W), kernels, None if bias is None else bias.reshape(-1),
+                       self.stride, self.padding, self.dilation, self.groups * B)
+        return out.reshape(B, O, out.shape[-2], out.shape[-1])
+
+    def _forward_bmm(self, x, r, weight, bias):
+        """1x1, stride 1, ungrouped: per-example kernels as one batched matmul."""
+        B, C, H, W = x.shape
+        kernels = (r @ weight.reshape(self.num_experts, -1)).reshape(B, self.out_channels, C)
+        out = torch.bmm(kernels, x.reshape(B, C, H * W))
+        if bias is not None:
+            out = out + bias.unsqueeze(-1)
+        return out.reshape(B, self.out_channels, H, W)
+
+    def _forward_mixture(self, x, r, weight, bias):
+        B = x.shape[0]
+        n, g, O = self.num_experts, self.groups, self.out_channels
+        # Stack the experts inside each group so that one grouped conv computes every expert's output.
+        w = weight.reshape(n, g, O // g, *weight.shape[2:]).transpose(0, 1)
+        y = F.conv2d(x, w.reshape(n * O, *weight.shape[2:]), None, self.stride, self.padding, self.dilation, g)
+        Ho, Wo = y.shape[-2:]
+        out = torch.einsum("bgnohw,bn->bgohw", y.reshape(B, g, n, O // g, Ho, Wo), r).reshape(B, O, Ho, Wo)
+        return out if bias is None else out + bias[:, :, None, None]

@@ -1,0 +1,60 @@
+"""CondLinear: a fully-connected layer mixed per example from experts (a 1x1 CondConv)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cond_conv2d import check_routing
+from .strategy import STRATEGIES
+
+
+class CondLinear(nn.Module):
+    """``nn.Linear`` with ``num_experts`` experts; ``forward(x, routing_weights)``, x ``(B, in_features)``.
+
+    ``weight``: ``(num_experts, out_features, in_features)``; ``bias``: ``(num_experts, out_features)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, num_experts: int = 8,
+                 *, strategy: str = "auto") -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
+        self.strategy = strategy
+        self.weight = nn.Parameter(torch.empty(num_experts, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each expert initialised as ``nn.Linear`` initialises its weight and bias."""
+        for w in self.weight:
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}")
+
+    def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"CondLinear: expected input (B, {self.in_features}), got {tuple(x.shape)}")
+        check_routing(routing_weights, x.shape[0], self.num_experts, "CondLinear")
+        r = routing_weights
+        bias = None if self.bias is None else r @ self.bias
+        if self.strategy == "mixture" or (self.strategy == "auto" and not torch.jit.is_tracing()
+                                          and x.shape[0] > 1 and torch.is_grad_enabled()):
+            # n experts in one matmul, then the routing-weighted sum.
+            y = F.linear(x, self.weight.reshape(-1, self.in_features)).reshape(x.shape[0], self.num_experts, -1)
+            out = torch.einsum("bno,bn->bo", y, r)
+        else:
+            # Per-example weight matrices, one batched matmul (the served form; the counted form).
+            w = (r @ self.weight.reshape(self.num_experts, -1)).reshape(x.shape[0], self.out_features, self.in_features)
+            out = torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)
+        return out if bias is None else out + bias

@@ -1,0 +1,53 @@
+"""Options of ``condconv-nas search`` and the budget syntax (kept apart: no heavy imports here)."""
+from __future__ import annotations
+
+import argparse
+import re
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+
+
+def parse_budget(text: str) -> int:
+    """``400M``, ``0.4G``, ``413000000``, ``500k`` -> MADDs as an int; ValueError naming the text otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"budget {text!r} is not a number with an optional K/M/G suffix (e.g. 400M, 0.4G, 413000000)")
+    value = round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
+    if value <= 0:
+        raise ValueError(f"budget {text!r} must be positive")
+    return value
+
+
+def _budget(text: str) -> int:
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return v
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=_budget, required=True, help="hard MADD budget: 400M, 0.4G or 413000000")
+    p.add_argument("--space", default="efficientnet_b0", help="search space: a shipped name or a YAML file")
+    p.add_argument("--trials", type=_positive, default=None,
+                   help="total trials of the run, across restarts and workers (default: the trainer's)")
+    p.add_argument("--data", default="digits", help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH")
+    p.add_argument("--trainer", default="proxy", help="training recipe for candidates: a shipped name or a YAML file")
+    p.add_argument("--backend", choices=("optuna", "ray", "nni"), default="optuna")
+    p.add_argument("--run", default=None, help="run name (default: <space>-<budget>); the same name resumes")
+    p.add_argument("--results", default="results", help="folder of run folders (default: results)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in the run folder)")
+    p.add_argument("--address", default=None, help="Ray cluster address to join (with --backend ray)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the proxy training")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,0 +1,198 @@
+"""CondConv layers against their definition: the mixture of the experts' ordinary convolutions."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from condconv_nas.layers import CondConv2d, CondLinear, Routed, Router, RoutingState
+
+CASES = {  # name: (in, out, k, stride, groups, bias, experts, batch, size)
+    "3x3 regular": (8, 12, 3, 1, 1, False, 4, 3, 9),
+    "depthwise stride 2": (16, 16, 3, 2, 16, False, 4, 2, 10),
+    "1x1 with bias": (6, 10, 1, 1, 1, True, 3, 4, 7),
+    "5x5 depthwise": (8, 8, 5, 1, 8, False, 8, 2, 11),
+    "grouped": (12, 18, 3, 1, 3, True, 4, 2, 8),
+    "1 expert": (5, 7, 3, 1, 1, True, 1, 3, 6),
+    "32 experts": (4, 6, 3, 1, 1, False, 32, 2, 5),
+    "batch 1": (8, 8, 3, 2, 1, True, 4, 1, 9),
+    "spatial 1x1": (8, 16, 1, 1, 1, False, 4, 3, 1),
+}
+
+
+def mixture_reference(x, r, layer):
+    """sum_i r_i * conv(x, W_i), with plain F.conv2d."""
+    out = 0
+    for i in range(layer.num_experts):
+        b = None if layer.bias is None else layer.bias[i]
+        y = F.conv2d(x, layer.weight[i], b, layer.stride, layer.padding, layer.dilation, layer.groups)
+        out = out + r[:, i, None, None, None] * y
+    return out
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def grads(out_fn, tensors):
+    for t in tensors:
+        t.grad = None
+    out = out_fn()
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+    return out.detach(), [t.grad.clone() for t in tensors]
+
+
+@pytest.mark.parametrize("strategy", ["kernel", "mixture", "auto"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_condconv2d_equals_expert_mixture(case, mode, strategy):
+    cin, cout, k, s, g, bias, n, B, hw = CASES[case]
+    torch.manual_seed(0)
+    layer = CondConv2d(cin, cout, k, stride=s, groups=g, bias=bias, num_experts=n, strategy=strategy)
+    layer.train(mode == "train")
+    x = torch.randn(B, cin, hw, hw, requires_grad=True)
+    r = torch.rand(B, n, requires_grad=True)
+    params = [x, r, layer.weight] + ([layer.bias] if bias else [])
+    out, g_ours = grads(lambda: layer(x, r), params)
+    ref, g_ref = grads(lambda: mixture_reference(x, r, layer), params)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) <= 1e-5
+    for name, a, b in zip(["input", "routing", "weight", "bias"], g_ours, g_ref):
+        assert rel_err(a, b) <= 1e-5, name
+
+
+def test_bmm_form_for_pointwise():
+    torch.manual_seed(0)
+    layer = CondConv2d(6, 10, 1, bias=True, num_experts=4, strategy="bmm")
+    x, r = torch.randn(3, 6, 5, 5), torch.rand(3, 4)
+    assert rel_err(layer(x, r), mixture_reference(x, r, layer)) <= 1e-5
+    with pytest.raises(ValueError, match="1x1"):
+        CondConv2d(6, 10, 3, num_experts=4, strategy="bmm")(x, r)
+
+
+def test_strategies_agree_and_padding_rule():
+    torch.manual_seed(1)
+    layer = CondConv2d(8, 8, 3, dilation=2, num_experts=4)
+    assert layer.padding == (2, 2)
+    assert CondConv2d(8, 8, 3, padding=0).padding == (0, 0)
+    x, r = torch.randn(4, 8, 12, 12), torch.rand(4, 4)
+    outs = []
+    for s in ("kernel", "mixture"):
+        layer.strategy = s
+        outs.append(layer(x, r))
+    assert rel_err(outs[0], outs[1]) <= 1e-5
+    assert outs[0].shape == (4, 8, 12, 12)
+
+
+def test_weight_shapes_and_expert_init():
+    layer = CondConv2d(16, 32, 3, groups=4, bias=True, num_experts=8)
+    assert layer.weight.shape == (8, 32, 4, 3, 3) and layer.bias.shape == (8, 32)
+    # each expert drawn as nn.Conv2d draws one kernel: kaiming_uniform(a=sqrt(5)) -> bound 1/sqrt(fan_in)
+    bound = 1 / (4 * 9) ** 0.5
+    assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.8 * bound
+    assert not torch.equal(layer.weight[0], layer.weight[1])
+    lin = CondLinear(20, 5, num_experts=3)
+    assert lin.weight.shape == (3, 5, 20) and lin.bias.shape == (3, 5)
+
+
+@pytest.mark.parametrize("strategy", ["kernel", "mixture"])
+def test_condlinear_equals_expert_mixture(strategy):
+    torch.manual_seed(0)
+    lin = CondLinear(20, 7, num_experts=5, strategy=strategy)
+    x = torch.randn(6, 20, requires_grad=True)
+    r = torch.rand(6, 5, requires_grad=True)
+    ref_fn = lambda: sum(r[:, i, None] * F.linear(x, lin.weight[i], lin.bias[i]) for i in range(5))  # noqa: E731
+    out, g1 = grads(lambda: lin(x, r), [x, r, lin.weight, lin.bias])
+    ref, g2 = grads(ref_fn, [x, r, lin.weight, lin.bias])
+    assert rel_err(out, ref) <= 1e-5
+    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g1, g2))
+
+
+def test_bad_input_names_shapes():
+    layer = CondConv2d(8, 8, 3, num_experts=4)
+    with pytest.raises(ValueError, match=r"routing_weights must have shape \(batch=2, num_experts=4\), got \(2, 3\)"):
+        layer(torch.randn(2, 8, 5, 5), torch.rand(2, 3))
+    with pytest.raises(ValueError, match="expected input"):
+        layer(torch.randn(2, 7, 5, 5), torch.rand(2, 4))
+    with pytest.raises(ValueError, match="num_experts must be >= 1, got 0"):
+        CondConv2d(8, 8, 3, num_experts=0)
+    with pytest.raises(ValueError, match="in_channels=10 .* groups=4"):
+        CondConv2d(10, 8, 3, groups=4)
+    with pytest.raises(ValueError, match="num_experts must be >= 1"):
+        CondLinear(4, 4, num_experts=0)
+    with pytest.raises(ValueError, match="routing_weights"):
+        CondLinear(4, 4, num_experts=2)(torch.randn(3, 4), torch.rand(2, 2))
+
+
+def test_router_variants():
+    x = torch.randn(5, 16, 7, 7)
+    r = Router(16, 8)
+    w = r(x)
+    assert w.shape == (5, 8) and (w > 0).all() and (w < 1).all()
+    assert torch.allclose(w, torch.sigmoid(r.fc(x.mean((2, 3)))))
+    soft = Router(16, 8, activation="softmax")(x)
+    assert torch.allclose(soft.sum(1), torch.ones(5))
+    for hidden, size in (("small", 2), ("medium", 16), ("large", 128)):
+        rr = Router(16, 8, hidden=hidden)
+        assert rr.fc[0].out_features == size and rr.fc[2].in_features == size
+        assert rr(x).shape == (5, 8)
+    hier = Router(16, 8, prev_features=8)
+    assert hier.fc.in_features == 24
+    prev = torch.rand(5, 8)
+    assert torch.allclose(hier(x, prev), torch.sigmoid(hier.fc(torch.cat([x.mean((2, 3)), prev], 1))))
+    with pytest.raises(ValueError, match="hidden"):
+        Router(16, 8, hidden="huge")
+
+
+def test_expert_dropout_train_only():
+    torch.manual_seed(0)
+    r = Router(16, 8, expert_dropout=0.5)
+    x = torch.randn(64, 16, 3, 3)
+    r.train()
+    w = r(x)
+    zero_frac = (w == 0).float().mean().item()
+    assert 0.35 < zero_frac < 0.65
+    r.eval()
+    w_eval = r(x)
+    assert (w_eval > 0).all() and torch.allclose(w_eval, torch.sigmoid(r.fc(x.mean((2, 3)))))
+
+
+class TinyNet(torch.nn.Module):
+    """A block with two CondConv layers sharing one router, then a CondConv classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.state = RoutingState()
+        self.conv1 = Routed(CondConv2d(3, 8, 3, num_experts=4), self.state, Router(3, 4))
+        self.conv2 = Routed(CondConv2d(8, 8, 3, groups=8, num_experts=4), self.state)
+        self.fc = Routed(CondLinear(8, 5, num_experts=4), self.state, Router(8, 4))
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_shared_router_is_used_by_both_layers():
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    r = net.conv1.router(x)
+    h = torch.relu(net.conv1.module(x, r))
+    h = torch.relu(net.conv2.module(h, r))
+    pooled = h.mean((2, 3))
+    expected = net.fc.module(pooled, net.fc.router(pooled))
+    assert torch.allclose(net(x), expected, atol=1e-6)
+
+
+def test_trace_state_dict_dtype_channels_last_batch1():
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    x = torch.randn(3, 3, 8, 8)
+    traced = torch.jit.trace(net, (x,), check_trace=False)
+    assert torch.allclose(traced(x), net(x), atol=1e-6)
+    other = TinyNet()
+    other.load_state_dict(net.state_dict())
+    other.eval()
+    assert torch.equal(other(x), net(x))
+    assert torch.allclose(net(x.contiguous(memory_format=torch.channels_last)), net(x), atol=1e-6)
+    assert net(x[:1]).shape == (1, 5)
+    d = TinyNet().to(torch.float64).eval()
+    assert d(x.double()).dtype == torch.float64

@@ -1,0 +1,120 @@
+"""The spec: round trips, ids, and every kind of invalid spec refused (API and CLI)."""
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from condconv_nas import load_spec
+from condconv_nas.spec import PRESETS, ArchSpec, SpecError
+
+B0 = load_spec("condconv-efficientnet-b0")
+
+
+def test_round_trip_dict_and_file(tmp_path):
+    for name in PRESETS:
+        spec = load_spec(name)
+        assert ArchSpec.from_dict(spec.to_dict()) == spec
+        path = spec.save(tmp_path / f"{name}.json")
+        assert load_spec(path) == spec and load_spec(str(path)).id == spec.id
+    d = B0.to_dict()
+    assert list(d)[0] == "schema_version" and d["condconv"]["routing"]["share"] == "block"
+    assert d == {"schema_version": 1, "base": "efficientnet_b0", "width_multiplier": 1.0, "depth_multiplier": 1.0,
+                 "resolution": 224, "num_classes": 1000, "condconv": {"begin_layer": 10, "num_experts": 8,
+                 "classifier": False, "routing": {"share": "block", "hidden": "none", "activation": "sigmoid",
+                                                  "hierarchical": False}}}
+
+
+def test_id_is_hash_of_canonical_json_and_stable_across_processes():
+    canonical = json.dumps(B0.to_dict(), sort_keys=True, separators=(",", ":"))
+    assert B0.id == hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    other = subprocess.run([sys.executable, "-c", "from condconv_nas import load_spec;"
+                            "print(load_spec('condconv-efficientnet-b0').id)"], capture_output=True, text=True)
+    assert other.stdout.strip() == B0.id
+    # 1 and 1.0 are the same multiplier; key order does not matter
+    d = B0.to_dict()
+    d["width_multiplier"] = 1
+    assert ArchSpec.from_dict(dict(reversed(list(d.items())))).id == B0.id
+    assert len({load_spec(n).id for n in PRESETS}) == len(PRESETS)
+
+
+def bad(**changes):
+    d = B0.to_dict()
+    for path, value in changes.items():
+        node = d
+        *parents, leaf = path.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return d
+
+
+INVALID = {  # case: (spec dict, field named in the message)
+    "unknown field": ({**B0.to_dict(), "colour": "red"}, "colour"),
+    "unknown nested field": (bad(condconv__experts=4), "condconv.experts"),
+    "wrong type": (bad(resolution="224"), "resolution"),
+    "bool for int": (bad(condconv__num_experts=True), "condconv.num_experts"),
+    "begin past classifier": (bad(condconv__begin_layer=19), "condconv.begin_layer"),
+    "experts < 1": (bad(condconv__num_experts=0), "condconv.num_experts"),
+    "width <= 0": (bad(width_multiplier=0), "width_multiplier"),
+    "depth <= 0": (bad(depth_multiplier=-1.0), "depth_multiplier"),
+    "unknown base": (bad(base="vgg16"), "base"),
+    "unknown share": (bad(condconv__routing__share="global"), "condconv.routing.share"),
+    "unknown hidden": (bad(condconv__routing__hidden="huge"), "condconv.routing.hidden"),
+    "unknown activation": (bad(condconv__routing__activation="relu"), "condconv.routing.activation"),
+    "schema version": (bad(schema_version=2), "schema_version"),
+    "missing base": ({k: v for k, v in B0.to_dict().items() if k != "base"}, "base"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_spec_rejected_naming_the_field(case):
+    d, field = INVALID[case]
+    with pytest.raises(SpecError) as e:
+        ArchSpec.from_dict(d)
+    assert str(e.value).startswith(field + ":") or f"{field}:" in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["unknown field", "wrong type", "begin past classifier", "experts < 1",
+                                  "width <= 0", "unknown base", "unknown share"])
+def test_invalid_spec_through_cli_exit_2(case, tmp_path, cli):
+    d, field = INVALID[case]
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(d))
+    res = cli("madds", path)
+    assert res.returncode == 2
+    assert field in res.stderr and "Traceback" not in res.stderr
+    assert res.stdout == ""
+
+
+def test_malformed_json_and_missing_file_exit_2(tmp_path, cli):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    res = cli("madds", path)
+    assert res.returncode == 2 and "not valid JSON" in res.stderr and "Traceback" not in res.stderr
+    res = cli("madds", tmp_path / "missing.json")
+    assert res.returncode == 2 and "no such spec file" in res.stderr
+
+
+def test_madds_cli_json(cli):
+    res = cli("madds", "condconv-efficientnet-b0", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["params"] == 24013284 and isinstance(out["madds"], int)
+    assert abs(out["madds"] / 1e6 - 413) / 413 < 0.025
+    res = cli("madds", "mobilenet-v1", "--resolution", "112", "--format", "json")
+    assert json.loads(res.stdout)["resolution"] == 112
+
+
+def test_table1_cli(cli):
+    res = cli("table1", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert len(rows) == 10 and all(abs(r["diff_pct"]) <= 2.5 for r in rows)
+
+
+def test_import_is_light():
+    code = "import sys, condconv_nas; print(sorted(m for m in ('ray','nni','optuna','torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    assert out == "[]"

@@ -1,0 +1,1 @@
+"""Training recipes shipped with condconv-nas (YAML files: proxy, cifar, imagenet)."""
