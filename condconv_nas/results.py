@@ -1,0 +1,70 @@
+"""Run folders: the Pareto front (computed) kept apart from its plots (drawn), atomic writes."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .errors import UsageError
+
+
+def write_atomic(path: Path, data) -> None:
+    """Write text or bytes to ``path`` through a temporary file and a rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def pareto_front(rows: Sequence[Dict]) -> List[Dict]:
+    """Non-dominated feasible rows (top1 up, MADDs down), sorted by MADDs; first of exact ties kept."""
+    ok = [r for r in rows if r.get("feasible") and r.get("state") == "COMPLETE" and r.get("top1") is not None]
+    ok.sort(key=lambda r: (r["madds"], -r["top1"], r["trial"]))
+    front, best = [], float("-inf")
+    for r in ok:
+        if r["top1"] > best:
+            front.append(r)
+            best = r["top1"]
+    return front
+
+
+def _csv(rows: List[Dict], columns: List[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def write_run(run_dir: Path, rows: List[Dict], decisions: List[str], *, budget: int,
+              presets: Optional[Dict[str, int]] = None) -> List[Dict]:
+    """trials.csv, pareto.csv, pareto.json, specs/<trial>.json, pareto.png, pareto.html. Returns the front."""
+    from .spec import ArchSpec  # noqa: PLC0415
+    columns = ["trial", "state", "feasible", "madds", "params", "top1", "top5", "spec_id", "preset", "seconds"]
+    write_atomic(run_dir / "trials.csv", _csv(rows, columns + decisions))
+    front = pareto_front(rows)
+    out = [{"trial": r["trial"], "madds": r["madds"], "params": r["params"], "top1": r["top1"], "spec": r["spec"]}
+           for r in front]
+    write_atomic(run_dir / "pareto.csv", _csv(front, ["trial", "madds", "params", "top1", "spec_id"] + decisions))
+    write_atomic(run_dir / "pareto.json", json.dumps(out, indent=2) + "\n")
+    for r in front:
+        ArchSpec.from_dict(r["spec"]).save(run_dir / "specs" / f"{r['trial']}.json")
+    from .plots import plot_front_html, plot_front_png  # noqa: PLC0415
+    plot_front_png(run_dir / "pareto.png", rows, front, budget=budget, presets=presets or {})
+    plot_front_html(run_dir / "pareto.html", rows, front, budget=budget, presets=presets or {})
+    return out
+
+
+def load_front(run_dir) -> List[Dict]:
+    """The Pareto front of a run folder (``pareto.json``); `UsageError` if it is not one."""
+    path = Path(run_dir) / "pareto.json"
+    if not path.is_file():
+        raise UsageError(f"{run_dir}: not a run folder (no pareto.json); run `condconv-nas search` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None

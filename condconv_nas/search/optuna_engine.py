@@ -1,0 +1,136 @@
+"""The Optuna engine: two objectives (max top-1, min MADDs), the budget as a constraint.
+
+The study lives in Optuna storage (SQLite in the run folder by default), so a run resumes
+and several workers can share it. ``--trials`` is the run's total: a trial counts once it
+is COMPLETE or FAIL (a real failure); trials interrupted by Ctrl-C and surplus trials started
+by concurrent workers after the total was reached do not count.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Dict, List, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from .task import SearchTask
+
+DIRECTIONS = ["maximize", "minimize"]  # top-1, MADDs
+
+
+def counts(t: optuna.trial.FrozenTrial) -> bool:
+    if t.state in (TrialState.COMPLETE, TrialState.RUNNING):
+        return True
+    return t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and "failed_trial" not in t.system_attrs \
+        and not t.user_attrs.get("stale")
+
+
+def counted(study: optuna.Study, before: Optional[int] = None) -> int:
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    return sum(1 for t in trials if (before is None or t.number < before) and counts(t)
+               and not (t.state == TrialState.FAIL and t.number in retried))
+
+
+def finished(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+               if counts(t))
+
+
+def open_study(storage_url: str, name: str, seed: int) -> optuna.Study:
+    """The run's study; a worker that died mid-trial has its trial failed (heartbeat) and retried once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            storage_url, heartbeat_interval=30, grace_period=90,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+    return optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
+                               load_if_exists=True)
+
+
+def enqueue_presets(study: optuna.Study, presets: Dict[str, dict]) -> None:
+    """The paper's presets that fit the budget go first (once per run), so the front is never worse."""
+    for name, params in presets.items():
+        study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+
+
+def requeue_interrupted(study: optuna.Study) -> None:
+    """Trials cut short by Ctrl-C are evaluated again (their point, once)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **(
+                {"preset": t.user_attrs["preset"]} if "preset" in t.user_attrs else {})})
+
+
+def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callable:
+    space = task.space
+
+    def objective(trial: optuna.Trial):
+        if counted(study, before=trial.number) >= total:
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned("the run's total was reached by other workers")
+        params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in space.searched.items()}
+        try:
+            spec, madds, n_params = task.measure(params)
+            trial.set_user_attr("spec", spec.to_dict())
+            trial.set_user_attr("spec_id", spec.id)
+            trial.set_user_attr("madds", madds)
+            trial.set_user_attr("params", n_params)
+            trial.set_constraint("madds", madds - task.budget)
+            feasible = madds <= task.budget
+            trial.set_user_attr("feasible", feasible)
+            if not feasible:
+                return 0.0, float(madds)  # recorded, never trained
+            same = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("feasible")]
+            if same:  # the same architecture was trained already: reuse, do not retrain
+                trial.set_user_attr("reused_from", same[0].number)
+                for key in ("top1", "top5"):
+                    trial.set_user_attr(key, same[0].user_attrs.get(key))
+                return same[0].values[0], float(madds)
+            result = task.evaluate(params)
+            if result["top1"] is None or not math.isfinite(result["top1"]):
+                raise RuntimeError(f"no finite top-1 ({result['top1']})")
+            trial.set_user_attr("top1", result["top1"])
+            trial.set_user_attr("top5", result["top5"])
+            return result["top1"], float(madds)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    return objective
+
+
+def trial_rows(study: optuna.Study, decisions: List[str]) -> List[Dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.PRUNED, TrialState.WAITING) or t.user_attrs.get("interrupted"):
+            continue
+        ua = t.user_attrs
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        rows.append({"trial": t.number, "state": t.state.name, "feasible": ua.get("feasible"),
+                     "madds": ua.get("madds"), "params": ua.get("params"),
+                     "top1": t.values[0] if t.state == TrialState.COMPLETE and ua.get("feasible") else None,
+                     "top5": ua.get("top5"), "spec_id": ua.get("spec_id"), "preset": ua.get("preset"),
+                     "seconds": None if seconds is None else round(seconds, 1), "spec": ua.get("spec"),
+                     **{d: t.params.get(d) for d in decisions}})
+    return rows
+
+
+def run_optuna(task: SearchTask, study: optuna.Study, total: int, *, on_trial=None) -> None:
+    """Run trials until the study holds ``total`` counted trials."""
+    objective = make_objective(task, study, total)
+
+    def stop_at_total(study, trial):
+        if on_trial is not None:
+            on_trial(study, trial)
+        if finished(study) >= total:
+            study.stop()
+
+    while counted(study) < total:
+        study.optimize(objective, n_trials=total - counted(study), catch=(Exception,), callbacks=[stop_at_total],
+                       gc_after_trial=True)

@@ -1,0 +1,140 @@
+"""The training loop shared by the search's proxy and ``condconv-nas train`` (timm's optimizers,
+schedulers, mixup and EMA; plain PyTorch otherwise)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from .recipe import Recipe
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Training:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[object]   # a timm scheduler (step per update and per epoch) or None
+    ema: Optional[nn.Module]      # timm ModelEmaV3 or None
+    loss_fn: nn.Module
+    mixup: Optional[object]       # timm Mixup or None
+    steps_per_epoch: int
+
+
+def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers: int = 0,
+                sampler=None, drop_last: bool = False) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      generator=g, num_workers=workers, drop_last=drop_last, persistent_workers=workers > 0)
+
+
+def setup_training(model: nn.Module, recipe: Recipe, *, num_classes: int, steps_per_epoch: int,
+                   epochs: int, world_size: int = 1) -> Training:
+    from timm.loss import SoftTargetCrossEntropy  # noqa: PLC0415
+    from timm.optim import create_optimizer_v2  # noqa: PLC0415
+    from timm.scheduler import create_scheduler_v2  # noqa: PLC0415
+    from timm.utils import ModelEmaV3  # noqa: PLC0415
+    lr = recipe.lr * world_size
+    kw = {"momentum": recipe.momentum} if recipe.optimizer in ("sgd", "momentum", "rmsprop", "rmsproptf") else {}
+    optimizer = create_optimizer_v2(model, opt=recipe.optimizer, lr=lr, weight_decay=recipe.weight_decay, **kw)
+    scheduler = None
+    if recipe.schedule != "none":
+        scheduler, _ = create_scheduler_v2(optimizer, sched=recipe.schedule, num_epochs=epochs,
+                                           warmup_epochs=recipe.warmup_epochs, warmup_lr=lr * 0.01,
+                                           decay_epochs=recipe.decay_epochs, decay_rate=recipe.decay_rate,
+                                           step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    mixup = None
+    if recipe.mixup_alpha > 0:
+        from timm.data import Mixup  # noqa: PLC0415
+        mixup = Mixup(mixup_alpha=recipe.mixup_alpha, label_smoothing=recipe.label_smoothing, num_classes=num_classes)
+        loss_fn: nn.Module = SoftTargetCrossEntropy()
+    else:
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay > 0 else None
+    return Training(model, optimizer, scheduler, ema, loss_fn, mixup, steps_per_epoch)
+
+
+def train_epoch(t: Training, loader: DataLoader, epoch: int, *, device="cpu", scaler=None, progress=None) -> float:
+    """One epoch; returns the mean loss. Raises `Diverged` on a NaN/inf loss."""
+    t.model.train()
+    total, count = 0.0, 0
+    for step, (x, y) in enumerate(loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if t.mixup is not None:
+            x, y = t.mixup(x, y)
+        with torch.autocast(device_type="cuda", enabled=scaler is not None):
+            loss = t.loss_fn(t.model(x), y)
+        if not torch.isfinite(loss):
+            raise Diverged(f"loss is {loss.item()} at epoch {epoch}, step {step}")
+        t.optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(t.optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            t.optimizer.step()
+        if t.ema is not None:
+            t.ema.update(t.model)
+        if t.scheduler is not None:
+            t.scheduler.step_update(epoch * t.steps_per_epoch + step + 1)
+        total += loss.item() * x.shape[0]
+        count += x.shape[0]
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{total / count:.3f}")
+    if t.scheduler is not None:
+        t.scheduler.step(epoch + 1)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, *, device="cpu") -> Dict[str, float]:
+    """top-1 and top-5 accuracy (fractions) and the mean loss."""
+    model.eval()
+    correct1 = correct5 = n = 0
+    loss = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        n += y.numel()
+    return {"top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1), "loss": loss / max(n, 1)}
+
+
+def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0) -> Dict[str, float]:
+    """Train ``spec`` briefly as the proxy recipe says and return its held-out accuracy.
+
+    The candidate is the full spec (its MADDs are counted at full size elsewhere) trained at the
+    recipe's resolution with the data set's number of classes; seeds fix init, order and split.
+    """
+    from ..data import make_datasets, subset  # noqa: PLC0415
+    from ..models import build_model  # noqa: PLC0415
+    recipe = recipe.for_base(spec.base)
+    res = recipe.resolution or spec.resolution
+    train_ds, val_ds, num_classes = make_datasets(source, res, holdout=recipe.holdout, seed=recipe.seed)
+    train_ds = subset(train_ds, recipe.train_subset, recipe.seed)
+    torch.manual_seed(seed + recipe.seed)
+    model = build_model(spec.replace(num_classes=num_classes), drop_rate=recipe.dropout,
+                        drop_path_rate=recipe.drop_path, bn_momentum=recipe.bn_momentum,
+                        expert_dropout=recipe.expert_dropout)
+    train_loader = make_loader(train_ds, recipe.batch_size, train=True, seed=seed + recipe.seed,
+                               workers=recipe.workers, drop_last=recipe.mixup_alpha > 0)
+    val_loader = make_loader(val_ds, 256, train=False, seed=0, workers=recipe.workers)
+    t = setup_training(model, recipe, num_classes=num_classes, steps_per_epoch=len(train_loader),
+                       epochs=recipe.epochs)
+    loss = math.nan
+    for epoch in range(recipe.epochs):
+        loss = train_epoch(t, train_loader, epoch)
+    metrics = evaluate(t.ema.module if t.ema is not None else model, val_loader)
+    return {**metrics, "train_loss": loss}
