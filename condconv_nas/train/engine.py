@@ -128,6 +128,8 @@ def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0) -> Dict[str, floa
     model = build_model(spec.replace(num_classes=num_classes), drop_rate=recipe.dropout,
                         drop_path_rate=recipe.drop_path, bn_momentum=recipe.bn_momentum,
                         expert_dropout=recipe.expert_dropout)
+    from .run import channels_last  # noqa: PLC0415
+    model = channels_last(model)
     train_loader = make_loader(train_ds, recipe.batch_size, train=True, seed=seed + recipe.seed,
                                workers=recipe.workers, drop_last=recipe.mixup_alpha > 0)
     val_loader = make_loader(val_ds, 256, train=False, seed=0, workers=recipe.workers)

@@ -1,0 +1,43 @@
+"""Checkpoints and exported models: plain tensors and JSON-able values, loadable with weights_only=True."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from ..errors import UsageError
+
+
+def save(obj: Dict[str, Any], path: Path) -> None:
+    """Atomic ``torch.save`` (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def load(path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (corrupt or foreign files raise many kinds)
+        raise UsageError(f"{path}: not a condconv-nas checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_exported(path):
+    """A trained model from one file (a checkpoint or ``model.pt``): spec + weights, no run folder needed."""
+    from ..models import build_model  # noqa: PLC0415
+    from ..spec import ArchSpec  # noqa: PLC0415
+    obj = load(path)
+    if "spec" not in obj or "model" not in obj:
+        raise UsageError(f"{path}: holds no spec and model weights")
+    model = build_model(ArchSpec.from_dict(obj["spec"]))
+    model.load_state_dict(obj["ema"] if obj.get("ema") else obj["model"])
+    return model.eval()

@@ -1,0 +1,153 @@
+"""``condconv-nas train`` and ``evaluate``: retrain an exported spec with a recipe, on one process or
+under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU; only rank 0 writes)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import make_datasets, parse_source
+from ..errors import UsageError
+from ..spec import load_spec
+from . import checkpoint
+from .recipe import load_recipe
+
+
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Store 4-D weights channels-last (CondConv's 5-D expert weights stay as they are): faster on CPU."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def _dist():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return world, rank
+
+
+def run_train(args) -> int:
+    # Every input checked before any work or any file.
+    spec = load_spec(args.spec)
+    recipe = load_recipe(args.trainer).for_base(spec.base)
+    data = parse_source(args.data)
+    epochs = args.epochs if args.epochs is not None else recipe.epochs
+    if epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {epochs}")
+    batch = args.batch_size or recipe.batch_size
+    workers = recipe.workers if args.workers is None else args.workers
+    out = Path(args.out or Path("runs") / spec.id)
+    if args.resume and not (out / "last.pt").is_file():
+        raise UsageError(f"--resume: no checkpoint {out / 'last.pt'}")
+    state = checkpoint.load(out / "last.pt") if args.resume else None
+
+    from ..madds import count_madds, count_params  # noqa: PLC0415
+    from ..models import build_model  # noqa: PLC0415
+    from .engine import evaluate, make_loader, setup_training, train_epoch  # noqa: PLC0415
+    world, rank = _dist()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    res = recipe.resolution or spec.resolution
+    train_ds, val_ds, num_classes = make_datasets(data, res, holdout=recipe.holdout, seed=recipe.seed,
+                                                  autoaugment=recipe.autoaugment)
+    if spec.num_classes != num_classes:
+        if rank == 0:
+            print(f"note: {data} has {num_classes} classes; the classifier is built for {num_classes} "
+                  f"(the spec says {spec.num_classes})", file=sys.stderr)
+        spec = spec.replace(num_classes=num_classes)
+    torch.manual_seed(recipe.seed)
+    model = build_model(spec, drop_rate=recipe.dropout, drop_path_rate=recipe.drop_path,
+                        bn_momentum=recipe.bn_momentum, expert_dropout=recipe.expert_dropout)
+    madds, n_params = count_madds(model), count_params(model)
+    model = channels_last(model).to(device)
+    sampler = None
+    if world > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(train_ds, seed=recipe.seed, drop_last=True)
+    train_loader = make_loader(train_ds, batch, train=True, seed=recipe.seed, workers=workers, sampler=sampler,
+                               drop_last=True)
+    val_loader = make_loader(val_ds, batch, train=False, seed=0, workers=workers)
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    t = setup_training(train_model, recipe, num_classes=num_classes, steps_per_epoch=len(train_loader),
+                       epochs=epochs, world_size=world)
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        if t.scheduler is not None and state.get("scheduler"):
+            t.scheduler.load_state_dict(state["scheduler"])
+        if t.ema is not None and state.get("ema"):
+            t.ema.module.load_state_dict(state["ema"])
+        start = state["epoch"]
+        if rank == 0:
+            print(f"resuming {out} after epoch {start}", file=sys.stderr)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+        writer = SummaryWriter(str(out / "tb"))
+    metrics = {}
+    for epoch in range(start, epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        progress = None
+        if rank == 0:
+            from tqdm.auto import tqdm  # noqa: PLC0415
+            progress = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False)
+        t0 = time.time()
+        loss = train_epoch(t, train_loader, epoch, device=device, scaler=scaler, progress=progress)
+        seconds = time.time() - t0
+        if progress is not None:
+            progress.close()
+        if rank != 0:
+            continue
+        evaluated = t.ema.module if t.ema is not None else model
+        m = evaluate(evaluated, val_loader, device=device)
+        metrics = {"epoch": epoch + 1, "top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"],
+                   "train_loss": loss, "epoch_seconds": round(seconds, 2), "madds": madds, "params": n_params,
+                   "spec_id": spec.id, "data": str(data), "world_size": world}
+        print(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
+              f"({seconds:.1f}s)", file=sys.stderr)
+        for k in ("top1", "top5", "loss"):
+            writer.add_scalar(f"val/{k}", m[k], epoch + 1)
+        writer.add_scalar("train/loss", loss, epoch + 1)
+        ckpt = {"epoch": epoch + 1, "spec": spec.to_dict(), "recipe": {**recipe.__dict__, "overrides": {}},
+                "model": model.state_dict(), "optimizer": t.optimizer.state_dict(),
+                "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
+                "ema": t.ema.module.state_dict() if t.ema is not None else {}, "metrics": metrics}
+        checkpoint.save(ckpt, out / "last.pt")
+        checkpoint.save({"spec": spec.to_dict(), "model": evaluated.state_dict(), "metrics": metrics}, out / "model.pt")
+        from ..results import write_atomic  # noqa: PLC0415
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(metrics, indent=2) if args.format == "json" else
+              f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} epochs; "
+              f"checkpoints, metrics.json and model.pt in {out}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    data = parse_source(args.data)
+    model = checkpoint.load_exported(args.checkpoint)
+    from .engine import evaluate, make_loader  # noqa: PLC0415
+    obj = checkpoint.load(args.checkpoint)
+    recipe = obj.get("recipe") or {}
+    res = recipe.get("resolution") or model.spec.resolution
+    _, val_ds, num_classes = make_datasets(data, res, holdout=recipe.get("holdout", 0.2), seed=recipe.get("seed", 0))
+    if num_classes != model.spec.num_classes:
+        raise UsageError(f"{args.checkpoint} has {model.spec.num_classes} classes, {data} has {num_classes}")
+    m = evaluate(model, make_loader(val_ds, args.batch_size, train=False, seed=0))
+    print(json.dumps(m, indent=2) if args.format == "json" else f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}")
+    return 0

@@ -1,0 +1,166 @@
+"""End-to-end search through the CLI, on the embedded digits data with a tiny proxy recipe."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from condconv_nas import count_madds, load_spec
+from condconv_nas.results import pareto_front
+from condconv_nas.search.options import parse_budget
+from condconv_nas.search.space import load_space
+
+TINY_RECIPE = """
+epochs: 1
+batch_size: 128
+resolution: 16
+optimizer: adamw
+lr: 0.002
+weight_decay: 0.01
+bn_momentum: 0.3
+train_subset: 0.15
+holdout: 0.2
+trials: 4
+"""
+# A small space (MobileNetV1 at small widths) keeps every trial cheap.
+TINY_SPACE = """
+base: mobilenet_v1
+resolution: 224
+num_classes: 1000
+decisions:
+  width_multiplier: [0.25, 0.5, 1.0]
+  begin_stage: [4, 5, none]
+  num_experts: [2, 4]
+  classifier: [false, true]
+  routing_share: [block, single]
+"""
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    return tmp_path
+
+
+def search(files, *extra, run="r", budget="200M", **kw):
+    from conftest import run_cli
+    return run_cli("search", "--budget", budget, "--space", files / "space.yaml", "--trainer", files / "tiny.yaml",
+                   "--results", files / "results", "--run", run, "--quiet", *extra, **kw)
+
+
+def test_budget_parsing():
+    assert parse_budget("400M") == 400_000_000
+    assert parse_budget("0.4G") == 400_000_000
+    assert parse_budget("413000000") == 413_000_000
+    assert parse_budget("500k") == 500_000
+    for bad in ("", "abc", "-5M", "0", "4T", "1e9"):
+        with pytest.raises(ValueError, match="budget"):
+            parse_budget(bad)
+
+
+def test_default_space_contains_the_paper_presets_exactly():
+    space = load_space("efficientnet_b0")
+    for name in ("condconv-efficientnet-b0", "condconv-efficientnet-b0-depth"):
+        params = space.params_for(load_spec(name))
+        assert params is not None, name
+        assert space.to_spec(params) == load_spec(name)
+    for name in ("mobilenet_v1", "mobilenet_v2", "mnasnet_a1", "resnet50"):
+        s = load_space(name)
+        presets = s.presets()
+        assert f"condconv-{name.replace('_', '-')}" in presets, (name, presets)
+
+
+def test_end_to_end_search_writes_every_file(files):
+    res = search(files, "--trials", "4", "--seed", "1")
+    assert res.returncode == 0, res.stderr
+    run = files / "results" / "r"
+    for name in ("trials.csv", "pareto.csv", "pareto.json", "pareto.png", "pareto.html", "config.json", "study.db"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 4
+    assert {"trial", "state", "madds", "params", "top1", "width_multiplier", "begin_stage"} <= set(rows[0])
+    assert all(r["state"] in ("COMPLETE", "FAIL") for r in rows)
+    # the preset that fits (mobilenet-v1, 569M) does not fit 200M: nothing is enqueued; all are sampled
+    front = json.loads((run / "pareto.json").read_text())
+    assert front and all({"trial", "madds", "params", "top1", "spec"} <= set(p) for p in front)
+    # non-dominated, and holds the most accurate feasible trial
+    feas = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"] == "True"]
+    assert max(float(r["top1"]) for r in feas) == max(p["top1"] for p in front)
+    for p in front:
+        assert not any(q["top1"] >= p["top1"] and q["madds"] <= p["madds"] and q != p for q in front)
+        assert p["madds"] <= 200_000_000
+        spec_file = run / "specs" / f"{p['trial']}.json"
+        assert count_madds(load_spec(spec_file)) == p["madds"]  # reloads and recounts the same
+    shown = subprocess.run([sys.executable, "-m", "condconv_nas", "show", run, "--format", "json"],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and json.loads(shown.stdout) == front
+
+
+def test_over_budget_candidates_are_never_trained(files):
+    res = search(files, "--trials", "4", budget="60M", run="tight")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((files / "results" / "tight" / "trials.csv").open()))
+    over = [r for r in rows if int(r["madds"]) > 60_000_000]
+    assert all(r["feasible"] == "False" and r["top1"] == "" and float(r["seconds"]) < 10 for r in over)
+
+
+def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
+    from conftest import run_cli  # noqa: F401
+    cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "200M", "--space", str(files / "space.yaml"),
+           "--trainer", str(files / "tiny.yaml"), "--results", str(files / "results"), "--run", "res",
+           "--trials", "5", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = 0
+    deadline = time.time() + 300
+    lines = []
+    while time.time() < deadline:  # wait for two finished trials, then Ctrl-C
+        line = proc.stderr.readline()
+        lines.append(line)
+        if line.startswith("trial "):
+            seen += 1
+            if seen == 2:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, "".join(lines) + err
+    first = list(csv.DictReader((files / "results" / "res" / "trials.csv").open()))
+    assert 2 <= len(first) < 5
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((files / "results" / "res" / "trials.csv").open()))
+    assert len(rows) == 5
+    before = {r["trial"]: r for r in first}
+    for r in rows:  # finished trials are kept as they were, not redone
+        if r["trial"] in before:
+            assert r["top1"] == before[r["trial"]]["top1"] and r["seconds"] == before[r["trial"]]["seconds"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # a finished run stays finished
+    assert res.returncode == 0 and len(list(csv.DictReader((files / "results" / "res" / "trials.csv").open()))) == 5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--budget", "lots"], "budget"),
+    (["--budget", "-3M"], "budget"),
+    (["--budget", "1M"], "impossible"),
+    (["--budget", "400M", "--space", "no_such_space"], "no_such_space"),
+    (["--budget", "400M", "--data", "imagefolder:/no/such/folder"], "/no/such/folder"),
+    (["--budget", "400M", "--data", "cifar10:/tmp"], "cifar-10-batches-py"),
+    (["--budget", "400M", "--trainer", "nope"], "nope"),
+])
+def test_refused_cases_exit_2_and_write_nothing(tmp_path, args, message):
+    from conftest import run_cli
+    res = run_cli("search", *args, "--results", tmp_path / "results")
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_pareto_front_rule():
+    rows = [dict(trial=i, state="COMPLETE", feasible=True, madds=m, top1=a) for i, (m, a) in
+            enumerate([(100, 0.5), (200, 0.4), (150, 0.7), (300, 0.9), (300, 0.8), (50, 0.1)])]
+    rows.append(dict(trial=9, state="COMPLETE", feasible=False, madds=10, top1=0.99))
+    assert [r["trial"] for r in pareto_front(rows)] == [5, 0, 2, 3]

@@ -1,0 +1,129 @@
+"""Retraining from a spec: resume, DDP under torchrun, image folders of real-world mess, recipes."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from condconv_nas.train.checkpoint import load_exported
+
+RECIPE = """
+epochs: 3
+batch_size: 32
+resolution: 16
+optimizer: adamw
+lr: 0.002
+weight_decay: 0.01
+bn_momentum: 0.2
+holdout: 0.2
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE)
+    return p
+
+
+def test_train_then_resume_continues(tmp_path, recipe, cli):
+    out = tmp_path / "run"
+    res = cli("train", "mobilenet-v1", "--trainer", recipe, "--epochs", "2", "--out", out)
+    assert res.returncode == 0, res.stderr
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert m2["epoch"] == 2
+    state2 = torch.load(out / "last.pt", weights_only=True)
+    res = cli("train", "mobilenet-v1", "--trainer", recipe, "--epochs", "3", "--out", out, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "resuming" in res.stderr and "epoch 1/3" not in res.stderr and "epoch 3/3" in res.stderr
+    m3 = json.loads((out / "metrics.json").read_text())
+    assert m3["epoch"] == 3 and {"top1", "top5", "madds", "params"} <= set(m3)
+    assert m3["top1"] > 0.3  # well above chance (0.1)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3 and state2["epoch"] == 2
+    model = load_exported(out / "model.pt")
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    res = cli("evaluate", out / "model.pt", "--format", "json")
+    assert res.returncode == 0 and abs(json.loads(res.stdout)["top1"] - m3["top1"]) < 1e-6
+
+
+def test_torchrun_two_cpu_processes(tmp_path, recipe):
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "condconv_nas",
+                          "train", "condconv-mobilenet-v1", "--trainer", str(recipe), "--epochs", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["epoch"] == 1
+
+
+def _image_folder(root: Path):
+    from PIL import Image
+    colours = {"cat": (200, 30, 30), "dog": (30, 30, 200)}
+    for cls, rgb in colours.items():
+        d = root / cls
+        d.mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (20, 20), rgb).save(d / f"rgb{i}.JPG")
+        Image.new("L", (20, 20), 128).save(d / "grey.png")
+        Image.new("RGBA", (20, 20), rgb + (128,)).save(d / "alpha.png")
+        Image.new("RGB", (20, 20), rgb).convert("P").save(d / "palette.gif")
+        (d / ".hidden.jpg").write_bytes(b"junk")
+        (d / "notes.txt").write_text("not an image")
+    good = root / "cat" / "rgb0.JPG"
+    (root / "cat" / "truncated.jpg").write_bytes(good.read_bytes()[:60])
+
+
+def test_imagefolder_with_mixed_modes_and_a_truncated_jpeg(tmp_path, recipe, cli):
+    data = tmp_path / "imgs"
+    _image_folder(data)
+    from condconv_nas.data import RobustImageFolder
+    ds = RobustImageFolder(data)
+    assert len(ds) == 2 * 9 + 1  # hidden files and notes.txt ignored; upper-case .JPG kept
+    with pytest.warns(UserWarning, match="truncated.jpg"):
+        for i in range(len(ds)):
+            img, _ = ds[i]
+            assert img.mode == "RGB"
+    res = cli("train", "mobilenet-v1", "--trainer", recipe, "--epochs", "1", "--data", f"imagefolder:{data}",
+              "--out", tmp_path / "out", "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    assert "truncated.jpg" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_imagenet_recipe_augmentations_one_step(tmp_path):
+    data = tmp_path / "imgs"
+    _image_folder(data)
+    shutil.move(str(data / "cat" / "truncated.jpg"), str(tmp_path / "t.jpg"))
+    from condconv_nas import build_model, load_spec
+    from condconv_nas.data import make_datasets, parse_source
+    from condconv_nas.train.engine import make_loader, setup_training, train_epoch
+    from condconv_nas.train.recipe import load_recipe
+    recipe = load_recipe("imagenet").for_base("efficientnet_b0")
+    assert recipe.autoaugment and recipe.mixup_alpha == 0.2 and recipe.ema_decay > 0 and recipe.label_smoothing == 0.1
+    assert load_recipe("imagenet").for_base("resnet50").expert_dropout > 0
+    train, _, n = make_datasets(parse_source(f"imagefolder:{data}"), 32, autoaugment=True)
+    assert "AutoAugment" in repr(train.transform)
+    model = build_model(load_spec("condconv-efficientnet-b0").replace(num_classes=n), drop_rate=recipe.dropout,
+                        bn_momentum=recipe.bn_momentum, expert_dropout=recipe.expert_dropout)
+    loader = make_loader(train, 4, train=True, seed=0, drop_last=True)
+    t = setup_training(model, recipe, num_classes=n, steps_per_epoch=1, epochs=1)
+    assert t.mixup is not None and t.ema is not None
+    before = model.net.classifier.weight.detach().clone()
+    loss = train_epoch(t, [next(iter(loader))], 0)
+    assert loss == loss and not torch.equal(before, model.net.classifier.weight)
+
+
+def test_bad_recipe_and_missing_data_exit_2(tmp_path, cli):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 2\nlearning_rate: 0.1\n")
+    res = cli("train", "mobilenet-v1", "--trainer", bad, "--out", tmp_path / "o")
+    assert res.returncode == 2 and "learning_rate" in res.stderr and "Traceback" not in res.stderr
+    res = cli("train", "mobilenet-v1", "--data", "imagefolder:/no/such", "--out", tmp_path / "o")
+    assert res.returncode == 2 and "/no/such" in res.stderr
+    assert not (tmp_path / "o").exists()
+    res = cli("evaluate", tmp_path / "missing.pt")
+    assert res.returncode == 2 and "missing.pt" in res.stderr
