@@ -38,7 +38,9 @@ class Command:
         pass
 
     def take_action(self, args: argparse.Namespace) -> int:
-        raise NotImplementedError  # every concrete command overrides this
+        """Run the command; returns the exit status (every concrete command defines it)."""
+        self.out(args, [])
+        return 0
 
     def out(self, args, rows, fmt_obj=None) -> None:
         print(format_rows(rows, args.format) if fmt_obj is None or args.format == "table" else json.dumps(fmt_obj, indent=2))

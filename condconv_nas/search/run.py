@@ -38,12 +38,9 @@ def prepare(args):
     if madds > args.budget:
         raise UsageError(f"budget {format_madds(args.budget)} ({args.budget} MADDs) is impossible: the cheapest "
                          f"candidate of space {space.name!r} already needs {madds} MADDs")
-    if args.backend in ("ray", "nni"):
-        module = {"ray": "ray.tune", "nni": "nni"}[args.backend]
-        try:
-            __import__(module)
-        except ImportError:
-            raise UsageError(f"--backend {args.backend} needs {module}: pip install 'condconv-nas[{args.backend}]'") from None
+    if args.backend != "optuna":
+        raise UsageError(f"--backend {args.backend}: not available in this release yet (only optuna); "
+                         "several optuna workers can already share one run with --run and --storage")
     config = {"budget": args.budget, "space": space.name, "decisions": {k: list(v) for k, v in space.decisions.items()},
               "base": space.base, "trainer": args.trainer, "recipe": recipe.__dict__, "data": str(data),
               "seed": args.seed, "trials": total}
@@ -115,12 +112,7 @@ def run_search(args) -> int:
 
     interrupted = False
     try:
-        if args.backend == "optuna":
-            eng.run_optuna(task, study, total, on_trial=on_trial)
-        else:
-            from importlib import import_module  # noqa: PLC0415
-            backend = import_module(f".{args.backend}_backend", __package__)
-            backend.run(task, study, total, args=args, run_dir=run_dir, on_trial=on_trial)
+        eng.run_optuna(task, study, total, on_trial=on_trial)
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -70,8 +70,11 @@ def run_train(args) -> int:
     sampler = None
     if world > 1:
         sampler = torch.utils.data.distributed.DistributedSampler(train_ds, seed=recipe.seed, drop_last=True)
+    # mixup needs whole batches; otherwise keep every image (small folders have less than one batch)
     train_loader = make_loader(train_ds, batch, train=True, seed=recipe.seed, workers=workers, sampler=sampler,
-                               drop_last=True)
+                               drop_last=recipe.mixup_alpha > 0 and len(train_ds) >= batch * world)
+    if len(train_loader) == 0:
+        raise UsageError(f"--data {data}: {len(train_ds)} training images, fewer than one batch of {batch}")
     val_loader = make_loader(val_ds, batch, train=False, seed=0, workers=workers)
     train_model = model
     if world > 1:
@@ -124,7 +127,8 @@ def run_train(args) -> int:
                 "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
                 "ema": t.ema.module.state_dict() if t.ema is not None else {}, "metrics": metrics}
         checkpoint.save(ckpt, out / "last.pt")
-        checkpoint.save({"spec": spec.to_dict(), "model": evaluated.state_dict(), "metrics": metrics}, out / "model.pt")
+        checkpoint.save({"spec": spec.to_dict(), "model": evaluated.state_dict(), "recipe": ckpt["recipe"],
+                         "metrics": metrics}, out / "model.pt")
         from ..results import write_atomic  # noqa: PLC0415
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if writer is not None:
