@@ -5,6 +5,7 @@ Exit status: 0 success; 2 bad usage or bad input (one line on stderr, no traceba
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import json
 import sys
@@ -27,7 +28,7 @@ def format_rows(rows: List[Dict], fmt: str) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
-class Command:
+class Command(abc.ABC):
     """A subcommand: ``add_arguments`` declares its options, ``take_action`` runs it."""
 
     name: str = ""
@@ -37,10 +38,9 @@ class Command:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
 
+    @abc.abstractmethod
     def take_action(self, args: argparse.Namespace) -> int:
-        """Run the command; returns the exit status (every concrete command defines it)."""
-        self.out(args, [])
-        return 0
+        """Run the command; returns the exit status."""
 
     def out(self, args, rows, fmt_obj=None) -> None:
         print(format_rows(rows, args.format) if fmt_obj is None or args.format == "table" else json.dumps(fmt_obj, indent=2))

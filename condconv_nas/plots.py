@@ -1,22 +1,22 @@
 """Drawing a run's trials and front: a PNG (matplotlib) and an interactive HTML (plotly)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Dict, List
 
+from .results import trained_rows, write_atomic
+
 
 def _split(rows):
-    feasible = [r for r in rows if r.get("feasible") and r.get("top1") is not None and r["state"] == "COMPLETE"]
     infeasible = [r for r in rows if r.get("feasible") is False and r.get("madds") is not None]
-    return feasible, infeasible
+    return trained_rows(rows), infeasible
 
 
 def plot_front_png(path: Path, rows: List[Dict], front: List[Dict], *, budget: int, presets: Dict[str, int]) -> None:
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    from .results import write_atomic  # noqa: PLC0415
-    import io  # noqa: PLC0415
     feasible, infeasible = _split(rows)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     ax.scatter([r["madds"] / 1e6 for r in feasible], [r["top1"] for r in feasible], s=22, c="0.6", label="trials")
@@ -46,7 +46,6 @@ def plot_front_png(path: Path, rows: List[Dict], front: List[Dict], *, budget: i
 
 def plot_front_html(path: Path, rows: List[Dict], front: List[Dict], *, budget: int, presets: Dict[str, int]) -> None:
     import plotly.graph_objects as go  # noqa: PLC0415
-    from .results import write_atomic  # noqa: PLC0415
     feasible, infeasible = _split(rows)
 
     def hover(r):

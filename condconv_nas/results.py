@@ -19,9 +19,14 @@ def write_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def trained_rows(rows: Sequence[Dict]) -> List[Dict]:
+    """Rows of feasible trials that completed with a top-1."""
+    return [r for r in rows if r.get("feasible") and r.get("state") == "COMPLETE" and r.get("top1") is not None]
+
+
 def pareto_front(rows: Sequence[Dict]) -> List[Dict]:
     """Non-dominated feasible rows (top1 up, MADDs down), sorted by MADDs; first of exact ties kept."""
-    ok = [r for r in rows if r.get("feasible") and r.get("state") == "COMPLETE" and r.get("top1") is not None]
+    ok = trained_rows(rows)
     ok.sort(key=lambda r: (r["madds"], -r["top1"], r["trial"]))
     front, best = [], float("-inf")
     for r in ok:

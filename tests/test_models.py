@@ -1,5 +1,4 @@
 """The model zoo: presets, placement, parameter counts and MADDs against independent references."""
-import json
 
 import pytest
 import timm

@@ -1,7 +1,6 @@
 """End-to-end search through the CLI, on the embedded digits data with a tiny proxy recipe."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -110,7 +109,6 @@ def test_over_budget_candidates_are_never_trained(files):
 
 
 def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
-    from conftest import run_cli  # noqa: F401
     cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "200M", "--space", str(files / "space.yaml"),
            "--trainer", str(files / "tiny.yaml"), "--results", str(files / "results"), "--run", "res",
            "--trials", "5", "--quiet"]

@@ -1,6 +1,5 @@
 """Retraining from a spec: resume, DDP under torchrun, image folders of real-world mess, recipes."""
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -19,23 +19,22 @@ from .task import SearchTask
 DIRECTIONS = ["maximize", "minimize"]  # top-1, MADDs
 
 
-def counts(t: optuna.trial.FrozenTrial) -> bool:
-    if t.state in (TrialState.COMPLETE, TrialState.RUNNING):
-        return True
-    return t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and "failed_trial" not in t.system_attrs \
-        and not t.user_attrs.get("stale")
+def counting_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
+    """The trials that count toward ``--trials``: COMPLETE, RUNNING, and FAIL unless the failure
+    was an interruption (Ctrl-C) or a dead worker's trial that Optuna retried."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
+        t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and "failed_trial" not in t.system_attrs
+        and t.number not in retried)]
 
 
 def counted(study: optuna.Study, before: Optional[int] = None) -> int:
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    return sum(1 for t in trials if (before is None or t.number < before) and counts(t)
-               and not (t.state == TrialState.FAIL and t.number in retried))
+    return sum(1 for t in counting_trials(study) if before is None or t.number < before)
 
 
 def finished(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-               if counts(t))
+    return sum(1 for t in counting_trials(study) if t.state != TrialState.RUNNING)
 
 
 def open_study(storage_url: str, name: str, seed: int) -> optuna.Study:

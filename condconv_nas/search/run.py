@@ -34,7 +34,7 @@ def prepare(args):
     run = args.run or f"{space.name}-{format_madds(args.budget)}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run):
         raise UsageError(f"--run {run!r}: use letters, digits, '.', '_' and '-' only")
-    cheapest, madds, _ = task.measure(space.params_for(space.cheapest()) or {})
+    madds, _ = task.count(space.cheapest())
     if madds > args.budget:
         raise UsageError(f"budget {format_madds(args.budget)} ({args.budget} MADDs) is impossible: the cheapest "
                          f"candidate of space {space.name!r} already needs {madds} MADDs")

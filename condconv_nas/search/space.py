@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
@@ -70,12 +70,6 @@ class SearchSpace:
                                    "depth_multiplier": depth, "resolution": self.resolution,
                                    "num_classes": self.num_classes, "condconv": cc})
 
-    def points(self):
-        """Every point of the space (a generator: spaces can be large)."""
-        names = list(self.decisions)
-        for values in itertools.product(*(self.decisions[n] for n in names)):
-            yield dict(zip(names, values))
-
     def params_for(self, spec: ArchSpec) -> Optional[Dict[str, Any]]:
         """Decisions that give exactly ``spec`` (compared by id), or None if the space cannot express it."""
         if spec.base != self.base or spec.resolution != self.resolution or spec.num_classes != self.num_classes:
@@ -99,9 +93,9 @@ class SearchSpace:
         """The named presets this space contains, with their decisions."""
         found = {}
         for name in PRESETS:
-            spec = load_spec(name).replace(resolution=self.resolution, num_classes=self.num_classes)
-            if spec != load_spec(name).replace(num_classes=self.num_classes):
-                continue  # the preset's resolution differs from the space's: not the same model
+            spec = load_spec(name).replace(num_classes=self.num_classes)
+            if spec.resolution != self.resolution:
+                continue  # not the same model as the space's
             params = self.params_for(spec)
             if params is not None:
                 found[name] = params

@@ -1,7 +1,6 @@
 """What every backend does with one point of the space: count first, train only if under budget."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
@@ -22,16 +21,19 @@ class SearchTask:
     seed: int = 0        # seeds the proxy training
     _counts: Dict[str, Tuple[int, int]] = field(default_factory=dict, repr=False)
 
-    def measure(self, params: Dict[str, Any]):
-        """(spec, MADDs, parameters) of a point, counted on the full-size spec (cached by spec id)."""
-        from ..madds import count_madds, count_params  # noqa: PLC0415
-        from ..models import build_model  # noqa: PLC0415
-        spec = self.space.to_spec(params)
+    def count(self, spec) -> Tuple[int, int]:
+        """(MADDs, parameters) of a full-size spec, cached by spec id."""
         if spec.id not in self._counts:
+            from ..madds import count_madds, count_params  # noqa: PLC0415
+            from ..models import build_model  # noqa: PLC0415
             model = build_model(spec)
             self._counts[spec.id] = (count_madds(model), count_params(model))
-        madds, n_params = self._counts[spec.id]
-        return spec, madds, n_params
+        return self._counts[spec.id]
+
+    def measure(self, params: Dict[str, Any]):
+        """(spec, MADDs, parameters) of a point, counted on the full-size spec."""
+        spec = self.space.to_spec(params)
+        return (spec, *self.count(spec))
 
     def evaluate(self, params: Dict[str, Any]) -> Dict[str, Any]:
         """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1."""
@@ -40,10 +42,8 @@ class SearchTask:
         result = {"spec": spec.to_dict(), "spec_id": spec.id, "madds": madds, "params": n_params,
                   "feasible": madds <= self.budget, "top1": None, "top5": None}
         if result["feasible"]:
-            from ..train.engine import Diverged, proxy_top1  # noqa: PLC0415
+            from ..train.engine import proxy_top1  # noqa: PLC0415  (raises Diverged on a NaN/inf loss)
             metrics = proxy_top1(spec, self.data, self.recipe, seed=self.seed)
-            if not math.isfinite(metrics["train_loss"]):
-                raise Diverged(f"training loss {metrics['train_loss']}")
             result.update(top1=metrics["top1"], top5=metrics["top5"])
         result["seconds"] = round(time.time() - t0, 2)
         return result

@@ -33,9 +33,13 @@ def load(path) -> Dict[str, Any]:
 
 def load_exported(path):
     """A trained model from one file (a checkpoint or ``model.pt``): spec + weights, no run folder needed."""
+    return model_from(load(path), path)
+
+
+def model_from(obj: Dict[str, Any], path) -> "torch.nn.Module":
+    """The model a loaded checkpoint or export holds (EMA weights when it has them), in eval mode."""
     from ..models import build_model  # noqa: PLC0415
     from ..spec import ArchSpec  # noqa: PLC0415
-    obj = load(path)
     if "spec" not in obj or "model" not in obj:
         raise UsageError(f"{path}: holds no spec and model weights")
     model = build_model(ArchSpec.from_dict(obj["spec"]))

@@ -17,14 +17,6 @@ from . import checkpoint
 from .recipe import load_recipe
 
 
-def channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """Store 4-D weights channels-last (CondConv's 5-D expert weights stay as they are): faster on CPU."""
-    for p in model.parameters():
-        if p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
 def _dist():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -50,8 +42,7 @@ def run_train(args) -> int:
     state = checkpoint.load(out / "last.pt") if args.resume else None
 
     from ..madds import count_madds, count_params  # noqa: PLC0415
-    from ..models import build_model  # noqa: PLC0415
-    from .engine import evaluate, make_loader, setup_training, train_epoch  # noqa: PLC0415
+    from .engine import build_for_training, evaluate, make_loader, setup_training, train_epoch  # noqa: PLC0415
     world, rank = _dist()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     res = recipe.resolution or spec.resolution
@@ -63,10 +54,9 @@ def run_train(args) -> int:
                   f"(the spec says {spec.num_classes})", file=sys.stderr)
         spec = spec.replace(num_classes=num_classes)
     torch.manual_seed(recipe.seed)
-    model = build_model(spec, drop_rate=recipe.dropout, drop_path_rate=recipe.drop_path,
-                        bn_momentum=recipe.bn_momentum, expert_dropout=recipe.expert_dropout)
+    model = build_for_training(spec, recipe)
     madds, n_params = count_madds(model), count_params(model)
-    model = channels_last(model).to(device)
+    model = model.to(device)
     sampler = None
     if world > 1:
         sampler = torch.utils.data.distributed.DistributedSampler(train_ds, seed=recipe.seed, drop_last=True)
@@ -144,9 +134,9 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     data = parse_source(args.data)
-    model = checkpoint.load_exported(args.checkpoint)
-    from .engine import evaluate, make_loader  # noqa: PLC0415
     obj = checkpoint.load(args.checkpoint)
+    model = checkpoint.model_from(obj, args.checkpoint)
+    from .engine import evaluate, make_loader  # noqa: PLC0415
     recipe = obj.get("recipe") or {}
     res = recipe.get("resolution") or model.spec.resolution
     _, val_ds, num_classes = make_datasets(data, res, holdout=recipe.get("holdout", 0.2), seed=recipe.get("seed", 0))
