@@ -162,3 +162,18 @@ def test_pareto_front_rule():
             enumerate([(100, 0.5), (200, 0.4), (150, 0.7), (300, 0.9), (300, 0.8), (50, 0.1)])]
     rows.append(dict(trial=9, state="COMPLETE", feasible=False, madds=10, top1=0.99))
     assert [r["trial"] for r in pareto_front(rows)] == [5, 0, 2, 3]
+
+
+def test_trial_count_rule():
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from condconv_nas.search.optuna_engine import counted, finished
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    fail = dict(state=TrialState.FAIL, params={}, distributions={})
+    study.add_trial(create_trial(values=[0.5, 1.0], params={}, distributions={}))        # 0: counts
+    study.add_trial(create_trial(**fail))                                                 # 1: dead worker, retried by 2
+    study.add_trial(create_trial(**fail, system_attrs={"failed_trial": 1}))               # 2: the retry failed: counts
+    study.add_trial(create_trial(**fail, user_attrs={"interrupted": True}))               # 3: Ctrl-C: does not count
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={}))   # 4: surplus: does not count
+    assert finished(study) == 2 and counted(study) == 2 and counted(study, before=2) == 1

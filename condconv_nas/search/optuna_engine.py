@@ -25,8 +25,7 @@ def counting_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
-        t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and "failed_trial" not in t.system_attrs
-        and t.number not in retried)]
+        t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and t.number not in retried)]
 
 
 def counted(study: optuna.Study, before: Optional[int] = None) -> int:
