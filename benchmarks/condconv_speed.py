@@ -1,0 +1,68 @@
+"""CondConv-EfficientNet-B0 (8 experts) over EfficientNet-B0: ours and timm's, side by side.
+
+Times the four figures of the speed goal, interleaving the CondConv and static model of each
+implementation round by round, and prints median ratios (CondConv time / static time) next to
+the MADD ratio. Run: ``python benchmarks/condconv_speed.py [--rounds N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import timm
+import torch
+
+from condconv_nas import build_model, count_madds
+
+FIGURES = [  # name, resolution, batch, training?
+    ("training step, 64 px, batch 32", 64, 32, True),
+    ("training step, 224 px, batch 8", 224, 8, True),
+    ("inference, 224 px, batch 1", 224, 1, False),
+    ("inference, 224 px, batch 16", 224, 16, False),
+]
+
+
+def step(model, x, train: bool) -> float:
+    t0 = time.perf_counter()
+    if train:
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+    else:
+        with torch.inference_mode():
+            model(x)
+    return time.perf_counter() - t0
+
+
+def ratio(cond, static, res, batch, train, rounds, warmup=2) -> float:
+    x = torch.randn(batch, 3, res, res)
+    for m in (cond, static):
+        m.train(train)
+        for _ in range(warmup):  # also lets our layers measure and cache their fastest form
+            step(m, x, train)
+    tc, ts = [], []
+    for _ in range(rounds):  # interleaved: both models see the same machine state
+        tc.append(step(cond, x, train))
+        ts.append(step(static, x, train))
+    return statistics.median(tc) / statistics.median(ts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    pairs = {
+        "condconv_nas": (build_model("condconv-efficientnet-b0"), build_model("efficientnet-b0")),
+        "timm": (timm.create_model("efficientnet_cc_b0_8e"), timm.create_model("efficientnet_b0")),
+    }
+    madd_ratio = count_madds("condconv-efficientnet-b0") / count_madds("efficientnet-b0")
+    print(f"threads {torch.get_num_threads()}, rounds {args.rounds}, MADD ratio (224 px) {madd_ratio:.3f}")
+    print(f"{'figure':34s} {'condconv_nas':>13s} {'timm':>7s} {'ours/timm':>10s}")
+    for name, res, batch, train in FIGURES:
+        r = {k: ratio(c, s, res, batch, train, args.rounds) for k, (c, s) in pairs.items()}
+        print(f"{name:34s} {r['condconv_nas']:12.2f}x {r['timm']:6.2f}x {r['condconv_nas'] / r['timm']:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
