@@ -126,3 +126,18 @@ def test_bad_recipe_and_missing_data_exit_2(tmp_path, cli):
     assert not (tmp_path / "o").exists()
     res = cli("evaluate", tmp_path / "missing.pt")
     assert res.returncode == 2 and "missing.pt" in res.stderr
+
+
+@pytest.mark.parametrize("name", ["mobilenet-v2", "condconv-mobilenet-v2", "condconv-resnet50"])
+def test_training_starts_from_a_zero_classifier(name):
+    """Every first logit is 0 (loss ln C), static or CondConv classifier; timm's init alone does not do that."""
+    from condconv_nas import build_model, load_spec
+    from condconv_nas.train.engine import build_for_training
+    from condconv_nas.train.recipe import load_recipe
+    spec = load_spec(name).replace(num_classes=10, resolution=32)
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(0)
+    model = build_for_training(spec, load_recipe("cifar")).eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), torch.zeros(4, 10))
+        assert build_model(spec).eval()(x).abs().max() > 0.01
