@@ -148,6 +148,8 @@ def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
     (["--budget", "400M", "--data", "imagefolder:/no/such/folder"], "/no/such/folder"),
     (["--budget", "400M", "--data", "cifar10:/tmp"], "cifar-10-batches-py"),
     (["--budget", "400M", "--trainer", "nope"], "nope"),
+    (["--budget", "400M", "--storage", "postgresql://nobody@127.0.0.1:1/studies"], "cannot open"),
+    (["--budget", "400M", "--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial"),
 ])
 def test_refused_cases_exit_2_and_write_nothing(tmp_path, args, message):
     from conftest import run_cli

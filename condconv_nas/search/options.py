@@ -49,5 +49,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address to join (with --backend ray)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial")
+    p.add_argument("--nni-strategy", choices=("evolution", "random", "tpe"), default="evolution",
+                   help="NNI: the search strategy (regularized evolution by default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the proxy training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import optuna
 from optuna.trial import TrialState
@@ -20,12 +20,14 @@ DIRECTIONS = ["maximize", "minimize"]  # top-1, MADDs
 
 
 def counting_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
-    """The trials that count toward ``--trials``: COMPLETE, RUNNING, and FAIL unless the failure
-    was an interruption (Ctrl-C) or a dead worker's trial that Optuna retried."""
+    """The trials that count toward ``--trials``: COMPLETE, RUNNING, PRUNED when stopped early by
+    a scheduler (Ray's ASHA), and FAIL unless the failure was an interruption (Ctrl-C) or a dead
+    worker's trial that Optuna retried."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
-        t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and t.number not in retried)]
+        t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and t.number not in retried) or (
+        t.state == TrialState.PRUNED and t.user_attrs.get("stopped_early"))]
 
 
 def counted(study: optuna.Study, before: Optional[int] = None) -> int:
@@ -36,13 +38,14 @@ def finished(study: optuna.Study) -> int:
     return sum(1 for t in counting_trials(study) if t.state != TrialState.RUNNING)
 
 
-def open_study(storage_url: str, name: str, seed: int) -> optuna.Study:
-    """The run's study; a worker that died mid-trial has its trial failed (heartbeat) and retried once."""
+def open_study(storage_url: str, name: str, seed: int, *, heartbeat: bool = True) -> optuna.Study:
+    """The run's study. With ``heartbeat`` (Optuna workers), a worker that died mid-trial has its
+    trial failed and retried once; Ray and NNI drive the study by ask-and-tell, without heartbeats."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            storage_url, heartbeat_interval=30, grace_period=90,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        beat = dict(heartbeat_interval=30, grace_period=90,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        storage = optuna.storages.RDBStorage(storage_url, **(beat if heartbeat else {}))
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
     return optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
                                load_if_exists=True)
@@ -64,6 +67,40 @@ def requeue_interrupted(study: optuna.Study) -> None:
                 {"preset": t.user_attrs["preset"]} if "preset" in t.user_attrs else {})})
 
 
+def judge(task: SearchTask, study: optuna.Study, trial: optuna.Trial,
+          params: Dict) -> Optional[Tuple[float, float]]:
+    """Count one point and record it on its trial (spec, MADDs, the budget as a constraint).
+
+    Returns the trial's final values when it needs no training: over budget (recorded, never
+    trained) or an architecture the study already trained (its result reused). Every backend
+    judges its points here, so their studies and run folders look the same.
+    """
+    spec, madds, n_params = task.measure(params)
+    for key, value in (("spec", spec.to_dict()), ("spec_id", spec.id), ("madds", madds), ("params", n_params),
+                       ("feasible", madds <= task.budget)):
+        trial.set_user_attr(key, value)
+    trial.set_constraint("madds", madds - task.budget)
+    if madds > task.budget:
+        return 0.0, float(madds)
+    same = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("feasible")]
+    if same:
+        trial.set_user_attr("reused_from", same[0].number)
+        for key in ("top1", "top5"):
+            trial.set_user_attr(key, same[0].user_attrs.get(key))
+        return same[0].values[0], float(madds)
+    return None
+
+
+def record(trial: optuna.Trial, result: Dict) -> Tuple[float, float]:
+    """The values of a trained trial; its top-1/top-5 kept as attributes."""
+    if result.get("top1") is None or not math.isfinite(result["top1"]):
+        raise RuntimeError(f"no finite top-1 ({result.get('top1')})")
+    trial.set_user_attr("top1", result["top1"])
+    trial.set_user_attr("top5", result.get("top5"))
+    return result["top1"], float(result["madds"])
+
+
 def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callable:
     space = task.space
 
@@ -73,29 +110,8 @@ def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callabl
             raise optuna.TrialPruned("the run's total was reached by other workers")
         params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in space.searched.items()}
         try:
-            spec, madds, n_params = task.measure(params)
-            trial.set_user_attr("spec", spec.to_dict())
-            trial.set_user_attr("spec_id", spec.id)
-            trial.set_user_attr("madds", madds)
-            trial.set_user_attr("params", n_params)
-            trial.set_constraint("madds", madds - task.budget)
-            feasible = madds <= task.budget
-            trial.set_user_attr("feasible", feasible)
-            if not feasible:
-                return 0.0, float(madds)  # recorded, never trained
-            same = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("feasible")]
-            if same:  # the same architecture was trained already: reuse, do not retrain
-                trial.set_user_attr("reused_from", same[0].number)
-                for key in ("top1", "top5"):
-                    trial.set_user_attr(key, same[0].user_attrs.get(key))
-                return same[0].values[0], float(madds)
-            result = task.evaluate(params)
-            if result["top1"] is None or not math.isfinite(result["top1"]):
-                raise RuntimeError(f"no finite top-1 ({result['top1']})")
-            trial.set_user_attr("top1", result["top1"])
-            trial.set_user_attr("top5", result["top5"])
-            return result["top1"], float(madds)
+            values = judge(task, study, trial, params)
+            return values if values is not None else record(trial, task.evaluate(params))
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -106,7 +122,8 @@ def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callabl
 def trial_rows(study: optuna.Study, decisions: List[str]) -> List[Dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.PRUNED, TrialState.WAITING) or t.user_attrs.get("interrupted"):
+        if t.state == TrialState.WAITING or t.user_attrs.get("interrupted") or (
+                t.state == TrialState.PRUNED and not t.user_attrs.get("stopped_early")):
             continue
         ua = t.user_attrs
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
@@ -117,6 +134,13 @@ def trial_rows(study: optuna.Study, decisions: List[str]) -> List[Dict]:
                      "seconds": None if seconds is None else round(seconds, 1), "spec": ua.get("spec"),
                      **{d: t.params.get(d) for d in decisions}})
     return rows
+
+
+def run_waiting(task: SearchTask, study: optuna.Study, total: int, *, on_trial=None) -> None:
+    """Evaluate the enqueued trials (presets that fit, interrupted trials) before another engine
+    (NNI) proposes points of its own."""
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    run_optuna(task, study, min(total, counted(study) + waiting), on_trial=on_trial)
 
 
 def run_optuna(task: SearchTask, study: optuna.Study, total: int, *, on_trial=None) -> None:

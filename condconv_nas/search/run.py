@@ -38,13 +38,30 @@ def prepare(args):
     if madds > args.budget:
         raise UsageError(f"budget {format_madds(args.budget)} ({args.budget} MADDs) is impossible: the cheapest "
                          f"candidate of space {space.name!r} already needs {madds} MADDs")
-    if args.backend != "optuna":
-        raise UsageError(f"--backend {args.backend}: not available in this release yet (only optuna); "
-                         "several optuna workers can already share one run with --run and --storage")
+    check_backend(args)
     config = {"budget": args.budget, "space": space.name, "decisions": {k: list(v) for k, v in space.decisions.items()},
               "base": space.base, "trainer": args.trainer, "recipe": recipe.__dict__, "data": str(data),
               "seed": args.seed, "trials": total}
     return task, Path(args.results) / run, config, total
+
+
+def check_backend(args) -> None:
+    """The backend's options make sense and its extra is installed."""
+    import importlib.util  # noqa: PLC0415
+    if args.address is not None and args.backend != "ray":
+        raise UsageError(f"--address {args.address!r} joins a Ray cluster: it needs --backend ray")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise UsageError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
+                         f"{args.cpus_per_trial} and {args.gpus_per_trial}")
+    module = {"ray": "ray.tune", "nni": "nni"}.get(args.backend)
+    if module is not None:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise UsageError(f"--backend {args.backend} needs the {args.backend} extra: "
+                             f"pip install 'condconv-nas[{args.backend}]'")
 
 
 def check_resume(run_dir: Path, config: Dict) -> None:
@@ -58,12 +75,34 @@ def check_resume(run_dir: Path, config: Dict) -> None:
                              f"({old.get(key)!r}); pick another --run or --results")
 
 
+def open_user_study(url: str, name: str, seed: int, heartbeat: bool):
+    """The study in ``--storage``; a URL that cannot be used is a usage error naming it."""
+    from .optuna_engine import open_study  # noqa: PLC0415
+    import sqlalchemy.exc  # noqa: PLC0415
+    try:
+        return open_study(url, name, seed, heartbeat=heartbeat)
+    except ImportError as e:
+        raise UsageError(f"--storage {url}: no database driver for it ({e}); for PostgreSQL: "
+                         "pip install 'condconv-nas[postgres]'") from None
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise UsageError(f"--storage {url}: cannot open it ({reason})") from None
+
+
 def run_search(args) -> int:
     task, run_dir, config, total = prepare(args)
     check_resume(run_dir, config)
     from ..results import write_atomic, write_run  # noqa: PLC0415
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from . import optuna_engine as eng  # noqa: PLC0415
+    import optuna  # noqa: PLC0415
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    heartbeat = args.backend == "optuna"
+    if args.storage:  # a user's storage is reached before anything is written
+        study = open_user_study(storage, run_dir.name, args.seed, heartbeat)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.storage:
+        study = eng.open_study(storage, run_dir.name, args.seed, heartbeat=heartbeat)
     config.update(run=run_dir.name, backend=args.backend, storage=storage, versions={
         "condconv_nas": __version__, "python": platform.python_version()}, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
     write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
@@ -76,10 +115,6 @@ def run_search(args) -> int:
         if madds <= task.budget:
             in_budget[name] = params
 
-    from . import optuna_engine as eng  # noqa: PLC0415
-    import optuna  # noqa: PLC0415
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = eng.open_study(storage, run_dir.name, args.seed)
     eng.enqueue_presets(study, in_budget)
     eng.requeue_interrupted(study)
     decisions = list(space.searched)
@@ -112,7 +147,15 @@ def run_search(args) -> int:
 
     interrupted = False
     try:
-        eng.run_optuna(task, study, total, on_trial=on_trial)
+        if args.backend == "ray":
+            from .ray_engine import run_ray  # noqa: PLC0415
+            run_ray(task, study, total, address=args.address, cpus_per_trial=args.cpus_per_trial,
+                    gpus_per_trial=args.gpus_per_trial, on_trial=on_trial)
+        elif args.backend == "nni":
+            from .nni_engine import run_nni  # noqa: PLC0415
+            run_nni(task, study, total, strategy=args.nni_strategy, seed=args.seed, on_trial=on_trial)
+        else:
+            eng.run_optuna(task, study, total, on_trial=on_trial)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -123,6 +166,9 @@ def run_search(args) -> int:
         print(f"interrupted after {eng.finished(study)}/{total} trials; run the same command again to resume",
               file=sys.stderr)
         return 130
+    if eng.finished(study) < total:
+        print(f"the {args.backend} strategy stopped after {eng.finished(study)}/{total} trials "
+              "(it found no new point to try)", file=sys.stderr)
     print(f"{eng.finished(study)}/{total} trials; Pareto front of {len(front)} in {run_dir}", file=sys.stderr)
     from ..cli import format_rows  # noqa: PLC0415
     print(format_rows([{"trial": r["trial"], "madds_M": round(r["madds"] / 1e6, 1), "top1": round(r["top1"], 4),

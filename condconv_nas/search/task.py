@@ -35,15 +35,17 @@ class SearchTask:
         spec = self.space.to_spec(params)
         return (spec, *self.count(spec))
 
-    def evaluate(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1."""
+    def evaluate(self, params: Dict[str, Any], *, report=None) -> Dict[str, Any]:
+        """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1.
+
+        ``report(epoch, metrics)`` receives intermediate held-out metrics (see ``proxy_top1``)."""
         t0 = time.time()
         spec, madds, n_params = self.measure(params)
         result = {"spec": spec.to_dict(), "spec_id": spec.id, "madds": madds, "params": n_params,
                   "feasible": madds <= self.budget, "top1": None, "top5": None}
         if result["feasible"]:
             from ..train.engine import proxy_top1  # noqa: PLC0415  (raises Diverged on a NaN/inf loss)
-            metrics = proxy_top1(spec, self.data, self.recipe, seed=self.seed)
+            metrics = proxy_top1(spec, self.data, self.recipe, seed=self.seed, report=report)
             result.update(top1=metrics["top1"], top5=metrics["top5"])
         result["seconds"] = round(time.time() - t0, 2)
         return result

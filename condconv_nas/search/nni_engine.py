@@ -1,0 +1,158 @@
+"""The NNI engine: NNI 3.0's ``NasExperiment`` and strategies over the same space, expressed as NNI
+mutables; results go to the run's Optuna study, so the run folder is the same as Optuna's.
+
+The budget is enforced inside NNI by a strategy middleware that counts every proposed model with
+our own counter (``count_madds`` on the full-size spec), never NNI's FLOPs profiler. Over-budget
+models are recorded and marked invalid (metric 0) without training. Trials run in this process
+(NNI's sequential engine): no NNI manager, no web portal, nothing left running after the run.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+import warnings
+from typing import Callable, Dict, Optional, Tuple
+
+import optuna
+
+with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it does not know (harmless)
+    warnings.simplefilter("ignore", RuntimeWarning)
+    import nni
+    from nni.mutable import ensure_frozen
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment import NasExperiment, NasExperimentConfig
+    from nni.nas.experiment.config import SequentialEngineConfig
+    from nni.nas.nn.pytorch import ModelSpace
+    from nni.nas.strategy import TPE, Random, RegularizedEvolution
+    from nni.nas.strategy.middleware import Chain, Filter
+    from nni.runtime.log import silence_stdout
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from .optuna_engine import counted, judge, record, run_waiting
+from .task import SearchTask
+
+STRATEGIES = ("evolution", "random", "tpe")
+
+
+class PointSpace(ModelSpace):
+    """The search space as NNI mutables; a frozen instance carries its point in ``.point``."""
+
+    def __init__(self, decisions: Dict[str, tuple]) -> None:
+        super().__init__()
+        self.point = {}
+        for name, choices in decisions.items():
+            choice = nni.choice(name, list(choices))
+            self.add_mutable(choice)
+            self.point[name] = ensure_frozen(choice, strict=False)
+
+
+def _key(sample: Dict) -> Tuple:
+    return tuple(sorted((k, repr(v)) for k, v in sample.items()))
+
+
+class Judge:
+    """The budget filter (a ``Filter`` middleware's function) and the evaluator, sharing the study.
+
+    The filter opens a study trial for every model NNI proposes and judges it: over budget ->
+    recorded and refused (never trained); otherwise the evaluator trains it (or reuses the result
+    of the same architecture) and reports top-1 to NNI.
+    """
+
+    def __init__(self, task: SearchTask, study: optuna.Study, total: int, on_trial: Optional[Callable]) -> None:
+        self.task, self.study, self.total, self.on_trial = task, study, total, on_trial
+        self.distributions = {n: CategoricalDistribution(list(c)) for n, c in task.space.searched.items()}
+        self.pending: Dict[Tuple, Tuple[optuna.Trial, Optional[Tuple[float, float]]]] = {}
+
+    def _ask(self, params: Dict) -> optuna.Trial:
+        base = self.study.sampler
+        with warnings.catch_warnings():  # PartialFixedSampler is "experimental"; no heartbeat outside optimize()
+            warnings.simplefilter("ignore")
+            self.study.sampler = optuna.samplers.PartialFixedSampler(params, base)
+            try:
+                return self.study.ask(self.distributions)
+            finally:
+                self.study.sampler = base
+
+    def _tell(self, trial: optuna.Trial, values=None, state=TrialState.COMPLETE) -> None:
+        self.study.tell(trial, None if values is None else list(values), state=state)
+        if self.on_trial is not None:
+            self.on_trial(self.study, self.study._storage.get_trial(trial._trial_id))
+
+    def keep(self, model) -> bool:
+        if counted(self.study) >= self.total:
+            return False
+        params = dict(model.sample)
+        trial = self._ask(params)
+        values = judge(self.task, self.study, trial, params)
+        if values is not None and not trial.user_attrs["feasible"]:
+            self._tell(trial, values)
+            return False
+        self.pending[_key(params)] = (trial, values)
+        return True
+
+    def evaluate(self, model: PointSpace) -> None:
+        trial, values = self.pending.pop(_key(model.point))
+        try:
+            if values is None:
+                values = record(trial, self.task.evaluate(model.point))
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            self._tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception:
+            self._tell(trial, state=TrialState.FAIL)
+            raise
+        self._tell(trial, values)
+        nni.report_final_result(values[0])
+
+
+class TotalFilter(Filter):
+    """NNI's ``Filter`` that also stops the strategy once the study holds the run's total."""
+
+    def __init__(self, judge_: Judge) -> None:
+        super().__init__(judge_.keep, metric_for_invalid=0.0, patience=100)
+        self.judge = judge_
+
+    def budget_available(self) -> bool:
+        return counted(self.judge.study) < self.judge.total and super().budget_available()
+
+
+def make_strategy(name: str, seed: int, total: int):
+    if name == "evolution":
+        population = max(4, min(100, total // 2))
+        return RegularizedEvolution(population_size=population, sample_size=max(2, population // 4), seed=seed)
+    if name == "random":
+        return Random(seed=seed)
+    if name == "tpe":
+        return TPE(seed=seed)
+    raise ValueError(f"NNI strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+def run_nni(task: SearchTask, study: optuna.Study, total: int, *, strategy: str = "evolution", seed: int = 0,
+            on_trial: Optional[Callable] = None) -> None:
+    """Evaluate the enqueued presets, then run NNI's strategy until the study holds ``total`` counted trials."""
+    run_waiting(task, study, total, on_trial=on_trial)
+    if counted(study) >= total:
+        return
+    silence_stdout()  # stdout carries our table or JSON; NNI's errors (a failed trial's traceback) go to stderr
+    judge_ = Judge(task, study, total, on_trial)
+    space = PointSpace(task.space.searched)
+    evaluator = FunctionalEvaluator(judge_.evaluate)
+    chain = Chain(make_strategy(strategy, seed, total), TotalFilter(judge_))
+    workdir = tempfile.mkdtemp(prefix="condconv-nas-nni-")
+    config = NasExperimentConfig.default(space, evaluator, chain)
+    config.execution_engine = SequentialEngineConfig(continue_on_failure=True)
+    config.experiment_working_directory = workdir
+    experiment = NasExperiment(space, evaluator, chain, config)
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    logging.getLogger("nni").addHandler(errors)
+    try:
+        experiment.start()  # the strategy runs in this thread until the total is reached
+    finally:
+        experiment.stop()
+        logging.getLogger("nni").removeHandler(errors)
+        shutil.rmtree(workdir, ignore_errors=True)

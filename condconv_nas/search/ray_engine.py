@@ -1,0 +1,172 @@
+"""The Ray Tune engine: Ray schedules the trials (locally or on a cluster); the run's Optuna study
+holds the sampler's state and every result, so the run folder is the same as Optuna's.
+
+Ray's own ``OptunaSearch`` asks the study for points; each point is judged on the driver (counted:
+over budget or already trained -> no training) before Ray runs it. Early stopping is ASHA on
+top-1, but per MADD band (see ``BandedASHA``): a cheap candidate only competes with cheap ones,
+so it is never stopped for being less accurate than candidates that cost twice as much.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import shutil
+import tempfile
+from collections import defaultdict
+from typing import Callable, Dict, Optional
+
+import optuna
+import ray
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from .optuna_engine import counted, finished, judge, record
+from .task import SearchTask
+
+BANDS = 4  # MADD bands of equal width over [0, budget]; over-budget points get a band of their own
+
+
+def band_of(madds: int, budget: int) -> int:
+    """The MADD band of a point: 0 .. BANDS-1 within the budget, BANDS above it."""
+    return BANDS if madds > budget else min(BANDS - 1, BANDS * madds // budget)
+
+
+class BandedASHA(FIFOScheduler):
+    """ASHA on top-1 run separately in each MADD band: a trial is stopped at a rung only when it
+    is in the lower half of the trials of its own band that reached that rung."""
+
+    def __init__(self, *, budget: int, max_t: int, grace_period: int = 1, reduction_factor: float = 2) -> None:
+        super().__init__()
+        self.budget = budget
+        self._asha = defaultdict(lambda: AsyncHyperBandScheduler(
+            time_attr="epoch", metric="top1", mode="max", max_t=max_t, grace_period=grace_period,
+            reduction_factor=reduction_factor))
+        self._band: Dict[str, int] = {}
+
+    def _scheduler(self, trial):
+        band = self._band.setdefault(trial.trial_id, band_of(trial.config["madds"], self.budget))
+        return self._asha[band]
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # fixed: top-1, maximised
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._scheduler(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
+        if trial.config.get("values") is not None:  # judged, not trained: nothing to compare
+            return self.CONTINUE
+        return self._scheduler(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: Dict) -> None:
+        self._scheduler(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._scheduler(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"BandedASHA: {len(self._asha)} MADD bands"
+
+
+class StudySearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` on the run's study, with every point judged before Ray runs it."""
+
+    def __init__(self, task: SearchTask, study: optuna.Study, total: int, *,
+                 on_trial: Optional[Callable] = None) -> None:
+        self.task, self.total, self.on_trial = task, total, on_trial
+        space = {name: CategoricalDistribution(list(choices)) for name, choices in task.space.searched.items()}
+        super().__init__(space=space, metric=["top1", "madds"], mode=["max", "min"], sampler=study.sampler,
+                         study_name=study.study_name, storage=study._storage)
+
+    def suggest(self, trial_id: str) -> Optional[Dict]:
+        if trial_id not in self._ot_trials and counted(self._ot_study) >= self.total:
+            return Searcher.FINISHED
+        point = super().suggest(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        values = judge(self.task, self._ot_study, ot_trial, point)
+        return {"point": point, "madds": ot_trial.user_attrs["madds"], "values": values}
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        pass  # the study in Optuna storage is the state; Ray's experiment folder is thrown away
+
+    def on_trial_result(self, trial_id: str, result: Dict) -> None:
+        pass  # intermediate results go to the scheduler, not to the multi-objective study
+
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._completed_trials.add(trial_id)
+        trial, study = self._ot_trials[trial_id], self._ot_study
+        if error or not result:
+            study.tell(trial, state=TrialState.FAIL)
+        elif result.get("final"):
+            values = result.get("values") or record(trial, result)
+            study.tell(trial, list(values))
+        else:  # stopped at a rung by BandedASHA
+            trial.set_user_attr("stopped_early", True)
+            trial.set_user_attr("top1_at_stop", result.get("top1"))
+            trial.set_user_attr("epochs_at_stop", result.get("epoch"))
+            study.tell(trial, state=TrialState.PRUNED)
+        if self.on_trial is not None:
+            self.on_trial(study, study._storage.get_trial(trial._trial_id))
+
+    def abandon_unfinished(self) -> None:
+        """Trials Ray did not finish (Ctrl-C) are marked interrupted: the next run evaluates them again."""
+        for trial_id, trial in self._ot_trials.items():
+            if trial_id not in self._completed_trials:
+                trial.set_user_attr("interrupted", True)
+                self._ot_study.tell(trial, state=TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+
+
+def ray_trial(config: Dict, task: SearchTask, threads: int) -> None:
+    """One Ray trial: report the judged values, or train the proxy reporting top-1 every epoch."""
+    import torch  # noqa: PLC0415
+    torch.set_num_threads(threads)
+    epochs = task.recipe.epochs
+    if config["values"] is not None:
+        top1, madds = config["values"]
+        tune.report({"top1": top1, "madds": madds, "epoch": epochs, "final": True, "values": config["values"]})
+        return
+    madds = config["madds"]
+
+    def report(epoch: int, metrics: Dict) -> None:
+        tune.report({"top1": metrics["top1"], "top5": metrics["top5"], "madds": madds, "epoch": epoch,
+                     "final": False})
+
+    result = task.evaluate(config["point"], report=report)
+    tune.report({"top1": result["top1"], "top5": result["top5"], "madds": madds, "epoch": epochs, "final": True})
+
+
+def run_ray(task: SearchTask, study: optuna.Study, total: int, *, address: Optional[str] = None,
+            cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, on_trial=None) -> None:
+    """Run trials on Ray until the study holds ``total`` counted trials; Ray is shut down after."""
+    ray.init(address=address or "local", num_cpus=None if address else os.cpu_count(), include_dashboard=False,
+             log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    storage = tempfile.mkdtemp(prefix="condconv-nas-ray-")
+    searcher = StudySearch(task, study, total, on_trial=on_trial)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(ray_trial, task=task, threads=max(1, int(cpus_per_trial))),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(1, total - counted(study)),
+                                        scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs)),
+            run_config=tune.RunConfig(name="search", storage_path=storage, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries our table or JSON only
+            tuner.fit()  # Ray handles Ctrl-C itself: it stops the trials and returns
+        if finished(study) < total:
+            raise KeyboardInterrupt
+    finally:
+        searcher.abandon_unfinished()
+        ray.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)

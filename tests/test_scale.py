@@ -1,0 +1,224 @@
+"""Scaling out: Ray Tune on a real local cluster, NNI, concurrent workers, PostgreSQL storage.
+
+Every backend must write the same run folder as the Optuna engine; `--trials` is the run's total.
+"""
+import csv
+import glob
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from test_search import TINY_RECIPE, TINY_SPACE
+
+RUN_FILES = {"trials.csv", "pareto.csv", "pareto.json", "pareto.png", "pareto.html", "config.json", "specs"}
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    return tmp_path
+
+
+def search_cmd(files, run, *extra, budget="200M", trials=3):
+    return [sys.executable, "-m", "condconv_nas", "search", "--budget", budget, "--space", str(files / "space.yaml"),
+            "--trainer", str(files / "tiny.yaml"), "--results", str(files / "results"), "--run", run,
+            "--trials", str(trials), "--quiet", "--format", "json", *extra]
+
+
+def rows_of(run_dir: Path):
+    return list(csv.DictReader((run_dir / "trials.csv").open()))
+
+
+def check_run_folder(run_dir: Path, total: int):
+    """The run folder every backend writes: all files, exactly `total` trials, a front with specs."""
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}, sorted(p.name for p in run_dir.iterdir())
+    rows = rows_of(run_dir)
+    assert len(rows) == total and len({r["trial"] for r in rows}) == total
+    front = json.loads((run_dir / "pareto.json").read_text())
+    assert front, rows
+    for r in front:
+        assert (run_dir / "specs" / f"{r['trial']}.json").is_file()
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def test_banded_asha_compares_trials_only_within_their_madd_band():
+    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+    from condconv_nas.search.ray_engine import BandedASHA, band_of
+    assert [band_of(m, 100) for m in (0, 24, 25, 74, 99, 100, 101)] == [0, 0, 1, 2, 3, 3, 4]
+
+    def trials():
+        return [SimpleNamespace(trial_id=i, config={"madds": m, "values": None}) for i, m in
+                (("big", 90), ("big2", 95), ("cheap", 10))]
+
+    def decisions(scheduler):
+        ts = trials()
+        for t in ts:
+            scheduler.on_trial_add(None, t)
+        return [scheduler.on_trial_result(None, t, {"epoch": 1, "top1": a}) for t, a in zip(ts, (0.9, 0.8, 0.2))]
+
+    plain = AsyncHyperBandScheduler(time_attr="epoch", metric="top1", mode="max", max_t=2, grace_period=1,
+                                    reduction_factor=2)
+    # Plain ASHA stops the cheap candidate for being less accurate than costlier ones ...
+    assert decisions(plain) == [TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.STOP]
+    # ... banded ASHA compares it only with candidates of similar MADDs (none here), so it goes on.
+    assert decisions(BandedASHA(budget=100, max_t=2)) == [TrialScheduler.CONTINUE, TrialScheduler.STOP,
+                                                         TrialScheduler.CONTINUE]
+
+
+@pytest.fixture
+def ray_head():
+    """A real one-node Ray cluster in its own processes, on this machine, with token authentication."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    start = subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                            "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
+                            "--temp-dir", temp], env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        import psutil  # a Ray dependency
+        ours = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
+        for p in ours:
+            p.terminate()
+        _, alive = psutil.wait_procs(ours, timeout=15)
+        for p in alive:
+            p.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_backend_on_a_real_local_cluster(files, ray_head):
+    address, env = ray_head
+    t0 = time.time()
+    res = subprocess.run(search_cmd(files, "ray", "--backend", "ray", "--address", address), env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    print(f"ray backend, 3 trials on a 2-CPU cluster: {time.time() - t0:.1f} s")
+    rows = check_run_folder(files / "results" / "ray", 3)
+    assert json.loads(res.stdout)  # stdout is the front as JSON (Ray's own output kept off it)
+    config = json.loads((files / "results" / "ray" / "config.json").read_text())
+    assert config["backend"] == "ray" and config["storage"].startswith("sqlite:///")
+    assert all(r["state"] in ("COMPLETE", "PRUNED") for r in rows)
+    # The driver left nothing behind: no Ray experiment folder and no connection.
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "condconv-nas-ray-*"))
+
+
+def test_address_needs_the_ray_backend(files):
+    res = subprocess.run(search_cmd(files, "x", "--address", "127.0.0.1:1"), capture_output=True, text=True)
+    assert res.returncode == 2 and "--backend ray" in res.stderr and "Traceback" not in res.stderr
+    assert not (files / "results").exists()
+
+
+# ---------------------------------------------------------------- NNI
+
+
+def test_nni_backend_end_to_end_and_over_budget_never_trained(files):
+    # 60M leaves only the narrowest candidates in budget: NNI's evolution proposes over-budget ones.
+    t0 = time.time()
+    res = subprocess.run(search_cmd(files, "nni", "--backend", "nni", "--seed", "3", budget="60M", trials=3),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    print(f"nni backend, 3 trials: {time.time() - t0:.1f} s")
+    run_dir = files / "results" / "nni"
+    rows = rows_of(run_dir)
+    assert len(rows) == 3 and {p.name for p in run_dir.iterdir()} >= RUN_FILES - {"specs"}
+    over = [r for r in rows if int(r["madds"]) > 60_000_000]
+    assert over, rows
+    assert all(r["feasible"] == "False" and r["top1"] == "" for r in over)
+    assert res.stderr.count("not trained") == len(over)
+    assert all(float(r["seconds"]) < 10 for r in over)
+    assert json.loads((run_dir / "config.json").read_text())["backend"] == "nni"
+    # NNI ran in this process: no NNI manager or web portal was left behind.
+    assert not subprocess.run(["pgrep", "-f", "nni_manager|nni/main.js"], capture_output=True).stdout
+
+
+# ---------------------------------------------------------------- many workers on one study
+
+
+def test_two_concurrent_workers_share_one_sqlite_study_and_reach_the_exact_total(files):
+    cmd = search_cmd(files, "shared", trials=6)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # the first worker creates the study; the second joins it
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=900) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, [o[1][-2000:] for o in outs]
+    worked = [sum(1 for line in err.splitlines() if line.startswith("trial ")) for _, err in outs]
+    assert all(n >= 1 for n in worked), worked  # both workers ran trials ...
+    check_run_folder(files / "results" / "shared", 6)  # ... and the total is exact
+    assert sum(worked) == 6
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def _postgres_bin():
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(versions[-1]).parent if versions else None
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server in a temporary cluster, on loopback, stopped afterwards."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binary (initdb) on this machine: install Debian's postgresql")
+    root = Path(tempfile.mkdtemp(prefix="pg"))
+    data, port = root / "data", free_port()
+    as_user = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "nas", "--auth=trust"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                              f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "nas", "studies"],
+                       check=True, capture_output=True, timeout=60)
+        yield f"postgresql://nas@127.0.0.1:{port}/studies"
+    finally:
+        subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgresql_storage_with_two_workers(files, postgres):
+    cmd = search_cmd(files, "pg", "--storage", postgres, trials=4)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=900) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, [o[1][-2000:] for o in outs]
+    check_run_folder(files / "results" / "pg", 4)
+    assert json.loads((files / "results" / "pg" / "config.json").read_text())["storage"] == postgres
+    assert not (files / "results" / "pg" / "study.db").exists()
+    import optuna  # the study really lives in PostgreSQL
+    study = optuna.load_study(study_name="pg", storage=postgres)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
