@@ -104,7 +104,7 @@ def ray_head():
         ours = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
         for p in ours:
             p.terminate()
-        _, alive = psutil.wait_procs(ours, timeout=15)
+        _, alive = psutil.wait_procs(ours, timeout=5)
         for p in alive:
             p.kill()
         shutil.rmtree(temp, ignore_errors=True)

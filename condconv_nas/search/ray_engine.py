@@ -147,6 +147,8 @@ def ray_trial(config: Dict, task: SearchTask, threads: int) -> None:
 def run_ray(task: SearchTask, study: optuna.Study, total: int, *, address: Optional[str] = None,
             cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, on_trial=None) -> None:
     """Run trials on Ray until the study holds ``total`` counted trials; Ray is shut down after."""
+    if counted(study) >= total:
+        return
     ray.init(address=address or "local", num_cpus=None if address else os.cpu_count(), include_dashboard=False,
              log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     storage = tempfile.mkdtemp(prefix="condconv-nas-ray-")

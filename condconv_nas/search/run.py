@@ -75,8 +75,8 @@ def check_resume(run_dir: Path, config: Dict) -> None:
                              f"({old.get(key)!r}); pick another --run or --results")
 
 
-def open_user_study(url: str, name: str, seed: int, heartbeat: bool):
-    """The study in ``--storage``; a URL that cannot be used is a usage error naming it."""
+def open_storage(url: str, name: str, seed: int, *, heartbeat: bool):
+    """The run's study in ``url``; a URL that cannot be used is a usage error naming it."""
     from .optuna_engine import open_study  # noqa: PLC0415
     import sqlalchemy.exc  # noqa: PLC0415
     try:
@@ -97,12 +97,10 @@ def run_search(args) -> int:
     import optuna  # noqa: PLC0415
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    heartbeat = args.backend == "optuna"
-    if args.storage:  # a user's storage is reached before anything is written
-        study = open_user_study(storage, run_dir.name, args.seed, heartbeat)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not args.storage:
-        study = eng.open_study(storage, run_dir.name, args.seed, heartbeat=heartbeat)
+    if args.storage is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    study = open_storage(storage, run_dir.name, args.seed, heartbeat=args.backend == "optuna")
+    run_dir.mkdir(parents=True, exist_ok=True)  # a user's --storage was reached before anything was written
     config.update(run=run_dir.name, backend=args.backend, storage=storage, versions={
         "condconv_nas": __version__, "python": platform.python_version()}, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
     write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
