@@ -93,7 +93,7 @@ def test_weight_shapes_and_expert_init():
     assert lin.weight.shape == (3, 5, 20) and lin.bias.shape == (3, 5)
 
 
-@pytest.mark.parametrize("strategy", ["kernel", "mixture"])
+@pytest.mark.parametrize("strategy", ["kernel", "mixture", "auto"])
 def test_condlinear_equals_expert_mixture(strategy):
     torch.manual_seed(0)
     lin = CondLinear(20, 7, num_experts=5, strategy=strategy)
@@ -104,6 +104,22 @@ def test_condlinear_equals_expert_mixture(strategy):
     ref, g2 = grads(ref_fn, [x, r, lin.weight, lin.bias])
     assert rel_err(out, ref) <= 1e-5
     assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g1, g2))
+
+
+def test_measured_choice_is_cached_per_layer_shape_and_grad_mode():
+    from condconv_nas.layers import strategy as S
+    S.clear_cache()
+    lin, conv = CondLinear(20, 7, num_experts=5), CondConv2d(6, 10, 1, num_experts=4)
+    with torch.no_grad():
+        lin(torch.randn(6, 20), torch.rand(6, 5))
+        lin(torch.randn(6, 20), torch.rand(6, 5))  # same shape: measured once
+        lin(torch.randn(2, 20), torch.rand(2, 5))
+        conv(torch.randn(3, 6, 5, 5), torch.rand(3, 4))
+    conv(torch.randn(3, 6, 5, 5), torch.rand(3, 4))  # with grad: another measurement
+    keys = list(S._choices)
+    assert [k[0] for k in keys] == ["CondLinear", "CondLinear", "CondConv2d", "CondConv2d"]
+    assert [k[-1] for k in keys] == [False, False, False, True]
+    assert S._choices[keys[0]] in ("kernel", "mixture") and S._choices[keys[2]] in ("kernel", "mixture", "bmm")
 
 
 def test_bad_input_names_shapes():

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .strategy import STRATEGIES, applicable, choose_strategy
+from .strategy import STRATEGIES, choose_strategy
 
 _Size = Union[int, Tuple[int, int]]
 
@@ -91,9 +91,18 @@ class CondConv2d(nn.Module):
         strategy = self.strategy
         if strategy == "auto":
             strategy = choose_strategy(self, x)
-        elif strategy not in applicable(self, x):
+        elif strategy not in self.forms(x):
             raise ValueError(f"CondConv2d: strategy {strategy!r} needs a 1x1, stride-1, unpadded, ungrouped conv")
         return self.run(strategy, x, routing_weights, self.weight, self.bias)
+
+    def forms(self, x: torch.Tensor) -> Tuple[str, ...]:
+        """The execution forms that apply to this layer (``bmm``: 1x1, stride 1, unpadded, ungrouped)."""
+        pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
+        return ("kernel", "mixture", "bmm") if pointwise else ("kernel", "mixture")
+
+    def shape_key(self) -> Tuple:
+        return (self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation, self.groups,
+                self.num_experts, self.bias is not None)
 
     def run(self, strategy: str, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
             bias: Optional[torch.Tensor]) -> torch.Tensor:

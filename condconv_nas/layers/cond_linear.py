@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .cond_conv2d import check_routing
-from .strategy import STRATEGIES
+from .strategy import STRATEGIES, choose_strategy
 
 
 class CondLinear(nn.Module):
@@ -42,19 +43,29 @@ class CondLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}")
 
+    def forms(self, x: torch.Tensor) -> Tuple[str, ...]:
+        return ("kernel", "mixture")
+
+    def shape_key(self) -> Tuple:
+        return (self.in_features, self.out_features, self.num_experts, self.bias is not None)
+
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"CondLinear: expected input (B, {self.in_features}), got {tuple(x.shape)}")
         check_routing(routing_weights, x.shape[0], self.num_experts, "CondLinear")
-        r = routing_weights
-        bias = None if self.bias is None else r @ self.bias
-        if self.strategy == "mixture" or (self.strategy == "auto" and not torch.jit.is_tracing()
-                                          and x.shape[0] > 1 and torch.is_grad_enabled()):
-            # n experts in one matmul, then the routing-weighted sum.
-            y = F.linear(x, self.weight.reshape(-1, self.in_features)).reshape(x.shape[0], self.num_experts, -1)
+        strategy = {"auto": None, "bmm": "kernel"}.get(self.strategy, self.strategy) or choose_strategy(self, x)
+        return self.run(strategy, x, routing_weights, self.weight, self.bias)
+
+    def run(self, strategy: str, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
+            bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """One execution form on explicit expert weights (``strategy.py`` times forms on copies)."""
+        mixed_bias = None if bias is None else r @ bias
+        if strategy == "mixture":
+            # n experts in one matmul, then the routing-weighted sum: never builds per-example weights.
+            y = F.linear(x, weight.reshape(-1, self.in_features)).reshape(x.shape[0], self.num_experts, -1)
             out = torch.einsum("bno,bn->bo", y, r)
         else:
             # Per-example weight matrices, one batched matmul (the served form; the counted form).
-            w = (r @ self.weight.reshape(self.num_experts, -1)).reshape(x.shape[0], self.out_features, self.in_features)
+            w = (r @ weight.reshape(self.num_experts, -1)).reshape(x.shape[0], self.out_features, self.in_features)
             out = torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)
-        return out if bias is None else out + bias
+        return out if mixed_bias is None else out + mixed_bias

@@ -1,4 +1,6 @@
-"""Choosing how a CondConv layer executes, per call, from measurements cached per shape.
+"""Choosing how a CondConv layer (``CondConv2d``, ``CondLinear``) executes, per call, from
+measurements cached per shape. A layer offers ``forms(x)``, ``shape_key()`` and
+``run(form, x, routing_weights, weight, bias)``.
 
 Which form is fastest depends on the number of experts, batch, spatial size, grad mode and
 device (METHOD.md), so no fixed rule: the first call with a new shape times every form that
@@ -14,51 +16,49 @@ from typing import Dict, Tuple
 import torch
 
 STRATEGIES = ("auto", "kernel", "mixture", "bmm")
-_ROUNDS = 3
+_ROUNDS = 4
 _choices: Dict[Tuple, str] = {}
 
 
-def applicable(layer, x: torch.Tensor) -> Tuple[str, ...]:
-    forms = ["kernel", "mixture"]
-    if layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0) and layer.groups == 1:
-        forms.append("bmm")
-    return tuple(forms)
-
-
 def _key(layer, x: torch.Tensor, grad: bool) -> Tuple:
-    return (tuple(x.shape), x.dtype, x.device.type, x.is_contiguous(memory_format=torch.channels_last),
-            layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.groups,
-            layer.num_experts, layer.bias is not None, grad)
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return (type(layer).__name__, layer.shape_key(), tuple(x.shape), x.dtype, x.device.type, channels_last, grad)
 
 
-def _time(layer, form: str, args: Tuple, grad: bool) -> float:
-    best = float("inf")
+def _once(layer, form: str, args: Tuple, grad: bool) -> float:
+    t0 = time.perf_counter()
+    with torch.set_grad_enabled(grad):
+        out = layer.run(form, *args)
+        if grad:
+            out.backward(torch.ones_like(out))
+    return time.perf_counter() - t0
+
+
+def _measure(layer, forms: Tuple[str, ...], args: Tuple, grad: bool) -> Dict[str, float]:
+    """Best time of each form; forms interleaved round by round so that all see the same machine."""
+    best = dict.fromkeys(forms, float("inf"))
     for i in range(_ROUNDS + 1):
-        t0 = time.perf_counter()
-        with torch.set_grad_enabled(grad):
-            out = layer.run(form, *args)
-            if grad:
-                out.backward(torch.ones_like(out))
-        elapsed = time.perf_counter() - t0
-        if i:  # the first round is warm-up
-            best = min(best, elapsed)
+        for form in forms:
+            elapsed = _once(layer, form, args, grad)
+            if i:  # the first round is warm-up
+                best[form] = min(best[form], elapsed)
     return best
 
 
 def choose_strategy(layer, x: torch.Tensor) -> str:
-    """The fastest applicable form for this layer and input shape (measured once, then cached)."""
+    """The fastest of the layer's forms for this input shape and grad mode (measured once, then cached)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return "kernel"
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
     key = _key(layer, x, grad)
     choice = _choices.get(key)
     if choice is None:
-        forms = applicable(layer, x)
+        forms = layer.forms(x)
         # Time on detached copies so that no gradient reaches the layer's parameters.
         copy = lambda t: None if t is None else t.detach().clone().requires_grad_(grad)  # noqa: E731
         r = torch.rand(x.shape[0], layer.num_experts, dtype=x.dtype, device=x.device, requires_grad=grad)
         args = (copy(x), r, copy(layer.weight), copy(layer.bias))
-        times = {f: _time(layer, f, args, grad) for f in forms}
+        times = _measure(layer, forms, args, grad)
         choice = _choices[key] = min(times, key=times.get)
     return choice
 
