@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def ray_head():
     finally:
         import psutil  # a Ray dependency
         ours = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
+        ours += [c for p in ours for c in p.children(recursive=True) if c not in ours]  # ray:: workers too
         for p in ours:
             p.terminate()
         _, alive = psutil.wait_procs(ours, timeout=5)
@@ -124,6 +126,32 @@ def test_ray_backend_on_a_real_local_cluster(files, ray_head):
     assert all(r["state"] in ("COMPLETE", "PRUNED") for r in rows)
     # The driver left nothing behind: no Ray experiment folder and no connection.
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "condconv-nas-ray-*"))
+
+
+def ray_processes():
+    import psutil  # a Ray dependency
+    names = ("raylet", "gcs_server", "ray::")
+    return [p for p in psutil.process_iter(["cmdline"]) if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
+
+
+def test_ray_run_interrupted_shuts_ray_down_and_resumes_to_the_exact_total(files):
+    assert not ray_processes(), "a Ray is already running on this machine"
+    cmd = search_cmd(files, "rayint", "--backend", "ray", trials=4)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, lines = time.time() + 300, []
+    while time.time() < deadline:  # the first finished trial, then Ctrl-C
+        lines.append(proc.stderr.readline())
+        if lines[-1].startswith("trial "):
+            break
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, "".join(lines) + err[-2000:]
+    time.sleep(2)
+    assert not ray_processes()  # the local Ray the run started is gone
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    check_run_folder(files / "results" / "rayint", 4)
+    assert not ray_processes()
 
 
 def test_address_needs_the_ray_backend(files):
