@@ -87,6 +87,35 @@ def test_banded_asha_compares_trials_only_within_their_madd_band():
                                                          TrialScheduler.CONTINUE]
 
 
+def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
+    import optuna
+
+    from condconv_nas.data import parse_source
+    from condconv_nas.search.optuna_engine import DIRECTIONS, finished, trial_rows
+    from condconv_nas.search.ray_engine import StudySearch
+    from condconv_nas.search.run import trial_line
+    from condconv_nas.search.space import load_space
+    from condconv_nas.search.task import SearchTask
+    from condconv_nas.train.recipe import load_recipe
+    task = SearchTask(space=load_space(str(files / "space.yaml")), budget=10**10,
+                      recipe=load_recipe(str(files / "tiny.yaml")), data=parse_source("digits"))
+    study = optuna.create_study(study_name="s", directions=DIRECTIONS)
+    reported = []
+    search = StudySearch(task, study, 3, on_trial=lambda s, t: reported.append(t))
+    a, b = search.suggest("a"), search.suggest("b")
+    assert a["values"] is None and a["madds"] == study.trials[0].user_attrs["madds"]
+    search.on_trial_complete("a", {"top1": 0.25, "epoch": 1, "final": False, "madds": a["madds"]})  # ASHA stop
+    search.on_trial_complete("b", {"top1": 0.5, "top5": 0.9, "epoch": 2, "final": True, "madds": b["madds"]})
+    first, second = study.trials
+    assert first.state.name == "PRUNED" and first.user_attrs["stopped_early"]
+    assert second.state.name == "COMPLETE" and second.values == [0.5, float(b["madds"])]
+    assert finished(study) == 2  # a stopped trial counts toward --trials
+    rows = trial_rows(study, list(task.space.searched))
+    assert [(r["state"], r["top1"]) for r in rows] == [("PRUNED", None), ("COMPLETE", 0.5)]
+    assert "STOPPED" in trial_line(reported[0]) and "after epoch 1" in trial_line(reported[0])
+    assert "COMPLETE" in trial_line(reported[1])
+
+
 @pytest.fixture
 def ray_head():
     """A real one-node Ray cluster in its own processes, on this machine, with token authentication."""

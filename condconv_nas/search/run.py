@@ -7,7 +7,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from .. import __version__
 from ..data import parse_source
@@ -89,6 +89,23 @@ def open_storage(url: str, name: str, seed: int, *, heartbeat: bool):
         raise UsageError(f"--storage {url}: cannot open it ({reason})") from None
 
 
+def trial_line(trial) -> Optional[str]:
+    """The progress line of a finished trial; None for trials that do not count (surplus, Ctrl-C)."""
+    ua = trial.user_attrs
+    if ua.get("surplus") or ua.get("interrupted"):
+        return None
+    madds = f"{ua['madds'] / 1e6:.1f}M" if "madds" in ua else "?"
+    if trial.state.name == "FAIL":
+        return f"trial {trial.number:>3}  FAIL      {madds:>9}  (failed; the search goes on)"
+    if not ua.get("feasible"):
+        return f"trial {trial.number:>3}  over budget {madds:>7}  not trained"
+    if ua.get("stopped_early"):
+        return (f"trial {trial.number:>3}  STOPPED   {madds:>9}  top-1 {ua.get('top1_at_stop') or 0:.4f} after epoch "
+                f"{ua.get('epochs_at_stop')} (ASHA within its MADD band)")
+    return f"trial {trial.number:>3}  COMPLETE  {madds:>9}  top-1 {trial.values[0]:.4f}" + (
+        f"  ({ua['preset']})" if ua.get("preset") else "")
+
+
 def run_search(args) -> int:
     task, run_dir, config, total = prepare(args)
     check_resume(run_dir, config)
@@ -122,17 +139,9 @@ def run_search(args) -> int:
     progress = None if args.quiet else _progress(total, done)
 
     def on_trial(study, trial):
-        if trial.user_attrs.get("surplus") or trial.user_attrs.get("interrupted"):
+        line = trial_line(trial)
+        if line is None:
             return
-        ua = trial.user_attrs
-        madds = f"{ua['madds'] / 1e6:.1f}M" if "madds" in ua else "?"
-        if trial.state.name == "FAIL":
-            line = f"trial {trial.number:>3}  FAIL      {madds:>9}  (failed; the search goes on)"
-        elif not ua.get("feasible"):
-            line = f"trial {trial.number:>3}  over budget {madds:>7}  not trained"
-        else:
-            line = f"trial {trial.number:>3}  COMPLETE  {madds:>9}  top-1 {trial.values[0]:.4f}" + (
-                f"  ({ua['preset']})" if ua.get("preset") else "")
         if progress is not None:
             progress.update(1)
             best = max((t.values[0] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
