@@ -163,9 +163,10 @@ def ray_processes():
     return [p for p in psutil.process_iter(["cmdline"]) if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
 
 
-def test_ray_run_interrupted_shuts_ray_down_and_resumes_to_the_exact_total(files):
+@pytest.mark.parametrize("backend", ["ray", "nni"])
+def test_interrupted_run_leaves_nothing_running_and_resumes_to_the_exact_total(files, backend):
     assert not ray_processes(), "a Ray is already running on this machine"
-    cmd = search_cmd(files, "rayint", "--backend", "ray", trials=4)
+    cmd = search_cmd(files, "rayint", "--backend", backend, trials=4)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, lines = time.time() + 300, []
     while time.time() < deadline:  # the first finished trial, then Ctrl-C
@@ -176,7 +177,7 @@ def test_ray_run_interrupted_shuts_ray_down_and_resumes_to_the_exact_total(files
     err = proc.communicate(timeout=300)[1]
     assert proc.returncode == 130, "".join(lines) + err[-2000:]
     time.sleep(2)
-    assert not ray_processes()  # the local Ray the run started is gone
+    assert not ray_processes()  # the local Ray the run started is gone (NNI starts no process)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     check_run_folder(files / "results" / "rayint", 4)
