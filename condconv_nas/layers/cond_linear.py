@@ -53,7 +53,7 @@ class CondLinear(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"CondLinear: expected input (B, {self.in_features}), got {tuple(x.shape)}")
         check_routing(routing_weights, x.shape[0], self.num_experts, "CondLinear")
-        strategy = {"auto": None, "bmm": "kernel"}.get(self.strategy, self.strategy) or choose_strategy(self, x)
+        strategy = choose_strategy(self, x) if self.strategy == "auto" else self.strategy
         return self.run(strategy, x, routing_weights, self.weight, self.bias)
 
     def run(self, strategy: str, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
@@ -64,7 +64,7 @@ class CondLinear(nn.Module):
             # n experts in one matmul, then the routing-weighted sum: never builds per-example weights.
             y = F.linear(x, weight.reshape(-1, self.in_features)).reshape(x.shape[0], self.num_experts, -1)
             out = torch.einsum("bno,bn->bo", y, r)
-        else:
+        else:  # "kernel" (or "bmm", the same here)
             # Per-example weight matrices, one batched matmul (the served form; the counted form).
             w = (r @ weight.reshape(self.num_experts, -1)).reshape(x.shape[0], self.out_features, self.in_features)
             out = torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)

@@ -31,7 +31,7 @@ with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it does not
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from .optuna_engine import counted, judge, record, run_waiting
+from .optuna_engine import counted, judge, record, run_waiting, tell
 from .task import SearchTask
 
 STRATEGIES = ("evolution", "random", "tpe")
@@ -77,9 +77,7 @@ class Judge:
                 self.study.sampler = base
 
     def _tell(self, trial: optuna.Trial, values=None, state=TrialState.COMPLETE) -> None:
-        self.study.tell(trial, None if values is None else list(values), state=state)
-        if self.on_trial is not None:
-            self.on_trial(self.study, self.study._storage.get_trial(trial._trial_id))
+        tell(self.study, trial, values, state, on_trial=self.on_trial)
 
     def keep(self, model) -> bool:
         if counted(self.study) >= self.total:

@@ -101,6 +101,14 @@ def record(trial: optuna.Trial, result: Dict) -> Tuple[float, float]:
     return result["top1"], float(result["madds"])
 
 
+def tell(study: optuna.Study, trial: optuna.Trial, values=None, state: TrialState = TrialState.COMPLETE, *,
+         on_trial: Optional[Callable] = None) -> None:
+    """Finish an asked trial (Ray and NNI drive the study by ask-and-tell) and report it like Optuna's callbacks."""
+    study.tell(trial, None if values is None else list(values), state=state)
+    if on_trial is not None:
+        on_trial(study, study._storage.get_trial(trial._trial_id))
+
+
 def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callable:
     space = task.space
 

@@ -26,7 +26,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .optuna_engine import counted, finished, judge, record
+from .optuna_engine import counted, finished, judge, record, tell
 from .task import SearchTask
 
 BANDS = 4  # MADD bands of equal width over [0, budget]; over-budget points get a band of their own
@@ -104,17 +104,14 @@ class StudySearch(OptunaSearch):
         self._completed_trials.add(trial_id)
         trial, study = self._ot_trials[trial_id], self._ot_study
         if error or not result:
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL, on_trial=self.on_trial)
         elif result.get("final"):
-            values = result.get("values") or record(trial, result)
-            study.tell(trial, list(values))
+            tell(study, trial, result.get("values") or record(trial, result), on_trial=self.on_trial)
         else:  # stopped at a rung by BandedASHA
             trial.set_user_attr("stopped_early", True)
             trial.set_user_attr("top1_at_stop", result.get("top1"))
             trial.set_user_attr("epochs_at_stop", result.get("epoch"))
-            study.tell(trial, state=TrialState.PRUNED)
-        if self.on_trial is not None:
-            self.on_trial(study, study._storage.get_trial(trial._trial_id))
+            tell(study, trial, state=TrialState.PRUNED, on_trial=self.on_trial)
 
     def abandon_unfinished(self) -> None:
         """Trials Ray did not finish (Ctrl-C) are marked interrupted: the next run evaluates them again."""

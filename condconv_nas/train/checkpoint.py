@@ -2,23 +2,20 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
 from ..errors import UsageError
+from ..results import write_atomic
 
 
 def save(obj: Dict[str, Any], path: Path) -> None:
-    """Atomic ``torch.save`` (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomic ``torch.save`` (through ``write_atomic``: temporary file, then rename)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
 
 
 def load(path) -> Dict[str, Any]:

@@ -165,10 +165,11 @@ def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None) -> D
     val_loader = make_loader(val_ds, 256, train=False, seed=0, workers=recipe.workers)
     t = setup_training(model, recipe, num_classes=num_classes, steps_per_epoch=len(train_loader),
                        epochs=recipe.epochs)
+    evaluated = t.ema.module if t.ema is not None else model
     loss = math.nan
     for epoch in range(recipe.epochs):
         loss = train_epoch(t, train_loader, epoch)
         if report is not None and epoch + 1 < recipe.epochs:
-            report(epoch + 1, evaluate(t.ema.module if t.ema is not None else model, val_loader))
-    metrics = evaluate(t.ema.module if t.ema is not None else model, val_loader)
+            report(epoch + 1, evaluate(evaluated, val_loader))
+    metrics = evaluate(evaluated, val_loader)
     return {**metrics, "train_loss": loss}

@@ -12,6 +12,7 @@ import torch
 
 from ..data import make_datasets, parse_source
 from ..errors import UsageError
+from ..results import write_atomic
 from ..spec import load_spec
 from . import checkpoint
 from .recipe import load_recipe
@@ -119,7 +120,6 @@ def run_train(args) -> int:
         checkpoint.save(ckpt, out / "last.pt")
         checkpoint.save({"spec": spec.to_dict(), "model": evaluated.state_dict(), "recipe": ckpt["recipe"],
                          "metrics": metrics}, out / "model.pt")
-        from ..results import write_atomic  # noqa: PLC0415
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if writer is not None:
         writer.close()
