@@ -12,6 +12,7 @@ import sys
 import warnings
 from typing import Dict, List, Optional, Sequence, Type
 
+from .allocator import keep_freed_memory
 from .errors import UsageError
 
 
@@ -102,6 +103,7 @@ class Search(Command):
 
     def take_action(self, args):
         from .search.run import run_search  # noqa: PLC0415
+        keep_freed_memory()
         return run_search(args)
 
 
@@ -129,6 +131,7 @@ class Train(Command):
 
     def take_action(self, args):
         from .train.run import run_train  # noqa: PLC0415
+        keep_freed_memory()
         return run_train(args)
 
 

@@ -40,7 +40,7 @@ def grads(out_fn, tensors):
     return out.detach(), [t.grad.clone() for t in tensors]
 
 
-@pytest.mark.parametrize("strategy", ["kernel", "mixture", "auto"])
+@pytest.mark.parametrize("strategy", ["kernel", "mixture", "expand", "auto"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_condconv2d_equals_expert_mixture(case, mode, strategy):
@@ -75,10 +75,10 @@ def test_strategies_agree_and_padding_rule():
     assert CondConv2d(8, 8, 3, padding=0).padding == (0, 0)
     x, r = torch.randn(4, 8, 12, 12), torch.rand(4, 4)
     outs = []
-    for s in ("kernel", "mixture"):
+    for s in ("kernel", "mixture", "expand"):
         layer.strategy = s
         outs.append(layer(x, r))
-    assert rel_err(outs[0], outs[1]) <= 1e-5
+    assert rel_err(outs[0], outs[1]) <= 1e-5 and rel_err(outs[0], outs[2]) <= 1e-5
     assert outs[0].shape == (4, 8, 12, 12)
 
 
@@ -93,7 +93,7 @@ def test_weight_shapes_and_expert_init():
     assert lin.weight.shape == (3, 5, 20) and lin.bias.shape == (3, 5)
 
 
-@pytest.mark.parametrize("strategy", ["kernel", "mixture", "auto"])
+@pytest.mark.parametrize("strategy", ["kernel", "mixture", "expand", "auto"])
 def test_condlinear_equals_expert_mixture(strategy):
     torch.manual_seed(0)
     lin = CondLinear(20, 7, num_experts=5, strategy=strategy)
@@ -119,7 +119,8 @@ def test_measured_choice_is_cached_per_layer_shape_and_grad_mode():
     keys = list(S._choices)
     assert [k[0] for k in keys] == ["CondLinear", "CondLinear", "CondConv2d", "CondConv2d"]
     assert [k[-1] for k in keys] == [False, False, False, True]
-    assert S._choices[keys[0]] in ("kernel", "mixture") and S._choices[keys[2]] in ("kernel", "mixture", "bmm")
+    assert S._choices[keys[0]] in ("kernel", "mixture", "expand")
+    assert S._choices[keys[2]] in ("kernel", "mixture", "expand", "bmm")
 
 
 def test_bad_input_names_shapes():
@@ -212,3 +213,18 @@ def test_trace_state_dict_dtype_channels_last_batch1():
     assert net(x[:1]).shape == (1, 5)
     d = TinyNet().to(torch.float64).eval()
     assert d(x.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("strategy", ["kernel", "bmm"])
+def test_batch_one_with_large_kernels(strategy):
+    """Batch 1 and kernels of >= 2**16 weights take the blocked mixing of `mix_experts`."""
+    torch.manual_seed(0)
+    layer = CondConv2d(256, 256, 1, bias=True, num_experts=4, strategy=strategy)
+    x = torch.randn(1, 256, 3, 3, requires_grad=True)
+    r = torch.rand(1, 4, requires_grad=True)
+    params = [x, r, layer.weight, layer.bias]
+    out, g_ours = grads(lambda: layer(x, r), params)
+    ref, g_ref = grads(lambda: mixture_reference(x, r, layer), params)
+    assert rel_err(out, ref) <= 1e-5
+    for name, a, b in zip(["input", "routing", "weight", "bias"], g_ours, g_ref):
+        assert rel_err(a, b) <= 1e-5, name

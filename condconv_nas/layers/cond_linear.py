@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cond_conv2d import check_routing
+from .cond_conv2d import check_routing, mix_experts
 from .strategy import STRATEGIES, choose_strategy
 
 
@@ -44,7 +44,7 @@ class CondLinear(nn.Module):
                 f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}")
 
     def forms(self, x: torch.Tensor) -> Tuple[str, ...]:
-        return ("kernel", "mixture")
+        return ("kernel", "mixture", "expand")
 
     def shape_key(self) -> Tuple:
         return (self.in_features, self.out_features, self.num_experts, self.bias is not None)
@@ -60,12 +60,17 @@ class CondLinear(nn.Module):
             bias: Optional[torch.Tensor]) -> torch.Tensor:
         """One execution form on explicit expert weights (``strategy.py`` times forms on copies)."""
         mixed_bias = None if bias is None else r @ bias
+        B, n = x.shape[0], self.num_experts
         if strategy == "mixture":
             # n experts in one matmul, then the routing-weighted sum: never builds per-example weights.
-            y = F.linear(x, weight.reshape(-1, self.in_features)).reshape(x.shape[0], self.num_experts, -1)
+            y = F.linear(x, weight.reshape(-1, self.in_features)).reshape(B, n, -1)
             out = torch.einsum("bno,bn->bo", y, r)
+        elif strategy == "expand":
+            # The sum over experts inside one matmul: inputs r[b, i] * x[b] side by side.
+            xe = (r.unsqueeze(-1) * x.unsqueeze(1)).reshape(B, n * self.in_features)
+            out = F.linear(xe, weight.transpose(0, 1).reshape(self.out_features, -1))
         else:  # "kernel" (or "bmm", the same here)
             # Per-example weight matrices, one batched matmul (the served form; the counted form).
-            w = (r @ weight.reshape(self.num_experts, -1)).reshape(x.shape[0], self.out_features, self.in_features)
+            w = mix_experts(r, weight).reshape(B, self.out_features, self.in_features)
             out = torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)
         return out if mixed_bias is None else out + mixed_bias

@@ -15,7 +15,7 @@ from typing import Dict, Tuple
 
 import torch
 
-STRATEGIES = ("auto", "kernel", "mixture", "bmm")
+STRATEGIES = ("auto", "kernel", "mixture", "expand", "bmm")
 _ROUNDS = 4
 _choices: Dict[Tuple, str] = {}
 

@@ -125,6 +125,9 @@ class StudySearch(OptunaSearch):
 def ray_trial(config: Dict, task: SearchTask, threads: int) -> None:
     """One Ray trial: report the judged values, or train the proxy reporting top-1 every epoch."""
     import torch  # noqa: PLC0415
+
+    from ..allocator import keep_freed_memory  # noqa: PLC0415
+    keep_freed_memory()  # as the CLI does for its own process
     torch.set_num_threads(threads)
     epochs = task.recipe.epochs
     if config["values"] is not None:
