@@ -1,8 +1,11 @@
 """CondConv-EfficientNet-B0 (8 experts) over EfficientNet-B0: ours and timm's, side by side.
 
 Times the four figures of the speed goal, interleaving the CondConv and static model of each
-implementation round by round, and prints median ratios (CondConv time / static time) next to
-the MADD ratio. Run: ``python benchmarks/condconv_speed.py [--rounds N]``.
+implementation round by round, and prints the median over rounds of the ratio CondConv time /
+static time of the same round, next to the MADD ratio. The process keeps freed memory as the
+CLI's ``search`` and ``train`` do (``condconv_nas.allocator``; it applies to timm's models too);
+``--default-malloc`` leaves glibc's default. Run:
+``python benchmarks/condconv_speed.py [--rounds N] [--default-malloc]``.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import timm
 import torch
 
 from condconv_nas import build_model, count_madds
+from condconv_nas.allocator import keep_freed_memory
 
 FIGURES = [  # name, resolution, batch, training?
     ("training step, 64 px, batch 32", 64, 32, True),
@@ -40,24 +44,27 @@ def ratio(cond, static, res, batch, train, rounds, warmup=2) -> float:
         m.train(train)
         for _ in range(warmup):  # also lets our layers measure and cache their fastest form
             step(m, x, train)
-    tc, ts = [], []
-    for _ in range(rounds):  # interleaved: both models see the same machine state
-        tc.append(step(cond, x, train))
-        ts.append(step(static, x, train))
-    return statistics.median(tc) / statistics.median(ts)
+    ratios = []
+    for _ in range(rounds):  # interleaved: both models of a round see the same machine state
+        t_cond = step(cond, x, train)
+        ratios.append(t_cond / step(static, x, train))
+    return statistics.median(ratios)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--default-malloc", action="store_true", help="do not keep freed memory (glibc's default)")
     args = p.parse_args()
+    kept = False if args.default_malloc else keep_freed_memory()
     torch.manual_seed(0)
     pairs = {
         "condconv_nas": (build_model("condconv-efficientnet-b0"), build_model("efficientnet-b0")),
         "timm": (timm.create_model("efficientnet_cc_b0_8e"), timm.create_model("efficientnet_b0")),
     }
     madd_ratio = count_madds("condconv-efficientnet-b0") / count_madds("efficientnet-b0")
-    print(f"threads {torch.get_num_threads()}, rounds {args.rounds}, MADD ratio (224 px) {madd_ratio:.3f}")
+    print(f"threads {torch.get_num_threads()}, rounds {args.rounds}, freed memory kept: {kept}, "
+          f"MADD ratio (224 px) {madd_ratio:.3f}")
     print(f"{'figure':34s} {'condconv_nas':>13s} {'timm':>7s} {'ours/timm':>10s}")
     for name, res, batch, train in FIGURES:
         r = {k: ratio(c, s, res, batch, train, args.rounds) for k, (c, s) in pairs.items()}
