@@ -228,3 +228,14 @@ def test_batch_one_with_large_kernels(strategy):
     assert rel_err(out, ref) <= 1e-5
     for name, a, b in zip(["input", "routing", "weight", "bias"], g_ours, g_ref):
         assert rel_err(a, b) <= 1e-5, name
+
+
+def test_condlinear_batch_one_with_large_weights():
+    torch.manual_seed(0)
+    lin = CondLinear(256, 256, num_experts=4, strategy="kernel")
+    x, r = torch.randn(1, 256, requires_grad=True), torch.rand(1, 4, requires_grad=True)
+    ref_fn = lambda: sum(r[:, i, None] * F.linear(x, lin.weight[i], lin.bias[i]) for i in range(4))  # noqa: E731
+    out, g1 = grads(lambda: lin(x, r), [x, r, lin.weight, lin.bias])
+    ref, g2 = grads(ref_fn, [x, r, lin.weight, lin.bias])
+    assert rel_err(out, ref) <= 1e-5
+    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g1, g2))

@@ -40,9 +40,10 @@ def _pair(v: _Size, name: str) -> Tuple[int, int]:
 def mix_experts(r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``r @ weight.reshape(n, -1)``: per-example kernels, flattened, ``(B, N)``.
 
-    At batch 1 with large kernels, MKL's ``(1 x n) @ (n x N)`` product runs at about half the
-    speed of the same product split into 32 column blocks as one batched matmul (measured on
-    2 cores at N >= 2**16: 0.53x to 0.59x the time); that is the time of reading the experts.
+    At batch 1 with large kernels, MKL's ``(1 x n) @ (n x N)`` product is slower than the same
+    product split into 32 column blocks as one batched matmul (measured on 2 cores, n = 8: the
+    blocked form took 0.81x the time at N = 2**16, 0.53x to 0.59x at N = 2.2e5 to 1.3e6), which
+    runs at about the speed of reading the experts once.
     """
     n = r.shape[1]
     w = weight.reshape(n, -1)
@@ -118,7 +119,9 @@ class CondConv2d(nn.Module):
 
     def forms(self, x: torch.Tensor) -> Tuple[str, ...]:
         """The execution forms worth timing for this layer (``bmm``: 1x1, stride 1, unpadded, ungrouped)."""
-        if self.groups > 1:  # grouped `expand` (n inputs per group) ran 10x slower than `mixture` at every size tried
+        # Grouped `expand` (n inputs per group) ran 3x slower than `mixture` and 10x slower than `kernel`
+        # at every depthwise layer of CondConv-B0 (benchmarks/condconv_layers.py), so it is not timed.
+        if self.groups > 1:
             return ("kernel", "mixture")
         pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
         return ("kernel", "mixture", "expand", "bmm") if pointwise else ("kernel", "mixture", "expand")
