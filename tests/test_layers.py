@@ -239,3 +239,23 @@ def test_condlinear_batch_one_with_large_weights():
     ref, g2 = grads(ref_fn, [x, r, lin.weight, lin.bias])
     assert rel_err(out, ref) <= 1e-5
     assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g1, g2))
+
+
+def test_measuring_stops_timing_hopeless_forms():
+    """After the warm-up round only forms within 3x of the fastest warm-up are timed again."""
+    import time as _time
+
+    from condconv_nas.layers import strategy as S
+
+    class Fake:
+        calls = {"fast": 0, "slow": 0}
+
+        def run(self, form, *args):
+            self.calls[form] += 1
+            _time.sleep(0.001 if form == "fast" else 0.05)
+            return torch.zeros(1)
+
+    fake = Fake()
+    best = S._measure(fake, ("fast", "slow"), (), grad=False)
+    assert fake.calls == {"fast": 1 + S._ROUNDS, "slow": 1}
+    assert list(best) == ["fast"] and best["fast"] >= 0.001

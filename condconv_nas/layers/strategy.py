@@ -17,6 +17,7 @@ import torch
 
 STRATEGIES = ("auto", "kernel", "mixture", "expand", "bmm")
 _ROUNDS = 4
+_HOPELESS = 3.0
 _choices: Dict[Tuple, str] = {}
 
 
@@ -35,13 +36,15 @@ def _once(layer, form: str, args: Tuple, grad: bool) -> float:
 
 
 def _measure(layer, forms: Tuple[str, ...], args: Tuple, grad: bool) -> Dict[str, float]:
-    """Best time of each form; forms interleaved round by round so that all see the same machine."""
-    best = dict.fromkeys(forms, float("inf"))
-    for i in range(_ROUNDS + 1):
-        for form in forms:
-            elapsed = _once(layer, form, args, grad)
-            if i:  # the first round is warm-up
-                best[form] = min(best[form], elapsed)
+    """Best time of each form; forms interleaved round by round so that all see the same machine.
+
+    The first round is warm-up; a form over ``_HOPELESS`` times the fastest warm-up is not timed
+    further (the n-fold forms at large sizes, the per-example kernels at tiny ones)."""
+    warm = {form: _once(layer, form, args, grad) for form in forms}
+    best = {form: float("inf") for form, t in warm.items() if t <= _HOPELESS * min(warm.values())}
+    for _ in range(_ROUNDS):
+        for form in best:
+            best[form] = min(best[form], _once(layer, form, args, grad))
     return best
 
 
