@@ -1,8 +1,8 @@
 """CondConv-EfficientNet-B0 (8 experts) over EfficientNet-B0: ours and timm's, side by side.
 
 Times the four figures of the speed goal, interleaving the CondConv and static model of each
-implementation round by round, and prints the median over rounds of the ratio CondConv time /
-static time of the same round, next to the MADD ratio. The process keeps freed memory as the
+implementation round by round, and prints the median (and interquartile range) over rounds of
+the ratio CondConv time / static time of the same round, next to the MADD ratio. The process keeps freed memory as the
 CLI's ``search`` and ``train`` do (``condconv_nas.allocator``; it applies to timm's models too);
 ``--default-malloc`` leaves glibc's default. Run:
 ``python benchmarks/condconv_speed.py [--rounds N] [--default-malloc]``.
@@ -38,17 +38,23 @@ def step(model, x, train: bool) -> float:
     return time.perf_counter() - t0
 
 
-def ratio(cond, static, res, batch, train, rounds, warmup=2) -> float:
+def ratios(cond, static, res, batch, train, rounds, warmup=2) -> list:
     x = torch.randn(batch, 3, res, res)
     for m in (cond, static):
         m.train(train)
         for _ in range(warmup):  # also lets our layers measure and cache their fastest form
             step(m, x, train)
-    ratios = []
+    out = []
     for _ in range(rounds):  # interleaved: both models of a round see the same machine state
         t_cond = step(cond, x, train)
-        ratios.append(t_cond / step(static, x, train))
-    return statistics.median(ratios)
+        out.append(t_cond / step(static, x, train))
+    return out
+
+
+def cell(values: list) -> str:
+    """Median and interquartile range of the per-round ratios."""
+    q1, median, q3 = statistics.quantiles(values, n=4)
+    return f"{median:.2f}x ({q1:.2f}-{q3:.2f})"
 
 
 def main() -> None:
@@ -65,10 +71,12 @@ def main() -> None:
     madd_ratio = count_madds("condconv-efficientnet-b0") / count_madds("efficientnet-b0")
     print(f"threads {torch.get_num_threads()}, rounds {args.rounds}, freed memory kept: {kept}, "
           f"MADD ratio (224 px) {madd_ratio:.3f}")
-    print(f"{'figure':34s} {'condconv_nas':>13s} {'timm':>7s} {'ours/timm':>10s}")
+    print(f"{'figure':32s} {'condconv_nas (IQR)':>20s} {'timm (IQR)':>20s} {'ours/timm':>10s}")
     for name, res, batch, train in FIGURES:
-        r = {k: ratio(c, s, res, batch, train, args.rounds) for k, (c, s) in pairs.items()}
-        print(f"{name:34s} {r['condconv_nas']:12.2f}x {r['timm']:6.2f}x {r['condconv_nas'] / r['timm']:10.2f}")
+        r = {k: ratios(c, s, res, batch, train, args.rounds) for k, (c, s) in pairs.items()}
+        ours, theirs = r["condconv_nas"], r["timm"]
+        rel = statistics.median(ours) / statistics.median(theirs)
+        print(f"{name:32s} {cell(ours):>20s} {cell(theirs):>20s} {rel:10.2f}")
 
 
 if __name__ == "__main__":
