@@ -19,25 +19,28 @@ from condconv_nas import build_model
 from condconv_nas.allocator import keep_freed_memory
 from condconv_nas.layers import CondConv2d
 from condconv_nas.layers import strategy as S
+from condconv_nas.layers.crop import crop
 
 
 def largest_tensor(layer: CondConv2d, form: str, shape) -> int:
     """Elements of the largest intermediate that `form` makes for an input of `shape`."""
     B, C, H, W = shape
     n, O, g = layer.num_experts, layer.out_channels, layer.groups
-    (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
-    Ho, Wo = (H + 2 * layer.padding[0] - kh) // sh + 1, (W + 2 * layer.padding[1] - kw) // sw + 1
+    (kh, kw), (sh, sw) = crop(layer.weight, (H, W), layer.stride, layer.padding, layer.dilation)[0].shape[-2:], layer.stride
+    Ho, Wo = (H + 2 * layer.padding[0] - layer.kernel_size[0]) // sh + 1, (W + 2 * layer.padding[1] - layer.kernel_size[1]) // sw + 1
     return {"kernel": B * O * C // g * kh * kw, "bmm": B * O * C, "mixture": B * n * O * Ho * Wo,
             "expand": B * n * C * H * W}[form]
 
 
 def static_time(layer: CondConv2d, x: torch.Tensor, train: bool, rounds: int) -> float:
+    """The static convolution as the static model runs it (cropped to the taps the input reaches)."""
     w = layer.weight[0].detach().clone().requires_grad_(train)
     best = float("inf")
     for i in range(rounds + 1):
         t0 = time.perf_counter()
         with torch.set_grad_enabled(train):
-            out = F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+            wc, padding = crop(w, x.shape[-2:], layer.stride, layer.padding, layer.dilation)
+            out = F.conv2d(x, wc, None, layer.stride, padding, layer.dilation, layer.groups)
             if train:
                 out.backward(torch.ones_like(out))
         if i:

@@ -259,3 +259,55 @@ def test_measuring_stops_timing_hopeless_forms():
     best = S._measure(fake, ("fast", "slow"), (), grad=False)
     assert fake.calls == {"fast": 1 + S._ROUNDS, "slow": 1}
     assert list(best) == ["fast"] and best["fast"] >= 0.001
+
+
+CROP_CASES = {  # name: (in, out, k, stride, padding, dilation, groups, size)
+    "5x5 depthwise on 1x1": (8, 8, 5, 1, 2, 1, 8, 1),
+    "5x5 depthwise on 2x2": (8, 8, 5, 1, 2, 1, 8, 2),
+    "5x5 stride 2 on 1x1": (8, 8, 5, 2, 2, 1, 8, 1),
+    "3x3 stride 2 on 2x3": (6, 4, 3, 2, 1, 1, 1, 2),
+    "dilated 3x3 on 2x2": (4, 4, 3, 1, 2, 2, 1, 2),
+    "3x3 on 7x7 (nothing to crop)": (4, 4, 3, 1, 1, 1, 1, 7),
+}
+
+
+@pytest.mark.parametrize("case", list(CROP_CASES))
+def test_cropping_conv_equals_nn_conv2d_and_counts_the_whole_kernel(case):
+    """Taps that read only padding are dropped for small inputs: same outputs and gradients as
+    nn.Conv2d, and under tracing (fvcore) the whole kernel is used."""
+    from condconv_nas.layers.crop import CroppingConv2d, crop, use_cropping_convs
+    cin, cout, k, s, p, d, g, n = CROP_CASES[case]
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias=True)
+    ours = use_cropping_convs(torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias=True)))[0]
+    assert type(ours) is CroppingConv2d
+    ours.load_state_dict(ref.state_dict())
+    w = n + 1 if case.endswith("2x3") else n
+    x = torch.randn(3, cin, n, w, requires_grad=True)
+    out, g_ours = grads(lambda: ours(x), [x, ours.weight, ours.bias])
+    want, g_ref = grads(lambda: ref(x), [x, ref.weight, ref.bias])
+    assert out.shape == want.shape and rel_err(out, want) <= 1e-5
+    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g_ours, g_ref))
+    cropped, _ = crop(ref.weight, (n, w), ref.stride, ref.padding, ref.dilation)
+    if "nothing" in case:
+        assert cropped is ref.weight
+    else:
+        assert cropped.shape[-2:] != ref.weight.shape[-2:]
+    from fvcore.nn import FlopCountAnalysis
+    x = x.detach()
+    counts = [FlopCountAnalysis(m, x).unsupported_ops_warnings(False).total() for m in (ours, ref)]
+    assert counts[0] == counts[1] == 3 * cout * out.shape[-2] * out.shape[-1] * cin // g * k * k
+
+
+@pytest.mark.parametrize("strategy", ["kernel", "mixture", "expand"])
+def test_condconv2d_on_inputs_smaller_than_its_kernel(strategy):
+    torch.manual_seed(0)
+    layer = CondConv2d(8, 8, 5, groups=8, bias=True, num_experts=4, strategy=strategy)
+    for size in (1, 2):
+        x = torch.randn(3, 8, size, size, requires_grad=True)
+        r = torch.rand(3, 4, requires_grad=True)
+        params = [x, r, layer.weight, layer.bias]
+        out, g_ours = grads(lambda: layer(x, r), params)
+        ref, g_ref = grads(lambda: mixture_reference(x, r, layer), params)
+        assert rel_err(out, ref) <= 1e-5
+        assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g_ours, g_ref))

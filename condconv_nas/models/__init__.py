@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import RoutingState
+from ..layers.crop import use_cropping_convs
 from ..spec import ArchSpec, load_spec
 from . import families  # noqa: F401  (registers the families)
 from .placement import place_condconv
@@ -41,4 +42,4 @@ def build_model(spec, *, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
     net = family.build(spec, drop_rate=drop_rate, drop_path_rate=drop_path_rate, bn_momentum=bn_momentum)
     state = (place_condconv(net, family, spec.condconv, expert_dropout=expert_dropout)
              if spec.condconv is not None else RoutingState())
-    return CondConvNet(net, spec, state)
+    return CondConvNet(use_cropping_convs(net), spec, state)
