@@ -39,8 +39,8 @@ def static_time(layer: CondConv2d, x: torch.Tensor, train: bool, rounds: int) ->
     for i in range(rounds + 1):
         t0 = time.perf_counter()
         with torch.set_grad_enabled(train):
-            wc, padding = crop(w, x.shape[-2:], layer.stride, layer.padding, layer.dilation)
-            out = F.conv2d(x, wc, None, layer.stride, padding, layer.dilation, layer.groups)
+            wc, stride, padding = crop(w, x.shape[-2:], layer.stride, layer.padding, layer.dilation)
+            out = F.conv2d(x, wc, None, stride, padding, layer.dilation, layer.groups)
             if train:
                 out.backward(torch.ones_like(out))
         if i:

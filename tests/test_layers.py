@@ -268,6 +268,7 @@ CROP_CASES = {  # name: (in, out, k, stride, padding, dilation, groups, size)
     "3x3 stride 2 on 2x3": (6, 4, 3, 2, 1, 1, 1, 2),
     "dilated 3x3 on 2x2": (4, 4, 3, 1, 2, 2, 1, 2),
     "3x3 on 7x7 (nothing to crop)": (4, 4, 3, 1, 1, 1, 1, 7),
+    "1x1 stride 2 on 1x1 (stride dropped)": (8, 8, 1, 2, 0, 1, 8, 1),
 }
 
 
@@ -288,9 +289,11 @@ def test_cropping_conv_equals_nn_conv2d_and_counts_the_whole_kernel(case):
     want, g_ref = grads(lambda: ref(x), [x, ref.weight, ref.bias])
     assert out.shape == want.shape and rel_err(out, want) <= 1e-5
     assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g_ours, g_ref))
-    cropped, _ = crop(ref.weight, (n, w), ref.stride, ref.padding, ref.dilation)
+    cropped, _, _ = crop(ref.weight, (n, w), ref.stride, ref.padding, ref.dilation)
     if "nothing" in case:
         assert cropped is ref.weight
+    elif "stride dropped" in case:
+        assert crop(ref.weight, (n, w), ref.stride, ref.padding, ref.dilation)[1] == (1, 1)
     else:
         assert cropped.shape[-2:] != ref.weight.shape[-2:]
     from fvcore.nn import FlopCountAnalysis

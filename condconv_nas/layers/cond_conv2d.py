@@ -136,19 +136,19 @@ class CondConv2d(nn.Module):
         """One execution form on explicit expert weights (``strategy.py`` times forms on copies).
 
         Kernel taps that only ever read padding for this input size are cropped first (``crop``)."""
-        weight, padding = crop(weight, x.shape[-2:], self.stride, self.padding, self.dilation)
+        weight, stride, padding = crop(weight, x.shape[-2:], self.stride, self.padding, self.dilation)
         mixed_bias = None if bias is None else r @ bias  # (B, out)
-        return getattr(self, "_forward_" + strategy)(x, r, weight, mixed_bias, padding)
+        return getattr(self, "_forward_" + strategy)(x, r, weight, mixed_bias, stride, padding)
 
-    def _forward_kernel(self, x, r, weight, bias, padding):
+    def _forward_kernel(self, x, r, weight, bias, stride, padding):
         B, C, H, W = x.shape
         O = self.out_channels
         kernels = mix_experts(r, weight).reshape(B * O, C // self.groups, *weight.shape[-2:])
         out = F.conv2d(x.reshape(1, B * C, H, W), kernels, None if bias is None else bias.reshape(-1),
-                       self.stride, padding, self.dilation, self.groups * B)
+                       stride, padding, self.dilation, self.groups * B)
         return out.reshape(B, O, out.shape[-2], out.shape[-1])
 
-    def _forward_bmm(self, x, r, weight, bias, padding):
+    def _forward_bmm(self, x, r, weight, bias, stride, padding):
         """1x1, stride 1, ungrouped: per-example kernels as one batched matmul."""
         B, C, H, W = x.shape
         kernels = mix_experts(r, weight).reshape(B, self.out_channels, C)
@@ -157,22 +157,22 @@ class CondConv2d(nn.Module):
             out = out + bias.unsqueeze(-1)
         return out.reshape(B, self.out_channels, H, W)
 
-    def _forward_mixture(self, x, r, weight, bias, padding):
+    def _forward_mixture(self, x, r, weight, bias, stride, padding):
         B = x.shape[0]
         n, g, O = self.num_experts, self.groups, self.out_channels
         # Stack the experts inside each group so that one grouped conv computes every expert's output.
         w = weight.reshape(n, g, O // g, *weight.shape[2:]).transpose(0, 1)
-        y = F.conv2d(x, w.reshape(n * O, *weight.shape[2:]), None, self.stride, padding, self.dilation, g)
+        y = F.conv2d(x, w.reshape(n * O, *weight.shape[2:]), None, stride, padding, self.dilation, g)
         Ho, Wo = y.shape[-2:]
         out = torch.einsum("bgnohw,bn->bgohw", y.reshape(B, g, n, O // g, Ho, Wo), r).reshape(B, O, Ho, Wo)
         return out if bias is None else out + bias[:, :, None, None]
 
-    def _forward_expand(self, x, r, weight, bias, padding):
+    def _forward_expand(self, x, r, weight, bias, stride, padding):
         B, C, H, W = x.shape
         n, g, O = self.num_experts, self.groups, self.out_channels
         # Input channels ordered (group, expert, channel): group j sees r[b, i] * x[b, group j] for every i.
         xe = (x.reshape(B, g, 1, C // g, H, W) * r.reshape(B, 1, n, 1, 1, 1)).reshape(B, g * n * C // g, H, W)
         w = weight.reshape(n, g, O // g, *weight.shape[2:]).permute(1, 2, 0, 3, 4, 5)
         w = w.reshape(O, n * weight.shape[2], *weight.shape[3:])
-        out = F.conv2d(xe, w, None, self.stride, padding, self.dilation, g)
+        out = F.conv2d(xe, w, None, stride, padding, self.dilation, g)
         return out if bias is None else out + bias[:, :, None, None]

@@ -1,4 +1,5 @@
-"""Convolutions on inputs smaller than their kernel: drop the taps that only ever meet padding.
+"""Convolutions on inputs smaller than their kernel: drop the taps that only ever meet padding
+(and the stride where there is one output position).
 
 A 5x5 convolution with padding 2 on a 1x1 input reads its centre tap only; on 2x2, its centre
 3x3. The result is the same with those taps cut off and the padding cut by as much, and oneDNN
@@ -27,40 +28,46 @@ def _used_taps(size: int, k: int, stride: int, pad: int, dilation: int) -> Tuple
 
 
 def crop(weight: torch.Tensor, size: Tuple[int, int], stride: Tuple[int, int], padding: Tuple[int, int],
-         dilation: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """``(weight, padding)`` with the taps that read only padding removed (a view; unchanged if none).
+         dilation: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int], Tuple[int, int]]:
+    """``(weight, stride, padding)`` for the same convolution with the taps that read only padding
+    removed (a view of ``weight``; everything unchanged if there are none), and stride 1 along a
+    dimension with one output position (the stride never applies there; oneDNN took 6.8 ms for a
+    stride-2 depthwise 1x1 on (64, 672, 1, 1), 0.6 ms at stride 1).
 
     ``weight``'s last two dimensions are the kernel; the output shape and values are unchanged.
     """
     if torch.jit.is_tracing():
-        return weight, padding
-    kh, kw = weight.shape[-2:]
-    (h0, h1), (w0, w1) = (_used_taps(n, k, s, p, d) for n, k, s, p, d in
-                          zip(size, (kh, kw), stride, padding, dilation))
-    if (h0, h1, w0, w1) == (0, kh - 1, 0, kw - 1):
-        return weight, padding
-    new_pad = (padding[0] - h0 * dilation[0], padding[1] - w0 * dilation[1])
-    for n, k, s, p, d, (a, b), q in zip(size, (kh, kw), stride, padding, dilation, ((h0, h1), (w0, w1)), new_pad):
-        if q < 0 or (n + 2 * q - d * (b - a) - 1) // s != (n + 2 * p - d * (k - 1) - 1) // s:
-            return weight, padding  # the cropped call would not give the same output size
-    return weight[..., h0:h1 + 1, w0:w1 + 1], new_pad
+        return weight, stride, padding
+    new_weight, new_stride, new_pad = weight, list(stride), list(padding)
+    for dim, (n, s, p, d) in enumerate(zip(size, stride, padding, dilation)):
+        k = weight.shape[dim - 2]
+        out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        a, b = _used_taps(n, k, s, p, d)
+        q = p - a * d
+        for s2 in ((1, s) if out == 1 and s > 1 else (s,)):
+            if q >= 0 and (n + 2 * q - d * (b - a) - 1) // s2 + 1 == out:  # the same output positions
+                if (a, b) != (0, k - 1):
+                    new_weight = new_weight.narrow(dim - 2 + new_weight.dim(), a, b - a + 1)
+                new_stride[dim], new_pad[dim] = s2, q
+                break
+    return new_weight, tuple(new_stride), tuple(new_pad)
 
 
 class CroppingConv2d(nn.Conv2d):
     """``nn.Conv2d`` that crops its kernel to the taps its input reaches (same parameters, same result)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, padding = crop(self.weight, x.shape[-2:], self.stride, self.padding, self.dilation)
-        if weight is self.weight:
+        weight, stride, padding = crop(self.weight, x.shape[-2:], self.stride, self.padding, self.dilation)
+        if weight is self.weight and stride == self.stride:
             return super().forward(x)
-        return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
+        return F.conv2d(x, weight, self.bias, stride, padding, self.dilation, self.groups)
 
 
 def use_cropping_convs(model: nn.Module) -> nn.Module:
-    """Make every plain zero-padded ``nn.Conv2d`` with a kernel over 1x1 in ``model`` a
-    `CroppingConv2d`, in place (its class only: parameters, names and state dict stay)."""
+    """Make every plain zero-padded ``nn.Conv2d`` in ``model`` with a kernel over 1x1 or a stride
+    over 1 a `CroppingConv2d`, in place (its class only: parameters, names and state dict stay)."""
     for m in model.modules():
         if (type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
-                and m.kernel_size != (1, 1)):
+                and (m.kernel_size != (1, 1) or m.stride != (1, 1))):
             m.__class__ = CroppingConv2d
     return model
