@@ -13,18 +13,37 @@ layer's whole kernel.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import functools
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _used_taps(size: int, k: int, stride: int, pad: int, dilation: int) -> Tuple[int, int]:
+def _used_taps(size: int, k: int, stride: int, pad: int, dilation: int, out: int) -> Tuple[int, int]:
     """First and last kernel tap that reads the input at some output position (one dimension)."""
-    out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
     used = [i for i in range(k) if any(0 <= o * stride + i * dilation - pad < size for o in range(out))]
     return (used[0], used[-1]) if used else (0, k - 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(size: Tuple[int, int], kernel: Tuple[int, int], stride: Tuple[int, int], padding: Tuple[int, int],
+          dilation: Tuple[int, int]) -> Optional[Tuple[Tuple[slice, slice], Tuple[int, int], Tuple[int, int]]]:
+    """``(tap slices, stride, padding)`` of the cropped convolution, or None when nothing changes.
+    Cached: it depends on shapes only, and `crop` runs on every forward of every convolution."""
+    taps, new_stride, new_pad = [], list(stride), list(padding)
+    for dim, (n, k, s, p, d) in enumerate(zip(size, kernel, stride, padding, dilation)):
+        out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        a, b = _used_taps(n, k, s, p, d, out)
+        q = p - a * d
+        taps.append(slice(0, k))
+        for s2 in ((1, s) if out == 1 and s > 1 else (s,)):
+            if q >= 0 and (n + 2 * q - d * (b - a) - 1) // s2 + 1 == out:  # the same output positions
+                taps[dim], new_stride[dim], new_pad[dim] = slice(a, b + 1), s2, q
+                break
+    plan = tuple(taps), tuple(new_stride), tuple(new_pad)
+    return None if plan == ((slice(0, kernel[0]), slice(0, kernel[1])), tuple(stride), tuple(padding)) else plan
 
 
 def crop(weight: torch.Tensor, size: Tuple[int, int], stride: Tuple[int, int], padding: Tuple[int, int],
@@ -38,19 +57,11 @@ def crop(weight: torch.Tensor, size: Tuple[int, int], stride: Tuple[int, int], p
     """
     if torch.jit.is_tracing():
         return weight, stride, padding
-    new_weight, new_stride, new_pad = weight, list(stride), list(padding)
-    for dim, (n, s, p, d) in enumerate(zip(size, stride, padding, dilation)):
-        k = weight.shape[dim - 2]
-        out = (n + 2 * p - d * (k - 1) - 1) // s + 1
-        a, b = _used_taps(n, k, s, p, d)
-        q = p - a * d
-        for s2 in ((1, s) if out == 1 and s > 1 else (s,)):
-            if q >= 0 and (n + 2 * q - d * (b - a) - 1) // s2 + 1 == out:  # the same output positions
-                if (a, b) != (0, k - 1):
-                    new_weight = new_weight.narrow(dim - 2 + new_weight.dim(), a, b - a + 1)
-                new_stride[dim], new_pad[dim] = s2, q
-                break
-    return new_weight, tuple(new_stride), tuple(new_pad)
+    plan = _plan(tuple(size), tuple(weight.shape[-2:]), tuple(stride), tuple(padding), tuple(dilation))
+    if plan is None:
+        return weight, stride, padding
+    (rows, cols), new_stride, new_pad = plan
+    return weight[..., rows, cols], new_stride, new_pad
 
 
 class CroppingConv2d(nn.Conv2d):
