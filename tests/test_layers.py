@@ -40,6 +40,17 @@ def grads(out_fn, tensors):
     return out.detach(), [t.grad.clone() for t in tensors]
 
 
+def assert_equals_mixture(layer, x, r):
+    """Output and every gradient of a CondConv2d against `mixture_reference`."""
+    params = [x, r, layer.weight] + ([layer.bias] if layer.bias is not None else [])
+    out, g_ours = grads(lambda: layer(x, r), params)
+    ref, g_ref = grads(lambda: mixture_reference(x, r, layer), params)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) <= 1e-5
+    for name, a, b in zip(["input", "routing", "weight", "bias"], g_ours, g_ref):
+        assert rel_err(a, b) <= 1e-5, name
+
+
 @pytest.mark.parametrize("strategy", ["kernel", "mixture", "expand", "auto"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("case", list(CASES))
@@ -48,15 +59,7 @@ def test_condconv2d_equals_expert_mixture(case, mode, strategy):
     torch.manual_seed(0)
     layer = CondConv2d(cin, cout, k, stride=s, groups=g, bias=bias, num_experts=n, strategy=strategy)
     layer.train(mode == "train")
-    x = torch.randn(B, cin, hw, hw, requires_grad=True)
-    r = torch.rand(B, n, requires_grad=True)
-    params = [x, r, layer.weight] + ([layer.bias] if bias else [])
-    out, g_ours = grads(lambda: layer(x, r), params)
-    ref, g_ref = grads(lambda: mixture_reference(x, r, layer), params)
-    assert out.shape == ref.shape
-    assert rel_err(out, ref) <= 1e-5
-    for name, a, b in zip(["input", "routing", "weight", "bias"], g_ours, g_ref):
-        assert rel_err(a, b) <= 1e-5, name
+    assert_equals_mixture(layer, torch.randn(B, cin, hw, hw, requires_grad=True), torch.rand(B, n, requires_grad=True))
 
 
 def test_bmm_form_for_pointwise():
@@ -94,12 +97,13 @@ def test_weight_shapes_and_expert_init():
 
 
 @pytest.mark.parametrize("strategy", ["kernel", "mixture", "expand", "auto"])
-def test_condlinear_equals_expert_mixture(strategy):
+@pytest.mark.parametrize("cin, cout, n, B", [(20, 7, 5, 6), (256, 256, 4, 1)])  # the second: blocked batch-1 mixing
+def test_condlinear_equals_expert_mixture(strategy, cin, cout, n, B):
     torch.manual_seed(0)
-    lin = CondLinear(20, 7, num_experts=5, strategy=strategy)
-    x = torch.randn(6, 20, requires_grad=True)
-    r = torch.rand(6, 5, requires_grad=True)
-    ref_fn = lambda: sum(r[:, i, None] * F.linear(x, lin.weight[i], lin.bias[i]) for i in range(5))  # noqa: E731
+    lin = CondLinear(cin, cout, num_experts=n, strategy=strategy)
+    x = torch.randn(B, cin, requires_grad=True)
+    r = torch.rand(B, n, requires_grad=True)
+    ref_fn = lambda: sum(r[:, i, None] * F.linear(x, lin.weight[i], lin.bias[i]) for i in range(n))  # noqa: E731
     out, g1 = grads(lambda: lin(x, r), [x, r, lin.weight, lin.bias])
     ref, g2 = grads(ref_fn, [x, r, lin.weight, lin.bias])
     assert rel_err(out, ref) <= 1e-5
@@ -220,25 +224,7 @@ def test_batch_one_with_large_kernels(strategy):
     """Batch 1 and kernels of >= 2**16 weights take the blocked mixing of `mix_experts`."""
     torch.manual_seed(0)
     layer = CondConv2d(256, 256, 1, bias=True, num_experts=4, strategy=strategy)
-    x = torch.randn(1, 256, 3, 3, requires_grad=True)
-    r = torch.rand(1, 4, requires_grad=True)
-    params = [x, r, layer.weight, layer.bias]
-    out, g_ours = grads(lambda: layer(x, r), params)
-    ref, g_ref = grads(lambda: mixture_reference(x, r, layer), params)
-    assert rel_err(out, ref) <= 1e-5
-    for name, a, b in zip(["input", "routing", "weight", "bias"], g_ours, g_ref):
-        assert rel_err(a, b) <= 1e-5, name
-
-
-def test_condlinear_batch_one_with_large_weights():
-    torch.manual_seed(0)
-    lin = CondLinear(256, 256, num_experts=4, strategy="kernel")
-    x, r = torch.randn(1, 256, requires_grad=True), torch.rand(1, 4, requires_grad=True)
-    ref_fn = lambda: sum(r[:, i, None] * F.linear(x, lin.weight[i], lin.bias[i]) for i in range(4))  # noqa: E731
-    out, g1 = grads(lambda: lin(x, r), [x, r, lin.weight, lin.bias])
-    ref, g2 = grads(ref_fn, [x, r, lin.weight, lin.bias])
-    assert rel_err(out, ref) <= 1e-5
-    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g1, g2))
+    assert_equals_mixture(layer, torch.randn(1, 256, 3, 3, requires_grad=True), torch.rand(1, 4, requires_grad=True))
 
 
 def test_measuring_stops_timing_hopeless_forms():
@@ -307,10 +293,5 @@ def test_condconv2d_on_inputs_smaller_than_its_kernel(strategy):
     torch.manual_seed(0)
     layer = CondConv2d(8, 8, 5, groups=8, bias=True, num_experts=4, strategy=strategy)
     for size in (1, 2):
-        x = torch.randn(3, 8, size, size, requires_grad=True)
-        r = torch.rand(3, 4, requires_grad=True)
-        params = [x, r, layer.weight, layer.bias]
-        out, g_ours = grads(lambda: layer(x, r), params)
-        ref, g_ref = grads(lambda: mixture_reference(x, r, layer), params)
-        assert rel_err(out, ref) <= 1e-5
-        assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g_ours, g_ref))
+        assert_equals_mixture(layer, torch.randn(3, 8, size, size, requires_grad=True),
+                              torch.rand(3, 4, requires_grad=True))
