@@ -219,6 +219,24 @@ def test_trace_state_dict_dtype_channels_last_batch1():
     assert d(x.double()).dtype == torch.float64
 
 
+def test_module_to_channels_last():
+    """``Module.to(memory_format=torch.channels_last)`` works on a model holding CondConv2d (PyTorch
+    refuses channels-last on a 5-D tensor): 4-D weights go channels-last, the experts keep their
+    values and stay contiguous, outputs agree, other conversions still reach the experts."""
+    torch.manual_seed(0)
+    static, cond = torch.nn.Conv2d(3, 8, 3, padding=1), CondConv2d(8, 8, 3, num_experts=4)
+    net = torch.nn.ModuleDict({"static": static, "cond": cond})
+    x, r = torch.randn(2, 3, 8, 8), torch.rand(2, 4)
+    before, experts = cond(static(x), r), cond.weight.detach().clone()
+    assert net.to(memory_format=torch.channels_last) is net
+    assert static.weight.is_contiguous(memory_format=torch.channels_last) and not static.weight.is_contiguous()
+    assert isinstance(cond.weight, torch.nn.Parameter) and cond.weight.is_contiguous()
+    assert torch.equal(cond.weight, experts)
+    assert torch.allclose(cond(static(x), r), before, atol=1e-6)
+    net.double()
+    assert cond.weight.dtype == torch.float64 and cond.weight.shape == experts.shape
+
+
 @pytest.mark.parametrize("strategy", ["kernel", "bmm"])
 def test_batch_one_with_large_kernels(strategy):
     """Batch 1 and kernels of >= 2**16 weights take the blocked mixing of `mix_experts`."""

@@ -102,6 +102,17 @@ class CondConv2d(nn.Module):
             bound = 1 / math.sqrt(self.weight[0][0].numel())
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _apply(self, fn, recurse=True):
+        """``Module.to(memory_format=torch.channels_last)`` converts every 4-D and 5-D tensor, and
+        PyTorch refuses channels-last on a 5-D one (as for ``nn.Conv3d``). The expert stack goes
+        through such conversions as one 4-D stack ``(n * out, in // groups, kH, kW)`` and is kept
+        contiguous: it is mixed, not convolved, so its layout gains nothing."""
+        def apply(t: torch.Tensor) -> torch.Tensor:
+            if t.dim() != 5:
+                return fn(t)
+            return fn(t.flatten(0, 1)).unflatten(0, t.shape[:2]).contiguous()
+        return super()._apply(apply, recurse)
+
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "

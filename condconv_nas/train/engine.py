@@ -13,14 +13,6 @@ from torch.utils.data import DataLoader, Dataset
 from .recipe import Recipe
 
 
-def channels_last(model: nn.Module) -> nn.Module:
-    """Store 4-D weights channels-last (CondConv's 5-D expert weights stay as they are): faster on CPU."""
-    for p in model.parameters():
-        if p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
 def zero_classifier(model: nn.Module) -> nn.Module:
     """Start every logit at zero (loss ln C), static or CondConv classifier alike.
 
@@ -40,9 +32,9 @@ def zero_classifier(model: nn.Module) -> nn.Module:
 def build_for_training(spec, recipe: Recipe) -> nn.Module:
     """``build_model`` with the recipe's regularisers, a zero classifier, weights stored channels-last."""
     from ..models import build_model  # noqa: PLC0415
-    return channels_last(zero_classifier(build_model(spec, drop_rate=recipe.dropout, drop_path_rate=recipe.drop_path,
-                                                     bn_momentum=recipe.bn_momentum,
-                                                     expert_dropout=recipe.expert_dropout)))
+    model = build_model(spec, drop_rate=recipe.dropout, drop_path_rate=recipe.drop_path,
+                        bn_momentum=recipe.bn_momentum, expert_dropout=recipe.expert_dropout)
+    return zero_classifier(model).to(memory_format=torch.channels_last)
 
 
 class Diverged(RuntimeError):
