@@ -32,9 +32,9 @@ def largest_tensor(layer: CondConv2d, form: str, shape) -> int:
             "expand": B * n * C * H * W}[form]
 
 
-def static_time(layer: CondConv2d, x: torch.Tensor, train: bool, rounds: int) -> float:
+def static_time(layer: CondConv2d, x: torch.Tensor, train: bool, rounds: int, memory_format) -> float:
     """The static convolution as the static model runs it (cropped to the taps the input reaches)."""
-    w = layer.weight[0].detach().clone().requires_grad_(train)
+    w = layer.weight[0].detach().contiguous(memory_format=memory_format).requires_grad_(train)
     best = float("inf")
     for i in range(rounds + 1):
         t0 = time.perf_counter()
@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--train", action="store_true", help="forward and backward (default: inference)")
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--channels-last", action="store_true", help="inputs and static weights channels-last")
     args = p.parse_args()
     keep_freed_memory()
     model = build_model("condconv-efficientnet-b0").train(args.train)
@@ -67,15 +68,16 @@ def main() -> None:
     shapes = {}
     for layer, shape in calls:
         shapes.setdefault((layer.shape_key(), layer.in_channels, shape), [layer, 0])[1] += 1
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     S._ROUNDS, S._HOPELESS = args.rounds, float("inf")  # time every form, even those the layers stop timing
     print(f"{'layer':28s} {'input':18s} {'x':>2s} {'static':>7s}  forms (ms; largest tensor MB)")
     total_static = total_best = 0.0
     for (_, _, shape), (layer, count) in shapes.items():
-        x = torch.randn(shape, requires_grad=args.train)
+        x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(args.train)
         r = torch.rand(shape[0], layer.num_experts, requires_grad=args.train)
         w = layer.weight.detach().clone().requires_grad_(args.train)
         times = S._measure(layer, layer.forms(x), (x, r, w, None), args.train)
-        ts = static_time(layer, x.detach().requires_grad_(args.train), args.train, args.rounds)
+        ts = static_time(layer, x.detach().requires_grad_(args.train), args.train, args.rounds, fmt)
         best = min(times, key=times.get)
         total_static, total_best = total_static + count * ts, total_best + count * times[best]
         name = f"{layer.in_channels}->{layer.out_channels} k{layer.kernel_size[0]} s{layer.stride[0]} g{layer.groups}"

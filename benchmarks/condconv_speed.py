@@ -4,8 +4,9 @@ Times the four figures of the speed goal, interleaving the CondConv and static m
 implementation round by round, and prints the median (and interquartile range) over rounds of
 the ratio CondConv time / static time of the same round, next to the MADD ratio. The process keeps freed memory as the
 CLI's ``search`` and ``train`` do (``condconv_nas.allocator``; it applies to timm's models too);
-``--default-malloc`` leaves glibc's default. Run:
-``python benchmarks/condconv_speed.py [--rounds N] [--default-malloc]``.
+``--default-malloc`` leaves glibc's default. ``--channels-last`` converts all four models and the
+inputs to channels-last, as ``condconv-nas train`` stores its models. Run:
+``python benchmarks/condconv_speed.py [--rounds N] [--default-malloc] [--channels-last]``.
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def step(model, x, train: bool) -> float:
     return time.perf_counter() - t0
 
 
-def ratios(cond, static, res, batch, train, rounds, warmup=2) -> list:
-    x = torch.randn(batch, 3, res, res)
+def ratios(cond, static, res, batch, train, rounds, memory_format, warmup=2) -> list:
+    x = torch.randn(batch, 3, res, res).contiguous(memory_format=memory_format)
     for m in (cond, static):
         m.train(train)
         for _ in range(warmup):  # also lets our layers measure and cache their fastest form
@@ -61,6 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--default-malloc", action="store_true", help="do not keep freed memory (glibc's default)")
+    p.add_argument("--channels-last", action="store_true", help="models and inputs channels-last")
     args = p.parse_args()
     kept = False if args.default_malloc else keep_freed_memory()
     torch.manual_seed(0)
@@ -68,12 +70,17 @@ def main() -> None:
         "condconv_nas": (build_model("condconv-efficientnet-b0"), build_model("efficientnet-b0")),
         "timm": (timm.create_model("efficientnet_cc_b0_8e"), timm.create_model("efficientnet_b0")),
     }
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    for pair in pairs.values():
+        for m in pair:
+            m.to(memory_format=fmt)
     madd_ratio = count_madds("condconv-efficientnet-b0") / count_madds("efficientnet-b0")
     print(f"threads {torch.get_num_threads()}, rounds {args.rounds}, freed memory kept: {kept}, "
+          f"channels-last: {args.channels_last}, "
           f"MADD ratio (224 px) {madd_ratio:.3f}")
     print(f"{'figure':32s} {'condconv_nas (IQR)':>20s} {'timm (IQR)':>20s} {'ours/timm':>10s}")
     for name, res, batch, train in FIGURES:
-        r = {k: ratios(c, s, res, batch, train, args.rounds) for k, (c, s) in pairs.items()}
+        r = {k: ratios(c, s, res, batch, train, args.rounds, fmt) for k, (c, s) in pairs.items()}
         ours, theirs = r["condconv_nas"], r["timm"]
         rel = statistics.median(ours) / statistics.median(theirs)
         print(f"{name:32s} {cell(ours):>20s} {cell(theirs):>20s} {rel:10.2f}")
