@@ -2,6 +2,10 @@
 
 Importing the package is light: torch, timm and fvcore load on first use of the API below,
 optuna only when searching, ray and nni only with their backends.
+
+    import condconv_nas
+    result = condconv_nas.search(budget="400M", trials=2)     # the run folder, its front and trials
+    metrics = condconv_nas.train(result.front[-1]["spec"], trainer="cifar", out="runs/best")
 """
 from importlib import import_module
 
@@ -14,14 +18,19 @@ _API = {
     "build_model": "condconv_nas.models",
     "count_madds": "condconv_nas.madds",
     "count_params": "condconv_nas.madds",
-    "load_exported": "condconv_nas.train.checkpoint",
+    "load_exported": "condconv_nas.training.checkpoint",
+    "search": "condconv_nas.nas.run",
+    "SearchResult": "condconv_nas.nas.run",
+    "train": "condconv_nas.training.run",
+    "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
 }
 __all__ = sorted(_API) + ["layers"]
 
 
 def __getattr__(name):
     if name in _API:
-        return getattr(import_module(_API[name]), name)
-    if name in ("layers", "models", "search", "train"):
+        module, _, attr = _API[name].partition(":")
+        return getattr(import_module(module), attr or name)
+    if name in ("layers", "models", "nas", "training"):
         return import_module(f"condconv_nas.{name}")
     raise AttributeError(f"module 'condconv_nas' has no attribute {name!r}")

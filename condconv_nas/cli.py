@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Type
 
 from .allocator import keep_freed_memory
@@ -98,13 +99,31 @@ class Search(Command):
     name, help = "search", "search CondConv architectures under a MADD budget (Pareto front of top-1 vs MADDs)"
 
     def add_arguments(self, p):
-        from .search.options import add_search_arguments  # noqa: PLC0415
+        from .nas.options import add_search_arguments  # noqa: PLC0415
         add_search_arguments(p)
 
     def take_action(self, args):
-        from .search.run import run_search  # noqa: PLC0415
+        from .nas.run import BarReporter, LineReporter, SearchInterrupted, search  # noqa: PLC0415
         keep_freed_memory()
-        return run_search(args)
+        try:
+            result = search(budget=args.budget, space=args.space, trials=args.trials, data=args.data,
+                            trainer=args.trainer, backend=args.backend, run=args.run, results=args.results,
+                            storage=args.storage, seed=args.seed, progress=LineReporter() if args.quiet else BarReporter(),
+                            address=args.address, cpus_per_trial=args.cpus_per_trial,
+                            gpus_per_trial=args.gpus_per_trial, nni_strategy=args.nni_strategy)
+        except SearchInterrupted as e:
+            print(f"interrupted after {e.result.finished}/{e.result.total} trials; run the same command again to "
+                  "resume", file=sys.stderr)
+            return 130
+        if result.finished < result.total:
+            print(f"the {args.backend} strategy stopped after {result.finished}/{result.total} trials "
+                  "(it found no new point to try)", file=sys.stderr)
+        print(f"{result.finished}/{result.total} trials; Pareto front of {len(result.front)} in {result.run_dir}" + (
+            f"; {result.untrained} untrained (not clearly above chance), kept off the front"
+            if result.untrained else ""), file=sys.stderr)
+        self.out(args, [{"trial": r["trial"], "madds_M": round(r["madds"] / 1e6, 1), "top1": round(r["top1"], 4),
+                         "spec": str(result.run_dir / "specs" / f"{r['trial']}.json")} for r in result.front])
+        return 0
 
 
 class Show(Command):
@@ -114,8 +133,12 @@ class Show(Command):
         p.add_argument("run_dir", help="a run folder written by `condconv-nas search`")
 
     def take_action(self, args):
-        from .results import load_front  # noqa: PLC0415
+        from .results import count_untrained, load_front  # noqa: PLC0415
         front = load_front(args.run_dir)
+        untrained = count_untrained(args.run_dir)
+        if untrained:
+            print(f"{untrained} trial(s) trained to no better than chance: kept off the front (trials.csv, "
+                  "status untrained)", file=sys.stderr)
         rows = [{"trial": r["trial"], "madds_M": round(r["madds"] / 1e6, 1), "params_M": round(r["params"] / 1e6, 2),
                  "top1": round(r["top1"], 4), "spec": f"specs/{r['trial']}.json"} for r in front]
         self.out(args, rows, front)
@@ -126,13 +149,21 @@ class Train(Command):
     name, help = "train", "train a spec (a file from a run's specs/, or a preset) with a recipe"
 
     def add_arguments(self, p):
-        from .train.options import add_train_arguments  # noqa: PLC0415
+        from .training.options import add_train_arguments  # noqa: PLC0415
         add_train_arguments(p)
 
     def take_action(self, args):
-        from .train.run import run_train  # noqa: PLC0415
+        from .training.run import train  # noqa: PLC0415
         keep_freed_memory()
-        return run_train(args)
+        metrics = train(args.spec, trainer=args.trainer, data=args.data, epochs=args.epochs, out=args.out,
+                        resume=args.resume, batch_size=args.batch_size, workers=args.workers)
+        if metrics:  # rank 0 (the others return nothing under torchrun)
+            from .spec import load_spec  # noqa: PLC0415
+            out = args.out or Path("runs") / load_spec(args.spec).id  # train()'s default
+            print(json.dumps(metrics, indent=2) if args.format == "json" else
+                  f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} epochs; "
+                  f"checkpoints, metrics.json and model.pt in {out}")
+        return 0
 
 
 class Evaluate(Command):
@@ -140,12 +171,15 @@ class Evaluate(Command):
 
     def add_arguments(self, p):
         p.add_argument("checkpoint", help="a checkpoint (.pt) written by `condconv-nas train`, or an exported model")
-        p.add_argument("--data", default="digits", help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH")
-        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--data", default="digits",
+                       help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)")
+        p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: 64)")
 
     def take_action(self, args):
-        from .train.run import run_evaluate  # noqa: PLC0415
-        return run_evaluate(args)
+        from .training.run import evaluate_checkpoint  # noqa: PLC0415
+        m = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size)
+        print(json.dumps(m, indent=2) if args.format == "json" else f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}")
+        return 0
 
 
 COMMANDS: Sequence[Type[Command]] = (Search, Show, Train, Evaluate, Madds, Table1, Presets)

@@ -1,42 +1,108 @@
-"""Drawing a run's trials and front: a PNG (matplotlib) and an interactive HTML (plotly)."""
+"""Drawing a run's trials and front: a PNG (matplotlib) and an interactive HTML (plotly).
+
+What is drawn is computed once (`front_plot_info`), apart from how it is drawn: only trained
+trials sit on the accuracy axis; over-budget trials (never trained) and presets that were not
+evaluated are marked along the bottom edge by their MADDs, never at "top-1 0".
+"""
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .results import trained_rows, write_atomic
 
 
-def _split(rows):
-    infeasible = [r for r in rows if r.get("feasible") is False and r.get("madds") is not None]
-    return trained_rows(rows), infeasible
+@dataclass
+class Point:
+    label: str               # hover text
+    madds_m: float           # x: MADDs in millions
+    top1: Optional[float]    # y: proxy top-1, None for points that were not trained
 
 
-def plot_front_png(path: Path, rows: List[Dict], front: List[Dict], *, budget: int, presets: Dict[str, int]) -> None:
+@dataclass
+class FrontPlotInfo:
+    title: str
+    budget_m: float
+    trials: List[Point]       # trained, off the front
+    front: List[Point]        # the Pareto front, by MADDs
+    untrained: List[Point]    # trained to chance level: off the front
+    over_budget: List[Point]  # never trained
+    presets: List[Point]      # the paper's presets in the space; top1 None when not evaluated
+
+
+def _hover(r: Dict) -> str:
+    top1 = "not trained" if r.get("top1") is None else f"top-1 {r['top1']:.4f}"
+    name = f" ({r['preset']})" if r.get("preset") else ""
+    return f"trial {r['trial']}{name}: {r['madds'] / 1e6:.1f}M MADDs, {top1}"
+
+
+def front_plot_info(rows: List[Dict], front: List[Dict], *, budget: int, presets: Dict[str, int],
+                    title: str = "") -> FrontPlotInfo:
+    """What the plots show, from the run's rows; presets at their own trial's top-1 when evaluated."""
+    on_front = {r["trial"] for r in front}
+    trained = trained_rows(rows)
+    measured = {r["preset"]: r for r in sorted(trained, key=lambda r: -r["trial"]) if r.get("preset")}
+    untrained = [r for r in rows if r.get("untrained") and r.get("top1") is not None]
+    over = [r for r in rows if r.get("feasible") is False and r.get("madds") is not None]
+    preset_points = []
+    for name, madds in sorted(presets.items(), key=lambda kv: kv[1]):
+        r = measured.get(name)
+        state = f"top-1 {r['top1']:.4f} (trial {r['trial']})" if r else "not evaluated"
+        preset_points.append(Point(f"{name}: {madds / 1e6:.1f}M MADDs, {state}", madds / 1e6, r["top1"] if r else None))
+
+    def points(rs):
+        return [Point(_hover(r), r["madds"] / 1e6, r.get("top1")) for r in rs]
+    counts = f"{len(trained)} trained, {len(untrained)} at chance level, {len(over)} over budget"
+    return FrontPlotInfo(
+        title=f"{title} ({counts})" if title else counts, budget_m=budget / 1e6,
+        trials=points([r for r in trained if r["trial"] not in on_front]), front=points(front),
+        untrained=points(untrained), over_budget=[Point(_hover(r), r["madds"] / 1e6, None) for r in over],
+        presets=preset_points)
+
+
+def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    feasible, infeasible = _split(rows)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    ax.scatter([r["madds"] / 1e6 for r in feasible], [r["top1"] for r in feasible], s=22, c="0.6", label="trials")
-    if infeasible:
-        ax.scatter([r["madds"] / 1e6 for r in infeasible], [0.0] * len(infeasible), marker="x", c="tab:red",
-                   s=22, label="over budget (not trained)")
-    if front:
-        ax.step([r["madds"] / 1e6 for r in front], [r["top1"] for r in front], where="post", c="tab:blue")
-        ax.scatter([r["madds"] / 1e6 for r in front], [r["top1"] for r in front], c="tab:blue", s=40, label="Pareto front")
-    ax.axvline(budget / 1e6, ls="--", c="tab:red", lw=1, label=f"budget {budget / 1e6:g}M")
-    evaluated = {r.get("preset"): r for r in feasible if r.get("preset")}
-    for name, madds in presets.items():
-        r = evaluated.get(name)
-        y = r["top1"] if r else 0.0
-        ax.scatter([madds / 1e6], [y], marker="*", s=90, c="tab:orange", zorder=5)
-        ax.annotate(name, (madds / 1e6, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fig, ax = plt.subplots(figsize=(10, 5.2), dpi=110)
+    bottom = ax.get_xaxis_transform()  # x in data, y in axes fraction: the strip under the accuracy points
+
+    def xs(ps):
+        return [p.madds_m for p in ps]
+    ax.scatter(xs(info.trials), [p.top1 for p in info.trials], s=22, c="0.6", label="trials")
+    if info.untrained:
+        ax.scatter(xs(info.untrained), [p.top1 for p in info.untrained], s=22, facecolors="none", edgecolors="0.3",
+                   label="at chance level (off the front)")
+    if info.over_budget:
+        ax.scatter(xs(info.over_budget), [0.03] * len(info.over_budget), transform=bottom, marker="|", s=120,
+                   c="tab:red", label="over budget (MADDs only, not trained)")
+    if info.front:
+        ax.step(xs(info.front), [p.top1 for p in info.front], where="post", c="tab:blue")
+        ax.scatter(xs(info.front), [p.top1 for p in info.front], c="tab:blue", s=40, label="Pareto front", zorder=4)
+    evaluated = [p for p in info.presets if p.top1 is not None]
+    missing = [p for p in info.presets if p.top1 is None]
+    if evaluated:
+        ax.scatter(xs(evaluated), [p.top1 for p in evaluated], marker="*", s=140, c="tab:orange", zorder=5,
+                   label="paper preset (evaluated)")
+    if missing:
+        ax.scatter(xs(missing), [0.03] * len(missing), transform=bottom, marker="*", s=140, facecolors="none",
+                   edgecolors="tab:orange", zorder=5, label="paper preset (not evaluated)")
+    for k, p in enumerate(info.presets):  # staggered labels: neighbouring presets never print over each other
+        name = p.label.split(":")[0]
+        if p.top1 is None:
+            ax.annotate(name, (p.madds_m, 0.03), xycoords=bottom, textcoords="offset points",
+                        xytext=(4, 8 + 11 * (k % 3)), fontsize=7, color="tab:orange")
+        else:
+            ax.annotate(name, (p.madds_m, p.top1), textcoords="offset points", xytext=(5, -12 - 11 * (k % 2)),
+                        fontsize=7, color="tab:orange")
+    ax.axvline(info.budget_m, ls="--", c="tab:red", lw=1, label=f"budget {info.budget_m:g}M")
     ax.set_xlabel("MADDs (millions, full-size spec)")
-    ax.set_ylabel("proxy top-1")
+    ax.set_ylabel("proxy top-1 (held out)")
+    ax.set_title(info.title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: covers nothing
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -44,24 +110,40 @@ def plot_front_png(path: Path, rows: List[Dict], front: List[Dict], *, budget: i
     write_atomic(path, buf.getvalue())
 
 
-def plot_front_html(path: Path, rows: List[Dict], front: List[Dict], *, budget: int, presets: Dict[str, int]) -> None:
+def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
     import plotly.graph_objects as go  # noqa: PLC0415
-    feasible, infeasible = _split(rows)
-
-    def hover(r):
-        return f"trial {r['trial']}<br>{r['madds'] / 1e6:.1f}M MADDs<br>top-1 {r['top1']}<br>spec {r.get('spec_id')}"
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[r["madds"] / 1e6 for r in feasible], y=[r["top1"] for r in feasible], mode="markers",
-                             name="trials", marker=dict(color="gray"), text=[hover(r) for r in feasible],
-                             hoverinfo="text"))
-    if infeasible:
-        fig.add_trace(go.Scatter(x=[r["madds"] / 1e6 for r in infeasible], y=[0] * len(infeasible), mode="markers",
-                                 name="over budget", marker=dict(symbol="x", color="red")))
-    fig.add_trace(go.Scatter(x=[r["madds"] / 1e6 for r in front], y=[r["top1"] for r in front], mode="lines+markers",
-                             line_shape="hv", name="Pareto front", text=[hover(r) for r in front], hoverinfo="text"))
-    fig.add_trace(go.Scatter(x=[m / 1e6 for m in presets.values()], y=[0] * len(presets), mode="markers+text",
-                             text=list(presets), textposition="top center", name="paper presets",
-                             marker=dict(symbol="star", size=12, color="orange")))
-    fig.add_vline(x=budget / 1e6, line_dash="dash", line_color="red", annotation_text="budget")
-    fig.update_layout(xaxis_title="MADDs (millions)", yaxis_title="proxy top-1", title="condconv-nas: Pareto front")
+
+    def trace(ps, name, y=None, **kw):
+        if ps:
+            fig.add_trace(go.Scatter(x=[p.madds_m for p in ps], y=y or [p.top1 for p in ps], name=name,
+                                     hovertext=[p.label for p in ps], hoverinfo="text", **kw))
+    trace(info.trials, "trials", mode="markers", marker=dict(color="gray"))
+    trace(info.untrained, "at chance level (off the front)", mode="markers",
+          marker=dict(color="gray", symbol="circle-open"))
+    trace(info.front, "Pareto front", mode="lines+markers", line_shape="hv", marker=dict(color="royalblue"))
+    evaluated = [p for p in info.presets if p.top1 is not None]
+    trace(evaluated, "paper preset (evaluated)", mode="markers+text", text=[p.label.split(":")[0] for p in evaluated],
+          textposition="bottom right", marker=dict(symbol="star", size=13, color="orange"))
+    # Not trained: on a strip of its own below the accuracy axis (y2), never at top-1 0.
+    strip = dict(yaxis="y2", mode="markers")
+    trace(info.over_budget, "over budget (MADDs only, not trained)", y=[0] * len(info.over_budget),
+          marker=dict(symbol="line-ns-open", size=14, color="red"), **strip)
+    missing = [p for p in info.presets if p.top1 is None]
+    trace(missing, "paper preset (not evaluated)", y=[1] * len(missing),
+          marker=dict(symbol="star-open", size=13, color="orange"), **strip)
+    fig.add_vline(x=info.budget_m, line_dash="dash", line_color="red", annotation_text=f"budget {info.budget_m:g}M")
+    fig.update_layout(title=info.title, xaxis_title="MADDs (millions, full-size spec)",
+                      yaxis=dict(title="proxy top-1 (held out)", domain=[0.18, 1.0]),
+                      yaxis2=dict(domain=[0.0, 0.1], range=[-0.5, 1.5], showticklabels=False, title="not trained"),
+                      hovermode="closest")
     write_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def draw_run(run_dir: Path, rows: List[Dict], front: List[Dict], *, budget: int, presets: Dict[str, int],
+             title: str = "") -> FrontPlotInfo:
+    """pareto.png and pareto.html of a run folder; returns what they show."""
+    info = front_plot_info(rows, front, budget=budget, presets=presets, title=title)
+    plot_front_png(run_dir / "pareto.png", info)
+    plot_front_html(run_dir / "pareto.html", info)
+    return info

@@ -6,7 +6,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from .errors import UsageError
 
@@ -20,8 +20,9 @@ def write_atomic(path: Path, data) -> None:
 
 
 def trained_rows(rows: Sequence[Dict]) -> List[Dict]:
-    """Rows of feasible trials that completed with a top-1."""
-    return [r for r in rows if r.get("feasible") and r.get("state") == "COMPLETE" and r.get("top1") is not None]
+    """Rows of feasible trials that completed with a top-1 clearly above chance."""
+    return [r for r in rows if r.get("feasible") and r.get("state") == "COMPLETE" and r.get("top1") is not None
+            and not r.get("untrained")]
 
 
 def pareto_front(rows: Sequence[Dict]) -> List[Dict]:
@@ -45,11 +46,12 @@ def _csv(rows: List[Dict], columns: List[str]) -> str:
     return buf.getvalue()
 
 
-def write_run(run_dir: Path, rows: List[Dict], decisions: List[str], *, budget: int,
-              presets: Optional[Dict[str, int]] = None) -> List[Dict]:
-    """trials.csv, pareto.csv, pareto.json, specs/<trial>.json, pareto.png, pareto.html. Returns the front."""
+def write_run(run_dir: Path, rows: List[Dict], decisions: List[str]) -> List[Dict]:
+    """trials.csv, pareto.csv, pareto.json and specs/<trial>.json (the plots: ``plots.draw_run``).
+    Returns the front."""
     from .spec import ArchSpec  # noqa: PLC0415
-    columns = ["trial", "state", "feasible", "madds", "params", "top1", "top5", "spec_id", "preset", "seconds"]
+    columns = ["trial", "state", "status", "feasible", "madds", "params", "top1", "top5", "untrained", "reused_from",
+               "spec_id", "preset", "seconds"]
     write_atomic(run_dir / "trials.csv", _csv(rows, columns + decisions))
     front = pareto_front(rows)
     out = [{"trial": r["trial"], "madds": r["madds"], "params": r["params"], "top1": r["top1"], "spec": r["spec"]}
@@ -58,10 +60,20 @@ def write_run(run_dir: Path, rows: List[Dict], decisions: List[str], *, budget: 
     write_atomic(run_dir / "pareto.json", json.dumps(out, indent=2) + "\n")
     for r in front:
         ArchSpec.from_dict(r["spec"]).save(run_dir / "specs" / f"{r['trial']}.json")
-    from .plots import plot_front_html, plot_front_png  # noqa: PLC0415
-    plot_front_png(run_dir / "pareto.png", rows, front, budget=budget, presets=presets or {})
-    plot_front_html(run_dir / "pareto.html", rows, front, budget=budget, presets=presets or {})
+    on_front = {f"{r['trial']}.json" for r in front}
+    for old in (run_dir / "specs").glob("*.json"):  # specs/ holds the current front, no more
+        if old.name not in on_front:
+            old.unlink()
     return out
+
+
+def count_untrained(run_dir) -> int:
+    """How many trials of a run folder trained to no better than chance (0 if it has no trials.csv)."""
+    path = Path(run_dir) / "trials.csv"
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as f:
+        return sum(1 for r in csv.DictReader(f) if r.get("untrained") == "True")
 
 
 def load_front(run_dir) -> List[Dict]:

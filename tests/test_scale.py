@@ -65,7 +65,7 @@ def free_port() -> int:
 def test_banded_asha_compares_trials_only_within_their_madd_band():
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-    from condconv_nas.search.ray_engine import BandedASHA, band_of
+    from condconv_nas.nas.ray_engine import BandedASHA, band_of
     assert [band_of(m, 100) for m in (0, 24, 25, 74, 99, 100, 101)] == [0, 0, 1, 2, 3, 3, 4]
 
     def trials():
@@ -91,12 +91,12 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
     import optuna
 
     from condconv_nas.data import parse_source
-    from condconv_nas.search.optuna_engine import DIRECTIONS, finished, trial_rows
-    from condconv_nas.search.ray_engine import StudySearch
-    from condconv_nas.search.run import trial_line
-    from condconv_nas.search.space import load_space
-    from condconv_nas.search.task import SearchTask
-    from condconv_nas.train.recipe import load_recipe
+    from condconv_nas.nas.optuna_engine import DIRECTIONS, finished, trial_rows
+    from condconv_nas.nas.ray_engine import StudySearch
+    from condconv_nas.nas.run import trial_line
+    from condconv_nas.nas.space import load_space
+    from condconv_nas.nas.task import SearchTask
+    from condconv_nas.training.recipe import load_recipe
     task = SearchTask(space=load_space(str(files / "space.yaml")), budget=10**10,
                       recipe=load_recipe(str(files / "tiny.yaml")), data=parse_source("digits"))
     study = optuna.create_study(study_name="s", directions=DIRECTIONS)

@@ -10,18 +10,20 @@ import pytest
 
 from condconv_nas import count_madds, load_spec
 from condconv_nas.results import pareto_front
-from condconv_nas.search.options import parse_budget
-from condconv_nas.search.space import load_space
+from condconv_nas.nas.options import parse_budget
+from condconv_nas.nas.space import load_space
 
 TINY_RECIPE = """
-epochs: 1
-batch_size: 128
-resolution: 16
+epochs: 3
+batch_size: 32
+resolution: 32
 optimizer: adamw
 lr: 0.002
 weight_decay: 0.01
 bn_momentum: 0.3
-train_subset: 0.15
+expert_lr: rsqrt
+bn_recalibrate: 4
+train_subset: 0.5
 holdout: 0.2
 trials: 4
 """
@@ -170,7 +172,7 @@ def test_trial_count_rule():
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from condconv_nas.search.optuna_engine import counted, finished
+    from condconv_nas.nas.optuna_engine import counted, finished
     study = optuna.create_study(directions=["maximize", "minimize"])
     fail = dict(state=TrialState.FAIL, params={}, distributions={})
     study.add_trial(create_trial(values=[0.5, 1.0], params={}, distributions={}))        # 0: counts
@@ -179,3 +181,104 @@ def test_trial_count_rule():
     study.add_trial(create_trial(**fail, user_attrs={"interrupted": True}))               # 3: Ctrl-C: does not count
     study.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={}))   # 4: surplus: does not count
     assert finished(study) == 2 and counted(study) == 2 and counted(study, before=2) == 1
+
+
+def test_chance_level_trials_are_recorded_and_kept_off_the_front(files):
+    """A recipe that cannot learn (lr 0: every logit stays 0) gives chance-level trials: recorded as
+    untrained in trials.csv, never on the front, counted by the search's summary and by `show`."""
+    from conftest import run_cli
+    (files / "frozen.yaml").write_text(TINY_RECIPE.replace("lr: 0.002", "lr: 0.0"))
+    res = search(files, "--trials", "2", "--trainer", files / "frozen.yaml", budget="2G", run="frozen")
+    assert res.returncode == 0, res.stderr
+    run = files / "results" / "frozen"
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 2
+    assert all(r["untrained"] == "True" and float(r["top1"]) < 0.15 for r in rows), rows
+    assert rows[0]["status"] == "untrained" and rows[1]["status"] in ("untrained", "reused")  # the same point twice
+    assert json.loads((run / "pareto.json").read_text()) == [] and not (run / "specs").exists()
+    assert "2 untrained (not clearly above chance), kept off the front" in res.stderr
+    shown = run_cli("show", run)
+    assert shown.returncode == 0 and "2 trial(s) trained to no better than chance" in shown.stderr
+
+
+def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
+    """A killed search keeps its run folder up to date, and the rerun recovers the killed trial at once
+    (not after the heartbeat's grace period): exactly --trials finished trials, none RUNNING."""
+    import optuna
+    (files / "slow.yaml").write_text(TINY_RECIPE.replace("epochs: 3", "epochs: 12"))
+    cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "2G", "--space", str(files / "space.yaml"),
+           "--trainer", str(files / "slow.yaml"), "--results", str(files / "results"), "--run", "killed",
+           "--trials", "3", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not proc.stderr.readline().startswith("trial "):
+        pass
+    time.sleep(1.5)  # into the second trial
+    proc.kill()
+    proc.communicate(timeout=60)
+    run = files / "results" / "killed"
+    assert len(list(csv.DictReader((run / "trials.csv").open()))) >= 1  # written after the first trial
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{run / 'study.db'}")
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.RUNNING) == 1
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows), rows
+    states = [t.state for t in optuna.load_study(study_name="killed", storage=f"sqlite:///{run / 'study.db'}").trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+
+
+def test_plot_data_tells_the_truth():
+    """Presets sit at their own trial's top-1 (or are marked not evaluated), untrained and over-budget
+    trials are kept off the accuracy axis, and every point carries a rounded hover."""
+    from condconv_nas.plots import front_plot_info
+    rows = [dict(trial=0, state="COMPLETE", feasible=True, madds=385_800_000, top1=0.9532, preset="efficientnet-b0"),
+            dict(trial=1, state="COMPLETE", feasible=True, madds=200_000_000, top1=0.9123456),
+            dict(trial=2, state="COMPLETE", feasible=True, madds=150_000_000, top1=0.11, untrained=True),
+            dict(trial=3, state="COMPLETE", feasible=False, madds=500_000_000, top1=None)]
+    front = pareto_front(rows)
+    info = front_plot_info(rows, front, budget=400_000_000, title="r: budget 400M",
+                           presets={"efficientnet-b0": 385_800_000, "condconv-efficientnet-b0": 407_213_024})
+    evaluated, missing = info.presets
+    assert (evaluated.madds_m, evaluated.top1) == (385.8, 0.9532) and "trial 0" in evaluated.label
+    assert missing.top1 is None and "not evaluated" in missing.label
+    assert [p.top1 for p in info.front] == [0.9123456, 0.9532] and not info.trials
+    assert [p.top1 for p in info.untrained] == [0.11] and [p.top1 for p in info.over_budget] == [None]
+    assert "top-1 0.9123," in info.front[0].label + "," and "not trained" in info.over_budget[0].label
+    assert info.title == "r: budget 400M (2 trained, 1 at chance level, 1 over budget)"
+
+
+def test_two_workers_started_together_with_different_seeds_share_the_run(files):
+    """Two workers on one new run, started at the same instant with different --seed: both succeed,
+    the run holds exactly --trials trials, and no architecture was trained twice."""
+    cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "2G", "--space", str(files / "space.yaml"),
+           "--trainer", str(files / "tiny.yaml"), "--results", str(files / "results"), "--run", "pair",
+           "--trials", "6", "--quiet"]
+    procs = [subprocess.Popen(cmd + ["--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    rows = list(csv.DictReader((files / "results" / "pair" / "trials.csv").open()))
+    assert len(rows) == 6
+    trained = [r["spec_id"] for r in rows if r["status"] in ("trained", "untrained")]
+    assert len(trained) == len(set(trained)), rows
+    assert all(r["status"] == "reused" and r["reused_from"] for r in rows if r["spec_id"] in trained
+               and r["status"] not in ("trained", "untrained"))
+
+
+def test_library_search_returns_the_run_and_prints_nothing(files, capsys):
+    import condconv_nas
+    from condconv_nas.errors import UsageError
+    result = condconv_nas.search(budget="2G", space=str(files / "space.yaml"), trainer=str(files / "tiny.yaml"),
+                                 results=files / "results", run="lib", trials=2, progress=False)
+    assert result.run_dir == files / "results" / "lib" and result.finished == result.total == 2
+    assert result.front == json.loads((result.run_dir / "pareto.json").read_text())
+    assert [r["trial"] for r in result.trials] == [int(r["trial"]) for r in
+                                                    csv.DictReader((result.run_dir / "trials.csv").open())]
+    assert capsys.readouterr() == ("", "")
+    for kwargs, message in (({"budget": "lots"}, "budget"), ({"budget": 0}, "budget"),
+                            ({"budget": "400M", "workers": 3}, "workers"),
+                            ({"budget": "400M", "backend": "dask"}, "dask")):
+        with pytest.raises(UsageError, match=message):
+            condconv_nas.search(results=files / "refused", progress=False, **kwargs)
+    assert not (files / "refused").exists()

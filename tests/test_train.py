@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from condconv_nas.train.checkpoint import load_exported
+from condconv_nas.training.checkpoint import load_exported
 
 RECIPE = """
 epochs: 3
@@ -99,8 +99,8 @@ def test_imagenet_recipe_augmentations_one_step(tmp_path):
     shutil.move(str(data / "cat" / "truncated.jpg"), str(tmp_path / "t.jpg"))
     from condconv_nas import build_model, load_spec
     from condconv_nas.data import make_datasets, parse_source
-    from condconv_nas.train.engine import make_loader, setup_training, train_epoch
-    from condconv_nas.train.recipe import load_recipe
+    from condconv_nas.training.engine import make_loader, setup_training, train_epoch
+    from condconv_nas.training.recipe import load_recipe
     recipe = load_recipe("imagenet").for_base("efficientnet_b0")
     assert recipe.autoaugment and recipe.mixup_alpha == 0.2 and recipe.ema_decay > 0 and recipe.label_smoothing == 0.1
     assert load_recipe("imagenet").for_base("resnet50").expert_dropout > 0
@@ -132,8 +132,8 @@ def test_bad_recipe_and_missing_data_exit_2(tmp_path, cli):
 def test_training_starts_from_a_zero_classifier(name):
     """Every first logit is 0 (loss ln C), static or CondConv classifier; timm's init alone does not do that."""
     from condconv_nas import build_model, load_spec
-    from condconv_nas.train.engine import build_for_training
-    from condconv_nas.train.recipe import load_recipe
+    from condconv_nas.training.engine import build_for_training
+    from condconv_nas.training.recipe import load_recipe
     spec = load_spec(name).replace(num_classes=10, resolution=32)
     x = torch.randn(4, 3, 32, 32)
     torch.manual_seed(0)

@@ -8,6 +8,9 @@ by concurrent workers after the total was reached do not count.
 from __future__ import annotations
 
 import math
+import os
+import socket
+import time
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -22,12 +25,23 @@ DIRECTIONS = ["maximize", "minimize"]  # top-1, MADDs
 def counting_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
     """The trials that count toward ``--trials``: COMPLETE, RUNNING, PRUNED when stopped early by
     a scheduler (Ray's ASHA), and FAIL unless the failure was an interruption (Ctrl-C) or a dead
-    worker's trial that Optuna retried."""
+    worker's trial that was retried."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    retried = _retried(trials)
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
         t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and t.number not in retried) or (
         t.state == TrialState.PRUNED and t.user_attrs.get("stopped_early"))]
+
+
+def _retried(trials) -> set:
+    """Numbers of the trials evaluated again by a later trial (Optuna's heartbeat retry, or ours)."""
+    return {t.system_attrs.get("failed_trial") for t in trials} | {t.user_attrs.get("retry_of") for t in trials}
+
+
+def _retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """Enqueue ``t``'s point again (keeping its preset name)."""
+    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **(
+        {"preset": t.user_attrs["preset"]} if "preset" in t.user_attrs else {})})
 
 
 def counted(study: optuna.Study, before: Optional[int] = None) -> int:
@@ -57,14 +71,48 @@ def enqueue_presets(study: optuna.Study, presets: Dict[str, dict]) -> None:
         study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
 
 
+def worker_id() -> str:
+    """This process, as recorded on the trials it runs: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(worker: Optional[str]) -> bool:
+    """Whether ``worker`` was a process of this host that no longer exists (another host's: unknown, False)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_killed(study: optuna.Study) -> int:
+    """RUNNING trials of a killed process of this host are failed and their points evaluated again,
+    at once (heartbeats only catch a dead worker after their grace period). Returns how many."""
+    recovered = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _gone(t.user_attrs.get("worker")):
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):
+            continue  # another worker starting at the same time recovered it first
+        _retry(study, t)
+        recovered += 1
+    return recovered
+
+
 def requeue_interrupted(study: optuna.Study) -> None:
     """Trials cut short by Ctrl-C are evaluated again (their point, once)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = _retried(trials)
     for t in trials:
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **(
-                {"preset": t.user_attrs["preset"]} if "preset" in t.user_attrs else {})})
+            _retry(study, t)
 
 
 def judge(task: SearchTask, study: optuna.Study, trial: optuna.Trial,
@@ -76,20 +124,37 @@ def judge(task: SearchTask, study: optuna.Study, trial: optuna.Trial,
     judges its points here, so their studies and run folders look the same.
     """
     spec, madds, n_params = task.measure(params)
-    for key, value in (("spec", spec.to_dict()), ("spec_id", spec.id), ("madds", madds), ("params", n_params),
+    for key, value in (("worker", worker_id()), ("spec", spec.to_dict()), ("spec_id", spec.id), ("madds", madds), ("params", n_params),
                        ("feasible", madds <= task.budget)):
         trial.set_user_attr(key, value)
     trial.set_constraint("madds", madds - task.budget)
     if madds > task.budget:
         return 0.0, float(madds)
+    wait_for_twin(study, spec.id, trial.number)
     same = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("feasible")]
     if same:
         trial.set_user_attr("reused_from", same[0].number)
-        for key in ("top1", "top5"):
+        for key in ("top1", "top5", "untrained"):
             trial.set_user_attr(key, same[0].user_attrs.get(key))
         return same[0].values[0], float(madds)
     return None
+
+
+def wait_for_twin(study: optuna.Study, spec_id: str, number: int, poll: float = 2.0) -> None:
+    """Wait while an earlier trial of another worker process trains the same architecture (its result is
+    then reused): two workers never train one architecture at the same time. Ends when that trial ends,
+    or when its worker is found dead (then this trial trains it). Trials of this process (Ray's
+    concurrent trials, all asked by one driver) are not waited for: the driver would wait for itself."""
+    me = worker_id()
+    while True:
+        twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if t.number < number and t.user_attrs.get("spec_id") == spec_id and t.user_attrs.get("feasible")
+                 and t.user_attrs.get("worker") != me and not _gone(t.user_attrs.get("worker"))]
+        if not twins:
+            return
+        time.sleep(poll)
+        optuna.storages.fail_stale_trials(study)  # a dead worker elsewhere: after its heartbeat's grace period
 
 
 def record(trial: optuna.Trial, result: Dict) -> Tuple[float, float]:
@@ -98,6 +163,7 @@ def record(trial: optuna.Trial, result: Dict) -> Tuple[float, float]:
         raise RuntimeError(f"no finite top-1 ({result.get('top1')})")
     trial.set_user_attr("top1", result["top1"])
     trial.set_user_attr("top5", result.get("top5"))
+    trial.set_user_attr("untrained", bool(result.get("untrained")))
     return result["top1"], float(result["madds"])
 
 
@@ -127,18 +193,35 @@ def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callabl
     return objective
 
 
+def trial_status(t: optuna.trial.FrozenTrial) -> str:
+    """What happened to a trial, in a word: trained, untrained (not clearly above chance), reused
+    (an earlier trial's result), over_budget (never trained), stopped_early, failed or running."""
+    ua = t.user_attrs
+    if t.state != TrialState.COMPLETE:
+        return {TrialState.FAIL: "failed", TrialState.RUNNING: "running"}.get(
+            t.state, "stopped_early" if ua.get("stopped_early") else t.state.name.lower())
+    if not ua.get("feasible"):
+        return "over_budget"
+    if ua.get("reused_from") is not None:
+        return "reused"
+    return "untrained" if ua.get("untrained") else "trained"
+
+
 def trial_rows(study: optuna.Study, decisions: List[str]) -> List[Dict]:
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.WAITING or t.user_attrs.get("interrupted") or (
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    for t in trials:
+        if t.state == TrialState.WAITING or t.user_attrs.get("interrupted") or t.number in retried or (
                 t.state == TrialState.PRUNED and not t.user_attrs.get("stopped_early")):
             continue
         ua = t.user_attrs
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append({"trial": t.number, "state": t.state.name, "feasible": ua.get("feasible"),
+        rows.append({"trial": t.number, "state": t.state.name, "status": trial_status(t), "feasible": ua.get("feasible"),
                      "madds": ua.get("madds"), "params": ua.get("params"),
                      "top1": t.values[0] if t.state == TrialState.COMPLETE and ua.get("feasible") else None,
-                     "top5": ua.get("top5"), "spec_id": ua.get("spec_id"), "preset": ua.get("preset"),
+                     "top5": ua.get("top5"), "untrained": ua.get("untrained"), "reused_from": ua.get("reused_from"),
+                     "spec_id": ua.get("spec_id"), "preset": ua.get("preset"),
                      "seconds": None if seconds is None else round(seconds, 1), "spec": ua.get("spec"),
                      **{d: t.params.get(d) for d in decisions}})
     return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -29,12 +29,66 @@ def zero_classifier(model: nn.Module) -> nn.Module:
     return model
 
 
+def zero_init_residual(model: nn.Module) -> nn.Module:
+    """Zero the last BatchNorm scale of every residual branch, so each block starts as the identity.
+
+    A deep network then trains like a shallow one for its first steps (Goyal et al., 2017;
+    torchvision's ``zero_init_residual``, timm's ResNet ``zero_init_last``). timm does this for
+    its ResNet but not for the EfficientNet family's blocks, whose branches end in ``bn3``
+    (inverted residual) or ``bn2`` (depthwise separable).
+    """
+    for m in model.modules():
+        if hasattr(m, "zero_init_last"):
+            m.zero_init_last()
+        elif getattr(m, "has_skip", False):
+            bn = getattr(m, "bn3", None) if hasattr(m, "conv_pwl") else getattr(m, "bn2", None)
+            if isinstance(bn, nn.BatchNorm2d):
+                nn.init.zeros_(bn.weight)
+    return model
+
+
 def build_for_training(spec, recipe: Recipe) -> nn.Module:
-    """``build_model`` with the recipe's regularisers, a zero classifier, weights stored channels-last."""
+    """``build_model`` with the recipe's regularisers and initialisation, weights stored channels-last."""
     from ..models import build_model  # noqa: PLC0415
     model = build_model(spec, drop_rate=recipe.dropout, drop_path_rate=recipe.drop_path,
                         bn_momentum=recipe.bn_momentum, expert_dropout=recipe.expert_dropout)
+    if recipe.zero_init_residual:
+        zero_init_residual(model)
     return zero_classifier(model).to(memory_format=torch.channels_last)
+
+
+def param_groups(model: nn.Module, weight_decay: float, expert_lr: str = "same",
+                 router_lr: str = "same") -> List[Dict]:
+    """timm's weight-decay groups; with ``expert_lr="rsqrt"`` CondConv experts get ``lr_scale = 1/sqrt(n)``.
+
+    Why: under an adaptive optimizer (AdamW, RMSProp) every expert steps by about ``lr`` along the
+    shared gradient, so the mixed kernel moves ``n/2`` expert steps while its size, for
+    independently initialised experts, is about ``sqrt(n)/2`` experts: relative to its size it
+    moves ``sqrt(n)`` times faster than the static kernel it replaces. Scaling the experts' lr by
+    ``1/sqrt(n)`` gives CondConv layers the static layers' relative step. timm's schedulers
+    multiply each group's lr by its ``lr_scale``.
+    """
+    from timm.optim import param_groups_weight_decay  # noqa: PLC0415
+    from ..layers import CondConv2d, CondLinear, Router  # noqa: PLC0415
+    groups = param_groups_weight_decay(model, weight_decay)
+    scale = {}
+    if expert_lr == "rsqrt":
+        scale.update({id(p): 1 / math.sqrt(m.num_experts) for m in model.modules()
+                      if isinstance(m, (CondConv2d, CondLinear)) for p in m.parameters(recurse=False)})
+    if router_lr == "rsqrt":
+        scale.update({id(p): 1 / math.sqrt(fc.in_features) for r in model.modules() if isinstance(r, Router)
+                      for fc in r.modules() if isinstance(fc, nn.Linear) for p in fc.parameters()})
+    if not scale:
+        return groups
+    out = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in scale]
+        by_scale: Dict[float, List] = {}
+        for p in g["params"]:
+            if id(p) in scale:
+                by_scale.setdefault(scale[id(p)], []).append(p)
+        out += [{**g, "params": rest}] + [{**g, "params": ps, "lr_scale": s} for s, ps in by_scale.items()]
+    return [g for g in out if g["params"]]
 
 
 class Diverged(RuntimeError):
@@ -67,7 +121,10 @@ def setup_training(model: nn.Module, recipe: Recipe, *, num_classes: int, steps_
     from timm.utils import ModelEmaV3  # noqa: PLC0415
     lr = recipe.lr * world_size
     kw = {"momentum": recipe.momentum} if recipe.optimizer in ("sgd", "momentum", "rmsprop", "rmsproptf") else {}
-    optimizer = create_optimizer_v2(model, opt=recipe.optimizer, lr=lr, weight_decay=recipe.weight_decay, **kw)
+    groups = param_groups(model, recipe.weight_decay, recipe.expert_lr, recipe.router_lr)
+    if recipe.schedule == "none":  # timm's schedulers apply lr_scale (from their first update); without one, here
+        groups = [{**g, "lr": lr * g.pop("lr_scale")} if "lr_scale" in g else g for g in groups]
+    optimizer = create_optimizer_v2(groups, opt=recipe.optimizer, lr=lr, weight_decay=recipe.weight_decay, **kw)
     scheduler = None
     if recipe.schedule != "none":
         scheduler, _ = create_scheduler_v2(optimizer, sched=recipe.schedule, num_epochs=epochs,
@@ -136,6 +193,43 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device="cpu") -> Dict[str,
     return {"top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1), "loss": loss / max(n, 1)}
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int, *, device="cpu") -> None:
+    """Re-estimate every BatchNorm's running statistics as the exact mean over ``batches`` training batches.
+
+    Running statistics are a moving average over weights that kept changing; after a short run
+    they lag the final weights, and evaluation mode uses them. Re-estimating them on the final
+    weights is the usual remedy in architecture search (single-path one-shot, Once-for-All).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    try:
+        for i, (x, _) in enumerate(loader):
+            if i >= batches:
+                break
+            model(x.to(device))
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+def chance_threshold(num_classes: int, n: int, z: float = 3.1) -> float:
+    """The top-1 a model must reach on ``n`` held-out examples to be clearly above chance.
+
+    A model that guesses scores ``p = 1 / num_classes`` give or take ``sqrt(p (1 - p) / n)``; a
+    score ``z = 3.1`` of those above ``p`` happens by chance with probability below 0.001
+    (one-sided). On digits' 450 held-out images that is 0.144.
+    """
+    p = 1.0 / num_classes
+    return p + z * math.sqrt(p * (1 - p) / max(n, 1))
+
+
 def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None) -> Dict[str, float]:
     """Train ``spec`` briefly as the proxy recipe says and return its held-out accuracy.
 
@@ -163,5 +257,8 @@ def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None) -> D
         loss = train_epoch(t, train_loader, epoch)
         if report is not None and epoch + 1 < recipe.epochs:
             report(epoch + 1, evaluate(evaluated, val_loader))
+    if recipe.bn_recalibrate:
+        recalibrate_bn(evaluated, train_loader, recipe.bn_recalibrate)
     metrics = evaluate(evaluated, val_loader)
-    return {**metrics, "train_loss": loss}
+    return {**metrics, "train_loss": loss, "num_classes": num_classes, "val_size": len(val_ds),
+            "chance_threshold": chance_threshold(num_classes, len(val_ds))}

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -27,20 +28,30 @@ def _dist():
     return world, rank
 
 
-def run_train(args) -> int:
-    # Every input checked before any work or any file.
-    spec = load_spec(args.spec)
-    recipe = load_recipe(args.trainer).for_base(spec.base)
-    data = parse_source(args.data)
-    epochs = args.epochs if args.epochs is not None else recipe.epochs
+def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optional[int] = None,
+          out: Union[str, Path, None] = None, resume: bool = False, init: Optional[str] = None,
+          batch_size: Optional[int] = None, workers: Optional[int] = None, progress: bool = True) -> Dict:
+    """Train ``spec`` (an ArchSpec, a spec file or a preset name) with a recipe; returns ``metrics.json``.
+
+    Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` (default
+    ``runs/<spec id>``) after every epoch; ``resume`` continues from ``out/last.pt``. Under
+    ``torchrun`` every process trains (DDP) and rank 0 writes. ``progress``: epoch lines and a bar
+    on stderr. Bad input raises `UsageError` before any work or any file.
+    """
+    if init is not None:
+        raise UsageError("--init is not supported by this version of condconv-nas")
+    spec = load_spec(spec)
+    recipe = load_recipe(trainer).for_base(spec.base)
+    data = parse_source(data)
+    epochs = epochs if epochs is not None else recipe.epochs
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
-    batch = args.batch_size or recipe.batch_size
-    workers = recipe.workers if args.workers is None else args.workers
-    out = Path(args.out or Path("runs") / spec.id)
-    if args.resume and not (out / "last.pt").is_file():
+    batch = batch_size or recipe.batch_size
+    workers = recipe.workers if workers is None else workers
+    out = Path(out or Path("runs") / spec.id)
+    if resume and not (out / "last.pt").is_file():
         raise UsageError(f"--resume: no checkpoint {out / 'last.pt'}")
-    state = checkpoint.load(out / "last.pt") if args.resume else None
+    state = checkpoint.load(out / "last.pt") if resume else None
 
     from ..madds import count_madds, count_params  # noqa: PLC0415
     from .engine import build_for_training, evaluate, make_loader, setup_training, train_epoch  # noqa: PLC0415
@@ -50,7 +61,7 @@ def run_train(args) -> int:
     train_ds, val_ds, num_classes = make_datasets(data, res, holdout=recipe.holdout, seed=recipe.seed,
                                                   autoaugment=recipe.autoaugment)
     if spec.num_classes != num_classes:
-        if rank == 0:
+        if rank == 0 and progress:
             print(f"note: {data} has {num_classes} classes; the classifier is built for {num_classes} "
                   f"(the spec says {spec.num_classes})", file=sys.stderr)
         spec = spec.replace(num_classes=num_classes)
@@ -81,7 +92,7 @@ def run_train(args) -> int:
         if t.ema is not None and state.get("ema"):
             t.ema.module.load_state_dict(state["ema"])
         start = state["epoch"]
-        if rank == 0:
+        if rank == 0 and progress:
             print(f"resuming {out} after epoch {start}", file=sys.stderr)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     writer = None
@@ -92,15 +103,15 @@ def run_train(args) -> int:
     for epoch in range(start, epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        progress = None
-        if rank == 0:
+        bar = None
+        if rank == 0 and progress:
             from tqdm.auto import tqdm  # noqa: PLC0415
-            progress = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False)
+            bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False)
         t0 = time.time()
-        loss = train_epoch(t, train_loader, epoch, device=device, scaler=scaler, progress=progress)
+        loss = train_epoch(t, train_loader, epoch, device=device, scaler=scaler, progress=bar)
         seconds = time.time() - t0
-        if progress is not None:
-            progress.close()
+        if bar is not None:
+            bar.close()
         if rank != 0:
             continue
         evaluated = t.ema.module if t.ema is not None else model
@@ -108,8 +119,9 @@ def run_train(args) -> int:
         metrics = {"epoch": epoch + 1, "top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"],
                    "train_loss": loss, "epoch_seconds": round(seconds, 2), "madds": madds, "params": n_params,
                    "spec_id": spec.id, "data": str(data), "world_size": world}
-        print(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
-              f"({seconds:.1f}s)", file=sys.stderr)
+        if progress:
+            print(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
+                  f"({seconds:.1f}s)", file=sys.stderr)
         for k in ("top1", "top5", "loss"):
             writer.add_scalar(f"val/{k}", m[k], epoch + 1)
         writer.add_scalar("train/loss", loss, epoch + 1)
@@ -125,23 +137,20 @@ def run_train(args) -> int:
         writer.close()
     if world > 1:
         torch.distributed.destroy_process_group()
-    if rank == 0:
-        print(json.dumps(metrics, indent=2) if args.format == "json" else
-              f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} epochs; "
-              f"checkpoints, metrics.json and model.pt in {out}")
-    return 0
+    return metrics if rank == 0 else {}
 
 
-def run_evaluate(args) -> int:
-    data = parse_source(args.data)
-    obj = checkpoint.load(args.checkpoint)
-    model = checkpoint.model_from(obj, args.checkpoint)
+def evaluate_checkpoint(path: Union[str, Path], *, data: str = "digits", batch_size: int = 64) -> Dict:
+    """top-1, top-5 and loss of a checkpoint or exported model (ours) on ``data``'s held-out split."""
+    data = parse_source(data)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    obj = checkpoint.load(path)
+    model = checkpoint.model_from(obj, path)
     from .engine import evaluate, make_loader  # noqa: PLC0415
     recipe = obj.get("recipe") or {}
     res = recipe.get("resolution") or model.spec.resolution
     _, val_ds, num_classes = make_datasets(data, res, holdout=recipe.get("holdout", 0.2), seed=recipe.get("seed", 0))
     if num_classes != model.spec.num_classes:
-        raise UsageError(f"{args.checkpoint} has {model.spec.num_classes} classes, {data} has {num_classes}")
-    m = evaluate(model, make_loader(val_ds, args.batch_size, train=False, seed=0))
-    print(json.dumps(m, indent=2) if args.format == "json" else f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}")
-    return 0
+        raise UsageError(f"{path} has {model.spec.num_classes} classes, {data} has {num_classes}")
+    return evaluate(model, make_loader(val_ds, batch_size, train=False, seed=0))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
 from ..data import DataSource
-from ..train.recipe import Recipe
+from ..training.recipe import Recipe
 from .space import SearchSpace
 
 
@@ -36,16 +36,18 @@ class SearchTask:
         return (spec, *self.count(spec))
 
     def evaluate(self, params: Dict[str, Any], *, report=None) -> Dict[str, Any]:
-        """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1.
+        """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1, and whether
+        it is ``untrained`` (not clearly above chance, see ``chance_threshold``: kept off the front).
 
         ``report(epoch, metrics)`` receives intermediate held-out metrics (see ``proxy_top1``)."""
         t0 = time.time()
         spec, madds, n_params = self.measure(params)
         result = {"spec": spec.to_dict(), "spec_id": spec.id, "madds": madds, "params": n_params,
-                  "feasible": madds <= self.budget, "top1": None, "top5": None}
+                  "feasible": madds <= self.budget, "top1": None, "top5": None, "untrained": False}
         if result["feasible"]:
-            from ..train.engine import proxy_top1  # noqa: PLC0415  (raises Diverged on a NaN/inf loss)
+            from ..training.engine import proxy_top1  # noqa: PLC0415  (raises Diverged on a NaN/inf loss)
             metrics = proxy_top1(spec, self.data, self.recipe, seed=self.seed, report=report)
-            result.update(top1=metrics["top1"], top5=metrics["top5"])
+            result.update(top1=metrics["top1"], top5=metrics["top5"],
+                          untrained=metrics["top1"] < metrics["chance_threshold"])
         result["seconds"] = round(time.time() - t0, 2)
         return result

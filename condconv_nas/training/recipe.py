@@ -33,6 +33,10 @@ class Recipe:
     expert_dropout: float = 0.0       # zero routing weights at random in training (the paper's ResNet regulariser)
     bn_momentum: Optional[float] = None  # BatchNorm momentum (PyTorch convention; TF 0.99 = 0.01)
     ema_decay: float = 0.0            # weight EMA decay (evaluated model); 0 = off
+    zero_init_residual: bool = False  # last BatchNorm of every residual branch starts at zero
+    expert_lr: str = "same"           # CondConv experts' lr: same, or rsqrt (lr / sqrt(num_experts))
+    router_lr: str = "same"           # routing FCs' lr: same, or rsqrt (lr / sqrt(fan-in))
+    bn_recalibrate: int = 0           # batches of training data that re-estimate BN statistics before evaluation
     train_subset: float = 1.0         # fraction of the training split used
     holdout: float = 0.2              # held-out fraction when the data has no val split
     seed: int = 0                     # seeds the model init, the data order and the split
@@ -49,7 +53,9 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
 _RANGES = {"epochs": (1, 100000), "batch_size": (1, 1 << 20), "lr": (0, 100), "label_smoothing": (0, 0.999),
            "dropout": (0, 0.999), "drop_path": (0, 0.999), "mixup_alpha": (0, 100), "expert_dropout": (0, 0.999),
            "ema_decay": (0, 0.999999), "train_subset": (1e-9, 1), "holdout": (1e-9, 0.9), "workers": (0, 1024),
-           "trials": (1, 1 << 20), "weight_decay": (0, 1), "momentum": (0, 1), "warmup_epochs": (0, 100000)}
+           "trials": (1, 1 << 20), "weight_decay": (0, 1), "momentum": (0, 1), "warmup_epochs": (0, 100000),
+           "bn_recalibrate": (0, 1 << 20)}
+_CHOICES = {"schedule": ("cosine", "step", "none"), "expert_lr": ("same", "rsqrt"), "router_lr": ("same", "rsqrt")}
 
 
 def _check(key: str, value: Any, where: str) -> Any:
@@ -67,8 +73,8 @@ def _check(key: str, value: Any, where: str) -> Any:
     lo, hi = _RANGES.get(key, (None, None))
     if lo is not None and not lo <= value <= hi:
         raise UsageError(f"{where}: {key} must be in [{lo}, {hi}], got {value!r}")
-    if key == "schedule" and value not in ("cosine", "step", "none"):
-        raise UsageError(f"{where}: schedule must be cosine, step or none, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise UsageError(f"{where}: {key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
     return value
 
 

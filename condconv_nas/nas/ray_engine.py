@@ -141,7 +141,8 @@ def ray_trial(config: Dict, task: SearchTask, threads: int) -> None:
                      "final": False})
 
     result = task.evaluate(config["point"], report=report)
-    tune.report({"top1": result["top1"], "top5": result["top5"], "madds": madds, "epoch": epochs, "final": True})
+    tune.report({"top1": result["top1"], "top5": result["top5"], "untrained": result["untrained"], "madds": madds,
+                 "epoch": epochs, "final": True})
 
 
 def run_ray(task: SearchTask, study: optuna.Study, total: int, *, address: Optional[str] = None,
