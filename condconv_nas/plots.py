@@ -66,8 +66,8 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    fig, ax = plt.subplots(figsize=(10, 5.2), dpi=110)
-    bottom = ax.get_xaxis_transform()  # x in data, y in axes fraction: the strip under the accuracy points
+    fig, (ax, strip) = plt.subplots(2, 1, sharex=True, figsize=(10, 5.6), dpi=110, layout="constrained",
+                                    gridspec_kw={"height_ratios": [12, 1]})
 
     def xs(ps):
         return [p.madds_m for p in ps]
@@ -75,35 +75,42 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     if info.untrained:
         ax.scatter(xs(info.untrained), [p.top1 for p in info.untrained], s=22, facecolors="none", edgecolors="0.3",
                    label="at chance level (off the front)")
-    if info.over_budget:
-        ax.scatter(xs(info.over_budget), [0.03] * len(info.over_budget), transform=bottom, marker="|", s=120,
-                   c="tab:red", label="over budget (MADDs only, not trained)")
     if info.front:
         ax.step(xs(info.front), [p.top1 for p in info.front], where="post", c="tab:blue")
         ax.scatter(xs(info.front), [p.top1 for p in info.front], c="tab:blue", s=40, label="Pareto front", zorder=4)
     evaluated = [p for p in info.presets if p.top1 is not None]
-    missing = [p for p in info.presets if p.top1 is None]
     if evaluated:
         ax.scatter(xs(evaluated), [p.top1 for p in evaluated], marker="*", s=140, c="tab:orange", zorder=5,
                    label="paper preset (evaluated)")
+        for k, p in enumerate(evaluated):  # staggered: neighbouring presets never print over each other
+            ax.annotate(p.label.split(":")[0], (p.madds_m, p.top1), textcoords="offset points",
+                        xytext=(5, -12 - 11 * (k % 2)), fontsize=7, color="tab:orange")
+    # Not trained (over budget, presets not evaluated): a strip of their own, by MADDs only.
+    if info.over_budget:
+        strip.scatter(xs(info.over_budget), [0] * len(info.over_budget), marker="|", s=120, c="tab:red",
+                      label="over budget (not trained)")
+    missing = [p for p in info.presets if p.top1 is None]
     if missing:
-        ax.scatter(xs(missing), [0.03] * len(missing), transform=bottom, marker="*", s=140, facecolors="none",
-                   edgecolors="tab:orange", zorder=5, label="paper preset (not evaluated)")
-    for k, p in enumerate(info.presets):  # staggered labels: neighbouring presets never print over each other
-        name = p.label.split(":")[0]
-        if p.top1 is None:
-            ax.annotate(name, (p.madds_m, 0.03), xycoords=bottom, textcoords="offset points",
-                        xytext=(4, 8 + 11 * (k % 3)), fontsize=7, color="tab:orange")
-        else:
-            ax.annotate(name, (p.madds_m, p.top1), textcoords="offset points", xytext=(5, -12 - 11 * (k % 2)),
-                        fontsize=7, color="tab:orange")
-    ax.axvline(info.budget_m, ls="--", c="tab:red", lw=1, label=f"budget {info.budget_m:g}M")
-    ax.set_xlabel("MADDs (millions, full-size spec)")
+        strip.scatter(xs(missing), [0] * len(missing), marker="*", s=140, facecolors="none", edgecolors="tab:orange",
+                      zorder=5, label="paper preset (not evaluated)")
+        for k, p in enumerate(missing):
+            strip.annotate(p.label.split(":")[0], (p.madds_m, 0), textcoords="offset points",
+                           xytext=(6, 4 - 9 * (k % 2)), fontsize=7, color="tab:orange")
+    for a in (ax, strip):
+        a.axvline(info.budget_m, ls="--", c="tab:red", lw=1, label=f"budget {info.budget_m:g}M" if a is ax else None)
+        a.grid(alpha=0.3)
+    everything = xs(info.trials + info.front + info.untrained + info.over_budget + info.presets) + [info.budget_m]
+    pad = 0.05 * (max(everything) - min(everything) or 1.0)
+    ax.set_xlim(min(everything) - pad, max(everything) + pad)
+    strip.set_ylim(-1, 1)
+    strip.set_yticks([])
+    strip.set_ylabel("not\ntrained", fontsize=7, rotation=0, ha="right", va="center")
+    strip.set_xlabel("MADDs (millions, full-size spec)")
     ax.set_ylabel("proxy top-1 (held out)")
     ax.set_title(info.title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: covers nothing
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    more = strip.get_legend_handles_labels()
+    fig.legend(handles + more[0], labels + more[1], fontsize=8, loc="outside right upper")  # covers nothing
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
