@@ -46,5 +46,5 @@ def stage_depths(base: str, depth_multiplier: float = 1.0) -> List[int]:
 
 
 def num_blocks(base: str, depth_multiplier: float = 1.0) -> int:
-    """B in METHOD.md's numbering: layer 1 = stem, 2..B+1 = blocks, B+2 = classifier."""
+    """B in docs/method.md's numbering: layer 1 = stem, 2..B+1 = blocks, B+2 = classifier."""
     return sum(stage_depths(base, depth_multiplier))

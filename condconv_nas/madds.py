@@ -1,4 +1,4 @@
-"""Multiply-adds (MADDs) by METHOD.md's convention, counted by fvcore from a traced forward.
+"""Multiply-adds (MADDs) by the convention of docs/method.md, counted by fvcore from a traced forward.
 
 One multiply-add per weight use, per example, batch 1, at the spec's resolution. The table
 `HANDLES` decides per op: convolutions, FC layers, matmuls (the routing FCs, the kernel

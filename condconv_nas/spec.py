@@ -37,7 +37,7 @@ class RoutingSpec:
 
 @dataclass(frozen=True)
 class CondConvSpec:
-    begin_layer: int            # 1 = stem, 2..B+1 = blocks, B+2 = classifier only (METHOD.md)
+    begin_layer: int            # 1 = stem, 2..B+1 = blocks, B+2 = classifier only (docs/method.md)
     num_experts: int = 8        # experts per CondConv layer
     classifier: bool = False    # the final FC is a CondConv (CondLinear) layer
     routing: RoutingSpec = field(default_factory=RoutingSpec)
@@ -167,7 +167,7 @@ def _convert(cls, name: str, v: Any, path: str):
     raise SpecError(f"{path}: expected {want.__name__}, got {type(v).__name__} {v!r}")
 
 
-# -- presets: METHOD.md's table 1 placements, 8 experts, routing shared within a block ---------------
+# -- presets: the paper's table 1 placements (docs/method.md), 8 experts, routing shared within a block ---------------
 def _cc(begin: int, classifier: bool) -> dict:
     return {"begin_layer": begin, "num_experts": 8, "classifier": classifier,
             "routing": {"share": "block", "hidden": "none", "activation": "sigmoid", "hierarchical": False}}

@@ -1,4 +1,4 @@
-"""Where CondConv goes: one mechanism over a family's ordered layers (METHOD.md's numbering).
+"""Where CondConv goes: one mechanism over a family's ordered layers (docs/method.md's numbering).
 
 Units in network order: the stem (layer 1) if ``begin_layer == 1``; every block ``j`` (layer
 ``j + 1``) from ``begin_layer`` on; the classifier if ``condconv.classifier``. Inside a block,
