@@ -282,3 +282,57 @@ def test_library_search_returns_the_run_and_prints_nothing(files, capsys):
         with pytest.raises(UsageError, match=message):
             condconv_nas.search(results=files / "refused", progress=False, **kwargs)
     assert not (files / "refused").exists()
+
+
+def test_condconv_decisions_are_sampled_only_when_condconv_is_on():
+    """The space is conditional: a static point (no CondConv block, static classifier) carries no
+    experts or routing decisions, in the sampler and in trials.csv's rows."""
+    import optuna
+
+    from condconv_nas.nas.optuna_engine import trial_rows
+    from condconv_nas.nas.space import CONDCONV_DECISIONS
+    space = load_space("efficientnet_b0")
+    asked = []
+    static = space.sample(lambda name, choices: asked.append(name) or ("none" if name == "begin_stage" else choices[0]))
+    assert static == {"width_multiplier": 0.5, "depth_multiplier": 1.0, "begin_stage": "none", "classifier": False}
+    assert not set(asked) & set(CONDCONV_DECISIONS)
+    on = space.sample(lambda name, choices: choices[-1])
+    assert set(CONDCONV_DECISIONS) - {"begin_offset"} <= set(on)
+    assert space.to_spec(static).condconv is None and space.to_spec(on).condconv is not None
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: len(space.sample(lambda n, c: t.suggest_categorical(n, list(c)))), n_trials=80)
+    rows = trial_rows(study, list(space.searched))
+    for r in rows:
+        cc = r["begin_stage"] != "none" or r["classifier"]
+        assert all((r[d] is not None) == cc for d in CONDCONV_DECISIONS if d in space.searched), r
+    assert any(r["begin_stage"] == "none" and not r["classifier"] for r in rows)
+
+
+def test_optuna_dashboard_serves_the_runs_study_on_loopback(files):
+    """`optuna-dashboard sqlite:///RUN/study.db` (the [dashboard] extra, in [all]) lists the run's study."""
+    import shutil
+    import socket
+    import urllib.request
+    exe = shutil.which("optuna-dashboard") or pytest.skip("optuna-dashboard is not installed")
+    res = search(files, "--trials", "1", budget="2G", run="dash")
+    assert res.returncode == 0, res.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = files / "results" / "dash" / "study.db"
+    server = subprocess.Popen([exe, f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(60):  # bounded: up to 30 s for the server to come up
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("optuna-dashboard did not answer on loopback")
+        assert [s["study_name"] for s in studies] == ["dash"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

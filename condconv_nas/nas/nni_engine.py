@@ -72,7 +72,7 @@ class Judge:
             warnings.simplefilter("ignore")
             self.study.sampler = optuna.samplers.PartialFixedSampler(params, base)
             try:
-                return self.study.ask(self.distributions)
+                return self.study.ask({n: d for n, d in self.distributions.items() if n in params})
             finally:
                 self.study.sampler = base
 
@@ -82,7 +82,7 @@ class Judge:
     def keep(self, model) -> bool:
         if counted(self.study) >= self.total:
             return False
-        params = dict(model.sample)
+        params = self.task.space.active(dict(model.sample))  # NNI samples every decision; record those that matter
         trial = self._ask(params)
         values = judge(self.task, self.study, trial, params)
         if values is not None and not trial.user_attrs["feasible"]:
@@ -92,7 +92,7 @@ class Judge:
         return True
 
     def evaluate(self, model: PointSpace) -> None:
-        trial, values = self.pending.pop(_key(model.point))
+        trial, values = self.pending.pop(_key(self.task.space.active(model.point)))
         try:
             if values is None:
                 values = record(trial, self.task.evaluate(model.point))

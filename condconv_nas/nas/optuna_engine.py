@@ -60,7 +60,8 @@ def open_study(storage_url: str, name: str, seed: int, *, heartbeat: bool = True
         beat = dict(heartbeat_interval=30, grace_period=90,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         storage = optuna.storages.RDBStorage(storage_url, **(beat if heartbeat else {}))
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+        # group=True: TPE models the conditional space (CondConv decisions only when CondConv is on) per group
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
     return optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
                                load_if_exists=True)
 
@@ -182,7 +183,7 @@ def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callabl
         if counted(study, before=trial.number) >= total:
             trial.set_user_attr("surplus", True)
             raise optuna.TrialPruned("the run's total was reached by other workers")
-        params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in space.searched.items()}
+        params = space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)))
         try:
             values = judge(task, study, trial, params)
             return values if values is not None else record(trial, task.evaluate(params))

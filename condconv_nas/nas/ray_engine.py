@@ -19,7 +19,6 @@ from typing import Callable, Dict, Optional
 
 import optuna
 import ray
-from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
@@ -80,7 +79,8 @@ class StudySearch(OptunaSearch):
     def __init__(self, task: SearchTask, study: optuna.Study, total: int, *,
                  on_trial: Optional[Callable] = None) -> None:
         self.task, self.total, self.on_trial = task, total, on_trial
-        space = {name: CategoricalDistribution(list(choices)) for name, choices in task.space.searched.items()}
+        def space(ot_trial) -> None:  # define-by-run: the same conditional space as the Optuna engine
+            task.space.sample(lambda name, choices: ot_trial.suggest_categorical(name, list(choices)))
         super().__init__(space=space, metric=["top1", "madds"], mode=["max", "min"], sampler=study.sampler,
                          study_name=study.study_name, storage=study._storage)
 

@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import yaml
 
@@ -34,6 +34,11 @@ DECISIONS: Dict[str, Tuple[Any, Any]] = {
 }
 
 
+# Decisions that only matter when a point has CondConv (sampled only then).
+CONDCONV_DECISIONS = ("begin_offset", "num_experts", "routing_share", "routing_hidden", "routing_activation",
+                      "routing_hierarchical")
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     name: str                               # the file's stem
@@ -46,6 +51,25 @@ class SearchSpace:
     def searched(self) -> Dict[str, Tuple[Any, ...]]:
         """Decisions with more than one choice: what a sampler samples."""
         return {k: v for k, v in self.decisions.items() if len(v) > 1}
+
+    def condconv_on(self, params: Dict[str, Any]) -> bool:
+        """Whether a point has any CondConv (a CondConv block or the CondConv classifier)."""
+        p = self.complete(params)
+        return p["begin_stage"] != "none" or bool(p["classifier"])
+
+    def active(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        """The searched decisions that matter for this point: CondConv's own only when CondConv is on."""
+        on = self.condconv_on(params)
+        return {k: v for k, v in params.items() if k in self.searched and (on or k not in CONDCONV_DECISIONS)}
+
+    def sample(self, suggest: Callable[[str, Tuple[Any, ...]], Any]) -> Dict[str, Any]:
+        """A point, define-by-run: ``suggest(name, choices)`` for each decision that matters, the
+        structure first, CondConv's own decisions only when CondConv is on (Optuna's conditional
+        parameters; Ray's OptunaSearch takes the same function)."""
+        params = {k: suggest(k, v) for k, v in self.searched.items() if k not in CONDCONV_DECISIONS}
+        if self.condconv_on(params):
+            params.update({k: suggest(k, v) for k, v in self.searched.items() if k in CONDCONV_DECISIONS})
+        return params
 
     def complete(self, params: Dict[str, Any]) -> Dict[str, Any]:
         return {k: params.get(k, v[0]) for k, v in self.decisions.items()}
@@ -86,7 +110,7 @@ class SearchSpace:
         for values in itertools.product(*choices):
             params = dict(zip(names, values))
             if self.to_spec(params).id == spec.id:
-                return {k: v for k, v in params.items() if k in self.searched}
+                return self.active(params)
         return None
 
     def presets(self) -> Dict[str, Dict[str, Any]]:
