@@ -46,8 +46,13 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
     epochs = epochs if epochs is not None else recipe.epochs
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
-    batch = batch_size or recipe.batch_size
-    workers = recipe.workers if workers is None else workers
+    batch = recipe.batch_size if batch_size is None else batch_size
+    if workers is None:  # the recipe's, but no more loader processes than this machine has cores
+        workers = min(recipe.workers, os.cpu_count() or 1)
+    if workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}")
+    if batch < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch}")
     out = Path(out or Path("runs") / spec.id)
     if resume and not (out / "last.pt").is_file():
         raise UsageError(f"--resume: no checkpoint {out / 'last.pt'}")
