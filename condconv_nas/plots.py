@@ -137,13 +137,15 @@ def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
     trace(info.over_budget, "over budget (MADDs only, not trained)", y=[0] * len(info.over_budget),
           marker=dict(symbol="line-ns-open", size=14, color="red"), **strip)
     missing = [p for p in info.presets if p.top1 is None]
-    trace(missing, "paper preset (not evaluated)", y=[1] * len(missing),
-          marker=dict(symbol="star-open", size=13, color="orange"), **strip)
+    trace(missing, "paper preset (not evaluated)", y=[1] * len(missing), text=[p.label.split(":")[0] for p in missing],
+          textposition=["top right" if k % 2 == 0 else "bottom left" for k in range(len(missing))],  # off neighbours
+          marker=dict(symbol="star-open", size=13, color="orange"), **{**strip, "mode": "markers+text"})
     fig.add_vline(x=info.budget_m, line_dash="dash", line_color="red", annotation_text=f"budget {info.budget_m:g}M")
-    fig.update_layout(title=info.title, xaxis_title="MADDs (millions, full-size spec)",
-                      yaxis=dict(title="proxy top-1 (held out)", domain=[0.18, 1.0]),
-                      yaxis2=dict(domain=[0.0, 0.1], range=[-0.5, 1.5], showticklabels=False, title="not trained"),
-                      hovermode="closest")
+    fig.update_layout(title=info.title, hovermode="closest",
+                      xaxis=dict(title="MADDs (millions, full-size spec)", anchor="y2"),  # under the strip
+                      yaxis=dict(title="proxy top-1 (held out)", domain=[0.26, 1.0]),
+                      yaxis2=dict(domain=[0.0, 0.18], range=[-0.8, 2.2], showticklabels=False, showgrid=False,
+                                  title="not trained"))
     write_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 

@@ -141,3 +141,18 @@ def test_training_starts_from_a_zero_classifier(name):
     with torch.no_grad():
         assert torch.equal(model(x), torch.zeros(4, 10))
         assert build_model(spec).eval()(x).abs().max() > 0.01
+
+
+def test_library_train_names_its_folder_after_the_spec_it_was_given(tmp_path, recipe, monkeypatch):
+    """train() returns metrics.json; the default folder runs/<spec id> and metrics' spec_id agree, though
+    the model was built for digits' 10 classes (model_spec_id)."""
+    import condconv_nas
+    from condconv_nas import load_spec
+    monkeypatch.chdir(tmp_path)
+    metrics = condconv_nas.train("mobilenet-v1", trainer=str(recipe), epochs=1, progress=False)
+    spec_id = load_spec("mobilenet-v1").id
+    assert metrics == json.loads((tmp_path / "runs" / spec_id / "metrics.json").read_text())
+    assert metrics["spec_id"] == spec_id != metrics["model_spec_id"]
+    assert load_spec("mobilenet-v1").replace(num_classes=10).id == metrics["model_spec_id"]
+    evaluated = condconv_nas.evaluate(tmp_path / "runs" / spec_id / "model.pt")
+    assert evaluated["top1"] == pytest.approx(metrics["top1"], abs=0.01)

@@ -176,7 +176,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, values=None, state: TrialStat
         on_trial(study, study._storage.get_trial(trial._trial_id))
 
 
-def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callable:
+def make_objective(task: SearchTask, study: optuna.Study, total: int, on_epoch: Optional[Callable] = None) -> Callable:
     space = task.space
 
     def objective(trial: optuna.Trial):
@@ -186,7 +186,10 @@ def make_objective(task: SearchTask, study: optuna.Study, total: int) -> Callabl
         params = space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)))
         try:
             values = judge(task, study, trial, params)
-            return values if values is not None else record(trial, task.evaluate(params))
+            if values is not None:
+                return values
+            progress = None if on_epoch is None else lambda epoch, epochs: on_epoch(trial.number, epoch, epochs)
+            return record(trial, task.evaluate(params, on_epoch=progress))
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -235,9 +238,9 @@ def run_waiting(task: SearchTask, study: optuna.Study, total: int, *, on_trial=N
     run_optuna(task, study, min(total, counted(study) + waiting), on_trial=on_trial)
 
 
-def run_optuna(task: SearchTask, study: optuna.Study, total: int, *, on_trial=None) -> None:
+def run_optuna(task: SearchTask, study: optuna.Study, total: int, *, on_trial=None, on_epoch=None) -> None:
     """Run trials until the study holds ``total`` counted trials."""
-    objective = make_objective(task, study, total)
+    objective = make_objective(task, study, total, on_epoch)
 
     def stop_at_total(study, trial):
         if on_trial is not None:

@@ -177,6 +177,9 @@ class Reporter:
     def trial(self, line: str, best_top1: Optional[float]) -> None:
         pass
 
+    def epoch(self, trial: int, epoch: int, epochs: int) -> None:
+        """A trial in training finished an epoch (the Optuna backend reports these)."""
+
     def close(self) -> None:
         pass
 
@@ -198,12 +201,17 @@ class BarReporter(LineReporter):
         from tqdm.auto import tqdm  # noqa: PLC0415
         super().start(header, total, done)
         self.bar = tqdm(total=total, initial=done, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self.best = ""
 
     def trial(self, line, best_top1):
         self.bar.update(1)
         if best_top1 is not None:
-            self.bar.set_postfix(best_top1=f"{best_top1:.4f}")
+            self.best = f"best top-1 {best_top1:.4f}"
+            self.bar.set_postfix_str(self.best)
         self.bar.write(line)
+
+    def epoch(self, trial, epoch, epochs):
+        self.bar.set_postfix_str(f"trial {trial}: epoch {epoch}/{epochs}" + (f", {self.best}" if self.best else ""))
 
     def close(self):
         self.bar.close()
@@ -294,7 +302,7 @@ def search(*, budget: Union[int, str], space: str = "efficientnet_b0", trials: O
             from .nni_engine import run_nni  # noqa: PLC0415
             run_nni(task, study, total, strategy=options.nni_strategy, seed=seed, on_trial=on_trial)
         else:
-            eng.run_optuna(task, study, total, on_trial=on_trial)
+            eng.run_optuna(task, study, total, on_trial=on_trial, on_epoch=reporter.epoch)
     except KeyboardInterrupt:
         reporter.close()
         raise SearchInterrupted(write(study)) from None

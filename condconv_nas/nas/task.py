@@ -35,7 +35,7 @@ class SearchTask:
         spec = self.space.to_spec(params)
         return (spec, *self.count(spec))
 
-    def evaluate(self, params: Dict[str, Any], *, report=None) -> Dict[str, Any]:
+    def evaluate(self, params: Dict[str, Any], *, report=None, on_epoch=None) -> Dict[str, Any]:
         """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1, and whether
         it is ``untrained`` (not clearly above chance, see ``chance_threshold``: kept off the front).
 
@@ -46,7 +46,7 @@ class SearchTask:
                   "feasible": madds <= self.budget, "top1": None, "top5": None, "untrained": False}
         if result["feasible"]:
             from ..training.engine import proxy_top1  # noqa: PLC0415  (raises Diverged on a NaN/inf loss)
-            metrics = proxy_top1(spec, self.data, self.recipe, seed=self.seed, report=report)
+            metrics = proxy_top1(spec, self.data, self.recipe, seed=self.seed, report=report, on_epoch=on_epoch)
             result.update(top1=metrics["top1"], top5=metrics["top5"],
                           untrained=metrics["top1"] < metrics["chance_threshold"])
         result["seconds"] = round(time.time() - t0, 2)

@@ -230,11 +230,12 @@ def chance_threshold(num_classes: int, n: int, z: float = 3.1) -> float:
     return p + z * math.sqrt(p * (1 - p) / max(n, 1))
 
 
-def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None) -> Dict[str, float]:
+def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_epoch=None) -> Dict[str, float]:
     """Train ``spec`` briefly as the proxy recipe says and return its held-out accuracy.
 
     ``report(epoch, metrics)``, if given, receives the held-out metrics after every epoch but the
-    last (a scheduler such as Ray's ASHA may stop the trial there).
+    last (a scheduler such as Ray's ASHA may stop the trial there); ``on_epoch(epoch, epochs)``
+    is told when each epoch ends (progress, nothing evaluated).
 
     The candidate is the full spec (its MADDs are counted at full size elsewhere) trained at the
     recipe's resolution with the data set's number of classes; seeds fix init, order and split.
@@ -255,6 +256,8 @@ def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None) -> D
     loss = math.nan
     for epoch in range(recipe.epochs):
         loss = train_epoch(t, train_loader, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, recipe.epochs)
         if report is not None and epoch + 1 < recipe.epochs:
             report(epoch + 1, evaluate(evaluated, val_loader))
     if recipe.bn_recalibrate:

@@ -34,13 +34,15 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
     """Train ``spec`` (an ArchSpec, a spec file or a preset name) with a recipe; returns ``metrics.json``.
 
     Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` (default
-    ``runs/<spec id>``) after every epoch; ``resume`` continues from ``out/last.pt``. Under
+    ``runs/<spec id>``; ``metrics.json`` holds that ``spec_id`` and ``model_spec_id``, the spec as
+    trained, whose classifier has the data's classes) after every epoch; ``resume`` continues from ``out/last.pt``. Under
     ``torchrun`` every process trains (DDP) and rank 0 writes. ``progress``: epoch lines and a bar
     on stderr. Bad input raises `UsageError` before any work or any file.
     """
     if init is not None:
         raise UsageError("--init is not supported by this version of condconv-nas")
     spec = load_spec(spec)
+    given_id = spec.id  # names the default output folder, and metrics.json's spec_id
     recipe = load_recipe(trainer).for_base(spec.base)
     data = parse_source(data)
     epochs = epochs if epochs is not None else recipe.epochs
@@ -123,7 +125,7 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
         m = evaluate(evaluated, val_loader, device=device)
         metrics = {"epoch": epoch + 1, "top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"],
                    "train_loss": loss, "epoch_seconds": round(seconds, 2), "madds": madds, "params": n_params,
-                   "spec_id": spec.id, "data": str(data), "world_size": world}
+                   "spec_id": given_id, "model_spec_id": spec.id, "data": str(data), "world_size": world}
         if progress:
             print(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
                   f"({seconds:.1f}s)", file=sys.stderr)
