@@ -125,8 +125,8 @@ def judge(task: SearchTask, study: optuna.Study, trial: optuna.Trial,
     judges its points here, so their studies and run folders look the same.
     """
     spec, madds, n_params = task.measure(params)
-    for key, value in (("worker", worker_id()), ("spec", spec.to_dict()), ("spec_id", spec.id), ("madds", madds), ("params", n_params),
-                       ("feasible", madds <= task.budget)):
+    for key, value in (("worker", worker_id()), ("spec", spec.to_dict()), ("spec_id", spec.id), ("madds", madds),
+                       ("params", n_params), ("feasible", madds <= task.budget)):
         trial.set_user_attr(key, value)
     trial.set_constraint("madds", madds - task.budget)
     if madds > task.budget:
@@ -176,7 +176,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, values=None, state: TrialStat
         on_trial(study, study._storage.get_trial(trial._trial_id))
 
 
-def make_objective(task: SearchTask, study: optuna.Study, total: int, on_epoch: Optional[Callable] = None) -> Callable:
+def make_objective(task: SearchTask, study: optuna.Study, total: int,
+                   on_epoch: Optional[Callable] = None) -> Callable:
     space = task.space
 
     def objective(trial: optuna.Trial):
@@ -221,8 +222,8 @@ def trial_rows(study: optuna.Study, decisions: List[str]) -> List[Dict]:
             continue
         ua = t.user_attrs
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append({"trial": t.number, "state": t.state.name, "status": trial_status(t), "feasible": ua.get("feasible"),
-                     "madds": ua.get("madds"), "params": ua.get("params"),
+        rows.append({"trial": t.number, "state": t.state.name, "status": trial_status(t),
+                     "feasible": ua.get("feasible"), "madds": ua.get("madds"), "params": ua.get("params"),
                      "top1": t.values[0] if t.state == TrialState.COMPLETE and ua.get("feasible") else None,
                      "top5": ua.get("top5"), "untrained": ua.get("untrained"), "reused_from": ua.get("reused_from"),
                      "spec_id": ua.get("spec_id"), "preset": ua.get("preset"),
