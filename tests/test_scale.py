@@ -87,6 +87,7 @@ def test_banded_asha_compares_trials_only_within_their_madd_band():
                                                          TrialScheduler.CONTINUE]
 
 
+@pytest.mark.slow
 def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
     import optuna
 
@@ -141,6 +142,7 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_ray_backend_on_a_real_local_cluster(files, ray_head):
     address, env = ray_head
     t0 = time.time()
@@ -163,6 +165,7 @@ def ray_processes():
     return [p for p in psutil.process_iter(["cmdline"]) if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ray", "nni"])
 def test_interrupted_run_leaves_nothing_running_and_resumes_to_the_exact_total(files, backend):
     assert not ray_processes(), "a Ray is already running on this machine"
@@ -193,6 +196,7 @@ def test_address_needs_the_ray_backend(files):
 # ---------------------------------------------------------------- NNI
 
 
+@pytest.mark.slow
 def test_nni_backend_end_to_end_and_over_budget_never_trained(files):
     # 60M leaves only the narrowest candidates in budget: NNI's evolution proposes over-budget ones.
     t0 = time.time()
@@ -267,6 +271,7 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_postgresql_storage_with_two_workers(files, postgres):
     cmd = search_cmd(files, "pg", "--storage", postgres, trials=4)
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

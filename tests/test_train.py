@@ -49,6 +49,7 @@ def test_train_then_resume_continues(tmp_path, recipe, cli):
     assert res.returncode == 0 and abs(json.loads(res.stdout)["top1"] - m3["top1"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path, recipe):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
