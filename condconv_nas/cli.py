@@ -108,7 +108,8 @@ class Search(Command):
         try:
             result = search(budget=args.budget, space=args.space, trials=args.trials, data=args.data,
                             trainer=args.trainer, backend=args.backend, run=args.run, results=args.results,
-                            storage=args.storage, seed=args.seed, progress=LineReporter() if args.quiet else BarReporter(),
+                            storage=args.storage, seed=args.seed,
+                            progress=LineReporter() if args.quiet else BarReporter(),
                             address=args.address, cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial, nni_strategy=args.nni_strategy)
         except SearchInterrupted as e:
@@ -158,8 +159,7 @@ class Train(Command):
         metrics = train(args.spec, trainer=args.trainer, data=args.data, epochs=args.epochs, out=args.out,
                         resume=args.resume, batch_size=args.batch_size, workers=args.workers)
         if metrics:  # rank 0 (the others return nothing under torchrun)
-            from .spec import load_spec  # noqa: PLC0415
-            out = args.out or Path("runs") / load_spec(args.spec).id  # train()'s default
+            out = args.out or Path("runs") / metrics["spec_id"]  # train()'s default folder
             print(json.dumps(metrics, indent=2) if args.format == "json" else
                   f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} epochs; "
                   f"checkpoints, metrics.json and model.pt in {out}")

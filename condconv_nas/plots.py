@@ -2,7 +2,7 @@
 
 What is drawn is computed once (`front_plot_info`), apart from how it is drawn: only trained
 trials sit on the accuracy axis; over-budget trials (never trained) and presets that were not
-evaluated are marked along the bottom edge by their MADDs, never at "top-1 0".
+evaluated sit on a "not trained" strip under it, by their MADDs, never at "top-1 0".
 """
 from __future__ import annotations
 

@@ -167,7 +167,7 @@ def _convert(cls, name: str, v: Any, path: str):
     raise SpecError(f"{path}: expected {want.__name__}, got {type(v).__name__} {v!r}")
 
 
-# -- presets: the paper's table 1 placements (docs/method.md), 8 experts, routing shared within a block ---------------
+# -- presets: the paper's table 1 placements (docs/method.md), 8 experts, routing shared per block ----
 def _cc(begin: int, classifier: bool) -> dict:
     return {"begin_layer": begin, "num_experts": 8, "classifier": classifier,
             "routing": {"share": "block", "hidden": "none", "activation": "sigmoid", "hierarchical": False}}

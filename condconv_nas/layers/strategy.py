@@ -3,8 +3,8 @@ measurements cached per shape. A layer offers ``forms(x)``, ``shape_key()`` and
 ``run(form, x, routing_weights, weight, bias)``.
 
 Which form is fastest depends on the number of experts, batch, spatial size, grad mode and
-device (the paper says as much), so no fixed rule: the first call with a new shape times every form that
-applies on a detached copy of the inputs (forward, plus backward when grad is enabled) and
+device (the paper says as much), so no fixed rule: the first call with a new shape times every
+form that applies on a detached copy of the inputs (forward, plus backward when grad is enabled) and
 the fastest is remembered for that shape. Under ``torch.jit.trace`` (fvcore's counting) the
 per-example-kernel form is used: it is the served form, the one the MADD convention counts.
 """

@@ -31,10 +31,10 @@ with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it does not
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from .options import NNI_STRATEGIES
 from .optuna_engine import counted, judge, record, run_waiting, tell
 from .task import SearchTask
 
-STRATEGIES = ("evolution", "random", "tpe")
 
 
 class PointSpace(ModelSpace):
@@ -126,7 +126,7 @@ def make_strategy(name: str, seed: int, total: int):
         return Random(seed=seed)
     if name == "tpe":
         return TPE(seed=seed)
-    raise ValueError(f"NNI strategy must be one of {STRATEGIES}, got {name!r}")
+    raise ValueError(f"NNI strategy must be one of {NNI_STRATEGIES}, got {name!r}")
 
 
 def run_nni(task: SearchTask, study: optuna.Study, total: int, *, strategy: str = "evolution", seed: int = 0,

@@ -15,7 +15,7 @@ from .. import __version__
 from ..data import parse_source
 from ..errors import UsageError
 from ..training.recipe import load_recipe
-from .options import BACKENDS, parse_budget
+from .options import BACKENDS, NNI_STRATEGIES, parse_budget
 from .space import load_space
 from .task import SearchTask
 
@@ -65,8 +65,8 @@ def check_backend(backend: str, options: BackendOptions) -> None:
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
         raise UsageError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                          f"{options.cpus_per_trial} and {options.gpus_per_trial}")
-    if options.nni_strategy not in ("evolution", "random", "tpe"):
-        raise UsageError(f"--nni-strategy {options.nni_strategy!r}: expected evolution, random or tpe")
+    if options.nni_strategy not in NNI_STRATEGIES:
+        raise UsageError(f"--nni-strategy {options.nni_strategy!r}: expected one of {', '.join(NNI_STRATEGIES)}")
     module = {"ray": "ray.tune", "nni": "nni"}.get(backend)
     if module is not None:
         try:
@@ -256,7 +256,7 @@ def search(*, budget: Union[int, str], space: str = "efficientnet_b0", trials: O
     presets = old["presets"] if old and "presets" in old else measure_presets(task)
     reporter = progress if isinstance(progress, Reporter) else BarReporter() if progress else Reporter()
     from ..plots import draw_run  # noqa: PLC0415
-    from ..results import write_atomic, write_run  # noqa: PLC0415
+    from ..results import trained_rows, write_atomic, write_run  # noqa: PLC0415
     from . import optuna_engine as eng  # noqa: PLC0415
     import optuna  # noqa: PLC0415
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -285,10 +285,8 @@ def search(*, budget: Union[int, str], space: str = "efficientnet_b0", trials: O
         line = trial_line(trial)
         if line is None:
             return
-        write(study)  # the run folder holds every finished trial, whatever happens to this process next
-        best = max((t.values[0] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                    if t.user_attrs.get("feasible") and not t.user_attrs.get("untrained")), default=None)
-        reporter.trial(line, best)
+        result = write(study)  # the run folder holds every finished trial, whatever happens to this process next
+        reporter.trial(line, max((r["top1"] for r in trained_rows(result.trials)), default=None))
 
     reporter.start(f"search {run_dir.name}: space {task.space.name}, budget {format_madds(task.budget)}, "
                    f"{eng.finished(study)}/{total} trials done, backend {backend}, data {task.data}",

@@ -33,11 +33,11 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
           batch_size: Optional[int] = None, workers: Optional[int] = None, progress: bool = True) -> Dict:
     """Train ``spec`` (an ArchSpec, a spec file or a preset name) with a recipe; returns ``metrics.json``.
 
-    Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` (default
-    ``runs/<spec id>``; ``metrics.json`` holds that ``spec_id`` and ``model_spec_id``, the spec as
-    trained, whose classifier has the data's classes) after every epoch; ``resume`` continues from ``out/last.pt``. Under
-    ``torchrun`` every process trains (DDP) and rank 0 writes. ``progress``: epoch lines and a bar
-    on stderr. Bad input raises `UsageError` before any work or any file.
+    Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` after
+    every epoch (default ``runs/<spec id>``; ``metrics.json`` holds that ``spec_id`` and
+    ``model_spec_id``, the spec as trained, whose classifier has the data's classes); ``resume``
+    continues from ``out/last.pt``. Under ``torchrun`` every process trains (DDP) and rank 0 writes.
+    ``progress``: epoch lines and a bar on stderr. Bad input raises `UsageError` before any work or any file.
     """
     if init is not None:
         raise UsageError("--init is not supported by this version of condconv-nas")
@@ -55,7 +55,7 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
         raise UsageError(f"--workers must be >= 0, got {workers}")
     if batch < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch}")
-    out = Path(out or Path("runs") / spec.id)
+    out = Path(out or Path("runs") / given_id)
     if resume and not (out / "last.pt").is_file():
         raise UsageError(f"--resume: no checkpoint {out / 'last.pt'}")
     state = checkpoint.load(out / "last.pt") if resume else None
