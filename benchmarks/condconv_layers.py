@@ -7,6 +7,7 @@ themselves), the form the layer picks, and the largest tensor each form makes (p
 kernels, n-fold output or n-fold input), in MB. Run:
 ``python benchmarks/condconv_layers.py --res 64 --batch 32 --train``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,25 @@ def largest_tensor(layer: CondConv2d, form: str, shape) -> int:
     """Elements of the largest intermediate that `form` makes for an input of `shape`."""
     B, C, H, W = shape
     n, O, g = layer.num_experts, layer.out_channels, layer.groups
-    (kh, kw), (sh, sw) = crop(layer.weight, (H, W), layer.stride, layer.padding, layer.dilation)[0].shape[-2:], layer.stride
-    Ho, Wo = (H + 2 * layer.padding[0] - layer.kernel_size[0]) // sh + 1, (W + 2 * layer.padding[1] - layer.kernel_size[1]) // sw + 1
-    return {"kernel": B * O * C // g * kh * kw, "bmm": B * O * C, "mixture": B * n * O * Ho * Wo,
-            "expand": B * n * C * H * W}[form]
+    (kh, kw), (sh, sw) = (
+        crop(layer.weight, (H, W), layer.stride, layer.padding, layer.dilation)[0].shape[-2:],
+        layer.stride,
+    )
+    Ho, Wo = (
+        (H + 2 * layer.padding[0] - layer.kernel_size[0]) // sh + 1,
+        (W + 2 * layer.padding[1] - layer.kernel_size[1]) // sw + 1,
+    )
+    return {
+        "kernel": B * O * C // g * kh * kw,
+        "bmm": B * O * C,
+        "mixture": B * n * O * Ho * Wo,
+        "expand": B * n * C * H * W,
+    }[form]
 
 
-def static_time(layer: CondConv2d, x: torch.Tensor, train: bool, rounds: int, memory_format) -> float:
+def static_time(
+    layer: CondConv2d, x: torch.Tensor, train: bool, rounds: int, memory_format
+) -> float:
     """The static convolution as the static model runs it (cropped to the taps the input reaches)."""
     w = layer.weight[0].detach().contiguous(memory_format=memory_format).requires_grad_(train)
     best = float("inf")
@@ -54,13 +67,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--train", action="store_true", help="forward and backward (default: inference)")
     p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--channels-last", action="store_true", help="inputs and static weights channels-last")
+    p.add_argument(
+        "--channels-last", action="store_true", help="inputs and static weights channels-last"
+    )
     args = p.parse_args()
     keep_freed_memory()
     model = build_model("condconv-efficientnet-b0").train(args.train)
     calls = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: calls.append((m, tuple(a[0].shape))))
-             for m in model.modules() if isinstance(m, CondConv2d)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a: calls.append((m, tuple(a[0].shape))))
+        for m in model.modules()
+        if isinstance(m, CondConv2d)
+    ]
     with torch.no_grad():
         model(torch.randn(args.batch, 3, args.res, args.res))
     for h in hooks:
@@ -69,7 +87,10 @@ def main() -> None:
     for layer, shape in calls:
         shapes.setdefault((layer.shape_key(), layer.in_channels, shape), [layer, 0])[1] += 1
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    S._ROUNDS, S._HOPELESS = args.rounds, float("inf")  # time every form, even those the layers stop timing
+    S._ROUNDS, S._HOPELESS = (
+        args.rounds,
+        float("inf"),
+    )  # time every form, even those the layers stop timing
     print(f"{'layer':28s} {'input':18s} {'x':>2s} {'static':>7s}  forms (ms; largest tensor MB)")
     total_static = total_best = 0.0
     for (_, _, shape), (layer, count) in shapes.items():
@@ -81,11 +102,15 @@ def main() -> None:
         best = min(times, key=times.get)
         total_static, total_best = total_static + count * ts, total_best + count * times[best]
         name = f"{layer.in_channels}->{layer.out_channels} k{layer.kernel_size[0]} s{layer.stride[0]} g{layer.groups}"
-        forms = "  ".join(f"{'*' if f == best else ''}{f} {t * 1e3:.2f} ({largest_tensor(layer, f, shape) * 4 / 1e6:.1f})"
-                          for f, t in times.items())
+        forms = "  ".join(
+            f"{'*' if f == best else ''}{f} {t * 1e3:.2f} ({largest_tensor(layer, f, shape) * 4 / 1e6:.1f})"
+            for f, t in times.items()
+        )
         print(f"{name:28s} {str(shape):18s} {count:2d} {ts * 1e3:7.2f}  {forms}")
-    print(f"all CondConv layers: static {total_static * 1e3:.1f} ms, picked forms {total_best * 1e3:.1f} ms "
-          f"({total_best / total_static:.2f}x); * marks the pick")
+    print(
+        f"all CondConv layers: static {total_static * 1e3:.1f} ms, picked forms {total_best * 1e3:.1f} ms "
+        f"({total_best / total_static:.2f}x); * marks the pick"
+    )
 
 
 if __name__ == "__main__":

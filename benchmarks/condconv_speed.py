@@ -8,6 +8,7 @@ CLI's ``search`` and ``train`` do (``condconv_nas.allocator``; it applies to tim
 inputs to channels-last, as ``condconv-nas train`` stores its models. Run:
 ``python benchmarks/condconv_speed.py [--rounds N] [--default-malloc] [--channels-last]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,9 @@ def cell(values: list) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--default-malloc", action="store_true", help="do not keep freed memory (glibc's default)")
+    p.add_argument(
+        "--default-malloc", action="store_true", help="do not keep freed memory (glibc's default)"
+    )
     p.add_argument("--channels-last", action="store_true", help="models and inputs channels-last")
     args = p.parse_args()
     kept = False if args.default_malloc else keep_freed_memory()
@@ -75,9 +78,11 @@ def main() -> None:
         for m in pair:
             m.to(memory_format=fmt)
     madd_ratio = count_madds("condconv-efficientnet-b0") / count_madds("efficientnet-b0")
-    print(f"threads {torch.get_num_threads()}, rounds {args.rounds}, freed memory kept: {kept}, "
-          f"channels-last: {args.channels_last}, "
-          f"MADD ratio (224 px) {madd_ratio:.3f}")
+    print(
+        f"threads {torch.get_num_threads()}, rounds {args.rounds}, freed memory kept: {kept}, "
+        f"channels-last: {args.channels_last}, "
+        f"MADD ratio (224 px) {madd_ratio:.3f}"
+    )
     print(f"{'figure':32s} {'condconv_nas (IQR)':>20s} {'timm (IQR)':>20s} {'ours/timm':>10s}")
     for name, res, batch, train in FIGURES:
         r = {k: ratios(c, s, res, batch, train, args.rounds, fmt) for k, (c, s) in pairs.items()}

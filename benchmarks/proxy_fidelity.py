@@ -9,6 +9,7 @@ error against the reference for static and for CondConv specs (and their gap), t
 and the cost per candidate. Everything runs in this process, one spec after another. Run:
 ``python benchmarks/proxy_fidelity.py [--random 6] [--pairs mobilenet-v1,mobilenet-v2,...] [--out FILE]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,20 +55,35 @@ def summary(name, rows, key, ref="reference"):
     err = {cc: [r[key] - r[ref] for r in rows if r["condconv"] == cc] for cc in (False, True)}
     static, cond = (statistics.mean(err[c]) if err[c] else float("nan") for c in (False, True))
     secs = statistics.median(r[key + "_s"] for r in rows)
-    print(f"{name:<10} tau {tau:+.3f}  error vs reference: static {static:+.3f}, CondConv {cond:+.3f} "
-          f"(gap {cond - static:+.3f})  lowest top-1 {min(r[key] for r in rows):.3f}  "
-          f"median {secs:.1f} s per candidate")
+    print(
+        f"{name:<10} tau {tau:+.3f}  error vs reference: static {static:+.3f}, CondConv {cond:+.3f} "
+        f"(gap {cond - static:+.3f})  lowest top-1 {min(r[key] for r in rows):.3f}  "
+        f"median {secs:.1f} s per candidate"
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="efficientnet_b0")
-    p.add_argument("--random", type=int, default=5, help="seeded random candidates of the space (default 5)")
-    p.add_argument("--pairs", default=PAIRS, help=f"static presets whose CondConv preset joins them ({PAIRS})")
+    p.add_argument(
+        "--random", type=int, default=5, help="seeded random candidates of the space (default 5)"
+    )
+    p.add_argument(
+        "--pairs", default=PAIRS, help=f"static presets whose CondConv preset joins them ({PAIRS})"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random candidates (default 0)")
     p.add_argument("--data", default="digits")
-    p.add_argument("--recipe", default="proxy", help="the proxy recipe: a shipped name or a YAML file (default: proxy)")
-    p.add_argument("--reference-scale", type=int, default=5, help="epochs of the reference / proxy's (default 5)")
+    p.add_argument(
+        "--recipe",
+        default="proxy",
+        help="the proxy recipe: a shipped name or a YAML file (default: proxy)",
+    )
+    p.add_argument(
+        "--reference-scale",
+        type=int,
+        default=5,
+        help="epochs of the reference / proxy's (default 5)",
+    )
     p.add_argument("--reference-resolution", type=int, default=40, help="default 40")
     p.add_argument("--out", type=Path, help="also write the per-spec figures as JSON")
     args = p.parse_args()
@@ -75,15 +91,26 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     source = parse_source(args.data)
     proxy = load_recipe(args.recipe)
-    old = dataclasses.replace(load_recipe(str(HERE / "proxy_v1.yaml")), holdout=proxy.holdout)  # the same split
-    reference = dataclasses.replace(proxy, epochs=proxy.epochs * args.reference_scale,
-                                    resolution=args.reference_resolution)
-    specs = [(name, load_spec(name)) for base in args.pairs.split(",") if base
-             for name in (base, f"condconv-{base}")]
+    old = dataclasses.replace(
+        load_recipe(str(HERE / "proxy_v1.yaml")), holdout=proxy.holdout
+    )  # the same split
+    reference = dataclasses.replace(
+        proxy, epochs=proxy.epochs * args.reference_scale, resolution=args.reference_resolution
+    )
+    specs = [
+        (name, load_spec(name))
+        for base in args.pairs.split(",")
+        if base
+        for name in (base, f"condconv-{base}")
+    ]
     specs += list(candidates(args.space, args.random, args.seed))
-    print(f"{len(specs)} specs on {args.data}; proxy {proxy.epochs} epochs at {proxy.resolution} px, reference "
-          f"{reference.epochs} epochs at {reference.resolution} px; torch threads {torch.get_num_threads()}")
-    print(f"{'spec':<26} {'cc':>2} {'proxy':>6} {'seed+1':>6} {'old':>6} {'ref':>6}   seconds (proxy/old/ref)")
+    print(
+        f"{len(specs)} specs on {args.data}; proxy {proxy.epochs} epochs at {proxy.resolution} px, reference "
+        f"{reference.epochs} epochs at {reference.resolution} px; torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'spec':<26} {'cc':>2} {'proxy':>6} {'seed+1':>6} {'old':>6} {'ref':>6}   seconds (proxy/old/ref)"
+    )
     rows = []
     for name, spec in specs:
         r = {"spec": name, "spec_id": spec.id, "condconv": spec.condconv is not None}
@@ -92,21 +119,29 @@ def main() -> None:
         r["old"], r["old_s"] = timed(spec, source, old, 0)
         r["reference"], r["reference_s"] = timed(spec, source, reference, 0)
         rows.append(r)
-        print(f"{name:<26} {'y' if r['condconv'] else 'n':>2} {r['proxy']:6.3f} {r['seed1']:6.3f} "
-              f"{r['old']:6.3f} {r['reference']:6.3f}   {r['proxy_s']:.1f}/{r['old_s']:.1f}/{r['reference_s']:.1f}",
-              flush=True)
+        print(
+            f"{name:<26} {'y' if r['condconv'] else 'n':>2} {r['proxy']:6.3f} {r['seed1']:6.3f} "
+            f"{r['old']:6.3f} {r['reference']:6.3f}   {r['proxy_s']:.1f}/{r['old_s']:.1f}/{r['reference_s']:.1f}",
+            flush=True,
+        )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
     print()
     summary("proxy", rows, "proxy")
     summary("old proxy", rows, "old")
     seed = [abs(r["proxy"] - r["seed1"]) for r in rows]
-    print(f"proxy noise, the same spec with another seed: |diff| max {max(seed):.3f}, mean {statistics.mean(seed):.3f}")
-    for r in rows:  # the paper's pairs: does the proxy order static and CondConv as the reference does?
+    print(
+        f"proxy noise, the same spec with another seed: |diff| max {max(seed):.3f}, mean {statistics.mean(seed):.3f}"
+    )
+    for (
+        r
+    ) in rows:  # the paper's pairs: does the proxy order static and CondConv as the reference does?
         if not r["condconv"] and f"condconv-{r['spec']}" in {x["spec"] for x in rows}:
             c = next(x for x in rows if x["spec"] == f"condconv-{r['spec']}")
-            print(f"pair {r['spec']:<16} CondConv - static: proxy {c['proxy'] - r['proxy']:+.3f}, "
-                  f"old {c['old'] - r['old']:+.3f}, reference {c['reference'] - r['reference']:+.3f}")
+            print(
+                f"pair {r['spec']:<16} CondConv - static: proxy {c['proxy'] - r['proxy']:+.3f}, "
+                f"old {c['old'] - r['old']:+.3f}, reference {c['reference'] - r['reference']:+.3f}"
+            )
 
 
 if __name__ == "__main__":

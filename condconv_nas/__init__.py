@@ -7,6 +7,7 @@ optuna only when searching, ray and nni only with their backends.
     result = condconv_nas.search(budget="400M", trials=2)     # the run folder, its front and trials
     metrics = condconv_nas.train(result.front[-1]["spec"], trainer="cifar", out="runs/best")
 """
+
 from importlib import import_module
 
 __version__ = "0.1.0"

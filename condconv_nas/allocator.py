@@ -12,6 +12,7 @@ PyTorch's CPU tuning guide gets from preloading jemalloc or tcmalloc. The price 
 process keeps its peak memory until it exits. The CLI applies it to ``search`` and ``train``
 (and Ray trial workers); the Python API leaves the process as it is unless you call it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -40,5 +41,7 @@ def keep_freed_memory(*, mmap_threshold: int = 1 << 30, trim_threshold: int = 2*
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) & bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    _applied = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) & bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
     return _applied

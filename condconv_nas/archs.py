@@ -5,43 +5,81 @@ The block strings are timm's (``timm/models/efficientnet.py``: ``_gen_mobilenet_
 and ``EfficientNet`` build them (see ``models/families.py``). Tests check that each builds
 exactly timm's own model at multiplier 1.0.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Dict, List
 
 # base -> (one list of timm block strings per stage, activation, head 1x1 conv features rule)
 # head: "scaled" = round_channels(1280 * width); "min" = max(1280, scaled); "fixed" = 1280; "none" = no head conv
-EFFICIENTNET_FAMILY: Dict[str, dict] = {
-    "mobilenet_v1": dict(act="relu6", head="none", stages=[
-        ["dsa_r1_k3_s1_c64"], ["dsa_r2_k3_s2_c128"], ["dsa_r2_k3_s2_c256"],
-        ["dsa_r6_k3_s2_c512"], ["dsa_r2_k3_s2_c1024"]]),
-    "mobilenet_v2": dict(act="relu6", head="min", stages=[
-        ["ds_r1_k3_s1_c16"], ["ir_r2_k3_s2_e6_c24"], ["ir_r3_k3_s2_e6_c32"], ["ir_r4_k3_s2_e6_c64"],
-        ["ir_r3_k3_s1_e6_c96"], ["ir_r3_k3_s2_e6_c160"], ["ir_r1_k3_s1_e6_c320"]]),
-    "mnasnet_a1": dict(act="relu", head="fixed", stages=[
-        ["ds_r1_k3_s1_e1_c16_noskip"], ["ir_r2_k3_s2_e6_c24"], ["ir_r3_k5_s2_e3_c40_se0.25"],
-        ["ir_r4_k3_s2_e6_c80"], ["ir_r2_k3_s1_e6_c112_se0.25"], ["ir_r3_k5_s2_e6_c160_se0.25"],
-        ["ir_r1_k3_s1_e6_c320"]]),
-    "efficientnet_b0": dict(act="swish", head="scaled", stages=[
-        ["ds_r1_k3_s1_e1_c16_se0.25"], ["ir_r2_k3_s2_e6_c24_se0.25"], ["ir_r2_k5_s2_e6_c40_se0.25"],
-        ["ir_r3_k3_s2_e6_c80_se0.25"], ["ir_r3_k5_s1_e6_c112_se0.25"], ["ir_r4_k5_s2_e6_c192_se0.25"],
-        ["ir_r1_k3_s1_e6_c320_se0.25"]]),
+EFFICIENTNET_FAMILY: dict[str, dict] = {
+    "mobilenet_v1": dict(
+        act="relu6",
+        head="none",
+        stages=[
+            ["dsa_r1_k3_s1_c64"],
+            ["dsa_r2_k3_s2_c128"],
+            ["dsa_r2_k3_s2_c256"],
+            ["dsa_r6_k3_s2_c512"],
+            ["dsa_r2_k3_s2_c1024"],
+        ],
+    ),
+    "mobilenet_v2": dict(
+        act="relu6",
+        head="min",
+        stages=[
+            ["ds_r1_k3_s1_c16"],
+            ["ir_r2_k3_s2_e6_c24"],
+            ["ir_r3_k3_s2_e6_c32"],
+            ["ir_r4_k3_s2_e6_c64"],
+            ["ir_r3_k3_s1_e6_c96"],
+            ["ir_r3_k3_s2_e6_c160"],
+            ["ir_r1_k3_s1_e6_c320"],
+        ],
+    ),
+    "mnasnet_a1": dict(
+        act="relu",
+        head="fixed",
+        stages=[
+            ["ds_r1_k3_s1_e1_c16_noskip"],
+            ["ir_r2_k3_s2_e6_c24"],
+            ["ir_r3_k5_s2_e3_c40_se0.25"],
+            ["ir_r4_k3_s2_e6_c80"],
+            ["ir_r2_k3_s1_e6_c112_se0.25"],
+            ["ir_r3_k5_s2_e6_c160_se0.25"],
+            ["ir_r1_k3_s1_e6_c320"],
+        ],
+    ),
+    "efficientnet_b0": dict(
+        act="swish",
+        head="scaled",
+        stages=[
+            ["ds_r1_k3_s1_e1_c16_se0.25"],
+            ["ir_r2_k3_s2_e6_c24_se0.25"],
+            ["ir_r2_k5_s2_e6_c40_se0.25"],
+            ["ir_r3_k3_s2_e6_c80_se0.25"],
+            ["ir_r3_k5_s1_e6_c112_se0.25"],
+            ["ir_r4_k5_s2_e6_c192_se0.25"],
+            ["ir_r1_k3_s1_e6_c320_se0.25"],
+        ],
+    ),
 }
 # ResNet: bottleneck repeats per stage (timm's ResNet with Bottleneck blocks).
-RESNET_FAMILY: Dict[str, tuple] = {"resnet50": (3, 4, 6, 3)}
+RESNET_FAMILY: dict[str, tuple] = {"resnet50": (3, 4, 6, 3)}
 
 BASES = tuple(EFFICIENTNET_FAMILY) + tuple(RESNET_FAMILY)
 
 
-def stage_depths(base: str, depth_multiplier: float = 1.0) -> List[int]:
+def stage_depths(base: str, depth_multiplier: float = 1.0) -> list[int]:
     """Blocks per stage after depth scaling (ceil, as timm's ``decode_arch_def`` does per stage)."""
     if base in RESNET_FAMILY:
         repeats = list(RESNET_FAMILY[base])
     else:
-        repeats = [sum(int(re.search(r"_r(\d+)", b).group(1)) for b in stage)
-                   for stage in EFFICIENTNET_FAMILY[base]["stages"]]
+        repeats = [
+            sum(int(re.search(r"_r(\d+)", b).group(1)) for b in stage)
+            for stage in EFFICIENTNET_FAMILY[base]["stages"]
+        ]
     return [int(math.ceil(r * depth_multiplier)) for r in repeats]
 
 

@@ -3,6 +3,7 @@
 Exit status: 0 success; 2 bad usage or bad input (one line on stderr, no traceback);
 1 any other failure.
 """
+
 from __future__ import annotations
 
 import abc
@@ -10,14 +11,14 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Type
 
 from .allocator import keep_freed_memory
 from .errors import UsageError
 
 
-def format_rows(rows: List[Dict], fmt: str) -> str:
+def format_rows(rows: list[dict], fmt: str) -> str:
     """Rows of dicts as an aligned text table or as JSON."""
     if fmt == "json":
         return json.dumps(rows, indent=2)
@@ -26,7 +27,9 @@ def format_rows(rows: List[Dict], fmt: str) -> str:
     cols = list(rows[0])
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    line = lambda vals: "  ".join(
+        v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths, strict=False))
+    )  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
@@ -45,7 +48,11 @@ class Command(abc.ABC):
         """Run the command; returns the exit status."""
 
     def out(self, args, rows, fmt_obj=None) -> None:
-        print(format_rows(rows, args.format) if fmt_obj is None or args.format == "table" else json.dumps(fmt_obj, indent=2))
+        print(
+            format_rows(rows, args.format)
+            if fmt_obj is None or args.format == "table"
+            else json.dumps(fmt_obj, indent=2)
+        )
 
 
 class Madds(Command):
@@ -53,20 +60,40 @@ class Madds(Command):
 
     def add_arguments(self, p):
         p.add_argument("spec", help="a spec JSON file or a preset name")
-        p.add_argument("--resolution", type=int, default=None, help="input size (default: the spec's)")
+        p.add_argument(
+            "--resolution", type=int, default=None, help="input size (default: the spec's)"
+        )
 
     def take_action(self, args):
         from .spec import load_spec  # noqa: PLC0415  (validate before the heavy imports)
+
         if args.resolution is not None and args.resolution < 8:
             raise UsageError(f"--resolution: must be >= 8, got {args.resolution}")
         spec = load_spec(args.spec)
         from .madds import count_madds, count_params  # noqa: PLC0415
         from .models import build_model  # noqa: PLC0415
+
         model = build_model(spec)
         res = args.resolution or spec.resolution
-        obj = {"spec": args.spec, "id": spec.id, "base": spec.base, "resolution": res,
-               "madds": count_madds(model, res), "params": count_params(model)}
-        self.out(args, [{**obj, "madds_M": round(obj["madds"] / 1e6, 2), "params_M": round(obj["params"] / 1e6, 2)}], obj)
+        obj = {
+            "spec": args.spec,
+            "id": spec.id,
+            "base": spec.base,
+            "resolution": res,
+            "madds": count_madds(model, res),
+            "params": count_params(model),
+        }
+        self.out(
+            args,
+            [
+                {
+                    **obj,
+                    "madds_M": round(obj["madds"] / 1e6, 2),
+                    "params_M": round(obj["params"] / 1e6, 2),
+                }
+            ],
+            obj,
+        )
         return 0
 
 
@@ -75,6 +102,7 @@ class Table1(Command):
 
     def take_action(self, args):
         from .table1 import table1  # noqa: PLC0415
+
         self.out(args, table1())
         return 0
 
@@ -84,46 +112,93 @@ class Presets(Command):
 
     def take_action(self, args):
         from .spec import PRESETS, load_spec  # noqa: PLC0415
+
         rows = []
         for name in PRESETS:
             s = load_spec(name)
             cc = s.condconv
-            rows.append({"preset": name, "base": s.base, "depth": s.depth_multiplier, "resolution": s.resolution,
-                         "begin_layer": cc.begin_layer if cc else None, "experts": cc.num_experts if cc else None,
-                         "classifier": cc.classifier if cc else None})
+            rows.append(
+                {
+                    "preset": name,
+                    "base": s.base,
+                    "depth": s.depth_multiplier,
+                    "resolution": s.resolution,
+                    "begin_layer": cc.begin_layer if cc else None,
+                    "experts": cc.num_experts if cc else None,
+                    "classifier": cc.classifier if cc else None,
+                }
+            )
         self.out(args, rows)
         return 0
 
 
 class Search(Command):
-    name, help = "search", "search CondConv architectures under a MADD budget (Pareto front of top-1 vs MADDs)"
+    name, help = (
+        "search",
+        "search CondConv architectures under a MADD budget (Pareto front of top-1 vs MADDs)",
+    )
 
     def add_arguments(self, p):
         from .nas.options import add_search_arguments  # noqa: PLC0415
+
         add_search_arguments(p)
 
     def take_action(self, args):
         from .nas.run import BarReporter, LineReporter, SearchInterrupted, search  # noqa: PLC0415
+
         keep_freed_memory()
         try:
-            result = search(budget=args.budget, space=args.space, trials=args.trials, data=args.data,
-                            trainer=args.trainer, backend=args.backend, run=args.run, results=args.results,
-                            storage=args.storage, seed=args.seed,
-                            progress=LineReporter() if args.quiet else BarReporter(),
-                            address=args.address, cpus_per_trial=args.cpus_per_trial,
-                            gpus_per_trial=args.gpus_per_trial, nni_strategy=args.nni_strategy)
+            result = search(
+                budget=args.budget,
+                space=args.space,
+                trials=args.trials,
+                data=args.data,
+                trainer=args.trainer,
+                backend=args.backend,
+                run=args.run,
+                results=args.results,
+                storage=args.storage,
+                seed=args.seed,
+                progress=LineReporter() if args.quiet else BarReporter(),
+                address=args.address,
+                cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial,
+                nni_strategy=args.nni_strategy,
+            )
         except SearchInterrupted as e:
-            print(f"interrupted after {e.result.finished}/{e.result.total} trials; run the same command again to "
-                  "resume", file=sys.stderr)
+            print(
+                f"interrupted after {e.result.finished}/{e.result.total} trials; run the same command again to "
+                "resume",
+                file=sys.stderr,
+            )
             return 130
         if result.finished < result.total:
-            print(f"the {args.backend} strategy stopped after {result.finished}/{result.total} trials "
-                  "(it found no new point to try)", file=sys.stderr)
-        print(f"{result.finished}/{result.total} trials; Pareto front of {len(result.front)} in {result.run_dir}" + (
-            f"; {result.untrained} untrained (not clearly above chance), kept off the front"
-            if result.untrained else ""), file=sys.stderr)
-        self.out(args, [{"trial": r["trial"], "madds_M": round(r["madds"] / 1e6, 1), "top1": round(r["top1"], 4),
-                         "spec": str(result.run_dir / "specs" / f"{r['trial']}.json")} for r in result.front])
+            print(
+                f"the {args.backend} strategy stopped after {result.finished}/{result.total} trials "
+                "(it found no new point to try)",
+                file=sys.stderr,
+            )
+        print(
+            f"{result.finished}/{result.total} trials; Pareto front of {len(result.front)} in {result.run_dir}"
+            + (
+                f"; {result.untrained} untrained (not clearly above chance), kept off the front"
+                if result.untrained
+                else ""
+            ),
+            file=sys.stderr,
+        )
+        self.out(
+            args,
+            [
+                {
+                    "trial": r["trial"],
+                    "madds_M": round(r["madds"] / 1e6, 1),
+                    "top1": round(r["top1"], 4),
+                    "spec": str(result.run_dir / "specs" / f"{r['trial']}.json"),
+                }
+                for r in result.front
+            ],
+        )
         return 0
 
 
@@ -135,13 +210,25 @@ class Show(Command):
 
     def take_action(self, args):
         from .results import count_untrained, load_front  # noqa: PLC0415
+
         front = load_front(args.run_dir)
         untrained = count_untrained(args.run_dir)
         if untrained:
-            print(f"{untrained} trial(s) trained to no better than chance: kept off the front (trials.csv, "
-                  "status untrained)", file=sys.stderr)
-        rows = [{"trial": r["trial"], "madds_M": round(r["madds"] / 1e6, 1), "params_M": round(r["params"] / 1e6, 2),
-                 "top1": round(r["top1"], 4), "spec": f"specs/{r['trial']}.json"} for r in front]
+            print(
+                f"{untrained} trial(s) trained to no better than chance: kept off the front (trials.csv, "
+                "status untrained)",
+                file=sys.stderr,
+            )
+        rows = [
+            {
+                "trial": r["trial"],
+                "madds_M": round(r["madds"] / 1e6, 1),
+                "params_M": round(r["params"] / 1e6, 2),
+                "top1": round(r["top1"], 4),
+                "spec": f"specs/{r['trial']}.json",
+            }
+            for r in front
+        ]
         self.out(args, rows, front)
         return 0
 
@@ -151,18 +238,31 @@ class Train(Command):
 
     def add_arguments(self, p):
         from .training.options import add_train_arguments  # noqa: PLC0415
+
         add_train_arguments(p)
 
     def take_action(self, args):
         from .training.run import train  # noqa: PLC0415
+
         keep_freed_memory()
-        metrics = train(args.spec, trainer=args.trainer, data=args.data, epochs=args.epochs, out=args.out,
-                        resume=args.resume, batch_size=args.batch_size, workers=args.workers)
+        metrics = train(
+            args.spec,
+            trainer=args.trainer,
+            data=args.data,
+            epochs=args.epochs,
+            out=args.out,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
         if metrics:  # rank 0 (the others return nothing under torchrun)
             out = args.out or Path("runs") / metrics["spec_id"]  # train()'s default folder
-            print(json.dumps(metrics, indent=2) if args.format == "json" else
-                  f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} epochs; "
-                  f"checkpoints, metrics.json and model.pt in {out}")
+            print(
+                json.dumps(metrics, indent=2)
+                if args.format == "json"
+                else f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} epochs; "
+                f"checkpoints, metrics.json and model.pt in {out}"
+            )
         return 0
 
 
@@ -170,40 +270,59 @@ class Evaluate(Command):
     name, help = "evaluate", "evaluate a checkpoint or an exported model on a data set"
 
     def add_arguments(self, p):
-        p.add_argument("checkpoint", help="a checkpoint (.pt) written by `condconv-nas train`, or an exported model")
-        p.add_argument("--data", default="digits",
-                       help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)")
-        p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: 64)")
+        p.add_argument(
+            "checkpoint",
+            help="a checkpoint (.pt) written by `condconv-nas train`, or an exported model",
+        )
+        p.add_argument(
+            "--data",
+            default="digits",
+            help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
+        )
+        p.add_argument(
+            "--batch-size", type=int, default=64, help="evaluation batch size (default: 64)"
+        )
 
     def take_action(self, args):
         from .training.run import evaluate_checkpoint  # noqa: PLC0415
+
         m = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size)
-        print(json.dumps(m, indent=2) if args.format == "json" else f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}")
+        print(
+            json.dumps(m, indent=2)
+            if args.format == "json"
+            else f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}"
+        )
         return 0
 
 
-COMMANDS: Sequence[Type[Command]] = (Search, Show, Train, Evaluate, Madds, Table1, Presets)
+COMMANDS: Sequence[type[Command]] = (Search, Show, Train, Evaluate, Madds, Table1, Presets)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(
         prog="condconv-nas",
         description="Neural architecture search for CondConv under a hard MADD budget.",
-        epilog="Start with: condconv-nas search --budget 400M")
+        epilog="Start with: condconv-nas search --budget 400M",
+    )
     parser.add_argument("--version", action="version", version=f"condconv-nas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cls in COMMANDS:
         cmd = cls()
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
-        p.add_argument("--format", choices=cmd.formats, default="table", help="output format (default: table)")
+        p.add_argument(
+            "--format", choices=cmd.formats, default="table", help="output format (default: table)"
+        )
         p.set_defaults(handler=cmd)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings(
+        "ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning
+    )
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:

@@ -5,27 +5,38 @@ Real folders hold greyscale, RGBA and palette images, upper-case extensions, hid
 the odd corrupt file: images are converted to RGB, non-images and hidden files are ignored,
 and an unreadable image is skipped with a warning that names it.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .errors import UsageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class DataSource:
-    kind: str                   # digits | imagefolder | cifar10 | cifar100
-    path: Optional[Path] = None  # local path (None for digits)
+    kind: str  # digits | imagefolder | cifar10 | cifar100
+    path: Path | None = None  # local path (None for digits)
 
     def __str__(self) -> str:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
@@ -37,20 +48,25 @@ def parse_source(text: str) -> DataSource:
     if kind == "digits" and not path:
         return DataSource("digits")
     if kind not in ("imagefolder", "cifar10", "cifar100") or not path:
-        raise UsageError(f"--data {text!r}: expected digits, imagefolder:PATH, cifar10:PATH or cifar100:PATH")
+        raise UsageError(
+            f"--data {text!r}: expected digits, imagefolder:PATH, cifar10:PATH or cifar100:PATH"
+        )
     p = Path(path).expanduser()
     if not p.is_dir():
         raise UsageError(f"--data {text}: {p} is not a folder")
     if kind.startswith("cifar"):
         folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[kind]
         if not (p / folder).is_dir():
-            raise UsageError(f"--data {text}: no {folder}/ in {p} (torchvision's CIFAR format; it is never downloaded)")
+            raise UsageError(
+                f"--data {text}: no {folder}/ in {p} (torchvision's CIFAR format; it is never downloaded)"
+            )
     return DataSource(kind, p)
 
 
 def load_rgb(path: str):
     """Open an image of any mode as RGB (palette/RGBA through RGBA, so transparency becomes black)."""
     from PIL import Image  # noqa: PLC0415
+
     with Image.open(path) as im:
         im.load()
         if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
@@ -68,6 +84,7 @@ class RobustImageFolder(Dataset):
 
     def __init__(self, root: Path, transform=None) -> None:
         from torchvision.datasets import ImageFolder  # noqa: PLC0415
+
         try:
             self.folder = ImageFolder(str(root), loader=load_rgb, is_valid_file=is_image_file)
         except (FileNotFoundError, RuntimeError) as e:
@@ -105,8 +122,11 @@ class Transformed(Dataset):
         return self.transform(img), target
 
 
-def image_transforms(resolution: int, *, train: bool, autoaugment: bool = False, crop_pct: float = 0.875):
+def image_transforms(
+    resolution: int, *, train: bool, autoaugment: bool = False, crop_pct: float = 0.875
+):
     from torchvision import transforms as T  # noqa: PLC0415
+
     if train:
         ops = [T.RandomResizedCrop(resolution), T.RandomHorizontalFlip()]
         if autoaugment:
@@ -123,19 +143,28 @@ def _split(n: int, holdout: float, seed: int):
     return perm[k:], perm[:k]
 
 
-def _digits(resolution: int, holdout: float, seed: int) -> Tuple[Dataset, Dataset, int]:
+def _digits(resolution: int, holdout: float, seed: int) -> tuple[Dataset, Dataset, int]:
     from sklearn.datasets import load_digits  # noqa: PLC0415  (shipped with scikit-learn)
+
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    x = torch.nn.functional.interpolate(
+        x, size=(resolution, resolution), mode="bilinear", align_corners=False
+    )
     x = ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
     y = torch.tensor(d.target, dtype=torch.long)
     train, val = _split(len(y), holdout, seed)
     return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), 10
 
 
-def make_datasets(source: DataSource, resolution: int, *, holdout: float = 0.2, seed: int = 0,
-                  autoaugment: bool = False) -> Tuple[Dataset, Dataset, int]:
+def make_datasets(
+    source: DataSource,
+    resolution: int,
+    *,
+    holdout: float = 0.2,
+    seed: int = 0,
+    autoaugment: bool = False,
+) -> tuple[Dataset, Dataset, int]:
     """(train, val, num_classes). Folders with ``train/`` and ``val/`` use them; otherwise a seeded hold-out."""
     if source.kind == "digits":
         return _digits(resolution, holdout, seed)
@@ -143,6 +172,7 @@ def make_datasets(source: DataSource, resolution: int, *, holdout: float = 0.2, 
     val_tf = image_transforms(resolution, train=False)
     if source.kind.startswith("cifar"):
         from torchvision import datasets  # noqa: PLC0415
+
         cls = datasets.CIFAR10 if source.kind == "cifar10" else datasets.CIFAR100
         try:
             train = cls(str(source.path), train=True, download=False, transform=train_tf)
@@ -159,7 +189,11 @@ def make_datasets(source: DataSource, resolution: int, *, holdout: float = 0.2, 
         return train, val, len(train.classes)
     base = RobustImageFolder(root)
     train_idx, val_idx = _split(len(base), holdout, seed)
-    return Transformed(base, train_idx, train_tf), Transformed(base, val_idx, val_tf), len(base.classes)
+    return (
+        Transformed(base, train_idx, train_tf),
+        Transformed(base, val_idx, val_tf),
+        len(base.classes),
+    )
 
 
 def subset(ds: Dataset, fraction: float, seed: int) -> Dataset:

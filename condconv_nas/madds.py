@@ -6,16 +6,22 @@ mixing ``r @ W``) are counted with fvcore's handles; batch norm (folds into the 
 activations and elementwise ops count zero. An op in neither the table nor `WEIGHTLESS_OPS`
 might carry weights that would go uncounted: `count_madds` raises rather than under-count.
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 from fvcore.nn.jit_analysis import JitModelAnalysis
-from fvcore.nn.jit_handles import (addmm_flop_jit, bmm_flop_jit, conv_flop_jit, einsum_flop_jit,
-                                   linear_flop_jit, matmul_flop_jit)
+from fvcore.nn.jit_handles import (
+    addmm_flop_jit,
+    bmm_flop_jit,
+    conv_flop_jit,
+    einsum_flop_jit,
+    linear_flop_jit,
+    matmul_flop_jit,
+)
 
 from .layers import CondConv2d, CondLinear
 from .spec import ArchSpec, load_spec
@@ -39,7 +45,9 @@ HANDLES = {
 }
 
 # Ops that carry no weights: nothing for the convention to count.
-WEIGHTLESS_OPS = frozenset(f"aten::{op}" for op in """
+WEIGHTLESS_OPS = frozenset(
+    f"aten::{op}"
+    for op in """
     add add_ sub sub_ mul mul_ div div_ neg rsub
     relu relu_ relu6 hardtanh hardtanh_ sigmoid sigmoid_ silu silu_ hardswish hardswish_ hardsigmoid hardsigmoid_
     gelu tanh tanh_ softmax log_softmax clamp clamp_ clamp_min clamp_min_ exp
@@ -47,7 +55,8 @@ WEIGHTLESS_OPS = frozenset(f"aten::{op}" for op in """
     flatten reshape view permute transpose t contiguous expand squeeze unsqueeze cat stack chunk split
     size select slice narrow new_zeros zeros zeros_like ones ones_like full fill_ to copy_ detach clone
     pad constant_pad_nd
-""".split())
+""".split()
+)
 
 
 def count_params(model_or_spec) -> int:
@@ -57,10 +66,13 @@ def count_params(model_or_spec) -> int:
 
 def _build(spec):
     from .models import build_model  # noqa: PLC0415  (models import timm)
+
     return build_model(spec)
 
 
-def count_madds(spec_or_model: Union[ArchSpec, str, dict, nn.Module], resolution: Optional[int] = None) -> int:
+def count_madds(
+    spec_or_model: ArchSpec | str | dict | nn.Module, resolution: int | None = None
+) -> int:
     """MADDs of one example at ``resolution`` (default: the spec's, or 224 for a bare module).
 
     Raises ``ValueError`` naming any op fvcore met that may carry weights and has no handle.
@@ -89,14 +101,18 @@ def count_madds(spec_or_model: Union[ArchSpec, str, dict, nn.Module], resolution
         device = param.device if param is not None else "cpu"
         x = torch.zeros(1, 3, resolution, resolution, dtype=dtype, device=device)
         analysis = JitModelAnalysis(model, (x,)).set_op_handle(**HANDLES)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings(
+            "none"
+        )
         with torch.no_grad():
             total = analysis.total()
         unknown = sorted(set(analysis.unsupported_ops()) - WEIGHTLESS_OPS)
     finally:
-        for m, s in zip(cond_layers, strategies):
+        for m, s in zip(cond_layers, strategies, strict=False):
             m.strategy = s
         model.train(was_training)
     if unknown:
-        raise ValueError(f"cannot count MADDs: no handle for op(s) {', '.join(unknown)}, which may carry weights")
+        raise ValueError(
+            f"cannot count MADDs: no handle for op(s) {', '.join(unknown)}, which may carry weights"
+        )
     return int(total)

@@ -1,12 +1,13 @@
 """Run folders: the Pareto front (computed) kept apart from its plots (drawn), atomic writes."""
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 from .errors import UsageError
 
@@ -19,13 +20,19 @@ def write_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def trained_rows(rows: Sequence[Dict]) -> List[Dict]:
+def trained_rows(rows: Sequence[dict]) -> list[dict]:
     """Rows of feasible trials that completed with a top-1 clearly above chance."""
-    return [r for r in rows if r.get("feasible") and r.get("state") == "COMPLETE" and r.get("top1") is not None
-            and not r.get("untrained")]
+    return [
+        r
+        for r in rows
+        if r.get("feasible")
+        and r.get("state") == "COMPLETE"
+        and r.get("top1") is not None
+        and not r.get("untrained")
+    ]
 
 
-def pareto_front(rows: Sequence[Dict]) -> List[Dict]:
+def pareto_front(rows: Sequence[dict]) -> list[dict]:
     """Non-dominated feasible rows (top1 up, MADDs down), sorted by MADDs; first of exact ties kept."""
     ok = trained_rows(rows)
     ok.sort(key=lambda r: (r["madds"], -r["top1"], r["trial"]))
@@ -37,7 +44,7 @@ def pareto_front(rows: Sequence[Dict]) -> List[Dict]:
     return front
 
 
-def _csv(rows: List[Dict], columns: List[str]) -> str:
+def _csv(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
@@ -46,17 +53,42 @@ def _csv(rows: List[Dict], columns: List[str]) -> str:
     return buf.getvalue()
 
 
-def write_run(run_dir: Path, rows: List[Dict], decisions: List[str]) -> List[Dict]:
+def write_run(run_dir: Path, rows: list[dict], decisions: list[str]) -> list[dict]:
     """trials.csv, pareto.csv, pareto.json and specs/<trial>.json (the plots: ``plots.draw_run``).
     Returns the front."""
     from .spec import ArchSpec  # noqa: PLC0415
-    columns = ["trial", "state", "status", "feasible", "madds", "params", "top1", "top5", "untrained", "reused_from",
-               "spec_id", "preset", "seconds"]
+
+    columns = [
+        "trial",
+        "state",
+        "status",
+        "feasible",
+        "madds",
+        "params",
+        "top1",
+        "top5",
+        "untrained",
+        "reused_from",
+        "spec_id",
+        "preset",
+        "seconds",
+    ]
     write_atomic(run_dir / "trials.csv", _csv(rows, columns + decisions))
     front = pareto_front(rows)
-    out = [{"trial": r["trial"], "madds": r["madds"], "params": r["params"], "top1": r["top1"], "spec": r["spec"]}
-           for r in front]
-    write_atomic(run_dir / "pareto.csv", _csv(front, ["trial", "madds", "params", "top1", "spec_id"] + decisions))
+    out = [
+        {
+            "trial": r["trial"],
+            "madds": r["madds"],
+            "params": r["params"],
+            "top1": r["top1"],
+            "spec": r["spec"],
+        }
+        for r in front
+    ]
+    write_atomic(
+        run_dir / "pareto.csv",
+        _csv(front, ["trial", "madds", "params", "top1", "spec_id"] + decisions),
+    )
     write_atomic(run_dir / "pareto.json", json.dumps(out, indent=2) + "\n")
     for r in front:
         ArchSpec.from_dict(r["spec"]).save(run_dir / "specs" / f"{r['trial']}.json")
@@ -76,11 +108,13 @@ def count_untrained(run_dir) -> int:
         return sum(1 for r in csv.DictReader(f) if r.get("untrained") == "True")
 
 
-def load_front(run_dir) -> List[Dict]:
+def load_front(run_dir) -> list[dict]:
     """The Pareto front of a run folder (``pareto.json``); `UsageError` if it is not one."""
     path = Path(run_dir) / "pareto.json"
     if not path.is_file():
-        raise UsageError(f"{run_dir}: not a run folder (no pareto.json); run `condconv-nas search` first")
+        raise UsageError(
+            f"{run_dir}: not a run folder (no pareto.json); run `condconv-nas search` first"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:

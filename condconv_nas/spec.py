@@ -4,6 +4,7 @@
 rejects unknown fields, wrong types and out-of-range values with a `SpecError` whose message
 names the field. A spec's ``id`` is a hash of its canonical JSON.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 from .archs import BASES, num_blocks
 from .errors import UsageError
@@ -29,50 +30,54 @@ class SpecError(UsageError):
 
 @dataclass(frozen=True)
 class RoutingSpec:
-    share: str = "block"        # which layers share one routing: layer | block | pair (two blocks) | single
-    hidden: str = "none"        # hidden layer of the routing FC: none | small (in/8) | medium (in) | large (8*in)
+    share: str = (
+        "block"  # which layers share one routing: layer | block | pair (two blocks) | single
+    )
+    hidden: str = (
+        "none"  # hidden layer of the routing FC: none | small (in/8) | medium (in) | large (8*in)
+    )
     activation: str = "sigmoid"  # sigmoid (paper) | softmax
     hierarchical: bool = False  # concatenate the previous routing weights to the pooled input
 
 
 @dataclass(frozen=True)
 class CondConvSpec:
-    begin_layer: int            # 1 = stem, 2..B+1 = blocks, B+2 = classifier only (docs/method.md)
-    num_experts: int = 8        # experts per CondConv layer
-    classifier: bool = False    # the final FC is a CondConv (CondLinear) layer
+    begin_layer: int  # 1 = stem, 2..B+1 = blocks, B+2 = classifier only (docs/method.md)
+    num_experts: int = 8  # experts per CondConv layer
+    classifier: bool = False  # the final FC is a CondConv (CondLinear) layer
     routing: RoutingSpec = field(default_factory=RoutingSpec)
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    base: str                           # mobilenet_v1 | mobilenet_v2 | mnasnet_a1 | resnet50 | efficientnet_b0
-    width_multiplier: float = 1.0       # channels scale as the family's paper does
-    depth_multiplier: float = 1.0       # repeats per stage scale (ceil)
-    resolution: int = 224               # input size the MADDs are counted at
-    num_classes: int = 1000             # classifier outputs
-    condconv: Optional[CondConvSpec] = None  # None: a static model
+    base: str  # mobilenet_v1 | mobilenet_v2 | mnasnet_a1 | resnet50 | efficientnet_b0
+    width_multiplier: float = 1.0  # channels scale as the family's paper does
+    depth_multiplier: float = 1.0  # repeats per stage scale (ceil)
+    resolution: int = 224  # input size the MADDs are counted at
+    num_classes: int = 1000  # classifier outputs
+    condconv: CondConvSpec | None = None  # None: a static model
     schema_version: int = SCHEMA_VERSION
 
     # -- conversions -------------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {"schema_version": d.pop("schema_version"), **d}
 
     @classmethod
-    def from_dict(cls, d: Any) -> "ArchSpec":
+    def from_dict(cls, d: Any) -> ArchSpec:
         spec = _parse(cls, d, "")
         spec.validate()
         return spec
 
-    def replace(self, **changes) -> "ArchSpec":
+    def replace(self, **changes) -> ArchSpec:
         spec = dataclasses.replace(self, **changes)
         spec.validate()
         return spec
 
-    def to_json(self, indent: Optional[int] = 2) -> str:
+    def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
-    def save(self, path: Union[str, os.PathLike]) -> Path:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write the spec as JSON (atomically: a temporary file, then a rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +99,9 @@ class ArchSpec:
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
-            raise SpecError(f"schema_version: {self.schema_version} is not supported (this version reads 1)")
+            raise SpecError(
+                f"schema_version: {self.schema_version} is not supported (this version reads 1)"
+            )
         if self.base not in BASES:
             raise SpecError(f"base: {self.base!r} is not one of {', '.join(BASES)}")
         for name in ("width_multiplier", "depth_multiplier"):
@@ -110,17 +117,23 @@ class ArchSpec:
             return
         last = self.num_blocks + 2
         if not 1 <= cc.begin_layer <= last:
-            raise SpecError(f"condconv.begin_layer: must be in [1, {last}] for {self.base} with depth_multiplier "
-                            f"{self.depth_multiplier} ({last - 2} blocks; {last} = classifier only), "
-                            f"got {cc.begin_layer}")
+            raise SpecError(
+                f"condconv.begin_layer: must be in [1, {last}] for {self.base} with depth_multiplier "
+                f"{self.depth_multiplier} ({last - 2} blocks; {last} = classifier only), "
+                f"got {cc.begin_layer}"
+            )
         if not 1 <= cc.num_experts <= 1024:
             raise SpecError(f"condconv.num_experts: must be in [1, 1024], got {cc.num_experts}")
         if cc.begin_layer == last and not cc.classifier:
-            raise SpecError(f"condconv.begin_layer: {last} means classifier only, but condconv.classifier is false")
+            raise SpecError(
+                f"condconv.begin_layer: {last} means classifier only, but condconv.classifier is false"
+            )
         r = cc.routing
         for name, allowed in (("share", SHARES), ("hidden", HIDDENS), ("activation", ACTIVATIONS)):
             if getattr(r, name) not in allowed:
-                raise SpecError(f"condconv.routing.{name}: {getattr(r, name)!r} is not one of {', '.join(allowed)}")
+                raise SpecError(
+                    f"condconv.routing.{name}: {getattr(r, name)!r} is not one of {', '.join(allowed)}"
+                )
 
 
 def _parse(cls, d: Any, where: str):
@@ -144,10 +157,19 @@ def _parse(cls, d: Any, where: str):
 
 _NESTED = {(ArchSpec, "condconv"): CondConvSpec, (CondConvSpec, "routing"): RoutingSpec}
 _TYPES = {
-    "base": str, "share": str, "hidden": str, "activation": str,
-    "width_multiplier": float, "depth_multiplier": float,
-    "resolution": int, "num_classes": int, "schema_version": int, "begin_layer": int, "num_experts": int,
-    "classifier": bool, "hierarchical": bool,
+    "base": str,
+    "share": str,
+    "hidden": str,
+    "activation": str,
+    "width_multiplier": float,
+    "depth_multiplier": float,
+    "resolution": int,
+    "num_classes": int,
+    "schema_version": int,
+    "begin_layer": int,
+    "num_experts": int,
+    "classifier": bool,
+    "hierarchical": bool,
 }
 
 
@@ -169,11 +191,20 @@ def _convert(cls, name: str, v: Any, path: str):
 
 # -- presets: the paper's table 1 placements (docs/method.md), 8 experts, routing shared per block ----
 def _cc(begin: int, classifier: bool) -> dict:
-    return {"begin_layer": begin, "num_experts": 8, "classifier": classifier,
-            "routing": {"share": "block", "hidden": "none", "activation": "sigmoid", "hierarchical": False}}
+    return {
+        "begin_layer": begin,
+        "num_experts": 8,
+        "classifier": classifier,
+        "routing": {
+            "share": "block",
+            "hidden": "none",
+            "activation": "sigmoid",
+            "hierarchical": False,
+        },
+    }
 
 
-PRESETS: Dict[str, dict] = {
+PRESETS: dict[str, dict] = {
     "mobilenet-v1": {"base": "mobilenet_v1"},
     "condconv-mobilenet-v1": {"base": "mobilenet_v1", "condconv": _cc(7, True)},
     "mobilenet-v2": {"base": "mobilenet_v2"},
@@ -184,13 +215,16 @@ PRESETS: Dict[str, dict] = {
     "condconv-resnet50": {"base": "resnet50", "condconv": _cc(15, True)},
     "efficientnet-b0": {"base": "efficientnet_b0"},
     "condconv-efficientnet-b0": {"base": "efficientnet_b0", "condconv": _cc(10, False)},
-    "condconv-efficientnet-b0-depth": {"base": "efficientnet_b0", "depth_multiplier": 1.1,
-                                       "condconv": _cc(14, False)},
+    "condconv-efficientnet-b0-depth": {
+        "base": "efficientnet_b0",
+        "depth_multiplier": 1.1,
+        "condconv": _cc(14, False),
+    },
     "efficientnet-b1": {"base": "efficientnet_b0", "depth_multiplier": 1.1, "resolution": 240},
 }
 
 
-def load_spec(path_or_name: Union[str, os.PathLike, ArchSpec, dict]) -> ArchSpec:
+def load_spec(path_or_name: str | os.PathLike | ArchSpec | dict) -> ArchSpec:
     """A spec from a preset name, a JSON file, a dict or an ArchSpec; raises `SpecError` if invalid."""
     if isinstance(path_or_name, ArchSpec):
         return path_or_name
@@ -201,7 +235,9 @@ def load_spec(path_or_name: Union[str, os.PathLike, ArchSpec, dict]) -> ArchSpec
         return ArchSpec.from_dict(PRESETS[key])
     path = Path(key)
     if not path.is_file():
-        raise SpecError(f"{key}: no such spec file, and not a preset (presets: {', '.join(PRESETS)})")
+        raise SpecError(
+            f"{key}: no such spec file, and not a preset (presets: {', '.join(PRESETS)})"
+        )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

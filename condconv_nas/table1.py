@@ -1,7 +1,6 @@
 """The paper's Table 1 (MADDs in millions), side by side with ours."""
-from __future__ import annotations
 
-from typing import Dict, List
+from __future__ import annotations
 
 # family, baseline preset, CondConv preset, paper baseline MADDs (M), paper CondConv MADDs (M), paper top-1s
 PAPER_TABLE1 = [
@@ -13,16 +12,25 @@ PAPER_TABLE1 = [
 ]
 
 
-def table1() -> List[Dict]:
+def table1() -> list[dict]:
     """One row per (family, baseline|condconv): paper MADDs, ours, the difference in %, our params."""
     from .madds import count_madds, count_params  # noqa: PLC0415
     from .models import build_model  # noqa: PLC0415
+
     rows = []
     for family, base, cond, paper_base, paper_cond, top1_base, top1_cond in PAPER_TABLE1:
         for preset, paper, top1 in ((base, paper_base, top1_base), (cond, paper_cond, top1_cond)):
             model = build_model(preset)
             madds = count_madds(model)
-            rows.append({"model": family, "preset": preset, "paper_madds_M": paper,
-                         "madds_M": round(madds / 1e6, 1), "diff_pct": round(100 * (madds / 1e6 - paper) / paper, 2),
-                         "params_M": round(count_params(model) / 1e6, 2), "paper_top1": top1})
+            rows.append(
+                {
+                    "model": family,
+                    "preset": preset,
+                    "paper_madds_M": paper,
+                    "madds_M": round(madds / 1e6, 1),
+                    "diff_pct": round(100 * (madds / 1e6 - paper) / paper, 2),
+                    "params_M": round(count_params(model) / 1e6, 2),
+                    "paper_top1": top1,
+                }
+            )
     return rows

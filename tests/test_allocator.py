@@ -1,4 +1,5 @@
 """keep_freed_memory: large tensors come from the heap and their memory stays for reuse."""
+
 import subprocess
 import sys
 
@@ -26,8 +27,12 @@ print((held.hblkhd - before.hblkhd) >> 20, (held.uordblks - before.uordblks) >> 
 
 
 def probe(mode):
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True).stdout
-    return [int(v) for v in out.split()]  # MiB: more mapped while held, more heap in use while held, heap free after del
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        int(v) for v in out.split()
+    ]  # MiB: more mapped while held, more heap in use while held, heap free after del
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

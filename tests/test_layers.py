@@ -1,4 +1,5 @@
 """CondConv layers against their definition: the mixture of the experts' ordinary convolutions."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,9 @@ def mixture_reference(x, r, layer):
     out = 0
     for i in range(layer.num_experts):
         b = None if layer.bias is None else layer.bias[i]
-        y = F.conv2d(x, layer.weight[i], b, layer.stride, layer.padding, layer.dilation, layer.groups)
+        y = F.conv2d(
+            x, layer.weight[i], b, layer.stride, layer.padding, layer.dilation, layer.groups
+        )
         out = out + r[:, i, None, None, None] * y
     return out
 
@@ -47,7 +50,7 @@ def assert_equals_mixture(layer, x, r):
     ref, g_ref = grads(lambda: mixture_reference(x, r, layer), params)
     assert out.shape == ref.shape
     assert rel_err(out, ref) <= 1e-5
-    for name, a, b in zip(["input", "routing", "weight", "bias"], g_ours, g_ref):
+    for name, a, b in zip(["input", "routing", "weight", "bias"], g_ours, g_ref, strict=False):
         assert rel_err(a, b) <= 1e-5, name
 
 
@@ -57,9 +60,13 @@ def assert_equals_mixture(layer, x, r):
 def test_condconv2d_equals_expert_mixture(case, mode, strategy):
     cin, cout, k, s, g, bias, n, B, hw = CASES[case]
     torch.manual_seed(0)
-    layer = CondConv2d(cin, cout, k, stride=s, groups=g, bias=bias, num_experts=n, strategy=strategy)
+    layer = CondConv2d(
+        cin, cout, k, stride=s, groups=g, bias=bias, num_experts=n, strategy=strategy
+    )
     layer.train(mode == "train")
-    assert_equals_mixture(layer, torch.randn(B, cin, hw, hw, requires_grad=True), torch.rand(B, n, requires_grad=True))
+    assert_equals_mixture(
+        layer, torch.randn(B, cin, hw, hw, requires_grad=True), torch.rand(B, n, requires_grad=True)
+    )
 
 
 def test_bmm_form_for_pointwise():
@@ -97,7 +104,9 @@ def test_weight_shapes_and_expert_init():
 
 
 @pytest.mark.parametrize("strategy", ["kernel", "mixture", "expand", "auto"])
-@pytest.mark.parametrize("cin, cout, n, B", [(20, 7, 5, 6), (256, 256, 4, 1)])  # the second: blocked batch-1 mixing
+@pytest.mark.parametrize(
+    "cin, cout, n, B", [(20, 7, 5, 6), (256, 256, 4, 1)]
+)  # the second: blocked batch-1 mixing
 def test_condlinear_equals_expert_mixture(strategy, cin, cout, n, B):
     torch.manual_seed(0)
     lin = CondLinear(cin, cout, num_experts=n, strategy=strategy)
@@ -107,11 +116,12 @@ def test_condlinear_equals_expert_mixture(strategy, cin, cout, n, B):
     out, g1 = grads(lambda: lin(x, r), [x, r, lin.weight, lin.bias])
     ref, g2 = grads(ref_fn, [x, r, lin.weight, lin.bias])
     assert rel_err(out, ref) <= 1e-5
-    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g1, g2))
+    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g1, g2, strict=False))
 
 
 def test_measured_choice_is_cached_per_layer_shape_and_grad_mode():
     from condconv_nas.layers import strategy as S
+
     S.clear_cache()
     lin, conv = CondLinear(20, 7, num_experts=5), CondConv2d(6, 10, 1, num_experts=4)
     with torch.no_grad():
@@ -129,7 +139,10 @@ def test_measured_choice_is_cached_per_layer_shape_and_grad_mode():
 
 def test_bad_input_names_shapes():
     layer = CondConv2d(8, 8, 3, num_experts=4)
-    with pytest.raises(ValueError, match=r"routing_weights must have shape \(batch=2, num_experts=4\), got \(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"routing_weights must have shape \(batch=2, num_experts=4\), got \(2, 3\)",
+    ):
         layer(torch.randn(2, 8, 5, 5), torch.rand(2, 3))
     with pytest.raises(ValueError, match="expected input"):
         layer(torch.randn(2, 7, 5, 5), torch.rand(2, 4))
@@ -158,7 +171,9 @@ def test_router_variants():
     hier = Router(16, 8, prev_features=8)
     assert hier.fc.in_features == 24
     prev = torch.rand(5, 8)
-    assert torch.allclose(hier(x, prev), torch.sigmoid(hier.fc(torch.cat([x.mean((2, 3)), prev], 1))))
+    assert torch.allclose(
+        hier(x, prev), torch.sigmoid(hier.fc(torch.cat([x.mean((2, 3)), prev], 1)))
+    )
     with pytest.raises(ValueError, match="hidden"):
         Router(16, 8, hidden="huge")
 
@@ -229,7 +244,10 @@ def test_module_to_channels_last():
     x, r = torch.randn(2, 3, 8, 8), torch.rand(2, 4)
     before, experts = cond(static(x), r), cond.weight.detach().clone()
     assert net.to(memory_format=torch.channels_last) is net
-    assert static.weight.is_contiguous(memory_format=torch.channels_last) and not static.weight.is_contiguous()
+    assert (
+        static.weight.is_contiguous(memory_format=torch.channels_last)
+        and not static.weight.is_contiguous()
+    )
     assert isinstance(cond.weight, torch.nn.Parameter) and cond.weight.is_contiguous()
     assert torch.equal(cond.weight, experts)
     assert torch.allclose(cond(static(x), r), before, atol=1e-6)
@@ -242,7 +260,9 @@ def test_batch_one_with_large_kernels(strategy):
     """Batch 1 and kernels of >= 2**16 weights take the blocked mixing of `mix_experts`."""
     torch.manual_seed(0)
     layer = CondConv2d(256, 256, 1, bias=True, num_experts=4, strategy=strategy)
-    assert_equals_mixture(layer, torch.randn(1, 256, 3, 3, requires_grad=True), torch.rand(1, 4, requires_grad=True))
+    assert_equals_mixture(
+        layer, torch.randn(1, 256, 3, 3, requires_grad=True), torch.rand(1, 4, requires_grad=True)
+    )
 
 
 def test_measuring_stops_timing_hopeless_forms():
@@ -281,10 +301,13 @@ def test_cropping_conv_equals_nn_conv2d_and_counts_the_whole_kernel(case):
     """Taps that read only padding are dropped for small inputs: same outputs and gradients as
     nn.Conv2d, and under tracing (fvcore) the whole kernel is used."""
     from condconv_nas.layers.crop import CroppingConv2d, crop, use_cropping_convs
+
     cin, cout, k, s, p, d, g, n = CROP_CASES[case]
     torch.manual_seed(0)
     ref = torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias=True)
-    ours = use_cropping_convs(torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias=True)))[0]
+    ours = use_cropping_convs(
+        torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias=True))
+    )[0]
     assert type(ours) is CroppingConv2d
     ours.load_state_dict(ref.state_dict())
     w = n + 1 if case.endswith("2x3") else n
@@ -292,7 +315,7 @@ def test_cropping_conv_equals_nn_conv2d_and_counts_the_whole_kernel(case):
     out, g_ours = grads(lambda: ours(x), [x, ours.weight, ours.bias])
     want, g_ref = grads(lambda: ref(x), [x, ref.weight, ref.bias])
     assert out.shape == want.shape and rel_err(out, want) <= 1e-5
-    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g_ours, g_ref))
+    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g_ours, g_ref, strict=False))
     cropped, _, _ = crop(ref.weight, (n, w), ref.stride, ref.padding, ref.dilation)
     if "nothing" in case:
         assert cropped is ref.weight
@@ -301,6 +324,7 @@ def test_cropping_conv_equals_nn_conv2d_and_counts_the_whole_kernel(case):
     else:
         assert cropped.shape[-2:] != ref.weight.shape[-2:]
     from fvcore.nn import FlopCountAnalysis
+
     x = x.detach()
     counts = [FlopCountAnalysis(m, x).unsupported_ops_warnings(False).total() for m in (ours, ref)]
     assert counts[0] == counts[1] == 3 * cout * out.shape[-2] * out.shape[-1] * cin // g * k * k
@@ -311,5 +335,8 @@ def test_condconv2d_on_inputs_smaller_than_its_kernel(strategy):
     torch.manual_seed(0)
     layer = CondConv2d(8, 8, 5, groups=8, bias=True, num_experts=4, strategy=strategy)
     for size in (1, 2):
-        assert_equals_mixture(layer, torch.randn(3, 8, size, size, requires_grad=True),
-                              torch.rand(3, 4, requires_grad=True))
+        assert_equals_mixture(
+            layer,
+            torch.randn(3, 8, size, size, requires_grad=True),
+            torch.rand(3, 4, requires_grad=True),
+        )

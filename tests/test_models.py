@@ -10,10 +10,18 @@ from condconv_nas.spec import PRESETS, ArchSpec
 from condconv_nas.table1 import PAPER_TABLE1
 
 PARAMS = {  # stable parameter counts (static ones equal timm's own models, see below)
-    "mobilenet-v1": 4231976, "condconv-mobilenet-v1": 32826824, "mobilenet-v2": 3504872,
-    "condconv-mobilenet-v2": 22885496, "mnasnet-a1": 3887038, "condconv-mnasnet-a1": 14984718,
-    "resnet50": 25557032, "condconv-resnet50": 129872800, "efficientnet-b0": 5288548,
-    "condconv-efficientnet-b0": 24013284, "condconv-efficientnet-b0-depth": 39715968, "efficientnet-b1": 7794184,
+    "mobilenet-v1": 4231976,
+    "condconv-mobilenet-v1": 32826824,
+    "mobilenet-v2": 3504872,
+    "condconv-mobilenet-v2": 22885496,
+    "mnasnet-a1": 3887038,
+    "condconv-mnasnet-a1": 14984718,
+    "resnet50": 25557032,
+    "condconv-resnet50": 129872800,
+    "efficientnet-b0": 5288548,
+    "condconv-efficientnet-b0": 24013284,
+    "condconv-efficientnet-b0-depth": 39715968,
+    "efficientnet-b1": 7794184,
 }
 
 
@@ -32,10 +40,18 @@ def test_preset_builds_runs_forward_backward(name):
     assert count_params(build_model(name)) == PARAMS[name]
 
 
-@pytest.mark.parametrize("timm_name,preset", [
-    ("mobilenetv1_100", "mobilenet-v1"), ("mobilenetv2_100", "mobilenet-v2"), ("semnasnet_100", "mnasnet-a1"),
-    ("efficientnet_b0", "efficientnet-b0"), ("resnet50", "resnet50"), ("efficientnet_b1", "efficientnet-b1"),
-    ("efficientnet_cc_b0_8e", "condconv-efficientnet-b0")])
+@pytest.mark.parametrize(
+    "timm_name,preset",
+    [
+        ("mobilenetv1_100", "mobilenet-v1"),
+        ("mobilenetv2_100", "mobilenet-v2"),
+        ("semnasnet_100", "mnasnet-a1"),
+        ("efficientnet_b0", "efficientnet-b0"),
+        ("resnet50", "resnet50"),
+        ("efficientnet_b1", "efficientnet-b1"),
+        ("efficientnet_cc_b0_8e", "condconv-efficientnet-b0"),
+    ],
+)
 def test_same_parameters_as_timm(timm_name, preset):
     ours = build_model(preset)
     ref = timm.create_model(timm_name)
@@ -57,32 +73,65 @@ def test_presets_place_condconv_as_the_paper():
         convs = [n for n, mod in m.named_modules() if isinstance(mod, CondConv2d)]
         fc = any(isinstance(mod, CondLinear) for mod in m.modules())
         return blocks, len(convs), fc
-    assert cond_blocks("condconv-efficientnet-b0") == (16, 8 * 3, False)   # final 3 stages: 3+4+1 blocks
+
+    assert cond_blocks("condconv-efficientnet-b0") == (
+        16,
+        8 * 3,
+        False,
+    )  # final 3 stages: 3+4+1 blocks
     assert cond_blocks("condconv-efficientnet-b0-depth") == (23, 11 * 3, False)
-    assert cond_blocks("condconv-mobilenet-v1") == (13, 8 * 2, True)      # separable blocks 6..13
+    assert cond_blocks("condconv-mobilenet-v1") == (13, 8 * 2, True)  # separable blocks 6..13
     assert cond_blocks("condconv-mobilenet-v2") == (17, 6 * 3, True)
     assert cond_blocks("condconv-mnasnet-a1") == (16, 6 * 3, False)
     assert cond_blocks("condconv-resnet50") == (16, 3 * 3, True)
     # SE, head conv and shortcut projections stay static
     m = build_model("condconv-resnet50")
-    assert isinstance(m.net.layer4[0].module.downsample[0], torch.nn.Conv2d)  # static (maybe cropping)
+    assert isinstance(
+        m.net.layer4[0].module.downsample[0], torch.nn.Conv2d
+    )  # static (maybe cropping)
     b0 = build_model("condconv-efficientnet-b0")
     assert isinstance(b0.net.blocks[6][0].module.se.conv_reduce, torch.nn.Conv2d)
     assert isinstance(b0.net.conv_head, torch.nn.Conv2d)
 
 
 # A tiny spec, counted by hand: MobileNetV1 0.25x, one block per stage, 32 px, 10 classes.
-TINY = {"base": "mobilenet_v1", "width_multiplier": 0.25, "depth_multiplier": 0.1, "resolution": 32, "num_classes": 10}
+TINY = {
+    "base": "mobilenet_v1",
+    "width_multiplier": 0.25,
+    "depth_multiplier": 0.1,
+    "resolution": 32,
+    "num_classes": 10,
+}
 # stem 3->8 k3 s2 at 16x16; blocks (in, out, H_out): (8,16,16) (16,32,8) (32,64,4) (64,128,2) (128,256,1)
-STATIC = 8 * 27 * 256 + sum(c * 9 * h * h + c * o * h * h for c, o, h in
-                            [(8, 16, 16), (16, 32, 8), (32, 64, 4), (64, 128, 2), (128, 256, 1)]) + 256 * 10
+STATIC = (
+    8 * 27 * 256
+    + sum(
+        c * 9 * h * h + c * o * h * h
+        for c, o, h in [(8, 16, 16), (16, 32, 8), (32, 64, 4), (64, 128, 2), (128, 256, 1)]
+    )
+    + 256 * 10
+)
 # CondConv from layer 5 (blocks 4, 5) and the classifier, 4 experts: mixing = n x kernel size (+ bias mixing)
 MIXING = 4 * (64 * 9 + 128 * 64 + 128 * 9 + 256 * 128 + 10 * 256) + 4 * 10
 
 
 def tiny(share="block", hidden="none", hierarchical=False):
-    return ArchSpec.from_dict({**TINY, "condconv": {"begin_layer": 5, "num_experts": 4, "classifier": True, "routing": {
-        "share": share, "hidden": hidden, "activation": "sigmoid", "hierarchical": hierarchical}}})
+    return ArchSpec.from_dict(
+        {
+            **TINY,
+            "condconv": {
+                "begin_layer": 5,
+                "num_experts": 4,
+                "classifier": True,
+                "routing": {
+                    "share": share,
+                    "hidden": hidden,
+                    "activation": "sigmoid",
+                    "hierarchical": hierarchical,
+                },
+            },
+        }
+    )
 
 
 def test_hand_computed_madds_tiny():
@@ -93,12 +142,19 @@ def test_hand_computed_madds_tiny():
     assert count_madds(tiny(), resolution=64) > count_madds(tiny())
 
 
-@pytest.mark.parametrize("share,routers,routing_madds", [
-    ("layer", 5, (64 + 64 + 128 + 128 + 256) * 4),   # one per CondConv layer, on that layer's input
-    ("block", 3, (64 + 128 + 256) * 4),              # one per block (and the classifier)
-    ("pair", 2, (64 + 256) * 4),                     # units (b4, b5) share, then the classifier
-    ("single", 1, 64 * 4),                           # once where CondConv begins
-])
+@pytest.mark.parametrize(
+    "share,routers,routing_madds",
+    [
+        (
+            "layer",
+            5,
+            (64 + 64 + 128 + 128 + 256) * 4,
+        ),  # one per CondConv layer, on that layer's input
+        ("block", 3, (64 + 128 + 256) * 4),  # one per block (and the classifier)
+        ("pair", 2, (64 + 256) * 4),  # units (b4, b5) share, then the classifier
+        ("single", 1, 64 * 4),  # once where CondConv begins
+    ],
+)
 def test_routing_share(share, routers, routing_madds):
     spec = tiny(share)
     model = build_model(spec)
@@ -114,20 +170,34 @@ def test_routing_hidden_and_hierarchical():
     medium = sum(c * c + c * 4 for c in (64, 128, 256))
     assert count_madds(tiny(hidden="medium")) == STATIC + MIXING + medium
     # hierarchical: every router after the first also reads the previous 4 routing weights
-    assert count_madds(tiny(hierarchical=True)) == STATIC + MIXING + (64 + 128 + 256) * 4 + 2 * 4 * 4
+    assert (
+        count_madds(tiny(hierarchical=True)) == STATIC + MIXING + (64 + 128 + 256) * 4 + 2 * 4 * 4
+    )
     routers = [m for m in build_model(tiny(hierarchical=True)).modules() if isinstance(m, Router)]
     assert [r.prev_features for r in routers] == [0, 4, 4]
-    soft = build_model(tiny().replace(condconv=tiny().condconv.__class__(
-        begin_layer=5, num_experts=4, classifier=True, routing=tiny().condconv.routing.__class__(activation="softmax"))))
+    soft = build_model(
+        tiny().replace(
+            condconv=tiny().condconv.__class__(
+                begin_layer=5,
+                num_experts=4,
+                classifier=True,
+                routing=tiny().condconv.routing.__class__(activation="softmax"),
+            )
+        )
+    )
     assert all(r.activation == "softmax" for r in soft.modules() if isinstance(r, Router))
 
 
 def test_begin_layer_1_makes_stem_condconv_and_classifier_switch():
-    spec = ArchSpec.from_dict({**TINY, "condconv": {"begin_layer": 1, "num_experts": 2, "classifier": False}})
+    spec = ArchSpec.from_dict(
+        {**TINY, "condconv": {"begin_layer": 1, "num_experts": 2, "classifier": False}}
+    )
     model = build_model(spec)
     assert isinstance(model.net.conv_stem.module, CondConv2d)
     assert type(model.net.classifier) is torch.nn.Linear
-    fc_only = ArchSpec.from_dict({**TINY, "condconv": {"begin_layer": 7, "num_experts": 2, "classifier": True}})
+    fc_only = ArchSpec.from_dict(
+        {**TINY, "condconv": {"begin_layer": 7, "num_experts": 2, "classifier": True}}
+    )
     m = build_model(fc_only)
     assert sum(isinstance(x, CondConv2d) for x in m.modules()) == 0
     assert isinstance(m.net.classifier.module, CondLinear)

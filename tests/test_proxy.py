@@ -1,4 +1,5 @@
 """The search's proxy: short training that learns, fair to CondConv, and its chance-level rule."""
+
 import math
 
 import pytest
@@ -7,23 +8,44 @@ import torch.nn as nn
 
 from condconv_nas import load_spec
 from condconv_nas.data import parse_source
+from condconv_nas.errors import UsageError
 from condconv_nas.layers import CondConv2d, CondLinear
 from condconv_nas.results import pareto_front
-from condconv_nas.training.engine import (build_for_training, chance_threshold, proxy_top1, recalibrate_bn,
-                                       setup_training)
+from condconv_nas.training.engine import (
+    build_for_training,
+    chance_threshold,
+    proxy_top1,
+    recalibrate_bn,
+    setup_training,
+)
 from condconv_nas.training.recipe import load_recipe, recipe_from_dict
-from condconv_nas.errors import UsageError
 
 # Many experts, per-layer hierarchical routing with a hidden layer, a CondConv classifier: the kind
 # of candidate the proxy of condconv-nas 0.1 left at chance (half width keeps the test quick).
-MANY_EXPERTS = {"schema_version": 1, "base": "efficientnet_b0", "width_multiplier": 0.5, "depth_multiplier": 1.0,
-                "resolution": 224, "num_classes": 1000,
-                "condconv": {"begin_layer": 12, "num_experts": 16, "classifier": True,
-                             "routing": {"share": "layer", "hidden": "small", "activation": "sigmoid",
-                                         "hierarchical": True}}}
+MANY_EXPERTS = {
+    "schema_version": 1,
+    "base": "efficientnet_b0",
+    "width_multiplier": 0.5,
+    "depth_multiplier": 1.0,
+    "resolution": 224,
+    "num_classes": 1000,
+    "condconv": {
+        "begin_layer": 12,
+        "num_experts": 16,
+        "classifier": True,
+        "routing": {
+            "share": "layer",
+            "hidden": "small",
+            "activation": "sigmoid",
+            "hierarchical": True,
+        },
+    },
+}
 
 
-@pytest.mark.parametrize("spec", ["mobilenet-v2", MANY_EXPERTS], ids=["mobilenet-v2", "16-experts-hierarchical"])
+@pytest.mark.parametrize(
+    "spec", ["mobilenet-v2", MANY_EXPERTS], ids=["mobilenet-v2", "16-experts-hierarchical"]
+)
 def test_proxy_learns_well_above_chance(spec):
     """Goal 0.9 on digits (chance 0.1); the proxy of 0.1 reached 0.40 (mobilenet-v2) and 0.1 to 0.25 here."""
     metrics = proxy_top1(load_spec(spec), parse_source("digits"), load_recipe("proxy"))
@@ -38,6 +60,7 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity():
 
     def hook(module, inputs, output):
         seen.append(torch.equal(output, inputs[0]))
+
     blocks = [m for m in model.modules() if getattr(m, "has_skip", False)]
     assert len(blocks) == 9  # B0's blocks with a skip: 16 minus the first of each of the 7 stages
     for m in blocks:
@@ -46,33 +69,52 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity():
         model(torch.randn(2, 3, 64, 64))
     assert seen == [True] * 9
     untouched = build_for_training(spec, recipe_from_dict({})).eval()
-    assert all(m.bn3.weight.abs().sum() > 0 for m in untouched.modules() if getattr(m, "has_skip", False)
-               and hasattr(m, "bn3"))
+    assert all(
+        m.bn3.weight.abs().sum() > 0
+        for m in untouched.modules()
+        if getattr(m, "has_skip", False) and hasattr(m, "bn3")
+    )
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "none"])
 def test_expert_lr_rsqrt_scales_every_expert_and_nothing_else(schedule):
     spec = load_spec("condconv-mobilenet-v2").replace(num_classes=10)
-    recipe = recipe_from_dict({"optimizer": "adamw", "lr": 0.004, "expert_lr": "rsqrt", "schedule": schedule,
-                               "weight_decay": 0.01})
+    recipe = recipe_from_dict(
+        {
+            "optimizer": "adamw",
+            "lr": 0.004,
+            "expert_lr": "rsqrt",
+            "schedule": schedule,
+            "weight_decay": 0.01,
+        }
+    )
     model = build_for_training(spec, recipe)
     t = setup_training(model, recipe, num_classes=10, steps_per_epoch=10, epochs=2)
     if t.scheduler is not None:
         t.scheduler.step_update(7)
-    experts = {id(p) for m in model.modules() if isinstance(m, (CondConv2d, CondLinear)) for p in m.parameters()}
+    experts = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, (CondConv2d, CondLinear))
+        for p in m.parameters()
+    }
     lr_of = {id(p): g["lr"] for g in t.optimizer.param_groups for p in g["params"]}
     assert set(lr_of) == {id(p) for p in model.parameters()}  # every parameter, once
     others = {lr for i, lr in lr_of.items() if i not in experts}
     assert len(others) == 1
     base = others.pop()
     # timm's cosine over 20 updates, at update 7
-    assert base == pytest.approx(0.004 if schedule == "none" else 0.004 * (1 + math.cos(math.pi * 7 / 20)) / 2)
+    assert base == pytest.approx(
+        0.004 if schedule == "none" else 0.004 * (1 + math.cos(math.pi * 7 / 20)) / 2
+    )
     assert [lr_of[i] for i in experts] == pytest.approx([base / math.sqrt(8)] * len(experts))
 
 
 def test_recalibrated_bn_statistics_are_the_exact_mean_and_variance_of_the_batches():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(), nn.BatchNorm2d(4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(), nn.BatchNorm2d(4)
+    )
     batches = [(torch.randn(5, 3, 8, 8) * 3 + 1, None) for _ in range(4)]
     model.eval()
     recalibrate_bn(model, batches, 3)
@@ -87,7 +129,9 @@ def test_recalibrated_bn_statistics_are_the_exact_mean_and_variance_of_the_batch
 
 def test_chance_threshold_is_a_one_sided_binomial_test():
     assert chance_threshold(10, 449) == pytest.approx(0.1 + 3.1 * math.sqrt(0.09 / 449))  # 0.1439
-    assert chance_threshold(1000, 50000) == pytest.approx(0.001 + 3.1 * math.sqrt(0.001 * 0.999 / 50000))
+    assert chance_threshold(1000, 50000) == pytest.approx(
+        0.001 + 3.1 * math.sqrt(0.001 * 0.999 / 50000)
+    )
 
 
 def test_recipe_refuses_an_unknown_expert_lr():
@@ -96,6 +140,8 @@ def test_recipe_refuses_an_unknown_expert_lr():
 
 
 def test_untrained_trials_stay_off_the_front():
-    rows = [dict(trial=0, state="COMPLETE", feasible=True, madds=100, top1=0.12, untrained=True),
-            dict(trial=1, state="COMPLETE", feasible=True, madds=200, top1=0.90, untrained=False)]
+    rows = [
+        dict(trial=0, state="COMPLETE", feasible=True, madds=100, top1=0.12, untrained=True),
+        dict(trial=1, state="COMPLETE", feasible=True, madds=200, top1=0.90, untrained=False),
+    ]
     assert [r["trial"] for r in pareto_front(rows)] == [1]

@@ -2,6 +2,7 @@
 
 Every backend must write the same run folder as the Optuna engine; `--trials` is the run's total.
 """
+
 import csv
 import glob
 import json
@@ -18,10 +19,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from test_search import TINY_RECIPE, TINY_SPACE
 
-RUN_FILES = {"trials.csv", "pareto.csv", "pareto.json", "pareto.png", "pareto.html", "config.json", "specs"}
+RUN_FILES = {
+    "trials.csv",
+    "pareto.csv",
+    "pareto.json",
+    "pareto.png",
+    "pareto.html",
+    "config.json",
+    "specs",
+}
 
 
 @pytest.fixture
@@ -32,9 +40,28 @@ def files(tmp_path):
 
 
 def search_cmd(files, run, *extra, budget="200M", trials=3):
-    return [sys.executable, "-m", "condconv_nas", "search", "--budget", budget, "--space", str(files / "space.yaml"),
-            "--trainer", str(files / "tiny.yaml"), "--results", str(files / "results"), "--run", run,
-            "--trials", str(trials), "--quiet", "--format", "json", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "condconv_nas",
+        "search",
+        "--budget",
+        budget,
+        "--space",
+        str(files / "space.yaml"),
+        "--trainer",
+        str(files / "tiny.yaml"),
+        "--results",
+        str(files / "results"),
+        "--run",
+        run,
+        "--trials",
+        str(trials),
+        "--quiet",
+        "--format",
+        "json",
+        *extra,
+    ]
 
 
 def rows_of(run_dir: Path):
@@ -43,7 +70,9 @@ def rows_of(run_dir: Path):
 
 def check_run_folder(run_dir: Path, total: int):
     """The run folder every backend writes: all files, exactly `total` trials, a front with specs."""
-    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}, sorted(p.name for p in run_dir.iterdir())
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}, sorted(
+        p.name for p in run_dir.iterdir()
+    )
     rows = rows_of(run_dir)
     assert len(rows) == total and len({r["trial"] for r in rows}) == total
     front = json.loads((run_dir / "pareto.json").read_text())
@@ -66,25 +95,35 @@ def test_banded_asha_compares_trials_only_within_their_madd_band():
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
     from condconv_nas.nas.ray_engine import BandedASHA, band_of
+
     assert [band_of(m, 100) for m in (0, 24, 25, 74, 99, 100, 101)] == [0, 0, 1, 2, 3, 3, 4]
 
     def trials():
-        return [SimpleNamespace(trial_id=i, config={"madds": m, "values": None}) for i, m in
-                (("big", 90), ("big2", 95), ("cheap", 10))]
+        return [
+            SimpleNamespace(trial_id=i, config={"madds": m, "values": None})
+            for i, m in (("big", 90), ("big2", 95), ("cheap", 10))
+        ]
 
     def decisions(scheduler):
         ts = trials()
         for t in ts:
             scheduler.on_trial_add(None, t)
-        return [scheduler.on_trial_result(None, t, {"epoch": 1, "top1": a}) for t, a in zip(ts, (0.9, 0.8, 0.2))]
+        return [
+            scheduler.on_trial_result(None, t, {"epoch": 1, "top1": a})
+            for t, a in zip(ts, (0.9, 0.8, 0.2), strict=False)
+        ]
 
-    plain = AsyncHyperBandScheduler(time_attr="epoch", metric="top1", mode="max", max_t=2, grace_period=1,
-                                    reduction_factor=2)
+    plain = AsyncHyperBandScheduler(
+        time_attr="epoch", metric="top1", mode="max", max_t=2, grace_period=1, reduction_factor=2
+    )
     # Plain ASHA stops the cheap candidate for being less accurate than costlier ones ...
     assert decisions(plain) == [TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.STOP]
     # ... banded ASHA compares it only with candidates of similar MADDs (none here), so it goes on.
-    assert decisions(BandedASHA(budget=100, max_t=2)) == [TrialScheduler.CONTINUE, TrialScheduler.STOP,
-                                                         TrialScheduler.CONTINUE]
+    assert decisions(BandedASHA(budget=100, max_t=2)) == [
+        TrialScheduler.CONTINUE,
+        TrialScheduler.STOP,
+        TrialScheduler.CONTINUE,
+    ]
 
 
 @pytest.mark.slow
@@ -98,15 +137,24 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
     from condconv_nas.nas.space import load_space
     from condconv_nas.nas.task import SearchTask
     from condconv_nas.training.recipe import load_recipe
-    task = SearchTask(space=load_space(str(files / "space.yaml")), budget=10**10,
-                      recipe=load_recipe(str(files / "tiny.yaml")), data=parse_source("digits"))
+
+    task = SearchTask(
+        space=load_space(str(files / "space.yaml")),
+        budget=10**10,
+        recipe=load_recipe(str(files / "tiny.yaml")),
+        data=parse_source("digits"),
+    )
     study = optuna.create_study(study_name="s", directions=DIRECTIONS)
     reported = []
     search = StudySearch(task, study, 3, on_trial=lambda s, t: reported.append(t))
     a, b = search.suggest("a"), search.suggest("b")
     assert a["values"] is None and a["madds"] == study.trials[0].user_attrs["madds"]
-    search.on_trial_complete("a", {"top1": 0.25, "epoch": 1, "final": False, "madds": a["madds"]})  # ASHA stop
-    search.on_trial_complete("b", {"top1": 0.5, "top5": 0.9, "epoch": 2, "final": True, "madds": b["madds"]})
+    search.on_trial_complete(
+        "a", {"top1": 0.25, "epoch": 1, "final": False, "madds": a["madds"]}
+    )  # ASHA stop
+    search.on_trial_complete(
+        "b", {"top1": 0.5, "top5": 0.9, "epoch": 2, "final": True, "madds": b["madds"]}
+    )
     first, second = study.trials
     assert first.state.name == "PRUNED" and first.user_attrs["stopped_early"]
     assert second.state.name == "COMPLETE" and second.values == [0.5, float(b["madds"])]
@@ -120,20 +168,45 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
 @pytest.fixture
 def ray_head():
     """A real one-node Ray cluster in its own processes, on this machine, with token authentication."""
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    temp = tempfile.mkdtemp(
+        prefix="ray", dir="/tmp"
+    )  # short: Ray's socket paths must fit in 107 bytes
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    start = subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
-                            "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
-                            "--temp-dir", temp], env=env, capture_output=True, text=True, timeout=120)
+    start = subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            temp,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert start.returncode == 0, start.stderr
     try:
         yield f"127.0.0.1:{port}", env
     finally:
         import psutil  # a Ray dependency
-        ours = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
-        ours += [c for p in ours for c in p.children(recursive=True) if c not in ours]  # ray:: workers too
+
+        ours = [
+            p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])
+        ]
+        ours += [
+            c for p in ours for c in p.children(recursive=True) if c not in ours
+        ]  # ray:: workers too
         for p in ours:
             p.terminate()
         _, alive = psutil.wait_procs(ours, timeout=5)
@@ -146,8 +219,13 @@ def ray_head():
 def test_ray_backend_on_a_real_local_cluster(files, ray_head):
     address, env = ray_head
     t0 = time.time()
-    res = subprocess.run(search_cmd(files, "ray", "--backend", "ray", "--address", address), env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        search_cmd(files, "ray", "--backend", "ray", "--address", address),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     print(f"ray backend, 3 trials on a 2-CPU cluster: {time.time() - t0:.1f} s")
     rows = check_run_folder(files / "results" / "ray", 3)
@@ -161,8 +239,13 @@ def test_ray_backend_on_a_real_local_cluster(files, ray_head):
 
 def ray_processes():
     import psutil  # a Ray dependency
+
     names = ("raylet", "gcs_server", "ray::")
-    return [p for p in psutil.process_iter(["cmdline"]) if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(n in " ".join(p.info["cmdline"] or []) for n in names)
+    ]
 
 
 @pytest.mark.slow
@@ -188,7 +271,9 @@ def test_interrupted_run_leaves_nothing_running_and_resumes_to_the_exact_total(f
 
 
 def test_address_needs_the_ray_backend(files):
-    res = subprocess.run(search_cmd(files, "x", "--address", "127.0.0.1:1"), capture_output=True, text=True)
+    res = subprocess.run(
+        search_cmd(files, "x", "--address", "127.0.0.1:1"), capture_output=True, text=True
+    )
     assert res.returncode == 2 and "--backend ray" in res.stderr and "Traceback" not in res.stderr
     assert not (files / "results").exists()
 
@@ -200,8 +285,12 @@ def test_address_needs_the_ray_backend(files):
 def test_nni_backend_end_to_end_and_over_budget_never_trained(files):
     # 60M leaves only the narrowest candidates in budget: NNI's evolution proposes over-budget ones.
     t0 = time.time()
-    res = subprocess.run(search_cmd(files, "nni", "--backend", "nni", "--seed", "3", budget="60M", trials=3),
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        search_cmd(files, "nni", "--backend", "nni", "--seed", "3", budget="60M", trials=3),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     print(f"nni backend, 3 trials: {time.time() - t0:.1f} s")
     run_dir = files / "results" / "nni"
@@ -214,7 +303,9 @@ def test_nni_backend_end_to_end_and_over_budget_never_trained(files):
     assert all(float(r["seconds"]) < 10 for r in over)
     assert json.loads((run_dir / "config.json").read_text())["backend"] == "nni"
     # NNI ran in this process: no NNI manager or web portal was left behind.
-    assert not subprocess.run(["pgrep", "-f", "nni_manager|nni/main.js"], capture_output=True).stdout
+    assert not subprocess.run(
+        ["pgrep", "-f", "nni_manager|nni/main.js"], capture_output=True
+    ).stdout
 
 
 # ---------------------------------------------------------------- many workers on one study
@@ -249,25 +340,52 @@ def postgres():
     """A real PostgreSQL server in a temporary cluster, on loopback, stopped afterwards."""
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb) on this machine: install Debian's postgresql")
+        pytest.skip(
+            "no PostgreSQL server binary (initdb) on this machine: install Debian's postgresql"
+        )
     root = Path(tempfile.mkdtemp(prefix="pg"))
     data, port = root / "data", free_port()
     as_user = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(root, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "nas", "--auth=trust"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                              f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "nas", "--auth=trust"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        as_user
+        + [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "nas", "studies"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "nas", "studies"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield f"postgresql://nas@127.0.0.1:{port}/studies"
     finally:
-        subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -283,5 +401,6 @@ def test_postgresql_storage_with_two_workers(files, postgres):
     assert json.loads((files / "results" / "pg" / "config.json").read_text())["storage"] == postgres
     assert not (files / "results" / "pg" / "study.db").exists()
     import optuna  # the study really lives in PostgreSQL
+
     study = optuna.load_study(study_name="pg", storage=postgres)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4

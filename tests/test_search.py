@@ -1,4 +1,5 @@
 """End-to-end search through the CLI, on the embedded digits data with a tiny proxy recipe."""
+
 import csv
 import json
 import signal
@@ -9,9 +10,9 @@ import time
 import pytest
 
 from condconv_nas import count_madds, load_spec
-from condconv_nas.results import pareto_front
 from condconv_nas.nas.options import parse_budget
 from condconv_nas.nas.space import load_space
+from condconv_nas.results import pareto_front
 
 TINY_RECIPE = """
 epochs: 3
@@ -50,8 +51,23 @@ def files(tmp_path):
 
 def search(files, *extra, run="r", budget="200M", **kw):
     from conftest import run_cli
-    return run_cli("search", "--budget", budget, "--space", files / "space.yaml", "--trainer", files / "tiny.yaml",
-                   "--results", files / "results", "--run", run, "--quiet", *extra, **kw)
+
+    return run_cli(
+        "search",
+        "--budget",
+        budget,
+        "--space",
+        files / "space.yaml",
+        "--trainer",
+        files / "tiny.yaml",
+        "--results",
+        files / "results",
+        "--run",
+        run,
+        "--quiet",
+        *extra,
+        **kw,
+    )
 
 
 def test_budget_parsing():
@@ -80,11 +96,21 @@ def test_end_to_end_search_writes_every_file(files):
     res = search(files, "--trials", "4", "--seed", "1")
     assert res.returncode == 0, res.stderr
     run = files / "results" / "r"
-    for name in ("trials.csv", "pareto.csv", "pareto.json", "pareto.png", "pareto.html", "config.json", "study.db"):
+    for name in (
+        "trials.csv",
+        "pareto.csv",
+        "pareto.json",
+        "pareto.png",
+        "pareto.html",
+        "config.json",
+        "study.db",
+    ):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     rows = list(csv.DictReader((run / "trials.csv").open()))
     assert len(rows) == 4
-    assert {"trial", "state", "madds", "params", "top1", "width_multiplier", "begin_stage"} <= set(rows[0])
+    assert {"trial", "state", "madds", "params", "top1", "width_multiplier", "begin_stage"} <= set(
+        rows[0]
+    )
     assert all(r["state"] in ("COMPLETE", "FAIL") for r in rows)
     # the preset that fits (mobilenet-v1, 569M) does not fit 200M: nothing is enqueued; all are sampled
     front = json.loads((run / "pareto.json").read_text())
@@ -93,12 +119,17 @@ def test_end_to_end_search_writes_every_file(files):
     feas = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"] == "True"]
     assert max(float(r["top1"]) for r in feas) == max(p["top1"] for p in front)
     for p in front:
-        assert not any(q["top1"] >= p["top1"] and q["madds"] <= p["madds"] and q != p for q in front)
+        assert not any(
+            q["top1"] >= p["top1"] and q["madds"] <= p["madds"] and q != p for q in front
+        )
         assert p["madds"] <= 200_000_000
         spec_file = run / "specs" / f"{p['trial']}.json"
         assert count_madds(load_spec(spec_file)) == p["madds"]  # reloads and recounts the same
-    shown = subprocess.run([sys.executable, "-m", "condconv_nas", "show", run, "--format", "json"],
-                           capture_output=True, text=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "condconv_nas", "show", run, "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
     assert shown.returncode == 0 and json.loads(shown.stdout) == front
 
 
@@ -107,13 +138,31 @@ def test_over_budget_candidates_are_never_trained(files):
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader((files / "results" / "tight" / "trials.csv").open()))
     over = [r for r in rows if int(r["madds"]) > 60_000_000]
-    assert all(r["feasible"] == "False" and r["top1"] == "" and float(r["seconds"]) < 10 for r in over)
+    assert all(
+        r["feasible"] == "False" and r["top1"] == "" and float(r["seconds"]) < 10 for r in over
+    )
 
 
 def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
-    cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "200M", "--space", str(files / "space.yaml"),
-           "--trainer", str(files / "tiny.yaml"), "--results", str(files / "results"), "--run", "res",
-           "--trials", "5", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "condconv_nas",
+        "search",
+        "--budget",
+        "200M",
+        "--space",
+        str(files / "space.yaml"),
+        "--trainer",
+        str(files / "tiny.yaml"),
+        "--results",
+        str(files / "results"),
+        "--run",
+        "res",
+        "--trials",
+        "5",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = 0
     deadline = time.time() + 300
@@ -137,24 +186,39 @@ def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
     before = {r["trial"]: r for r in first}
     for r in rows:  # finished trials are kept as they were, not redone
         if r["trial"] in before:
-            assert r["top1"] == before[r["trial"]]["top1"] and r["seconds"] == before[r["trial"]]["seconds"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # a finished run stays finished
-    assert res.returncode == 0 and len(list(csv.DictReader((files / "results" / "res" / "trials.csv").open()))) == 5
+            assert (
+                r["top1"] == before[r["trial"]]["top1"]
+                and r["seconds"] == before[r["trial"]]["seconds"]
+            )
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600
+    )  # a finished run stays finished
+    assert (
+        res.returncode == 0
+        and len(list(csv.DictReader((files / "results" / "res" / "trials.csv").open()))) == 5
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--budget", "lots"], "budget"),
-    (["--budget", "-3M"], "budget"),
-    (["--budget", "1M"], "impossible"),
-    (["--budget", "400M", "--space", "no_such_space"], "no_such_space"),
-    (["--budget", "400M", "--data", "imagefolder:/no/such/folder"], "/no/such/folder"),
-    (["--budget", "400M", "--data", "cifar10:/tmp"], "cifar-10-batches-py"),
-    (["--budget", "400M", "--trainer", "nope"], "nope"),
-    (["--budget", "400M", "--storage", "postgresql://nobody@127.0.0.1:1/studies"], "cannot open"),
-    (["--budget", "400M", "--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--budget", "lots"], "budget"),
+        (["--budget", "-3M"], "budget"),
+        (["--budget", "1M"], "impossible"),
+        (["--budget", "400M", "--space", "no_such_space"], "no_such_space"),
+        (["--budget", "400M", "--data", "imagefolder:/no/such/folder"], "/no/such/folder"),
+        (["--budget", "400M", "--data", "cifar10:/tmp"], "cifar-10-batches-py"),
+        (["--budget", "400M", "--trainer", "nope"], "nope"),
+        (
+            ["--budget", "400M", "--storage", "postgresql://nobody@127.0.0.1:1/studies"],
+            "cannot open",
+        ),
+        (["--budget", "400M", "--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial"),
+    ],
+)
 def test_refused_cases_exit_2_and_write_nothing(tmp_path, args, message):
     from conftest import run_cli
+
     res = run_cli("search", *args, "--results", tmp_path / "results")
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
@@ -162,8 +226,12 @@ def test_refused_cases_exit_2_and_write_nothing(tmp_path, args, message):
 
 
 def test_pareto_front_rule():
-    rows = [dict(trial=i, state="COMPLETE", feasible=True, madds=m, top1=a) for i, (m, a) in
-            enumerate([(100, 0.5), (200, 0.4), (150, 0.7), (300, 0.9), (300, 0.8), (50, 0.1)])]
+    rows = [
+        dict(trial=i, state="COMPLETE", feasible=True, madds=m, top1=a)
+        for i, (m, a) in enumerate(
+            [(100, 0.5), (200, 0.4), (150, 0.7), (300, 0.9), (300, 0.8), (50, 0.1)]
+        )
+    ]
     rows.append(dict(trial=9, state="COMPLETE", feasible=False, madds=10, top1=0.99))
     assert [r["trial"] for r in pareto_front(rows)] == [5, 0, 2, 3]
 
@@ -173,13 +241,20 @@ def test_trial_count_rule():
     from optuna.trial import TrialState, create_trial
 
     from condconv_nas.nas.optuna_engine import counted, finished
+
     study = optuna.create_study(directions=["maximize", "minimize"])
     fail = dict(state=TrialState.FAIL, params={}, distributions={})
-    study.add_trial(create_trial(values=[0.5, 1.0], params={}, distributions={}))        # 0: counts
-    study.add_trial(create_trial(**fail))                                                 # 1: dead worker, retried by 2
-    study.add_trial(create_trial(**fail, system_attrs={"failed_trial": 1}))               # 2: the retry failed: counts
-    study.add_trial(create_trial(**fail, user_attrs={"interrupted": True}))               # 3: Ctrl-C: does not count
-    study.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={}))   # 4: surplus: does not count
+    study.add_trial(create_trial(values=[0.5, 1.0], params={}, distributions={}))  # 0: counts
+    study.add_trial(create_trial(**fail))  # 1: dead worker, retried by 2
+    study.add_trial(
+        create_trial(**fail, system_attrs={"failed_trial": 1})
+    )  # 2: the retry failed: counts
+    study.add_trial(
+        create_trial(**fail, user_attrs={"interrupted": True})
+    )  # 3: Ctrl-C: does not count
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, params={}, distributions={})
+    )  # 4: surplus: does not count
     assert finished(study) == 2 and counted(study) == 2 and counted(study, before=2) == 1
 
 
@@ -187,14 +262,20 @@ def test_chance_level_trials_are_recorded_and_kept_off_the_front(files):
     """A recipe that cannot learn (lr 0: every logit stays 0) gives chance-level trials: recorded as
     untrained in trials.csv, never on the front, counted by the search's summary and by `show`."""
     from conftest import run_cli
+
     (files / "frozen.yaml").write_text(TINY_RECIPE.replace("lr: 0.002", "lr: 0.0"))
-    res = search(files, "--trials", "2", "--trainer", files / "frozen.yaml", budget="2G", run="frozen")
+    res = search(
+        files, "--trials", "2", "--trainer", files / "frozen.yaml", budget="2G", run="frozen"
+    )
     assert res.returncode == 0, res.stderr
     run = files / "results" / "frozen"
     rows = list(csv.DictReader((run / "trials.csv").open()))
     assert len(rows) == 2
     assert all(r["untrained"] == "True" and float(r["top1"]) < 0.15 for r in rows), rows
-    assert rows[0]["status"] == "untrained" and rows[1]["status"] in ("untrained", "reused")  # the same point twice
+    assert rows[0]["status"] == "untrained" and rows[1]["status"] in (
+        "untrained",
+        "reused",
+    )  # the same point twice
     assert json.loads((run / "pareto.json").read_text()) == [] and not (run / "specs").exists()
     assert "2 untrained (not clearly above chance), kept off the front" in res.stderr
     shown = run_cli("show", run)
@@ -205,10 +286,27 @@ def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
     """A killed search keeps its run folder up to date, and the rerun recovers the killed trial at once
     (not after the heartbeat's grace period): exactly --trials finished trials, none RUNNING."""
     import optuna
+
     (files / "slow.yaml").write_text(TINY_RECIPE.replace("epochs: 3", "epochs: 12"))
-    cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "2G", "--space", str(files / "space.yaml"),
-           "--trainer", str(files / "slow.yaml"), "--results", str(files / "results"), "--run", "killed",
-           "--trials", "3", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "condconv_nas",
+        "search",
+        "--budget",
+        "2G",
+        "--space",
+        str(files / "space.yaml"),
+        "--trainer",
+        str(files / "slow.yaml"),
+        "--results",
+        str(files / "results"),
+        "--run",
+        "killed",
+        "--trials",
+        "3",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not proc.stderr.readline().startswith("trial "):
@@ -217,14 +315,21 @@ def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
     proc.kill()
     proc.communicate(timeout=60)
     run = files / "results" / "killed"
-    assert len(list(csv.DictReader((run / "trials.csv").open()))) >= 1  # written after the first trial
+    assert (
+        len(list(csv.DictReader((run / "trials.csv").open()))) >= 1
+    )  # written after the first trial
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{run / 'study.db'}")
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.RUNNING) == 1
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader((run / "trials.csv").open()))
     assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows), rows
-    states = [t.state for t in optuna.load_study(study_name="killed", storage=f"sqlite:///{run / 'study.db'}").trials]
+    states = [
+        t.state
+        for t in optuna.load_study(
+            study_name="killed", storage=f"sqlite:///{run / 'study.db'}"
+        ).trials
+    ]
     assert optuna.trial.TrialState.RUNNING not in states
 
 
@@ -232,53 +337,109 @@ def test_plot_data_tells_the_truth():
     """Presets sit at their own trial's top-1 (or are marked not evaluated), untrained and over-budget
     trials are kept off the accuracy axis, and every point carries a rounded hover."""
     from condconv_nas.plots import front_plot_info
-    rows = [dict(trial=0, state="COMPLETE", feasible=True, madds=385_800_000, top1=0.9532, preset="efficientnet-b0"),
-            dict(trial=1, state="COMPLETE", feasible=True, madds=200_000_000, top1=0.9123456),
-            dict(trial=2, state="COMPLETE", feasible=True, madds=150_000_000, top1=0.11, untrained=True),
-            dict(trial=3, state="COMPLETE", feasible=False, madds=500_000_000, top1=None)]
+
+    rows = [
+        dict(
+            trial=0,
+            state="COMPLETE",
+            feasible=True,
+            madds=385_800_000,
+            top1=0.9532,
+            preset="efficientnet-b0",
+        ),
+        dict(trial=1, state="COMPLETE", feasible=True, madds=200_000_000, top1=0.9123456),
+        dict(
+            trial=2, state="COMPLETE", feasible=True, madds=150_000_000, top1=0.11, untrained=True
+        ),
+        dict(trial=3, state="COMPLETE", feasible=False, madds=500_000_000, top1=None),
+    ]
     front = pareto_front(rows)
-    info = front_plot_info(rows, front, budget=400_000_000, title="r: budget 400M",
-                           presets={"efficientnet-b0": 385_800_000, "condconv-efficientnet-b0": 407_213_024})
+    info = front_plot_info(
+        rows,
+        front,
+        budget=400_000_000,
+        title="r: budget 400M",
+        presets={"efficientnet-b0": 385_800_000, "condconv-efficientnet-b0": 407_213_024},
+    )
     evaluated, missing = info.presets
     assert (evaluated.madds_m, evaluated.top1) == (385.8, 0.9532) and "trial 0" in evaluated.label
     assert missing.top1 is None and "not evaluated" in missing.label
     assert [p.top1 for p in info.front] == [0.9123456, 0.9532] and not info.trials
-    assert [p.top1 for p in info.untrained] == [0.11] and [p.top1 for p in info.over_budget] == [None]
-    assert "top-1 0.9123," in info.front[0].label + "," and "not trained" in info.over_budget[0].label
+    assert [p.top1 for p in info.untrained] == [0.11] and [p.top1 for p in info.over_budget] == [
+        None
+    ]
+    assert (
+        "top-1 0.9123," in info.front[0].label + "," and "not trained" in info.over_budget[0].label
+    )
     assert info.title == "r: budget 400M (2 trained, 1 at chance level, 1 over budget)"
 
 
 def test_two_workers_started_together_with_different_seeds_share_the_run(files):
     """Two workers on one new run, started at the same instant with different --seed: both succeed,
     the run holds exactly --trials trials, and no architecture was trained twice."""
-    cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "2G", "--space", str(files / "space.yaml"),
-           "--trainer", str(files / "tiny.yaml"), "--results", str(files / "results"), "--run", "pair",
-           "--trials", "6", "--quiet"]
-    procs = [subprocess.Popen(cmd + ["--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for seed in (0, 1)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "condconv_nas",
+        "search",
+        "--budget",
+        "2G",
+        "--space",
+        str(files / "space.yaml"),
+        "--trainer",
+        str(files / "tiny.yaml"),
+        "--results",
+        str(files / "results"),
+        "--run",
+        "pair",
+        "--trials",
+        "6",
+        "--quiet",
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd + ["--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for seed in (0, 1)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     rows = list(csv.DictReader((files / "results" / "pair" / "trials.csv").open()))
     assert len(rows) == 6
     trained = [r["spec_id"] for r in rows if r["status"] in ("trained", "untrained")]
     assert len(trained) == len(set(trained)), rows
-    assert all(r["status"] == "reused" and r["reused_from"] for r in rows if r["spec_id"] in trained
-               and r["status"] not in ("trained", "untrained"))
+    assert all(
+        r["status"] == "reused" and r["reused_from"]
+        for r in rows
+        if r["spec_id"] in trained and r["status"] not in ("trained", "untrained")
+    )
 
 
 def test_library_search_returns_the_run_and_prints_nothing(files, capsys):
     import condconv_nas
     from condconv_nas.errors import UsageError
-    result = condconv_nas.search(budget="2G", space=str(files / "space.yaml"), trainer=str(files / "tiny.yaml"),
-                                 results=files / "results", run="lib", trials=2, progress=False)
+
+    result = condconv_nas.search(
+        budget="2G",
+        space=str(files / "space.yaml"),
+        trainer=str(files / "tiny.yaml"),
+        results=files / "results",
+        run="lib",
+        trials=2,
+        progress=False,
+    )
     assert result.run_dir == files / "results" / "lib" and result.finished == result.total == 2
     assert result.front == json.loads((result.run_dir / "pareto.json").read_text())
-    assert [r["trial"] for r in result.trials] == [int(r["trial"]) for r in
-                                                    csv.DictReader((result.run_dir / "trials.csv").open())]
+    assert [r["trial"] for r in result.trials] == [
+        int(r["trial"]) for r in csv.DictReader((result.run_dir / "trials.csv").open())
+    ]
     assert capsys.readouterr() == ("", "")
-    for kwargs, message in (({"budget": "lots"}, "budget"), ({"budget": 0}, "budget"),
-                            ({"budget": "400M", "workers": 3}, "workers"),
-                            ({"budget": "400M", "backend": "dask"}, "dask")):
+    for kwargs, message in (
+        ({"budget": "lots"}, "budget"),
+        ({"budget": 0}, "budget"),
+        ({"budget": "400M", "workers": 3}, "workers"),
+        ({"budget": "400M", "backend": "dask"}, "dask"),
+    ):
         with pytest.raises(UsageError, match=message):
             condconv_nas.search(results=files / "refused", progress=False, **kwargs)
     assert not (files / "refused").exists()
@@ -291,16 +452,28 @@ def test_condconv_decisions_are_sampled_only_when_condconv_is_on():
 
     from condconv_nas.nas.optuna_engine import trial_rows
     from condconv_nas.nas.space import CONDCONV_DECISIONS
+
     space = load_space("efficientnet_b0")
     asked = []
-    static = space.sample(lambda name, choices: asked.append(name) or ("none" if name == "begin_stage" else choices[0]))
-    assert static == {"width_multiplier": 0.5, "depth_multiplier": 1.0, "begin_stage": "none", "classifier": False}
+    static = space.sample(
+        lambda name, choices: (
+            asked.append(name) or ("none" if name == "begin_stage" else choices[0])
+        )
+    )
+    assert static == {
+        "width_multiplier": 0.5,
+        "depth_multiplier": 1.0,
+        "begin_stage": "none",
+        "classifier": False,
+    }
     assert not set(asked) & set(CONDCONV_DECISIONS)
     on = space.sample(lambda name, choices: choices[-1])
     assert set(CONDCONV_DECISIONS) - {"begin_offset"} <= set(on)
     assert space.to_spec(static).condconv is None and space.to_spec(on).condconv is not None
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda t: len(space.sample(lambda n, c: t.suggest_categorical(n, list(c)))), n_trials=80)
+    study.optimize(
+        lambda t: len(space.sample(lambda n, c: t.suggest_categorical(n, list(c)))), n_trials=80
+    )
     rows = trial_rows(study, list(space.searched))
     for r in rows:
         cc = r["begin_stage"] != "none" or r["classifier"]
@@ -313,6 +486,7 @@ def test_optuna_dashboard_serves_the_runs_study_on_loopback(files):
     import shutil
     import socket
     import urllib.request
+
     exe = shutil.which("optuna-dashboard") or pytest.skip("optuna-dashboard is not installed")
     res = search(files, "--trials", "1", budget="2G", run="dash")
     assert res.returncode == 0, res.stderr
@@ -320,8 +494,11 @@ def test_optuna_dashboard_serves_the_runs_study_on_loopback(files):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     db = files / "results" / "dash" / "study.db"
-    server = subprocess.Popen([exe, f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [exe, f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(60):  # bounded: up to 30 s for the server to come up
             try:

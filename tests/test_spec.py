@@ -1,4 +1,5 @@
 """The spec: round trips, ids, and every kind of invalid spec refused (API and CLI)."""
+
 import hashlib
 import json
 import subprocess
@@ -20,17 +21,39 @@ def test_round_trip_dict_and_file(tmp_path):
         assert load_spec(path) == spec and load_spec(str(path)).id == spec.id
     d = B0.to_dict()
     assert list(d)[0] == "schema_version" and d["condconv"]["routing"]["share"] == "block"
-    assert d == {"schema_version": 1, "base": "efficientnet_b0", "width_multiplier": 1.0, "depth_multiplier": 1.0,
-                 "resolution": 224, "num_classes": 1000, "condconv": {"begin_layer": 10, "num_experts": 8,
-                 "classifier": False, "routing": {"share": "block", "hidden": "none", "activation": "sigmoid",
-                                                  "hierarchical": False}}}
+    assert d == {
+        "schema_version": 1,
+        "base": "efficientnet_b0",
+        "width_multiplier": 1.0,
+        "depth_multiplier": 1.0,
+        "resolution": 224,
+        "num_classes": 1000,
+        "condconv": {
+            "begin_layer": 10,
+            "num_experts": 8,
+            "classifier": False,
+            "routing": {
+                "share": "block",
+                "hidden": "none",
+                "activation": "sigmoid",
+                "hierarchical": False,
+            },
+        },
+    }
 
 
 def test_id_is_hash_of_canonical_json_and_stable_across_processes():
     canonical = json.dumps(B0.to_dict(), sort_keys=True, separators=(",", ":"))
     assert B0.id == hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    other = subprocess.run([sys.executable, "-c", "from condconv_nas import load_spec;"
-                            "print(load_spec('condconv-efficientnet-b0').id)"], capture_output=True, text=True)
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from condconv_nas import load_spec;print(load_spec('condconv-efficientnet-b0').id)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert other.stdout.strip() == B0.id
     # 1 and 1.0 are the same multiplier; key order does not matter
     d = B0.to_dict()
@@ -62,7 +85,10 @@ INVALID = {  # case: (spec dict, field named in the message)
     "unknown base": (bad(base="vgg16"), "base"),
     "unknown share": (bad(condconv__routing__share="global"), "condconv.routing.share"),
     "unknown hidden": (bad(condconv__routing__hidden="huge"), "condconv.routing.hidden"),
-    "unknown activation": (bad(condconv__routing__activation="relu"), "condconv.routing.activation"),
+    "unknown activation": (
+        bad(condconv__routing__activation="relu"),
+        "condconv.routing.activation",
+    ),
     "schema version": (bad(schema_version=2), "schema_version"),
     "missing base": ({k: v for k, v in B0.to_dict().items() if k != "base"}, "base"),
 }
@@ -76,8 +102,18 @@ def test_invalid_spec_rejected_naming_the_field(case):
     assert str(e.value).startswith(field + ":") or f"{field}:" in str(e.value)
 
 
-@pytest.mark.parametrize("case", ["unknown field", "wrong type", "begin past classifier", "experts < 1",
-                                  "width <= 0", "unknown base", "unknown share"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown field",
+        "wrong type",
+        "begin past classifier",
+        "experts < 1",
+        "width <= 0",
+        "unknown base",
+        "unknown share",
+    ],
+)
 def test_invalid_spec_through_cli_exit_2(case, tmp_path, cli):
     d, field = INVALID[case]
     path = tmp_path / "spec.json"
@@ -116,5 +152,7 @@ def test_table1_cli(cli):
 
 def test_import_is_light():
     code = "import sys, condconv_nas; print(sorted(m for m in ('ray','nni','optuna','torch') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True
+    ).stdout.strip()
     assert out == "[]"

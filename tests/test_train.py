@@ -1,4 +1,5 @@
 """Retraining from a spec: resume, DDP under torchrun, image folders of real-world mess, recipes."""
+
 import json
 import shutil
 import subprocess
@@ -36,7 +37,9 @@ def test_train_then_resume_continues(tmp_path, recipe, cli):
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["epoch"] == 2
     state2 = torch.load(out / "last.pt", weights_only=True)
-    res = cli("train", "mobilenet-v1", "--trainer", recipe, "--epochs", "3", "--out", out, "--resume")
+    res = cli(
+        "train", "mobilenet-v1", "--trainer", recipe, "--epochs", "3", "--out", out, "--resume"
+    )
     assert res.returncode == 0, res.stderr
     assert "resuming" in res.stderr and "epoch 1/3" not in res.stderr and "epoch 3/3" in res.stderr
     m3 = json.loads((out / "metrics.json").read_text())
@@ -53,9 +56,28 @@ def test_train_then_resume_continues(tmp_path, recipe, cli):
 def test_torchrun_two_cpu_processes(tmp_path, recipe):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
-    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "condconv_nas",
-                          "train", "condconv-mobilenet-v1", "--trainer", str(recipe), "--epochs", "1",
-                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "condconv_nas",
+            "train",
+            "condconv-mobilenet-v1",
+            "--trainer",
+            str(recipe),
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["epoch"] == 1
@@ -63,6 +85,7 @@ def test_torchrun_two_cpu_processes(tmp_path, recipe):
 
 def _image_folder(root: Path):
     from PIL import Image
+
     colours = {"cat": (200, 30, 30), "dog": (30, 30, 200)}
     for cls, rgb in colours.items():
         d = root / cls
@@ -82,14 +105,27 @@ def test_imagefolder_with_mixed_modes_and_a_truncated_jpeg(tmp_path, recipe, cli
     data = tmp_path / "imgs"
     _image_folder(data)
     from condconv_nas.data import RobustImageFolder
+
     ds = RobustImageFolder(data)
     assert len(ds) == 2 * 9 + 1  # hidden files and notes.txt ignored; upper-case .JPG kept
     with pytest.warns(UserWarning, match="truncated.jpg"):
         for i in range(len(ds)):
             img, _ = ds[i]
             assert img.mode == "RGB"
-    res = cli("train", "mobilenet-v1", "--trainer", recipe, "--epochs", "1", "--data", f"imagefolder:{data}",
-              "--out", tmp_path / "out", "--workers", "0")
+    res = cli(
+        "train",
+        "mobilenet-v1",
+        "--trainer",
+        recipe,
+        "--epochs",
+        "1",
+        "--data",
+        f"imagefolder:{data}",
+        "--out",
+        tmp_path / "out",
+        "--workers",
+        "0",
+    )
     assert res.returncode == 0, res.stderr
     assert "truncated.jpg" in res.stderr and "Traceback" not in res.stderr
 
@@ -102,13 +138,23 @@ def test_imagenet_recipe_augmentations_one_step(tmp_path):
     from condconv_nas.data import make_datasets, parse_source
     from condconv_nas.training.engine import make_loader, setup_training, train_epoch
     from condconv_nas.training.recipe import load_recipe
+
     recipe = load_recipe("imagenet").for_base("efficientnet_b0")
-    assert recipe.autoaugment and recipe.mixup_alpha == 0.2 and recipe.ema_decay > 0 and recipe.label_smoothing == 0.1
+    assert (
+        recipe.autoaugment
+        and recipe.mixup_alpha == 0.2
+        and recipe.ema_decay > 0
+        and recipe.label_smoothing == 0.1
+    )
     assert load_recipe("imagenet").for_base("resnet50").expert_dropout > 0
     train, _, n = make_datasets(parse_source(f"imagefolder:{data}"), 32, autoaugment=True)
     assert "AutoAugment" in repr(train.transform)
-    model = build_model(load_spec("condconv-efficientnet-b0").replace(num_classes=n), drop_rate=recipe.dropout,
-                        bn_momentum=recipe.bn_momentum, expert_dropout=recipe.expert_dropout)
+    model = build_model(
+        load_spec("condconv-efficientnet-b0").replace(num_classes=n),
+        drop_rate=recipe.dropout,
+        bn_momentum=recipe.bn_momentum,
+        expert_dropout=recipe.expert_dropout,
+    )
     loader = make_loader(train, 4, train=True, seed=0, drop_last=True)
     t = setup_training(model, recipe, num_classes=n, steps_per_epoch=1, epochs=1)
     assert t.mixup is not None and t.ema is not None
@@ -135,6 +181,7 @@ def test_training_starts_from_a_zero_classifier(name):
     from condconv_nas import build_model, load_spec
     from condconv_nas.training.engine import build_for_training
     from condconv_nas.training.recipe import load_recipe
+
     spec = load_spec(name).replace(num_classes=10, resolution=32)
     x = torch.randn(4, 3, 32, 32)
     torch.manual_seed(0)
@@ -149,6 +196,7 @@ def test_library_train_names_its_folder_after_the_spec_it_was_given(tmp_path, re
     the model was built for digits' 10 classes (model_spec_id)."""
     import condconv_nas
     from condconv_nas import load_spec
+
     monkeypatch.chdir(tmp_path)
     metrics = condconv_nas.train("mobilenet-v1", trainer=str(recipe), epochs=1, progress=False)
     spec_id = load_spec("mobilenet-v1").id

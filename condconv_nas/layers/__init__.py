@@ -1,4 +1,5 @@
 """CondConv layers (``CondConv2d``, ``CondLinear``) and routing (``Router``, ``Routed``)."""
+
 from .cond_conv2d import CondConv2d
 from .cond_linear import CondLinear
 from .routing import Routed, Router, RoutingState

@@ -16,10 +16,11 @@ result; which one runs is chosen per call (see `strategy`):
   small spatial sizes, where per-example kernels cost more to write and read than to use.
 - ``bmm`` (1x1, stride 1, unpadded, ungrouped): per-example kernels as one batched matmul.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Union
 
 import torch
 import torch.nn as nn
@@ -28,10 +29,10 @@ import torch.nn.functional as F
 from .crop import crop
 from .strategy import STRATEGIES, choose_strategy
 
-_Size = Union[int, Tuple[int, int]]
+_Size = Union[int, tuple[int, int]]
 
 
-def _pair(v: _Size, name: str) -> Tuple[int, int]:
+def _pair(v: _Size, name: str) -> tuple[int, int]:
     t = (v, v) if isinstance(v, int) else tuple(v)
     if len(t) != 2 or not all(isinstance(i, int) for i in t):
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
@@ -55,10 +56,15 @@ def mix_experts(r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def check_routing(routing_weights: torch.Tensor, batch: int, num_experts: int, layer: str) -> None:
-    if routing_weights.dim() != 2 or routing_weights.shape[0] != batch or routing_weights.shape[1] != num_experts:
+    if (
+        routing_weights.dim() != 2
+        or routing_weights.shape[0] != batch
+        or routing_weights.shape[1] != num_experts
+    ):
         raise ValueError(
             f"{layer}: routing_weights must have shape (batch={batch}, num_experts={num_experts}), "
-            f"got {tuple(routing_weights.shape)}")
+            f"got {tuple(routing_weights.shape)}"
+        )
 
 
 class CondConv2d(nn.Module):
@@ -70,15 +76,28 @@ class CondConv2d(nn.Module):
     ``"mixture"``; every choice gives the same result.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size, stride: _Size = 1,
-                 padding: Optional[_Size] = None, dilation: _Size = 1, groups: int = 1, bias: bool = False,
-                 num_experts: int = 8, *, strategy: str = "auto") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Size,
+        stride: _Size = 1,
+        padding: _Size | None = None,
+        dilation: _Size = 1,
+        groups: int = 1,
+        bias: bool = False,
+        num_experts: int = 8,
+        *,
+        strategy: str = "auto",
+    ) -> None:
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if groups < 1 or in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} "
-                             f"must both be divisible by groups={groups}")
+            raise ValueError(
+                f"in_channels={in_channels} and out_channels={out_channels} "
+                f"must both be divisible by groups={groups}"
+            )
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -86,11 +105,15 @@ class CondConv2d(nn.Module):
         self.stride = _pair(stride, "stride")
         self.dilation = _pair(dilation, "dilation")
         if padding is None:
-            padding = tuple(d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size))
+            padding = tuple(
+                d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size, strict=False)
+            )
         self.padding = _pair(padding, "padding")
         self.num_experts = num_experts
         self.strategy = strategy
-        self.weight = nn.Parameter(torch.empty(num_experts, out_channels, in_channels // groups, *self.kernel_size))
+        self.weight = nn.Parameter(
+            torch.empty(num_experts, out_channels, in_channels // groups, *self.kernel_size)
+        )
         self.bias = nn.Parameter(torch.empty(num_experts, out_channels)) if bias else None
         self.reset_parameters()
 
@@ -107,47 +130,73 @@ class CondConv2d(nn.Module):
         PyTorch refuses channels-last on a 5-D one (as for ``nn.Conv3d``). The expert stack goes
         through such conversions as one 4-D stack ``(n * out, in // groups, kH, kW)`` and is kept
         contiguous: it is mixed, not convolved, so its layout gains nothing."""
+
         def apply(t: torch.Tensor) -> torch.Tensor:
             if t.dim() != 5:
                 return fn(t)
             return fn(t.flatten(0, 1)).unflatten(0, t.shape[:2]).contiguous()
+
         return super()._apply(apply, recurse)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}"
+        )
 
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"CondConv2d: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+            raise ValueError(
+                f"CondConv2d: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
         check_routing(routing_weights, x.shape[0], self.num_experts, "CondConv2d")
         strategy = self.strategy
         if strategy == "auto":
             strategy = choose_strategy(self, x)
         elif strategy == "bmm" and "bmm" not in self.forms(x):
-            raise ValueError(f"CondConv2d: strategy {strategy!r} needs a 1x1, stride-1, unpadded, ungrouped conv")
+            raise ValueError(
+                f"CondConv2d: strategy {strategy!r} needs a 1x1, stride-1, unpadded, ungrouped conv"
+            )
         return self.run(strategy, x, routing_weights, self.weight, self.bias)
 
-    def forms(self, x: torch.Tensor) -> Tuple[str, ...]:
+    def forms(self, x: torch.Tensor) -> tuple[str, ...]:
         """The execution forms worth timing for this layer (``bmm``: 1x1, stride 1, unpadded, ungrouped)."""
         # Grouped `expand` (n inputs per group) ran 3x slower than `mixture` and 10x slower than `kernel`
         # at every depthwise layer of CondConv-B0 (benchmarks/condconv_layers.py), so it is not timed.
         if self.groups > 1:
             return ("kernel", "mixture")
         pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
-        return ("kernel", "mixture", "expand", "bmm") if pointwise else ("kernel", "mixture", "expand")
+        return (
+            ("kernel", "mixture", "expand", "bmm") if pointwise else ("kernel", "mixture", "expand")
+        )
 
-    def shape_key(self) -> Tuple:
-        return (self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation, self.groups,
-                self.num_experts, self.bias is not None)
+    def shape_key(self) -> tuple:
+        return (
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.num_experts,
+            self.bias is not None,
+        )
 
-    def run(self, strategy: str, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
-            bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def run(
+        self,
+        strategy: str,
+        x: torch.Tensor,
+        r: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
         """One execution form on explicit expert weights (``strategy.py`` times forms on copies).
 
         Kernel taps that only ever read padding for this input size are cropped first (``crop``)."""
-        weight, stride, padding = crop(weight, x.shape[-2:], self.stride, self.padding, self.dilation)
+        weight, stride, padding = crop(
+            weight, x.shape[-2:], self.stride, self.padding, self.dilation
+        )
         mixed_bias = None if bias is None else r @ bias  # (B, out)
         return getattr(self, "_forward_" + strategy)(x, r, weight, mixed_bias, stride, padding)
 
@@ -155,8 +204,15 @@ class CondConv2d(nn.Module):
         B, C, H, W = x.shape
         O = self.out_channels
         kernels = mix_experts(r, weight).reshape(B * O, C // self.groups, *weight.shape[-2:])
-        out = F.conv2d(x.reshape(1, B * C, H, W), kernels, None if bias is None else bias.reshape(-1),
-                       stride, padding, self.dilation, self.groups * B)
+        out = F.conv2d(
+            x.reshape(1, B * C, H, W),
+            kernels,
+            None if bias is None else bias.reshape(-1),
+            stride,
+            padding,
+            self.dilation,
+            self.groups * B,
+        )
         return out.reshape(B, O, out.shape[-2], out.shape[-1])
 
     def _forward_bmm(self, x, r, weight, bias, stride, padding):
@@ -173,16 +229,22 @@ class CondConv2d(nn.Module):
         n, g, O = self.num_experts, self.groups, self.out_channels
         # Stack the experts inside each group so that one grouped conv computes every expert's output.
         w = weight.reshape(n, g, O // g, *weight.shape[2:]).transpose(0, 1)
-        y = F.conv2d(x, w.reshape(n * O, *weight.shape[2:]), None, stride, padding, self.dilation, g)
+        y = F.conv2d(
+            x, w.reshape(n * O, *weight.shape[2:]), None, stride, padding, self.dilation, g
+        )
         Ho, Wo = y.shape[-2:]
-        out = torch.einsum("bgnohw,bn->bgohw", y.reshape(B, g, n, O // g, Ho, Wo), r).reshape(B, O, Ho, Wo)
+        out = torch.einsum("bgnohw,bn->bgohw", y.reshape(B, g, n, O // g, Ho, Wo), r).reshape(
+            B, O, Ho, Wo
+        )
         return out if bias is None else out + bias[:, :, None, None]
 
     def _forward_expand(self, x, r, weight, bias, stride, padding):
         B, C, H, W = x.shape
         n, g, O = self.num_experts, self.groups, self.out_channels
         # Input channels ordered (group, expert, channel): group j sees r[b, i] * x[b, group j] for every i.
-        xe = (x.reshape(B, g, 1, C // g, H, W) * r.reshape(B, 1, n, 1, 1, 1)).reshape(B, g * n * C // g, H, W)
+        xe = (x.reshape(B, g, 1, C // g, H, W) * r.reshape(B, 1, n, 1, 1, 1)).reshape(
+            B, g * n * C // g, H, W
+        )
         w = weight.reshape(n, g, O // g, *weight.shape[2:]).permute(1, 2, 0, 3, 4, 5)
         w = w.reshape(O, n * weight.shape[2], *weight.shape[3:])
         out = F.conv2d(xe, w, None, stride, padding, self.dilation, g)

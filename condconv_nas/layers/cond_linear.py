@@ -1,8 +1,8 @@
 """CondLinear: a fully-connected layer mixed per example from experts (a 1x1 CondConv)."""
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,14 +18,25 @@ class CondLinear(nn.Module):
     ``weight``: ``(num_experts, out_features, in_features)``; ``bias``: ``(num_experts, out_features)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, num_experts: int = 8,
-                 *, strategy: str = "auto") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        num_experts: int = 8,
+        *,
+        strategy: str = "auto",
+    ) -> None:
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
+        self.in_features, self.out_features, self.num_experts = (
+            in_features,
+            out_features,
+            num_experts,
+        )
         self.strategy = strategy
         self.weight = nn.Parameter(torch.empty(num_experts, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(num_experts, out_features)) if bias else None
@@ -40,24 +51,34 @@ class CondLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}"
+        )
 
-    def forms(self, x: torch.Tensor) -> Tuple[str, ...]:
+    def forms(self, x: torch.Tensor) -> tuple[str, ...]:
         return ("kernel", "mixture", "expand")
 
-    def shape_key(self) -> Tuple:
+    def shape_key(self) -> tuple:
         return (self.in_features, self.out_features, self.num_experts, self.bias is not None)
 
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"CondLinear: expected input (B, {self.in_features}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"CondLinear: expected input (B, {self.in_features}), got {tuple(x.shape)}"
+            )
         check_routing(routing_weights, x.shape[0], self.num_experts, "CondLinear")
         strategy = choose_strategy(self, x) if self.strategy == "auto" else self.strategy
         return self.run(strategy, x, routing_weights, self.weight, self.bias)
 
-    def run(self, strategy: str, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
-            bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def run(
+        self,
+        strategy: str,
+        x: torch.Tensor,
+        r: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
         """One execution form on explicit expert weights (``strategy.py`` times forms on copies)."""
         mixed_bias = None if bias is None else r @ bias
         B, n = x.shape[0], self.num_experts

@@ -8,15 +8,19 @@ router, computes routing weights from the module's input and publishes them on t
 `RoutingState`; every routed layer reads the current weights from there. Networks run their
 layers in order, so "current" is exactly the weights of the unit the layer belongs to.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HIDDEN = {"none": None, "small": lambda c: max(1, c // 8), "medium": lambda c: c, "large": lambda c: 8 * c}
+HIDDEN = {
+    "none": None,
+    "small": lambda c: max(1, c // 8),
+    "medium": lambda c: c,
+    "large": lambda c: 8 * c,
+}
 ACTIVATIONS = ("sigmoid", "softmax")
 
 
@@ -35,8 +39,16 @@ class Router(nn.Module):
             evaluation kernel. Identity in eval mode.
     """
 
-    def __init__(self, in_features: int, num_experts: int, *, hidden: str = "none", activation: str = "sigmoid",
-                 prev_features: int = 0, expert_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_experts: int,
+        *,
+        hidden: str = "none",
+        activation: str = "sigmoid",
+        prev_features: int = 0,
+        expert_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if hidden not in HIDDEN:
             raise ValueError(f"hidden must be one of {tuple(HIDDEN)}, got {hidden!r}")
@@ -46,7 +58,11 @@ class Router(nn.Module):
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if not 0.0 <= expert_dropout < 1.0:
             raise ValueError(f"expert_dropout must be in [0, 1), got {expert_dropout}")
-        self.in_features, self.num_experts, self.prev_features = in_features, num_experts, prev_features
+        self.in_features, self.num_experts, self.prev_features = (
+            in_features,
+            num_experts,
+            prev_features,
+        )
         self.activation, self.expert_dropout = activation, expert_dropout
         fan_in = in_features + prev_features
         width = HIDDEN[hidden]
@@ -54,9 +70,11 @@ class Router(nn.Module):
             self.fc = nn.Linear(fan_in, num_experts)
         else:
             h = width(in_features)
-            self.fc = nn.Sequential(nn.Linear(fan_in, h), nn.ReLU(inplace=True), nn.Linear(h, num_experts))
+            self.fc = nn.Sequential(
+                nn.Linear(fan_in, h), nn.ReLU(inplace=True), nn.Linear(h, num_experts)
+            )
 
-    def forward(self, x: torch.Tensor, prev: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         pooled = x.mean((2, 3)) if x.dim() == 4 else x
         if self.prev_features:
             if prev is None:
@@ -75,7 +93,7 @@ class RoutingState:
     __slots__ = ("weights",)
 
     def __init__(self) -> None:
-        self.weights: Optional[torch.Tensor] = None
+        self.weights: torch.Tensor | None = None
 
 
 class Routed(nn.Module):
@@ -85,8 +103,13 @@ class Routed(nn.Module):
     otherwise it is a block whose routed layers read the state themselves.
     """
 
-    def __init__(self, module: nn.Module, state: RoutingState, router: Optional[Router] = None,
-                 takes_routing: bool = True) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        state: RoutingState,
+        router: Router | None = None,
+        takes_routing: bool = True,
+    ) -> None:
         super().__init__()
         self.module, self.router, self.takes_routing = module, router, takes_routing
         self.state = state
@@ -97,5 +120,7 @@ class Routed(nn.Module):
         if not self.takes_routing:
             return self.module(x)
         if self.state.weights is None:
-            raise RuntimeError("a routed CondConv layer ran before any router: check the CondConv placement")
+            raise RuntimeError(
+                "a routed CondConv layer ran before any router: check the CondConv placement"
+            )
         return self.module(x, self.state.weights)

@@ -8,25 +8,33 @@ form that applies on a detached copy of the inputs (forward, plus backward when 
 the fastest is remembered for that shape. Under ``torch.jit.trace`` (fvcore's counting) the
 per-example-kernel form is used: it is the served form, the one the MADD convention counts.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Dict, Tuple
 
 import torch
 
 STRATEGIES = ("auto", "kernel", "mixture", "expand", "bmm")
 _ROUNDS = 4
 _HOPELESS = 3.0
-_choices: Dict[Tuple, str] = {}
+_choices: dict[tuple, str] = {}
 
 
-def _key(layer, x: torch.Tensor, grad: bool) -> Tuple:
+def _key(layer, x: torch.Tensor, grad: bool) -> tuple:
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    return (type(layer).__name__, layer.shape_key(), tuple(x.shape), x.dtype, x.device.type, channels_last, grad)
+    return (
+        type(layer).__name__,
+        layer.shape_key(),
+        tuple(x.shape),
+        x.dtype,
+        x.device.type,
+        channels_last,
+        grad,
+    )
 
 
-def _once(layer, form: str, args: Tuple, grad: bool) -> float:
+def _once(layer, form: str, args: tuple, grad: bool) -> float:
     t0 = time.perf_counter()
     with torch.set_grad_enabled(grad):
         out = layer.run(form, *args)
@@ -35,7 +43,7 @@ def _once(layer, form: str, args: Tuple, grad: bool) -> float:
     return time.perf_counter() - t0
 
 
-def _measure(layer, forms: Tuple[str, ...], args: Tuple, grad: bool) -> Dict[str, float]:
+def _measure(layer, forms: tuple[str, ...], args: tuple, grad: bool) -> dict[str, float]:
     """Best time of each form; forms interleaved round by round so that all see the same machine.
 
     The first round is warm-up; a form over ``_HOPELESS`` times the fastest warm-up is not timed
@@ -52,14 +60,18 @@ def choose_strategy(layer, x: torch.Tensor) -> str:
     """The fastest of the layer's forms for this input shape and grad mode (measured once, then cached)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return "kernel"
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in layer.parameters())
+    )
     key = _key(layer, x, grad)
     choice = _choices.get(key)
     if choice is None:
         forms = layer.forms(x)
         # Time on detached copies so that no gradient reaches the layer's parameters.
         copy = lambda t: None if t is None else t.detach().clone().requires_grad_(grad)  # noqa: E731
-        r = torch.rand(x.shape[0], layer.num_experts, dtype=x.dtype, device=x.device, requires_grad=grad)
+        r = torch.rand(
+            x.shape[0], layer.num_experts, dtype=x.dtype, device=x.device, requires_grad=grad
+        )
         args = (copy(x), r, copy(layer.weight), copy(layer.bias))
         times = _measure(layer, forms, args, grad)
         choice = _choices[key] = min(times, key=times.get)

@@ -1,4 +1,5 @@
 """``build_model(spec)``: a family's timm network with CondConv placed as the spec says."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,8 +31,14 @@ class CondConvNet(nn.Module):
             self.routing_state.weights = None  # drop the last routing tensor (and its graph)
 
 
-def build_model(spec, *, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                bn_momentum: Optional[float] = None, expert_dropout: float = 0.0) -> CondConvNet:
+def build_model(
+    spec,
+    *,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    bn_momentum: float | None = None,
+    expert_dropout: float = 0.0,
+) -> CondConvNet:
     """Build the network a spec (an ArchSpec, a dict, a file path or a preset name) describes.
 
     The training options (dropout before the classifier, stochastic depth, batch-norm momentum,
@@ -39,7 +46,12 @@ def build_model(spec, *, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
     """
     spec = load_spec(spec)
     family = FAMILIES[spec.base]
-    net = family.build(spec, drop_rate=drop_rate, drop_path_rate=drop_path_rate, bn_momentum=bn_momentum)
-    state = (place_condconv(net, family, spec.condconv, expert_dropout=expert_dropout)
-             if spec.condconv is not None else RoutingState())
+    net = family.build(
+        spec, drop_rate=drop_rate, drop_path_rate=drop_path_rate, bn_momentum=bn_momentum
+    )
+    state = (
+        place_condconv(net, family, spec.condconv, expert_dropout=expert_dropout)
+        if spec.condconv is not None
+        else RoutingState()
+    )
     return CondConvNet(use_cropping_convs(net), spec, state)

@@ -12,10 +12,10 @@ static. Routing sharing decides which units own a router:
 - ``pair``: one router for every two consecutive units;
 - ``single``: one router where CondConv begins, reused by every later layer.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import List, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,10 +27,21 @@ from .registry import Family
 def to_condconv(static: nn.Module, num_experts: int, init_layer) -> nn.Module:
     """A CondConv layer shaped like ``static``, each expert initialised as ``init_layer`` would ``static``."""
     if isinstance(static, nn.Conv2d):
-        cond = CondConv2d(static.in_channels, static.out_channels, static.kernel_size, static.stride,
-                          static.padding, static.dilation, static.groups, static.bias is not None, num_experts)
+        cond = CondConv2d(
+            static.in_channels,
+            static.out_channels,
+            static.kernel_size,
+            static.stride,
+            static.padding,
+            static.dilation,
+            static.groups,
+            static.bias is not None,
+            num_experts,
+        )
     elif isinstance(static, nn.Linear):
-        cond = CondLinear(static.in_features, static.out_features, static.bias is not None, num_experts)
+        cond = CondLinear(
+            static.in_features, static.out_features, static.bias is not None, num_experts
+        )
     else:
         raise TypeError(f"cannot make a CondConv layer from {type(static).__name__}")
     with torch.no_grad():
@@ -43,7 +54,7 @@ def to_condconv(static: nn.Module, num_experts: int, init_layer) -> nn.Module:
     return cond
 
 
-def main_path_convs(block: nn.Module) -> List[str]:
+def main_path_convs(block: nn.Module) -> list[str]:
     return [name for name, child in block.named_children() if isinstance(child, nn.Conv2d)]
 
 
@@ -51,7 +62,9 @@ def _in_features(m: nn.Module) -> int:
     return m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
 
 
-def place_condconv(model: nn.Module, family: Family, cc, *, expert_dropout: float = 0.0) -> RoutingState:
+def place_condconv(
+    model: nn.Module, family: Family, cc, *, expert_dropout: float = 0.0
+) -> RoutingState:
     """Turn ``model``'s layers into CondConv as ``cc`` (a CondConvSpec) says, in place."""
     state = RoutingState()
     r = cc.routing
@@ -61,14 +74,23 @@ def place_condconv(model: nn.Module, family: Family, cc, *, expert_dropout: floa
         nonlocal n_routers
         prev = cc.num_experts if (r.hierarchical and n_routers) else 0
         n_routers += 1
-        return Router(in_features, cc.num_experts, hidden=r.hidden, activation=r.activation,
-                      prev_features=prev, expert_dropout=expert_dropout)
+        return Router(
+            in_features,
+            cc.num_experts,
+            hidden=r.hidden,
+            activation=r.activation,
+            prev_features=prev,
+            expert_dropout=expert_dropout,
+        )
 
-    units: List[Tuple[nn.Module, str, bool]] = []  # (parent, attribute, is_block)
+    units: list[tuple[nn.Module, str, bool]] = []  # (parent, attribute, is_block)
     if cc.begin_layer == 1:
         units.append((model, family.stem, False))
-    units += [(parent, name, True) for j, (parent, name) in enumerate(family.blocks(model), start=2)
-              if j >= cc.begin_layer]
+    units += [
+        (parent, name, True)
+        for j, (parent, name) in enumerate(family.blocks(model), start=2)
+        if j >= cc.begin_layer
+    ]
     if cc.classifier:
         units.append((model, family.classifier, False))
 
@@ -77,7 +99,9 @@ def place_condconv(model: nn.Module, family: Family, cc, *, expert_dropout: floa
         module = getattr(parent, name)
         if not is_block:
             cond = to_condconv(module, cc.num_experts, family.init_layer)
-            setattr(parent, name, Routed(cond, state, router(_in_features(module)) if owns else None))
+            setattr(
+                parent, name, Routed(cond, state, router(_in_features(module)) if owns else None)
+            )
             continue
         convs = main_path_convs(module)
         block_in = getattr(module, convs[0]).in_channels
@@ -85,7 +109,11 @@ def place_condconv(model: nn.Module, family: Family, cc, *, expert_dropout: floa
         for c in convs:
             static = getattr(module, c)
             own = router(static.in_channels) if r.share == "layer" else None
-            setattr(module, c, Routed(to_condconv(static, cc.num_experts, family.init_layer), state, own))
+            setattr(
+                module,
+                c,
+                Routed(to_condconv(static, cc.num_experts, family.init_layer), state, own),
+            )
         if block_router is not None:
             setattr(parent, name, Routed(module, state, block_router, takes_routing=False))
     return state

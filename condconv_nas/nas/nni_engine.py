@@ -6,6 +6,7 @@ our own counter (``count_madds`` on the full-size spec), never NNI's FLOPs profi
 models are recorded and marked invalid (metric 0) without training. Trials run in this process
 (NNI's sequential engine): no NNI manager, no web portal, nothing left running after the run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
 
 import optuna
 
@@ -36,11 +37,10 @@ from .optuna_engine import counted, judge, record, run_waiting, tell
 from .task import SearchTask
 
 
-
 class PointSpace(ModelSpace):
     """The search space as NNI mutables; a frozen instance carries its point in ``.point``."""
 
-    def __init__(self, decisions: Dict[str, tuple]) -> None:
+    def __init__(self, decisions: dict[str, tuple]) -> None:
         super().__init__()
         self.point = {}
         for name, choices in decisions.items():
@@ -49,7 +49,7 @@ class PointSpace(ModelSpace):
             self.point[name] = ensure_frozen(choice, strict=False)
 
 
-def _key(sample: Dict) -> Tuple:
+def _key(sample: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in sample.items()))
 
 
@@ -61,14 +61,20 @@ class Judge:
     of the same architecture) and reports top-1 to NNI.
     """
 
-    def __init__(self, task: SearchTask, study: optuna.Study, total: int, on_trial: Optional[Callable]) -> None:
+    def __init__(
+        self, task: SearchTask, study: optuna.Study, total: int, on_trial: Callable | None
+    ) -> None:
         self.task, self.study, self.total, self.on_trial = task, study, total, on_trial
-        self.distributions = {n: CategoricalDistribution(list(c)) for n, c in task.space.searched.items()}
-        self.pending: Dict[Tuple, Tuple[optuna.Trial, Optional[Tuple[float, float]]]] = {}
+        self.distributions = {
+            n: CategoricalDistribution(list(c)) for n, c in task.space.searched.items()
+        }
+        self.pending: dict[tuple, tuple[optuna.Trial, tuple[float, float] | None]] = {}
 
-    def _ask(self, params: Dict) -> optuna.Trial:
+    def _ask(self, params: dict) -> optuna.Trial:
         base = self.study.sampler
-        with warnings.catch_warnings():  # PartialFixedSampler is "experimental"; no heartbeat outside optimize()
+        with (
+            warnings.catch_warnings()
+        ):  # PartialFixedSampler is "experimental"; no heartbeat outside optimize()
             warnings.simplefilter("ignore")
             self.study.sampler = optuna.samplers.PartialFixedSampler(params, base)
             try:
@@ -82,7 +88,9 @@ class Judge:
     def keep(self, model) -> bool:
         if counted(self.study) >= self.total:
             return False
-        params = self.task.space.active(dict(model.sample))  # NNI samples every decision; record those that matter
+        params = self.task.space.active(
+            dict(model.sample)
+        )  # NNI samples every decision; record those that matter
         trial = self._ask(params)
         values = judge(self.task, self.study, trial, params)
         if values is not None and not trial.user_attrs["feasible"]:
@@ -121,7 +129,9 @@ class TotalFilter(Filter):
 def make_strategy(name: str, seed: int, total: int):
     if name == "evolution":
         population = max(4, min(100, total // 2))
-        return RegularizedEvolution(population_size=population, sample_size=max(2, population // 4), seed=seed)
+        return RegularizedEvolution(
+            population_size=population, sample_size=max(2, population // 4), seed=seed
+        )
     if name == "random":
         return Random(seed=seed)
     if name == "tpe":
@@ -129,8 +139,15 @@ def make_strategy(name: str, seed: int, total: int):
     raise ValueError(f"NNI strategy must be one of {NNI_STRATEGIES}, got {name!r}")
 
 
-def run_nni(task: SearchTask, study: optuna.Study, total: int, *, strategy: str = "evolution", seed: int = 0,
-            on_trial: Optional[Callable] = None) -> None:
+def run_nni(
+    task: SearchTask,
+    study: optuna.Study,
+    total: int,
+    *,
+    strategy: str = "evolution",
+    seed: int = 0,
+    on_trial: Callable | None = None,
+) -> None:
     """Evaluate the enqueued presets, then run NNI's strategy until the study holds ``total`` counted trials."""
     run_waiting(task, study, total, on_trial=on_trial)
     if counted(study) >= total:

@@ -1,4 +1,5 @@
 """Options of ``condconv-nas search`` and the budget syntax (kept apart: no heavy imports here)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,9 @@ def parse_budget(text: str) -> int:
     """``400M``, ``0.4G``, ``413000000``, ``500k`` -> MADDs as an int; ValueError naming the text otherwise."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*", str(text))
     if not m:
-        raise ValueError(f"budget {text!r} is not a number with an optional K/M/G suffix (e.g. 400M, 0.4G, 413000000)")
+        raise ValueError(
+            f"budget {text!r} is not a number with an optional K/M/G suffix (e.g. 400M, 0.4G, 413000000)"
+        )
     value = round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
     if value <= 0:
         raise ValueError(f"budget {text!r} must be positive")
@@ -38,27 +41,68 @@ def _positive(text: str) -> int:
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", type=_budget, required=True, help="hard MADD budget: 400M, 0.4G or 413000000")
-    p.add_argument("--space", default="efficientnet_b0",
-                   help="search space: a shipped name or a YAML file (default: efficientnet_b0)")
-    p.add_argument("--trials", type=_positive, default=None,
-                   help="total trials of the run, across restarts and workers (default: the trainer's)")
-    p.add_argument("--data", default="digits",
-                   help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)")
-    p.add_argument("--trainer", default="proxy",
-                   help="training recipe for candidates: a shipped name or a YAML file (default: proxy)")
-    p.add_argument("--backend", choices=BACKENDS, default="optuna",
-                   help="optuna (this machine), ray (Ray Tune, local or a cluster) or nni (default: optuna)")
-    p.add_argument("--run", default=None, help="run name (default: <space>-<budget>); the same name resumes")
+    p.add_argument(
+        "--budget", type=_budget, required=True, help="hard MADD budget: 400M, 0.4G or 413000000"
+    )
+    p.add_argument(
+        "--space",
+        default="efficientnet_b0",
+        help="search space: a shipped name or a YAML file (default: efficientnet_b0)",
+    )
+    p.add_argument(
+        "--trials",
+        type=_positive,
+        default=None,
+        help="total trials of the run, across restarts and workers (default: the trainer's)",
+    )
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
+    )
+    p.add_argument(
+        "--trainer",
+        default="proxy",
+        help="training recipe for candidates: a shipped name or a YAML file (default: proxy)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="optuna",
+        help="optuna (this machine), ray (Ray Tune, local or a cluster) or nni (default: optuna)",
+    )
+    p.add_argument(
+        "--run", default=None, help="run name (default: <space>-<budget>); the same name resumes"
+    )
     p.add_argument("--results", default="results", help="folder of run folders (default: results)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in the run folder)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address to join (with --backend ray; default: a local Ray)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial (default: 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (default: 0)")
-    p.add_argument("--nni-strategy", choices=NNI_STRATEGIES, default="evolution",
-                   help="NNI: the search strategy (default: evolution, NNI's regularized evolution)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of this worker's sampler; a new run's seed also seeds every proxy training (default: 0)")
-    p.add_argument("--quiet", action="store_true",
-                   help="a line per trial instead of a progress bar (default: the bar)")
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: SQLite in the run folder)"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address to join (with --backend ray; default: a local Ray)",
+    )
+    p.add_argument(
+        "--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial (default: 1)"
+    )
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (default: 0)"
+    )
+    p.add_argument(
+        "--nni-strategy",
+        choices=NNI_STRATEGIES,
+        default="evolution",
+        help="NNI: the search strategy (default: evolution, NNI's regularized evolution)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of this worker's sampler; a new run's seed also seeds every proxy training (default: 0)",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="a line per trial instead of a progress bar (default: the bar)",
+    )

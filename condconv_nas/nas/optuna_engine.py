@@ -5,6 +5,7 @@ and several workers can share it. ``--trials`` is the run's total: a trial count
 is COMPLETE or FAIL (a real failure); trials interrupted by Ctrl-C and surplus trials started
 by concurrent workers after the total was reached do not count.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ import os
 import socket
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -22,29 +23,44 @@ from .task import SearchTask
 DIRECTIONS = ["maximize", "minimize"]  # top-1, MADDs
 
 
-def counting_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
+def counting_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The trials that count toward ``--trials``: COMPLETE, RUNNING, PRUNED when stopped early by
     a scheduler (Ray's ASHA), and FAIL unless the failure was an interruption (Ctrl-C) or a dead
     worker's trial that was retried."""
     trials = study.get_trials(deepcopy=False)
     retried = _retried(trials)
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
-        t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and t.number not in retried) or (
-        t.state == TrialState.PRUNED and t.user_attrs.get("stopped_early"))]
+    return [
+        t
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+        or (
+            t.state == TrialState.FAIL
+            and not t.user_attrs.get("interrupted")
+            and t.number not in retried
+        )
+        or (t.state == TrialState.PRUNED and t.user_attrs.get("stopped_early"))
+    ]
 
 
 def _retried(trials) -> set:
     """Numbers of the trials evaluated again by a later trial (Optuna's heartbeat retry, or ours)."""
-    return {t.system_attrs.get("failed_trial") for t in trials} | {t.user_attrs.get("retry_of") for t in trials}
+    return {t.system_attrs.get("failed_trial") for t in trials} | {
+        t.user_attrs.get("retry_of") for t in trials
+    }
 
 
 def _retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
     """Enqueue ``t``'s point again (keeping its preset name)."""
-    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **(
-        {"preset": t.user_attrs["preset"]} if "preset" in t.user_attrs else {})})
+    study.enqueue_trial(
+        t.params,
+        user_attrs={
+            "retry_of": t.number,
+            **({"preset": t.user_attrs["preset"]} if "preset" in t.user_attrs else {}),
+        },
+    )
 
 
-def counted(study: optuna.Study, before: Optional[int] = None) -> int:
+def counted(study: optuna.Study, before: int | None = None) -> int:
     return sum(1 for t in counting_trials(study) if before is None or t.number < before)
 
 
@@ -57,16 +73,28 @@ def open_study(storage_url: str, name: str, seed: int, *, heartbeat: bool = True
     trial failed and retried once; Ray and NNI drive the study by ask-and-tell, without heartbeats."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        beat = dict(heartbeat_interval=30, grace_period=90,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        beat = dict(
+            heartbeat_interval=30,
+            grace_period=90,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        )
         storage = optuna.storages.RDBStorage(storage_url, **(beat if heartbeat else {}))
         # group=True: TPE models the conditional space (CondConv decisions only when CondConv is on) per group
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
-    return optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
-                               load_if_exists=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=8
+        )
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        directions=DIRECTIONS,
+        sampler=sampler,
+        load_if_exists=True,
+    )
 
 
-def enqueue_presets(study: optuna.Study, presets: Dict[str, dict]) -> None:
+def enqueue_presets(study: optuna.Study, presets: dict[str, dict]) -> None:
     """The paper's presets that fit the budget go first (once per run), so the front is never worse."""
     for name, params in presets.items():
         study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
@@ -77,7 +105,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _gone(worker: Optional[str]) -> bool:
+def _gone(worker: str | None) -> bool:
     """Whether ``worker`` was a process of this host that no longer exists (another host's: unknown, False)."""
     host, _, pid = (worker or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
@@ -112,12 +140,17 @@ def requeue_interrupted(study: optuna.Study) -> None:
     trials = study.get_trials(deepcopy=False)
     retried = _retried(trials)
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
+        if (
+            t.state == TrialState.FAIL
+            and t.user_attrs.get("interrupted")
+            and t.number not in retried
+        ):
             _retry(study, t)
 
 
-def judge(task: SearchTask, study: optuna.Study, trial: optuna.Trial,
-          params: Dict) -> Optional[Tuple[float, float]]:
+def judge(
+    task: SearchTask, study: optuna.Study, trial: optuna.Trial, params: dict
+) -> tuple[float, float] | None:
     """Count one point and record it on its trial (spec, MADDs, the budget as a constraint).
 
     Returns the trial's final values when it needs no training: over budget (recorded, never
@@ -125,15 +158,24 @@ def judge(task: SearchTask, study: optuna.Study, trial: optuna.Trial,
     judges its points here, so their studies and run folders look the same.
     """
     spec, madds, n_params = task.measure(params)
-    for key, value in (("worker", worker_id()), ("spec", spec.to_dict()), ("spec_id", spec.id), ("madds", madds),
-                       ("params", n_params), ("feasible", madds <= task.budget)):
+    for key, value in (
+        ("worker", worker_id()),
+        ("spec", spec.to_dict()),
+        ("spec_id", spec.id),
+        ("madds", madds),
+        ("params", n_params),
+        ("feasible", madds <= task.budget),
+    ):
         trial.set_user_attr(key, value)
     trial.set_constraint("madds", madds - task.budget)
     if madds > task.budget:
         return 0.0, float(madds)
     wait_for_twin(study, spec.id, trial.number)
-    same = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("feasible")]
+    same = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("feasible")
+    ]
     if same:
         trial.set_user_attr("reused_from", same[0].number)
         for key in ("top1", "top5", "untrained"):
@@ -149,16 +191,24 @@ def wait_for_twin(study: optuna.Study, spec_id: str, number: int, poll: float = 
     concurrent trials, all asked by one driver) are not waited for: the driver would wait for itself."""
     me = worker_id()
     while True:
-        twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                 if t.number < number and t.user_attrs.get("spec_id") == spec_id and t.user_attrs.get("feasible")
-                 and t.user_attrs.get("worker") != me and not _gone(t.user_attrs.get("worker"))]
+        twins = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number < number
+            and t.user_attrs.get("spec_id") == spec_id
+            and t.user_attrs.get("feasible")
+            and t.user_attrs.get("worker") != me
+            and not _gone(t.user_attrs.get("worker"))
+        ]
         if not twins:
             return
         time.sleep(poll)
-        optuna.storages.fail_stale_trials(study)  # a dead worker elsewhere: after its heartbeat's grace period
+        optuna.storages.fail_stale_trials(
+            study
+        )  # a dead worker elsewhere: after its heartbeat's grace period
 
 
-def record(trial: optuna.Trial, result: Dict) -> Tuple[float, float]:
+def record(trial: optuna.Trial, result: dict) -> tuple[float, float]:
     """The values of a trained trial; its top-1/top-5 kept as attributes."""
     if result.get("top1") is None or not math.isfinite(result["top1"]):
         raise RuntimeError(f"no finite top-1 ({result.get('top1')})")
@@ -168,16 +218,23 @@ def record(trial: optuna.Trial, result: Dict) -> Tuple[float, float]:
     return result["top1"], float(result["madds"])
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, values=None, state: TrialState = TrialState.COMPLETE, *,
-         on_trial: Optional[Callable] = None) -> None:
+def tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    values=None,
+    state: TrialState = TrialState.COMPLETE,
+    *,
+    on_trial: Callable | None = None,
+) -> None:
     """Finish an asked trial (Ray and NNI drive the study by ask-and-tell) and report it like Optuna's callbacks."""
     study.tell(trial, None if values is None else list(values), state=state)
     if on_trial is not None:
         on_trial(study, study._storage.get_trial(trial._trial_id))
 
 
-def make_objective(task: SearchTask, study: optuna.Study, total: int,
-                   on_epoch: Optional[Callable] = None) -> Callable:
+def make_objective(
+    task: SearchTask, study: optuna.Study, total: int, on_epoch: Callable | None = None
+) -> Callable:
     space = task.space
 
     def objective(trial: optuna.Trial):
@@ -189,7 +246,11 @@ def make_objective(task: SearchTask, study: optuna.Study, total: int,
             values = judge(task, study, trial, params)
             if values is not None:
                 return values
-            progress = None if on_epoch is None else lambda epoch, epochs: on_epoch(trial.number, epoch, epochs)
+            progress = (
+                None
+                if on_epoch is None
+                else lambda epoch, epochs: on_epoch(trial.number, epoch, epochs)
+            )
             return record(trial, task.evaluate(params, on_epoch=progress))
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
@@ -204,7 +265,8 @@ def trial_status(t: optuna.trial.FrozenTrial) -> str:
     ua = t.user_attrs
     if t.state != TrialState.COMPLETE:
         return {TrialState.FAIL: "failed", TrialState.RUNNING: "running"}.get(
-            t.state, "stopped_early" if ua.get("stopped_early") else t.state.name.lower())
+            t.state, "stopped_early" if ua.get("stopped_early") else t.state.name.lower()
+        )
     if not ua.get("feasible"):
         return "over_budget"
     if ua.get("reused_from") is not None:
@@ -212,23 +274,45 @@ def trial_status(t: optuna.trial.FrozenTrial) -> str:
     return "untrained" if ua.get("untrained") else "trained"
 
 
-def trial_rows(study: optuna.Study, decisions: List[str]) -> List[Dict]:
+def trial_rows(study: optuna.Study, decisions: list[str]) -> list[dict]:
     rows = []
     trials = study.get_trials(deepcopy=False)
     retried = _retried(trials)
     for t in trials:
-        if t.state == TrialState.WAITING or t.user_attrs.get("interrupted") or t.number in retried or (
-                t.state == TrialState.PRUNED and not t.user_attrs.get("stopped_early")):
+        if (
+            t.state == TrialState.WAITING
+            or t.user_attrs.get("interrupted")
+            or t.number in retried
+            or (t.state == TrialState.PRUNED and not t.user_attrs.get("stopped_early"))
+        ):
             continue
         ua = t.user_attrs
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append({"trial": t.number, "state": t.state.name, "status": trial_status(t),
-                     "feasible": ua.get("feasible"), "madds": ua.get("madds"), "params": ua.get("params"),
-                     "top1": t.values[0] if t.state == TrialState.COMPLETE and ua.get("feasible") else None,
-                     "top5": ua.get("top5"), "untrained": ua.get("untrained"), "reused_from": ua.get("reused_from"),
-                     "spec_id": ua.get("spec_id"), "preset": ua.get("preset"),
-                     "seconds": None if seconds is None else round(seconds, 1), "spec": ua.get("spec"),
-                     **{d: t.params.get(d) for d in decisions}})
+        seconds = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete
+            else None
+        )
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "status": trial_status(t),
+                "feasible": ua.get("feasible"),
+                "madds": ua.get("madds"),
+                "params": ua.get("params"),
+                "top1": t.values[0]
+                if t.state == TrialState.COMPLETE and ua.get("feasible")
+                else None,
+                "top5": ua.get("top5"),
+                "untrained": ua.get("untrained"),
+                "reused_from": ua.get("reused_from"),
+                "spec_id": ua.get("spec_id"),
+                "preset": ua.get("preset"),
+                "seconds": None if seconds is None else round(seconds, 1),
+                "spec": ua.get("spec"),
+                **{d: t.params.get(d) for d in decisions},
+            }
+        )
     return rows
 
 
@@ -239,7 +323,9 @@ def run_waiting(task: SearchTask, study: optuna.Study, total: int, *, on_trial=N
     run_optuna(task, study, min(total, counted(study) + waiting), on_trial=on_trial)
 
 
-def run_optuna(task: SearchTask, study: optuna.Study, total: int, *, on_trial=None, on_epoch=None) -> None:
+def run_optuna(
+    task: SearchTask, study: optuna.Study, total: int, *, on_trial=None, on_epoch=None
+) -> None:
     """Run trials until the study holds ``total`` counted trials."""
     objective = make_objective(task, study, total, on_epoch)
 
@@ -250,5 +336,10 @@ def run_optuna(task: SearchTask, study: optuna.Study, total: int, *, on_trial=No
             study.stop()
 
     while counted(study) < total:
-        study.optimize(objective, n_trials=total - counted(study), catch=(Exception,), callbacks=[stop_at_total],
-                       gc_after_trial=True)
+        study.optimize(
+            objective,
+            n_trials=total - counted(study),
+            catch=(Exception,),
+            callbacks=[stop_at_total],
+            gc_after_trial=True,
+        )

@@ -6,16 +6,17 @@ over budget or already trained -> no training) before Ray runs it. Early stoppin
 top-1, but per MADD band (see ``BandedASHA``): a cheap candidate only competes with cheap ones,
 so it is never stopped for being less accurate than candidates that cost twice as much.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import sys
 import shutil
+import sys
 import tempfile
 from collections import defaultdict
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import optuna
 import ray
@@ -40,13 +41,22 @@ class BandedASHA(FIFOScheduler):
     """ASHA on top-1 run separately in each MADD band: a trial is stopped at a rung only when it
     is in the lower half of the trials of its own band that reached that rung."""
 
-    def __init__(self, *, budget: int, max_t: int, grace_period: int = 1, reduction_factor: float = 2) -> None:
+    def __init__(
+        self, *, budget: int, max_t: int, grace_period: int = 1, reduction_factor: float = 2
+    ) -> None:
         super().__init__()
         self.budget = budget
-        self._asha = defaultdict(lambda: AsyncHyperBandScheduler(
-            time_attr="epoch", metric="top1", mode="max", max_t=max_t, grace_period=grace_period,
-            reduction_factor=reduction_factor))
-        self._band: Dict[str, int] = {}
+        self._asha = defaultdict(
+            lambda: AsyncHyperBandScheduler(
+                time_attr="epoch",
+                metric="top1",
+                mode="max",
+                max_t=max_t,
+                grace_period=grace_period,
+                reduction_factor=reduction_factor,
+            )
+        )
+        self._band: dict[str, int] = {}
 
     def _scheduler(self, trial):
         band = self._band.setdefault(trial.trial_id, band_of(trial.config["madds"], self.budget))
@@ -58,12 +68,12 @@ class BandedASHA(FIFOScheduler):
     def on_trial_add(self, tune_controller, trial) -> None:
         self._scheduler(trial).on_trial_add(tune_controller, trial)
 
-    def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if trial.config.get("values") is not None:  # judged, not trained: nothing to compare
             return self.CONTINUE
         return self._scheduler(trial).on_trial_result(tune_controller, trial, result)
 
-    def on_trial_complete(self, tune_controller, trial, result: Dict) -> None:
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._scheduler(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
@@ -76,15 +86,28 @@ class BandedASHA(FIFOScheduler):
 class StudySearch(OptunaSearch):
     """Ray's ``OptunaSearch`` on the run's study, with every point judged before Ray runs it."""
 
-    def __init__(self, task: SearchTask, study: optuna.Study, total: int, *,
-                 on_trial: Optional[Callable] = None) -> None:
+    def __init__(
+        self, task: SearchTask, study: optuna.Study, total: int, *, on_trial: Callable | None = None
+    ) -> None:
         self.task, self.total, self.on_trial = task, total, on_trial
-        def space(ot_trial) -> None:  # define-by-run: the same conditional space as the Optuna engine
-            task.space.sample(lambda name, choices: ot_trial.suggest_categorical(name, list(choices)))
-        super().__init__(space=space, metric=["top1", "madds"], mode=["max", "min"], sampler=study.sampler,
-                         study_name=study.study_name, storage=study._storage)
 
-    def suggest(self, trial_id: str) -> Optional[Dict]:
+        def space(
+            ot_trial,
+        ) -> None:  # define-by-run: the same conditional space as the Optuna engine
+            task.space.sample(
+                lambda name, choices: ot_trial.suggest_categorical(name, list(choices))
+            )
+
+        super().__init__(
+            space=space,
+            metric=["top1", "madds"],
+            mode=["max", "min"],
+            sampler=study.sampler,
+            study_name=study.study_name,
+            storage=study._storage,
+        )
+
+    def suggest(self, trial_id: str) -> dict | None:
         if trial_id not in self._ot_trials and counted(self._ot_study) >= self.total:
             return Searcher.FINISHED
         point = super().suggest(trial_id)
@@ -95,10 +118,12 @@ class StudySearch(OptunaSearch):
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         pass  # the study in Optuna storage is the state; Ray's experiment folder is thrown away
 
-    def on_trial_result(self, trial_id: str, result: Dict) -> None:
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # intermediate results go to the scheduler, not to the multi-objective study
 
-    def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         self._completed_trials.add(trial_id)
@@ -106,7 +131,9 @@ class StudySearch(OptunaSearch):
         if error or not result:
             tell(study, trial, state=TrialState.FAIL, on_trial=self.on_trial)
         elif result.get("final"):
-            tell(study, trial, result.get("values") or record(trial, result), on_trial=self.on_trial)
+            tell(
+                study, trial, result.get("values") or record(trial, result), on_trial=self.on_trial
+            )
         else:  # stopped at a rung by BandedASHA
             trial.set_user_attr("stopped_early", True)
             trial.set_user_attr("top1_at_stop", result.get("top1"))
@@ -122,48 +149,95 @@ class StudySearch(OptunaSearch):
                 self._completed_trials.add(trial_id)
 
 
-def ray_trial(config: Dict, task: SearchTask, threads: int) -> None:
+def ray_trial(config: dict, task: SearchTask, threads: int) -> None:
     """One Ray trial: report the judged values, or train the proxy reporting top-1 every epoch."""
     import torch  # noqa: PLC0415
 
     from ..allocator import keep_freed_memory  # noqa: PLC0415
+
     keep_freed_memory()  # as the CLI does for its own process
     torch.set_num_threads(threads)
     epochs = task.recipe.epochs
     if config["values"] is not None:
         top1, madds = config["values"]
-        tune.report({"top1": top1, "madds": madds, "epoch": epochs, "final": True, "values": config["values"]})
+        tune.report(
+            {
+                "top1": top1,
+                "madds": madds,
+                "epoch": epochs,
+                "final": True,
+                "values": config["values"],
+            }
+        )
         return
     madds = config["madds"]
 
-    def report(epoch: int, metrics: Dict) -> None:
-        tune.report({"top1": metrics["top1"], "top5": metrics["top5"], "madds": madds, "epoch": epoch,
-                     "final": False})
+    def report(epoch: int, metrics: dict) -> None:
+        tune.report(
+            {
+                "top1": metrics["top1"],
+                "top5": metrics["top5"],
+                "madds": madds,
+                "epoch": epoch,
+                "final": False,
+            }
+        )
 
     result = task.evaluate(config["point"], report=report)
-    tune.report({"top1": result["top1"], "top5": result["top5"], "untrained": result["untrained"], "madds": madds,
-                 "epoch": epochs, "final": True})
+    tune.report(
+        {
+            "top1": result["top1"],
+            "top5": result["top5"],
+            "untrained": result["untrained"],
+            "madds": madds,
+            "epoch": epochs,
+            "final": True,
+        }
+    )
 
 
-def run_ray(task: SearchTask, study: optuna.Study, total: int, *, address: Optional[str] = None,
-            cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, on_trial=None) -> None:
+def run_ray(
+    task: SearchTask,
+    study: optuna.Study,
+    total: int,
+    *,
+    address: str | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    on_trial=None,
+) -> None:
     """Run trials on Ray until the study holds ``total`` counted trials; Ray is shut down after."""
     if counted(study) >= total:
         return
-    ray.init(address=address or "local", num_cpus=None if address else os.cpu_count(), include_dashboard=False,
-             log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    ray.init(
+        address=address or "local",
+        num_cpus=None if address else os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+    )
     storage = tempfile.mkdtemp(prefix="condconv-nas-ray-")
     searcher = StudySearch(task, study, total, on_trial=on_trial)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(ray_trial, task=task, threads=max(1, int(cpus_per_trial))),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+        )
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(1, total - counted(study)),
-                                        scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs)),
-            run_config=tune.RunConfig(name="search", storage_path=storage, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=max(1, total - counted(study)),
+                scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs),
+            ),
+            run_config=tune.RunConfig(
+                name="search",
+                storage_path=storage,
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries our table or JSON only
             tuner.fit()  # Ray handles Ctrl-C itself: it stops the trials and returns

@@ -1,4 +1,5 @@
 """``search()``: check every input up front, then run a backend into the run folder."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 from .. import __version__
 from ..data import parse_source
@@ -31,14 +32,25 @@ def format_madds(n: int) -> str:
 class BackendOptions:
     """Options of one backend (checked up front; the others' stay at their defaults)."""
 
-    address: Optional[str] = None     # Ray: the cluster to join
-    cpus_per_trial: float = 1.0       # Ray: CPUs per trial
-    gpus_per_trial: float = 0.0       # Ray: GPUs per trial
-    nni_strategy: str = "evolution"   # NNI: evolution, random or tpe
+    address: str | None = None  # Ray: the cluster to join
+    cpus_per_trial: float = 1.0  # Ray: CPUs per trial
+    gpus_per_trial: float = 0.0  # Ray: GPUs per trial
+    nni_strategy: str = "evolution"  # NNI: evolution, random or tpe
 
 
-def prepare(*, budget: int, space: str, trainer: str, data: str, seed: int, trials: Optional[int],
-            run: Optional[str], results: str, backend: str, options: BackendOptions):
+def prepare(
+    *,
+    budget: int,
+    space: str,
+    trainer: str,
+    data: str,
+    seed: int,
+    trials: int | None,
+    run: str | None,
+    results: str,
+    backend: str,
+    options: BackendOptions,
+):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
     space_ = load_space(space)
     recipe = load_recipe(trainer)
@@ -49,24 +61,39 @@ def prepare(*, budget: int, space: str, trainer: str, data: str, seed: int, tria
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run):
         raise UsageError(f"--run {run!r}: use letters, digits, '.', '_' and '-' only")
     check_backend(backend, options)
-    config = {"budget": budget, "space": space_.name, "decisions": {k: list(v) for k, v in space_.decisions.items()},
-              "base": space_.base, "trainer": trainer, "recipe": recipe.__dict__, "data": str(source),
-              "seed": seed, "trials": total}
+    config = {
+        "budget": budget,
+        "space": space_.name,
+        "decisions": {k: list(v) for k, v in space_.decisions.items()},
+        "base": space_.base,
+        "trainer": trainer,
+        "recipe": recipe.__dict__,
+        "data": str(source),
+        "seed": seed,
+        "trials": total,
+    }
     return task, Path(results) / run, config, total
 
 
 def check_backend(backend: str, options: BackendOptions) -> None:
     """The backend's options make sense and its extra is installed."""
     import importlib.util  # noqa: PLC0415
+
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if options.address is not None and backend != "ray":
-        raise UsageError(f"--address {options.address!r} joins a Ray cluster: it needs --backend ray")
+        raise UsageError(
+            f"--address {options.address!r} joins a Ray cluster: it needs --backend ray"
+        )
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
-        raise UsageError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
-                         f"{options.cpus_per_trial} and {options.gpus_per_trial}")
+        raise UsageError(
+            f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
+            f"{options.cpus_per_trial} and {options.gpus_per_trial}"
+        )
     if options.nni_strategy not in NNI_STRATEGIES:
-        raise UsageError(f"--nni-strategy {options.nni_strategy!r}: expected one of {', '.join(NNI_STRATEGIES)}")
+        raise UsageError(
+            f"--nni-strategy {options.nni_strategy!r}: expected one of {', '.join(NNI_STRATEGIES)}"
+        )
     module = {"ray": "ray.tune", "nni": "nni"}.get(backend)
     if module is not None:
         try:
@@ -74,40 +101,59 @@ def check_backend(backend: str, options: BackendOptions) -> None:
         except ImportError:
             found = False
         if not found:
-            raise UsageError(f"--backend {backend} needs the {backend} extra: "
-                             f"pip install 'condconv-nas[{backend}]'")
+            raise UsageError(
+                f"--backend {backend} needs the {backend} extra: "
+                f"pip install 'condconv-nas[{backend}]'"
+            )
 
 
-def check_resume(run_dir: Path, config: Dict) -> Optional[Dict]:
+def check_resume(run_dir: Path, config: dict) -> dict | None:
     """The config of the run being resumed (None for a new run); `UsageError` if it is another run's."""
     path = run_dir / "config.json"
     if not path.is_file():
         return None
     old = json.loads(path.read_text())
-    for key in ("budget", "space", "decisions", "data", "recipe"):  # --seed may differ: each worker's sampler
+    for key in (
+        "budget",
+        "space",
+        "decisions",
+        "data",
+        "recipe",
+    ):  # --seed may differ: each worker's sampler
         if old.get(key) != config.get(key):
-            raise UsageError(f"run folder {run_dir} holds a run with a different {key} "
-                             f"({old.get(key)!r}); pick another --run or --results")
+            raise UsageError(
+                f"run folder {run_dir} holds a run with a different {key} "
+                f"({old.get(key)!r}); pick another --run or --results"
+            )
     return old
 
 
 def check_budget(task: SearchTask) -> None:
     madds, _ = task.count(task.space.cheapest())
     if madds > task.budget:
-        raise UsageError(f"budget {format_madds(task.budget)} ({task.budget} MADDs) is impossible: the cheapest "
-                         f"candidate of space {task.space.name!r} already needs {madds} MADDs")
+        raise UsageError(
+            f"budget {format_madds(task.budget)} ({task.budget} MADDs) is impossible: the cheapest "
+            f"candidate of space {task.space.name!r} already needs {madds} MADDs"
+        )
 
 
-def measure_presets(task: SearchTask) -> Dict[str, Dict]:
+def measure_presets(task: SearchTask) -> dict[str, dict]:
     """The paper's presets the space contains: their decisions and MADDs."""
-    return {name: {"params": params, "madds": task.measure(params)[1]} for name, params in task.space.presets().items()}
+    return {
+        name: {"params": params, "madds": task.measure(params)[1]}
+        for name, params in task.space.presets().items()
+    }
 
 
 def open_storage(url: str, name: str, seed: int, *, heartbeat: bool):
     """The run's study in ``url``; a URL that cannot be used is a usage error naming it."""
-    from .optuna_engine import open_study  # noqa: PLC0415
     import sqlalchemy.exc  # noqa: PLC0415
-    for attempt in range(3):  # workers started together race to create the tables: the loser tries again
+
+    from .optuna_engine import open_study  # noqa: PLC0415
+
+    for attempt in range(
+        3
+    ):  # workers started together race to create the tables: the loser tries again
         try:
             return open_study(url, name, seed, heartbeat=heartbeat)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
@@ -120,13 +166,15 @@ def open_storage(url: str, name: str, seed: int, *, heartbeat: bool):
 
 def _storage_error(url: str, e: Exception) -> UsageError:
     if isinstance(e, ImportError):
-        return UsageError(f"--storage {url}: no database driver for it ({e}); for PostgreSQL: "
-                          "pip install 'condconv-nas[postgres]'")
+        return UsageError(
+            f"--storage {url}: no database driver for it ({e}); for PostgreSQL: "
+            "pip install 'condconv-nas[postgres]'"
+        )
     reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
     return UsageError(f"--storage {url}: cannot open it ({reason})")
 
 
-def trial_line(trial) -> Optional[str]:
+def trial_line(trial) -> str | None:
     """The progress line of a finished trial; None for trials that do not count (surplus, Ctrl-C)."""
     ua = trial.user_attrs
     if ua.get("surplus") or ua.get("interrupted"):
@@ -137,22 +185,30 @@ def trial_line(trial) -> Optional[str]:
     if not ua.get("feasible"):
         return f"trial {trial.number:>3}  over budget {madds:>7}  not trained"
     if ua.get("stopped_early"):
-        return (f"trial {trial.number:>3}  STOPPED   {madds:>9}  top-1 {ua.get('top1_at_stop') or 0:.4f} after epoch "
-                f"{ua.get('epochs_at_stop')} (ASHA within its MADD band)")
-    return f"trial {trial.number:>3}  COMPLETE  {madds:>9}  top-1 {trial.values[0]:.4f}" + (
-        "  untrained: not clearly above chance, kept off the front" if ua.get("untrained") else "") + (
-        f"  ({ua['preset']})" if ua.get("preset") else "")
+        return (
+            f"trial {trial.number:>3}  STOPPED   {madds:>9}  top-1 {ua.get('top1_at_stop') or 0:.4f} after epoch "
+            f"{ua.get('epochs_at_stop')} (ASHA within its MADD band)"
+        )
+    return (
+        f"trial {trial.number:>3}  COMPLETE  {madds:>9}  top-1 {trial.values[0]:.4f}"
+        + (
+            "  untrained: not clearly above chance, kept off the front"
+            if ua.get("untrained")
+            else ""
+        )
+        + (f"  ({ua['preset']})" if ua.get("preset") else "")
+    )
 
 
 @dataclass
 class SearchResult:
     """What a search left in its run folder."""
 
-    run_dir: Path        # the run folder (trials.csv, pareto.*, specs/, config.json)
-    front: List[Dict]    # the Pareto front: trial, madds, params, top1, spec (pareto.json)
-    trials: List[Dict]   # every trial, as in trials.csv
-    finished: int        # finished trials that count toward the total
-    total: int           # the run's total (--trials)
+    run_dir: Path  # the run folder (trials.csv, pareto.*, specs/, config.json)
+    front: list[dict]  # the Pareto front: trial, madds, params, top1, spec (pareto.json)
+    trials: list[dict]  # every trial, as in trials.csv
+    finished: int  # finished trials that count toward the total
+    total: int  # the run's total (--trials)
 
     @property
     def untrained(self) -> int:
@@ -174,7 +230,7 @@ class Reporter:
     def start(self, header: str, total: int, done: int) -> None:
         pass
 
-    def trial(self, line: str, best_top1: Optional[float]) -> None:
+    def trial(self, line: str, best_top1: float | None) -> None:
         pass
 
     def epoch(self, trial: int, epoch: int, epochs: int) -> None:
@@ -199,8 +255,16 @@ class BarReporter(LineReporter):
 
     def start(self, header, total, done):
         from tqdm.auto import tqdm  # noqa: PLC0415
+
         super().start(header, total, done)
-        self.bar = tqdm(total=total, initial=done, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            desc="trials",
+            unit="trial",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         self.best = ""
 
     def trial(self, line, best_top1):
@@ -211,17 +275,31 @@ class BarReporter(LineReporter):
         self.bar.write(line)
 
     def epoch(self, trial, epoch, epochs):
-        self.bar.set_postfix_str(f"trial {trial}: epoch {epoch}/{epochs}" + (f", {self.best}" if self.best else ""))
+        self.bar.set_postfix_str(
+            f"trial {trial}: epoch {epoch}/{epochs}" + (f", {self.best}" if self.best else "")
+        )
 
     def close(self):
         self.bar.close()
 
 
-def search(*, budget: Union[int, str], space: str = "efficientnet_b0", trials: Optional[int] = None,
-           data: str = "digits", trainer: str = "proxy", backend: str = "optuna", run: Optional[str] = None,
-           results: Union[str, Path] = "results", storage: Optional[str] = None, seed: int = 0,
-           init: Optional[str] = None, latency_budget: Optional[str] = None,
-           progress: Union[bool, Reporter] = True, **backend_options: Any) -> SearchResult:
+def search(
+    *,
+    budget: int | str,
+    space: str = "efficientnet_b0",
+    trials: int | None = None,
+    data: str = "digits",
+    trainer: str = "proxy",
+    backend: str = "optuna",
+    run: str | None = None,
+    results: str | Path = "results",
+    storage: str | None = None,
+    seed: int = 0,
+    init: str | None = None,
+    latency_budget: str | None = None,
+    progress: bool | Reporter = True,
+    **backend_options: Any,
+) -> SearchResult:
     """Search ``space`` for the Pareto front of proxy top-1 against MADDs under a hard MADD ``budget``.
 
     Writes (or resumes) the run folder ``results/run`` as ``condconv-nas search`` does and returns
@@ -232,7 +310,9 @@ def search(*, budget: Union[int, str], space: str = "efficientnet_b0", trials: O
     is written; Ctrl-C raises `SearchInterrupted` after the run folder is written.
     """
     if init is not None or latency_budget is not None:
-        raise UsageError("--init and --latency-budget are not supported by this version of condconv-nas")
+        raise UsageError(
+            "--init and --latency-budget are not supported by this version of condconv-nas"
+        )
     if isinstance(budget, str):
         try:
             budget = parse_budget(budget)
@@ -243,33 +323,58 @@ def search(*, budget: Union[int, str], space: str = "efficientnet_b0", trials: O
     try:
         options = BackendOptions(**backend_options)
     except TypeError:
-        unknown = sorted(set(backend_options) - {f.name for f in dataclasses.fields(BackendOptions)})
+        unknown = sorted(
+            set(backend_options) - {f.name for f in dataclasses.fields(BackendOptions)}
+        )
         raise UsageError(f"unknown backend option(s) {', '.join(unknown)}") from None
-    task, run_dir, config, total = prepare(budget=budget, space=space, trainer=trainer, data=data, seed=seed,
-                                           trials=trials, run=run, results=str(results), backend=backend,
-                                           options=options)
+    task, run_dir, config, total = prepare(
+        budget=budget,
+        space=space,
+        trainer=trainer,
+        data=data,
+        seed=seed,
+        trials=trials,
+        run=run,
+        results=str(results),
+        backend=backend,
+        options=options,
+    )
     old = check_resume(run_dir, config)
     if old is None:  # a resumed run was checked when it started
         check_budget(task)
     else:  # the run's seed trains every candidate; this worker's --seed seeds its sampler only
         task.seed = config["seed"] = old.get("seed", seed)
     presets = old["presets"] if old and "presets" in old else measure_presets(task)
-    reporter = progress if isinstance(progress, Reporter) else BarReporter() if progress else Reporter()
+    reporter = (
+        progress if isinstance(progress, Reporter) else BarReporter() if progress else Reporter()
+    )
+    import optuna  # noqa: PLC0415
+
     from ..plots import draw_run  # noqa: PLC0415
     from ..results import trained_rows, write_atomic, write_run  # noqa: PLC0415
     from . import optuna_engine as eng  # noqa: PLC0415
-    import optuna  # noqa: PLC0415
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage is None:  # the run's own SQLite file: its folder first
         run_dir.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     study = open_storage(storage, run_dir.name, seed, heartbeat=backend == "optuna")
-    run_dir.mkdir(parents=True, exist_ok=True)  # a user's --storage was reached before anything was written
-    config.update(run=run_dir.name, backend=backend, storage=storage, presets=presets, versions={
-        "condconv_nas": __version__, "python": platform.python_version()}, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    run_dir.mkdir(
+        parents=True, exist_ok=True
+    )  # a user's --storage was reached before anything was written
+    config.update(
+        run=run_dir.name,
+        backend=backend,
+        storage=storage,
+        presets=presets,
+        versions={"condconv_nas": __version__, "python": platform.python_version()},
+        updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
 
-    eng.enqueue_presets(study, {name: p["params"] for name, p in presets.items() if p["madds"] <= task.budget})
+    eng.enqueue_presets(
+        study, {name: p["params"] for name, p in presets.items() if p["madds"] <= task.budget}
+    )
     eng.recover_killed(study)
     eng.requeue_interrupted(study)
     decisions = list(task.space.searched)
@@ -277,27 +382,47 @@ def search(*, budget: Union[int, str], space: str = "efficientnet_b0", trials: O
     def write(study) -> SearchResult:
         rows = eng.trial_rows(study, decisions)
         front = write_run(run_dir, rows, decisions)
-        draw_run(run_dir, rows, front, budget=task.budget, presets={n: p["madds"] for n, p in presets.items()},
-                 title=f"{run_dir.name}: budget {format_madds(task.budget)}, data {task.data}")
+        draw_run(
+            run_dir,
+            rows,
+            front,
+            budget=task.budget,
+            presets={n: p["madds"] for n, p in presets.items()},
+            title=f"{run_dir.name}: budget {format_madds(task.budget)}, data {task.data}",
+        )
         return SearchResult(run_dir, front, rows, eng.finished(study), total)
 
     def on_trial(study, trial):
         line = trial_line(trial)
         if line is None:
             return
-        result = write(study)  # the run folder holds every finished trial, whatever happens to this process next
+        result = write(
+            study
+        )  # the run folder holds every finished trial, whatever happens to this process next
         reporter.trial(line, max((r["top1"] for r in trained_rows(result.trials)), default=None))
 
-    reporter.start(f"search {run_dir.name}: space {task.space.name}, budget {format_madds(task.budget)}, "
-                   f"{eng.finished(study)}/{total} trials done, backend {backend}, data {task.data}",
-                   total, eng.finished(study))
+    reporter.start(
+        f"search {run_dir.name}: space {task.space.name}, budget {format_madds(task.budget)}, "
+        f"{eng.finished(study)}/{total} trials done, backend {backend}, data {task.data}",
+        total,
+        eng.finished(study),
+    )
     try:
         if backend == "ray":
             from .ray_engine import run_ray  # noqa: PLC0415
-            run_ray(task, study, total, address=options.address, cpus_per_trial=options.cpus_per_trial,
-                    gpus_per_trial=options.gpus_per_trial, on_trial=on_trial)
+
+            run_ray(
+                task,
+                study,
+                total,
+                address=options.address,
+                cpus_per_trial=options.cpus_per_trial,
+                gpus_per_trial=options.gpus_per_trial,
+                on_trial=on_trial,
+            )
         elif backend == "nni":
             from .nni_engine import run_nni  # noqa: PLC0415
+
             run_nni(task, study, total, strategy=options.nni_strategy, seed=seed, on_trial=on_trial)
         else:
             eng.run_optuna(task, study, total, on_trial=on_trial, on_epoch=reporter.epoch)

@@ -1,9 +1,10 @@
 """What every backend does with one point of the space: count first, train only if under budget."""
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any
 
 from ..data import DataSource
 from ..training.recipe import Recipe
@@ -14,40 +15,55 @@ from .space import SearchSpace
 class SearchTask:
     """Everything a worker needs to evaluate points (plain data: it pickles for Ray and NNI)."""
 
-    space: SearchSpace   # the declarative space
-    budget: int          # hard MADD budget of the full-size spec
-    recipe: Recipe       # the proxy training recipe
-    data: DataSource     # where the proxy trains and evaluates
-    seed: int = 0        # seeds the proxy training
-    _counts: Dict[str, Tuple[int, int]] = field(default_factory=dict, repr=False)
+    space: SearchSpace  # the declarative space
+    budget: int  # hard MADD budget of the full-size spec
+    recipe: Recipe  # the proxy training recipe
+    data: DataSource  # where the proxy trains and evaluates
+    seed: int = 0  # seeds the proxy training
+    _counts: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
-    def count(self, spec) -> Tuple[int, int]:
+    def count(self, spec) -> tuple[int, int]:
         """(MADDs, parameters) of a full-size spec, cached by spec id."""
         if spec.id not in self._counts:
             from ..madds import count_madds, count_params  # noqa: PLC0415
             from ..models import build_model  # noqa: PLC0415
+
             model = build_model(spec)
             self._counts[spec.id] = (count_madds(model), count_params(model))
         return self._counts[spec.id]
 
-    def measure(self, params: Dict[str, Any]):
+    def measure(self, params: dict[str, Any]):
         """(spec, MADDs, parameters) of a point, counted on the full-size spec."""
         spec = self.space.to_spec(params)
         return (spec, *self.count(spec))
 
-    def evaluate(self, params: Dict[str, Any], *, report=None, on_epoch=None) -> Dict[str, Any]:
+    def evaluate(self, params: dict[str, Any], *, report=None, on_epoch=None) -> dict[str, Any]:
         """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1, and whether
         it is ``untrained`` (not clearly above chance, see ``chance_threshold``: kept off the front).
 
         ``report(epoch, metrics)`` receives intermediate held-out metrics (see ``proxy_top1``)."""
         t0 = time.time()
         spec, madds, n_params = self.measure(params)
-        result = {"spec": spec.to_dict(), "spec_id": spec.id, "madds": madds, "params": n_params,
-                  "feasible": madds <= self.budget, "top1": None, "top5": None, "untrained": False}
+        result = {
+            "spec": spec.to_dict(),
+            "spec_id": spec.id,
+            "madds": madds,
+            "params": n_params,
+            "feasible": madds <= self.budget,
+            "top1": None,
+            "top5": None,
+            "untrained": False,
+        }
         if result["feasible"]:
             from ..training.engine import proxy_top1  # noqa: PLC0415  (raises Diverged on a NaN/inf loss)
-            metrics = proxy_top1(spec, self.data, self.recipe, seed=self.seed, report=report, on_epoch=on_epoch)
-            result.update(top1=metrics["top1"], top5=metrics["top5"],
-                          untrained=metrics["top1"] < metrics["chance_threshold"])
+
+            metrics = proxy_top1(
+                spec, self.data, self.recipe, seed=self.seed, report=report, on_epoch=on_epoch
+            )
+            result.update(
+                top1=metrics["top1"],
+                top5=metrics["top5"],
+                untrained=metrics["top1"] < metrics["chance_threshold"],
+            )
         result["seconds"] = round(time.time() - t0, 2)
         return result

@@ -1,9 +1,10 @@
 """Checkpoints and exported models: plain tensors and JSON-able values, loadable with weights_only=True."""
+
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import torch
 
@@ -11,21 +12,23 @@ from ..errors import UsageError
 from ..results import write_atomic
 
 
-def save(obj: Dict[str, Any], path: Path) -> None:
+def save(obj: dict[str, Any], path: Path) -> None:
     """Atomic ``torch.save`` (through ``write_atomic``: temporary file, then rename)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_atomic(path, buf.getvalue())
 
 
-def load(path) -> Dict[str, Any]:
+def load(path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (corrupt or foreign files raise many kinds)
-        raise UsageError(f"{path}: not a condconv-nas checkpoint ({type(e).__name__}: {e})") from None
+        raise UsageError(
+            f"{path}: not a condconv-nas checkpoint ({type(e).__name__}: {e})"
+        ) from None
 
 
 def load_exported(path):
@@ -33,10 +36,11 @@ def load_exported(path):
     return model_from(load(path), path)
 
 
-def model_from(obj: Dict[str, Any], path) -> "torch.nn.Module":
+def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
     """The model a loaded checkpoint or export holds (EMA weights when it has them), in eval mode."""
     from ..models import build_model  # noqa: PLC0415
     from ..spec import ArchSpec  # noqa: PLC0415
+
     if "spec" not in obj or "model" not in obj:
         raise UsageError(f"{path}: holds no spec and model weights")
     model = build_model(ArchSpec.from_dict(obj["spec"]))

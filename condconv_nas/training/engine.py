@@ -1,10 +1,10 @@
 """The training loop shared by the search's proxy and ``condconv-nas train`` (timm's optimizers,
 schedulers, mixup and EMA; plain PyTorch otherwise)."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -50,15 +50,22 @@ def zero_init_residual(model: nn.Module) -> nn.Module:
 def build_for_training(spec, recipe: Recipe) -> nn.Module:
     """``build_model`` with the recipe's regularisers and initialisation, weights stored channels-last."""
     from ..models import build_model  # noqa: PLC0415
-    model = build_model(spec, drop_rate=recipe.dropout, drop_path_rate=recipe.drop_path,
-                        bn_momentum=recipe.bn_momentum, expert_dropout=recipe.expert_dropout)
+
+    model = build_model(
+        spec,
+        drop_rate=recipe.dropout,
+        drop_path_rate=recipe.drop_path,
+        bn_momentum=recipe.bn_momentum,
+        expert_dropout=recipe.expert_dropout,
+    )
     if recipe.zero_init_residual:
         zero_init_residual(model)
     return zero_classifier(model).to(memory_format=torch.channels_last)
 
 
-def param_groups(model: nn.Module, weight_decay: float, expert_lr: str = "same",
-                 router_lr: str = "same") -> List[Dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, expert_lr: str = "same", router_lr: str = "same"
+) -> list[dict]:
     """timm's weight-decay groups; with ``expert_lr="rsqrt"`` CondConv experts get ``lr_scale = 1/sqrt(n)``.
 
     Why: under an adaptive optimizer (AdamW, RMSProp) every expert steps by about ``lr`` along the
@@ -69,25 +76,43 @@ def param_groups(model: nn.Module, weight_decay: float, expert_lr: str = "same",
     multiply each group's lr by its ``lr_scale``.
     """
     from timm.optim import param_groups_weight_decay  # noqa: PLC0415
+
     from ..layers import CondConv2d, CondLinear, Router  # noqa: PLC0415
+
     groups = param_groups_weight_decay(model, weight_decay)
     scale = {}
     if expert_lr == "rsqrt":
-        scale.update({id(p): 1 / math.sqrt(m.num_experts) for m in model.modules()
-                      if isinstance(m, (CondConv2d, CondLinear)) for p in m.parameters(recurse=False)})
+        scale.update(
+            {
+                id(p): 1 / math.sqrt(m.num_experts)
+                for m in model.modules()
+                if isinstance(m, (CondConv2d, CondLinear))
+                for p in m.parameters(recurse=False)
+            }
+        )
     if router_lr == "rsqrt":
-        scale.update({id(p): 1 / math.sqrt(fc.in_features) for r in model.modules() if isinstance(r, Router)
-                      for fc in r.modules() if isinstance(fc, nn.Linear) for p in fc.parameters()})
+        scale.update(
+            {
+                id(p): 1 / math.sqrt(fc.in_features)
+                for r in model.modules()
+                if isinstance(r, Router)
+                for fc in r.modules()
+                if isinstance(fc, nn.Linear)
+                for p in fc.parameters()
+            }
+        )
     if not scale:
         return groups
     out = []
     for g in groups:
         rest = [p for p in g["params"] if id(p) not in scale]
-        by_scale: Dict[float, List] = {}
+        by_scale: dict[float, list] = {}
         for p in g["params"]:
             if id(p) in scale:
                 by_scale.setdefault(scale[id(p)], []).append(p)
-        out += [{**g, "params": rest}] + [{**g, "params": ps, "lr_scale": s} for s, ps in by_scale.items()]
+        out += [{**g, "params": rest}] + [
+            {**g, "params": ps, "lr_scale": s} for s, ps in by_scale.items()
+        ]
     return [g for g in out if g["params"]]
 
 
@@ -99,42 +124,86 @@ class Diverged(RuntimeError):
 class Training:
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Optional[object]   # a timm scheduler (step per update and per epoch) or None
-    ema: Optional[nn.Module]      # timm ModelEmaV3 or None
+    scheduler: object | None  # a timm scheduler (step per update and per epoch) or None
+    ema: nn.Module | None  # timm ModelEmaV3 or None
     loss_fn: nn.Module
-    mixup: Optional[object]       # timm Mixup or None
+    mixup: object | None  # timm Mixup or None
     steps_per_epoch: int
 
 
-def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers: int = 0,
-                sampler=None, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int,
+    workers: int = 0,
+    sampler=None,
+    drop_last: bool = False,
+) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      generator=g, num_workers=workers, drop_last=drop_last, persistent_workers=workers > 0)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        generator=g,
+        num_workers=workers,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+    )
 
 
-def setup_training(model: nn.Module, recipe: Recipe, *, num_classes: int, steps_per_epoch: int,
-                   epochs: int, world_size: int = 1) -> Training:
+def setup_training(
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    num_classes: int,
+    steps_per_epoch: int,
+    epochs: int,
+    world_size: int = 1,
+) -> Training:
     from timm.loss import SoftTargetCrossEntropy  # noqa: PLC0415
     from timm.optim import create_optimizer_v2  # noqa: PLC0415
     from timm.scheduler import create_scheduler_v2  # noqa: PLC0415
     from timm.utils import ModelEmaV3  # noqa: PLC0415
+
     lr = recipe.lr * world_size
-    kw = {"momentum": recipe.momentum} if recipe.optimizer in ("sgd", "momentum", "rmsprop", "rmsproptf") else {}
+    kw = (
+        {"momentum": recipe.momentum}
+        if recipe.optimizer in ("sgd", "momentum", "rmsprop", "rmsproptf")
+        else {}
+    )
     groups = param_groups(model, recipe.weight_decay, recipe.expert_lr, recipe.router_lr)
-    if recipe.schedule == "none":  # timm's schedulers apply lr_scale (from their first update); without one, here
+    if (
+        recipe.schedule == "none"
+    ):  # timm's schedulers apply lr_scale (from their first update); without one, here
         groups = [{**g, "lr": lr * g.pop("lr_scale")} if "lr_scale" in g else g for g in groups]
-    optimizer = create_optimizer_v2(groups, opt=recipe.optimizer, lr=lr, weight_decay=recipe.weight_decay, **kw)
+    optimizer = create_optimizer_v2(
+        groups, opt=recipe.optimizer, lr=lr, weight_decay=recipe.weight_decay, **kw
+    )
     scheduler = None
     if recipe.schedule != "none":
-        scheduler, _ = create_scheduler_v2(optimizer, sched=recipe.schedule, num_epochs=epochs,
-                                           warmup_epochs=recipe.warmup_epochs, warmup_lr=lr * 0.01,
-                                           decay_epochs=recipe.decay_epochs, decay_rate=recipe.decay_rate,
-                                           step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=recipe.schedule,
+            num_epochs=epochs,
+            warmup_epochs=recipe.warmup_epochs,
+            warmup_lr=lr * 0.01,
+            decay_epochs=recipe.decay_epochs,
+            decay_rate=recipe.decay_rate,
+            step_on_epochs=False,
+            updates_per_epoch=steps_per_epoch,
+        )
     mixup = None
     if recipe.mixup_alpha > 0:
         from timm.data import Mixup  # noqa: PLC0415
-        mixup = Mixup(mixup_alpha=recipe.mixup_alpha, label_smoothing=recipe.label_smoothing, num_classes=num_classes)
+
+        mixup = Mixup(
+            mixup_alpha=recipe.mixup_alpha,
+            label_smoothing=recipe.label_smoothing,
+            num_classes=num_classes,
+        )
         loss_fn: nn.Module = SoftTargetCrossEntropy()
     else:
         loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -142,7 +211,9 @@ def setup_training(model: nn.Module, recipe: Recipe, *, num_classes: int, steps_
     return Training(model, optimizer, scheduler, ema, loss_fn, mixup, steps_per_epoch)
 
 
-def train_epoch(t: Training, loader: DataLoader, epoch: int, *, device="cpu", scaler=None, progress=None) -> float:
+def train_epoch(
+    t: Training, loader: DataLoader, epoch: int, *, device="cpu", scaler=None, progress=None
+) -> float:
     """One epoch; returns the mean loss. Raises `Diverged` on a NaN/inf loss."""
     t.model.train()
     total, count = 0.0, 0
@@ -177,7 +248,7 @@ def train_epoch(t: Training, loader: DataLoader, epoch: int, *, device="cpu", sc
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, device="cpu") -> Dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, *, device="cpu") -> dict[str, float]:
     """top-1 and top-5 accuracy (fractions) and the mean loss."""
     model.eval()
     correct1 = correct5 = n = 0
@@ -201,7 +272,11 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int, *, device
     they lag the final weights, and evaluation mode uses them. Re-estimating them on the final
     weights is the usual remedy in architecture search (single-path one-shot, Once-for-All).
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -214,7 +289,7 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int, *, device
                 break
             model(x.to(device))
     finally:
-        for m, momentum in zip(bns, momenta):
+        for m, momentum in zip(bns, momenta, strict=False):
             m.momentum = momentum
         model.train(was_training)
 
@@ -230,7 +305,9 @@ def chance_threshold(num_classes: int, n: int, z: float = 3.1) -> float:
     return p + z * math.sqrt(p * (1 - p) / max(n, 1))
 
 
-def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_epoch=None) -> Dict[str, float]:
+def proxy_top1(
+    spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_epoch=None
+) -> dict[str, float]:
     """Train ``spec`` briefly as the proxy recipe says and return its held-out accuracy.
 
     ``report(epoch, metrics)``, if given, receives the held-out metrics after every epoch but the
@@ -241,17 +318,31 @@ def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_e
     recipe's resolution with the data set's number of classes; seeds fix init, order and split.
     """
     from ..data import make_datasets, subset  # noqa: PLC0415
+
     recipe = recipe.for_base(spec.base)
     res = recipe.resolution or spec.resolution
-    train_ds, val_ds, num_classes = make_datasets(source, res, holdout=recipe.holdout, seed=recipe.seed)
+    train_ds, val_ds, num_classes = make_datasets(
+        source, res, holdout=recipe.holdout, seed=recipe.seed
+    )
     train_ds = subset(train_ds, recipe.train_subset, recipe.seed)
     torch.manual_seed(seed + recipe.seed)
     model = build_for_training(spec.replace(num_classes=num_classes), recipe)
-    train_loader = make_loader(train_ds, recipe.batch_size, train=True, seed=seed + recipe.seed,
-                               workers=recipe.workers, drop_last=recipe.mixup_alpha > 0)
+    train_loader = make_loader(
+        train_ds,
+        recipe.batch_size,
+        train=True,
+        seed=seed + recipe.seed,
+        workers=recipe.workers,
+        drop_last=recipe.mixup_alpha > 0,
+    )
     val_loader = make_loader(val_ds, 256, train=False, seed=0, workers=recipe.workers)
-    t = setup_training(model, recipe, num_classes=num_classes, steps_per_epoch=len(train_loader),
-                       epochs=recipe.epochs)
+    t = setup_training(
+        model,
+        recipe,
+        num_classes=num_classes,
+        steps_per_epoch=len(train_loader),
+        epochs=recipe.epochs,
+    )
     evaluated = t.ema.module if t.ema is not None else model
     loss = math.nan
     for epoch in range(recipe.epochs):
@@ -263,5 +354,10 @@ def proxy_top1(spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_e
     if recipe.bn_recalibrate:
         recalibrate_bn(evaluated, train_loader, recipe.bn_recalibrate)
     metrics = evaluate(evaluated, val_loader)
-    return {**metrics, "train_loss": loss, "num_classes": num_classes, "val_size": len(val_ds),
-            "chance_threshold": chance_threshold(num_classes, len(val_ds))}
+    return {
+        **metrics,
+        "train_loss": loss,
+        "num_classes": num_classes,
+        "val_size": len(val_ds),
+        "chance_threshold": chance_threshold(num_classes, len(val_ds)),
+    }

@@ -1,4 +1,5 @@
 """Options of ``condconv-nas train`` (no heavy imports here)."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,13 +7,29 @@ import argparse
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="a spec JSON file (e.g. RUN/specs/<trial>.json) or a preset name")
-    p.add_argument("--trainer", default="cifar",
-                   help="recipe: proxy | cifar | imagenet, or a YAML file (default: cifar)")
-    p.add_argument("--data", default="digits",
-                   help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)")
+    p.add_argument(
+        "--trainer",
+        default="cifar",
+        help="recipe: proxy | cifar | imagenet, or a YAML file (default: cifar)",
+    )
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default: the recipe's)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<spec id>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the last finished epoch in --out (default: start afresh)")
-    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default: the recipe's)")
-    p.add_argument("--workers", type=int, default=None, help="data loader workers (default: the recipe's)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last finished epoch in --out (default: start afresh)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="per-process batch size (default: the recipe's)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="data loader workers (default: the recipe's)"
+    )

@@ -1,5 +1,6 @@
 """``condconv-nas train`` and ``evaluate``: retrain an exported spec with a recipe, on one process or
 under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU; only rank 0 writes)."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Union
 
 import torch
 
@@ -28,9 +28,19 @@ def _dist():
     return world, rank
 
 
-def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optional[int] = None,
-          out: Union[str, Path, None] = None, resume: bool = False, init: Optional[str] = None,
-          batch_size: Optional[int] = None, workers: Optional[int] = None, progress: bool = True) -> Dict:
+def train(
+    spec,
+    *,
+    trainer: str = "proxy",
+    data: str = "digits",
+    epochs: int | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    init: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train ``spec`` (an ArchSpec, a spec file or a preset name) with a recipe; returns ``metrics.json``.
 
     Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` after
@@ -62,15 +72,22 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
 
     from ..madds import count_madds, count_params  # noqa: PLC0415
     from .engine import build_for_training, evaluate, make_loader, setup_training, train_epoch  # noqa: PLC0415
+
     world, rank = _dist()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(
+        f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    )
     res = recipe.resolution or spec.resolution
-    train_ds, val_ds, num_classes = make_datasets(data, res, holdout=recipe.holdout, seed=recipe.seed,
-                                                  autoaugment=recipe.autoaugment)
+    train_ds, val_ds, num_classes = make_datasets(
+        data, res, holdout=recipe.holdout, seed=recipe.seed, autoaugment=recipe.autoaugment
+    )
     if spec.num_classes != num_classes:
         if rank == 0 and progress:
-            print(f"note: {data} has {num_classes} classes; the classifier is built for {num_classes} "
-                  f"(the spec says {spec.num_classes})", file=sys.stderr)
+            print(
+                f"note: {data} has {num_classes} classes; the classifier is built for {num_classes} "
+                f"(the spec says {spec.num_classes})",
+                file=sys.stderr,
+            )
         spec = spec.replace(num_classes=num_classes)
     torch.manual_seed(recipe.seed)
     model = build_for_training(spec, recipe)
@@ -78,18 +95,37 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
     model = model.to(device)
     sampler = None
     if world > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(train_ds, seed=recipe.seed, drop_last=True)
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            train_ds, seed=recipe.seed, drop_last=True
+        )
     # mixup needs whole batches; otherwise keep every image (small folders have less than one batch)
-    train_loader = make_loader(train_ds, batch, train=True, seed=recipe.seed, workers=workers, sampler=sampler,
-                               drop_last=recipe.mixup_alpha > 0 and len(train_ds) >= batch * world)
+    train_loader = make_loader(
+        train_ds,
+        batch,
+        train=True,
+        seed=recipe.seed,
+        workers=workers,
+        sampler=sampler,
+        drop_last=recipe.mixup_alpha > 0 and len(train_ds) >= batch * world,
+    )
     if len(train_loader) == 0:
-        raise UsageError(f"--data {data}: {len(train_ds)} training images, fewer than one batch of {batch}")
+        raise UsageError(
+            f"--data {data}: {len(train_ds)} training images, fewer than one batch of {batch}"
+        )
     val_loader = make_loader(val_ds, batch, train=False, seed=0, workers=workers)
     train_model = model
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    t = setup_training(train_model, recipe, num_classes=num_classes, steps_per_epoch=len(train_loader),
-                       epochs=epochs, world_size=world)
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    t = setup_training(
+        train_model,
+        recipe,
+        num_classes=num_classes,
+        steps_per_epoch=len(train_loader),
+        epochs=epochs,
+        world_size=world,
+    )
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -105,6 +141,7 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+
         writer = SummaryWriter(str(out / "tb"))
     metrics = {}
     for epoch in range(start, epochs):
@@ -113,7 +150,13 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
         bar = None
         if rank == 0 and progress:
             from tqdm.auto import tqdm  # noqa: PLC0415
-            bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False)
+
+            bar = tqdm(
+                total=len(train_loader),
+                desc=f"epoch {epoch + 1}/{epochs}",
+                file=sys.stderr,
+                leave=False,
+            )
         t0 = time.time()
         loss = train_epoch(t, train_loader, epoch, device=device, scaler=scaler, progress=bar)
         seconds = time.time() - t0
@@ -123,22 +166,49 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
             continue
         evaluated = t.ema.module if t.ema is not None else model
         m = evaluate(evaluated, val_loader, device=device)
-        metrics = {"epoch": epoch + 1, "top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"],
-                   "train_loss": loss, "epoch_seconds": round(seconds, 2), "madds": madds, "params": n_params,
-                   "spec_id": given_id, "model_spec_id": spec.id, "data": str(data), "world_size": world}
+        metrics = {
+            "epoch": epoch + 1,
+            "top1": m["top1"],
+            "top5": m["top5"],
+            "val_loss": m["loss"],
+            "train_loss": loss,
+            "epoch_seconds": round(seconds, 2),
+            "madds": madds,
+            "params": n_params,
+            "spec_id": given_id,
+            "model_spec_id": spec.id,
+            "data": str(data),
+            "world_size": world,
+        }
         if progress:
-            print(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
-                  f"({seconds:.1f}s)", file=sys.stderr)
+            print(
+                f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
+                f"({seconds:.1f}s)",
+                file=sys.stderr,
+            )
         for k in ("top1", "top5", "loss"):
             writer.add_scalar(f"val/{k}", m[k], epoch + 1)
         writer.add_scalar("train/loss", loss, epoch + 1)
-        ckpt = {"epoch": epoch + 1, "spec": spec.to_dict(), "recipe": {**recipe.__dict__, "overrides": {}},
-                "model": model.state_dict(), "optimizer": t.optimizer.state_dict(),
-                "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
-                "ema": t.ema.module.state_dict() if t.ema is not None else {}, "metrics": metrics}
+        ckpt = {
+            "epoch": epoch + 1,
+            "spec": spec.to_dict(),
+            "recipe": {**recipe.__dict__, "overrides": {}},
+            "model": model.state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
+            "ema": t.ema.module.state_dict() if t.ema is not None else {},
+            "metrics": metrics,
+        }
         checkpoint.save(ckpt, out / "last.pt")
-        checkpoint.save({"spec": spec.to_dict(), "model": evaluated.state_dict(), "recipe": ckpt["recipe"],
-                         "metrics": metrics}, out / "model.pt")
+        checkpoint.save(
+            {
+                "spec": spec.to_dict(),
+                "model": evaluated.state_dict(),
+                "recipe": ckpt["recipe"],
+                "metrics": metrics,
+            },
+            out / "model.pt",
+        )
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if writer is not None:
         writer.close()
@@ -147,7 +217,7 @@ def train(spec, *, trainer: str = "proxy", data: str = "digits", epochs: Optiona
     return metrics if rank == 0 else {}
 
 
-def evaluate_checkpoint(path: Union[str, Path], *, data: str = "digits", batch_size: int = 64) -> Dict:
+def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: int = 64) -> dict:
     """top-1, top-5 and loss of a checkpoint or exported model (ours) on ``data``'s held-out split."""
     data = parse_source(data)
     if batch_size < 1:
@@ -155,9 +225,12 @@ def evaluate_checkpoint(path: Union[str, Path], *, data: str = "digits", batch_s
     obj = checkpoint.load(path)
     model = checkpoint.model_from(obj, path)
     from .engine import evaluate, make_loader  # noqa: PLC0415
+
     recipe = obj.get("recipe") or {}
     res = recipe.get("resolution") or model.spec.resolution
-    _, val_ds, num_classes = make_datasets(data, res, holdout=recipe.get("holdout", 0.2), seed=recipe.get("seed", 0))
+    _, val_ds, num_classes = make_datasets(
+        data, res, holdout=recipe.get("holdout", 0.2), seed=recipe.get("seed", 0)
+    )
     if num_classes != model.spec.num_classes:
         raise UsageError(f"{path} has {model.spec.num_classes} classes, {data} has {num_classes}")
     return evaluate(model, make_loader(val_ds, batch_size, train=False, seed=0))
