@@ -1,4 +1,5 @@
-"""Every CondConv layer shape of CondConv-EfficientNet-B0, each execution form against the static conv.
+"""Every CondConv layer shape of CondConv-EfficientNet-B0, each execution form against the static
+conv.
 
 For one figure (resolution, batch, training step or inference) it lists each distinct CondConv
 layer shape with: how many layers have it, the static convolution's time, each form's time
@@ -26,7 +27,7 @@ from condconv_nas.layers.crop import crop
 def largest_tensor(layer: CondConv2d, form: str, shape) -> int:
     """Elements of the largest intermediate that `form` makes for an input of `shape`."""
     B, C, H, W = shape
-    n, O, g = layer.num_experts, layer.out_channels, layer.groups
+    n, Co, g = layer.num_experts, layer.out_channels, layer.groups
     (kh, kw), (sh, sw) = (
         crop(layer.weight, (H, W), layer.stride, layer.padding, layer.dilation)[0].shape[-2:],
         layer.stride,
@@ -36,9 +37,9 @@ def largest_tensor(layer: CondConv2d, form: str, shape) -> int:
         (W + 2 * layer.padding[1] - layer.kernel_size[1]) // sw + 1,
     )
     return {
-        "kernel": B * O * C // g * kh * kw,
-        "bmm": B * O * C,
-        "mixture": B * n * O * Ho * Wo,
+        "kernel": B * Co * C // g * kh * kw,
+        "bmm": B * Co * C,
+        "mixture": B * n * Co * Ho * Wo,
         "expand": B * n * C * H * W,
     }[form]
 
@@ -46,7 +47,8 @@ def largest_tensor(layer: CondConv2d, form: str, shape) -> int:
 def static_time(
     layer: CondConv2d, x: torch.Tensor, train: bool, rounds: int, memory_format
 ) -> float:
-    """The static convolution as the static model runs it (cropped to the taps the input reaches)."""
+    """The static convolution as the static model runs it (cropped to the taps the input
+    reaches)."""
     w = layer.weight[0].detach().contiguous(memory_format=memory_format).requires_grad_(train)
     best = float("inf")
     for i in range(rounds + 1):
@@ -101,14 +103,17 @@ def main() -> None:
         ts = static_time(layer, x.detach().requires_grad_(args.train), args.train, args.rounds, fmt)
         best = min(times, key=times.get)
         total_static, total_best = total_static + count * ts, total_best + count * times[best]
-        name = f"{layer.in_channels}->{layer.out_channels} k{layer.kernel_size[0]} s{layer.stride[0]} g{layer.groups}"
+        k, s = layer.kernel_size[0], layer.stride[0]
+        name = f"{layer.in_channels}->{layer.out_channels} k{k} s{s} g{layer.groups}"
         forms = "  ".join(
-            f"{'*' if f == best else ''}{f} {t * 1e3:.2f} ({largest_tensor(layer, f, shape) * 4 / 1e6:.1f})"
+            f"{'*' if f == best else ''}{f} {t * 1e3:.2f} "
+            f"({largest_tensor(layer, f, shape) * 4 / 1e6:.1f})"
             for f, t in times.items()
         )
         print(f"{name:28s} {str(shape):18s} {count:2d} {ts * 1e3:7.2f}  {forms}")
     print(
-        f"all CondConv layers: static {total_static * 1e3:.1f} ms, picked forms {total_best * 1e3:.1f} ms "
+        f"all CondConv layers: static {total_static * 1e3:.1f} ms, picked forms "
+        f"{total_best * 1e3:.1f} ms "
         f"({total_best / total_static:.2f}x); * marks the pick"
     )
 

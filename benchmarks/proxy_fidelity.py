@@ -7,7 +7,8 @@ the previous proxy (``benchmarks/proxy_v1.yaml``) and with a reference: the prox
 per spec top-1 and seconds, then for each proxy: Kendall's tau against the reference, the mean
 error against the reference for static and for CondConv specs (and their gap), the repeat noise,
 and the cost per candidate. Everything runs in this process, one spec after another. Run:
-``python benchmarks/proxy_fidelity.py [--random 6] [--pairs mobilenet-v1,mobilenet-v2,...] [--out FILE]``.
+``python benchmarks/proxy_fidelity.py [--random 6] [--pairs mobilenet-v1,mobilenet-v2,...] [--out
+FILE]``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def summary(name, rows, key, ref="reference"):
     static, cond = (statistics.mean(err[c]) if err[c] else float("nan") for c in (False, True))
     secs = statistics.median(r[key + "_s"] for r in rows)
     print(
-        f"{name:<10} tau {tau:+.3f}  error vs reference: static {static:+.3f}, CondConv {cond:+.3f} "
+        f"{name:<10} tau {tau:+.3f}  error vs reference: static {static:+.3f}, CondConv "
+        f"{cond:+.3f} "
         f"(gap {cond - static:+.3f})  lowest top-1 {min(r[key] for r in rows):.3f}  "
         f"median {secs:.1f} s per candidate"
     )
@@ -105,11 +107,14 @@ def main() -> None:
     ]
     specs += list(candidates(args.space, args.random, args.seed))
     print(
-        f"{len(specs)} specs on {args.data}; proxy {proxy.epochs} epochs at {proxy.resolution} px, reference "
-        f"{reference.epochs} epochs at {reference.resolution} px; torch threads {torch.get_num_threads()}"
+        f"{len(specs)} specs on {args.data}; proxy {proxy.epochs} epochs at {proxy.resolution} "
+        f"px, reference "
+        f"{reference.epochs} epochs at {reference.resolution} px; torch threads "
+        f"{torch.get_num_threads()}"
     )
     print(
-        f"{'spec':<26} {'cc':>2} {'proxy':>6} {'seed+1':>6} {'old':>6} {'ref':>6}   seconds (proxy/old/ref)"
+        f"{'spec':<26} {'cc':>2} {'proxy':>6} {'seed+1':>6} {'old':>6} {'ref':>6}   seconds "
+        f"(proxy/old/ref)"
     )
     rows = []
     for name, spec in specs:
@@ -121,7 +126,8 @@ def main() -> None:
         rows.append(r)
         print(
             f"{name:<26} {'y' if r['condconv'] else 'n':>2} {r['proxy']:6.3f} {r['seed1']:6.3f} "
-            f"{r['old']:6.3f} {r['reference']:6.3f}   {r['proxy_s']:.1f}/{r['old_s']:.1f}/{r['reference_s']:.1f}",
+            f"{r['old']:6.3f} {r['reference']:6.3f}   "
+            f"{r['proxy_s']:.1f}/{r['old_s']:.1f}/{r['reference_s']:.1f}",
             flush=True,
         )
     if args.out:
@@ -131,7 +137,8 @@ def main() -> None:
     summary("old proxy", rows, "old")
     seed = [abs(r["proxy"] - r["seed1"]) for r in rows]
     print(
-        f"proxy noise, the same spec with another seed: |diff| max {max(seed):.3f}, mean {statistics.mean(seed):.3f}"
+        f"proxy noise, the same spec with another seed: |diff| max {max(seed):.3f}, mean "
+        f"{statistics.mean(seed):.3f}"
     )
     for (
         r

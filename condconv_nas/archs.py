@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import re
 
-# base -> (one list of timm block strings per stage, activation, head 1x1 conv features rule)
-# head: "scaled" = round_channels(1280 * width); "min" = max(1280, scaled); "fixed" = 1280; "none" = no head conv
+# base -> (one list of timm block strings per stage, activation, head 1x1 conv features rule) head:
+# "scaled" = round_channels(1280 * width); "min" = max(1280, scaled); "fixed" = 1280; "none" = no
+# head conv
 EFFICIENTNET_FAMILY: dict[str, dict] = {
     "mobilenet_v1": dict(
         act="relu6",

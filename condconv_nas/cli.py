@@ -24,13 +24,10 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         return json.dumps(rows, indent=2)
     if not rows:
         return "(none)"
-    cols = list(rows[0])
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(
-        v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths, strict=False))
-    )  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
+    from tabulate import tabulate  # fvcore's own table printer
+
+    # numbers stay as given: spec ids such as "1e5a..." must not be read as floats
+    return tabulate(rows, headers="keys", missingval="", disable_numparse=True)
 
 
 class Command(abc.ABC):
@@ -40,8 +37,8 @@ class Command(abc.ABC):
     help: str = ""
     formats = ("table", "json")
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        pass
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:  # noqa: B027  (optional)
+        """Declare the command's options (none by default)."""
 
     @abc.abstractmethod
     def take_action(self, args: argparse.Namespace) -> int:
@@ -167,19 +164,22 @@ class Search(Command):
             )
         except SearchInterrupted as e:
             print(
-                f"interrupted after {e.result.finished}/{e.result.total} trials; run the same command again to "
+                f"interrupted after {e.result.finished}/{e.result.total} trials; run the same "
+                f"command again to "
                 "resume",
                 file=sys.stderr,
             )
             return 130
         if result.finished < result.total:
             print(
-                f"the {args.backend} strategy stopped after {result.finished}/{result.total} trials "
+                f"the {args.backend} strategy stopped after {result.finished}/{result.total} "
+                f"trials "
                 "(it found no new point to try)",
                 file=sys.stderr,
             )
         print(
-            f"{result.finished}/{result.total} trials; Pareto front of {len(result.front)} in {result.run_dir}"
+            f"{result.finished}/{result.total} trials; Pareto front of {len(result.front)} in "
+            f"{result.run_dir}"
             + (
                 f"; {result.untrained} untrained (not clearly above chance), kept off the front"
                 if result.untrained
@@ -215,7 +215,8 @@ class Show(Command):
         untrained = count_untrained(args.run_dir)
         if untrained:
             print(
-                f"{untrained} trial(s) trained to no better than chance: kept off the front (trials.csv, "
+                f"{untrained} trial(s) trained to no better than chance: kept off the front "
+                f"(trials.csv, "
                 "status untrained)",
                 file=sys.stderr,
             )
@@ -260,7 +261,8 @@ class Train(Command):
             print(
                 json.dumps(metrics, indent=2)
                 if args.format == "json"
-                else f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} epochs; "
+                else f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} "
+                f"epochs; "
                 f"checkpoints, metrics.json and model.pt in {out}"
             )
         return 0

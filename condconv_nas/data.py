@@ -58,13 +58,15 @@ def parse_source(text: str) -> DataSource:
         folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[kind]
         if not (p / folder).is_dir():
             raise UsageError(
-                f"--data {text}: no {folder}/ in {p} (torchvision's CIFAR format; it is never downloaded)"
+                f"--data {text}: no {folder}/ in {p} (torchvision's CIFAR format; it is never "
+                f"downloaded)"
             )
     return DataSource(kind, p)
 
 
 def load_rgb(path: str):
-    """Open an image of any mode as RGB (palette/RGBA through RGBA, so transparency becomes black)."""
+    """Open an image of any mode as RGB (palette/RGBA through RGBA, so transparency becomes
+    black)."""
     from PIL import Image  # noqa: PLC0415
 
     with Image.open(path) as im:
@@ -165,7 +167,8 @@ def make_datasets(
     seed: int = 0,
     autoaugment: bool = False,
 ) -> tuple[Dataset, Dataset, int]:
-    """(train, val, num_classes). Folders with ``train/`` and ``val/`` use them; otherwise a seeded hold-out."""
+    """(train, val, num_classes). Folders with ``train/`` and ``val/`` use them; otherwise a seeded
+    hold-out."""
     if source.kind == "digits":
         return _digits(resolution, holdout, seed)
     train_tf = image_transforms(resolution, train=True, autoaugment=autoaugment)

@@ -1,4 +1,5 @@
-"""Multiply-adds (MADDs) by the convention of docs/method.md, counted by fvcore from a traced forward.
+"""Multiply-adds (MADDs) by the convention of docs/method.md, counted by fvcore from a traced
+forward.
 
 One multiply-add per weight use, per example, batch 1, at the spec's resolution. The table
 `HANDLES` decides per op: convolutions, FC layers, matmuls (the routing FCs, the kernel
@@ -49,11 +50,13 @@ WEIGHTLESS_OPS = frozenset(
     f"aten::{op}"
     for op in """
     add add_ sub sub_ mul mul_ div div_ neg rsub
-    relu relu_ relu6 hardtanh hardtanh_ sigmoid sigmoid_ silu silu_ hardswish hardswish_ hardsigmoid hardsigmoid_
+    relu relu_ relu6 hardtanh hardtanh_ sigmoid sigmoid_ silu silu_
+    hardswish hardswish_ hardsigmoid hardsigmoid_
     gelu tanh tanh_ softmax log_softmax clamp clamp_ clamp_min clamp_min_ exp
     mean sum amax max_pool2d avg_pool2d adaptive_max_pool2d dropout dropout_ feature_dropout
-    flatten reshape view permute transpose t contiguous expand squeeze unsqueeze cat stack chunk split
-    size select slice narrow new_zeros zeros zeros_like ones ones_like full fill_ to copy_ detach clone
+    flatten reshape view permute transpose t contiguous expand squeeze unsqueeze
+    cat stack chunk split size select slice narrow
+    new_zeros zeros zeros_like ones ones_like full fill_ to copy_ detach clone
     pad constant_pad_nd
 """.split()
 )

@@ -41,7 +41,8 @@ def _hover(r: dict) -> str:
 def front_plot_info(
     rows: list[dict], front: list[dict], *, budget: int, presets: dict[str, int], title: str = ""
 ) -> FrontPlotInfo:
-    """What the plots show, from the run's rows; presets at their own trial's top-1 when evaluated."""
+    """What the plots show, from the run's rows; presets at their own trial's top-1 when
+    evaluated."""
     on_front = {r["trial"] for r in front}
     trained = trained_rows(rows)
     measured = {

@@ -33,7 +33,8 @@ def trained_rows(rows: Sequence[dict]) -> list[dict]:
 
 
 def pareto_front(rows: Sequence[dict]) -> list[dict]:
-    """Non-dominated feasible rows (top1 up, MADDs down), sorted by MADDs; first of exact ties kept."""
+    """Non-dominated feasible rows (top1 up, MADDs down), sorted by MADDs; first of exact ties
+    kept."""
     ok = trained_rows(rows)
     ok.sort(key=lambda r: (r["madds"], -r["top1"], r["trial"]))
     front, best = [], float("-inf")
@@ -100,7 +101,8 @@ def write_run(run_dir: Path, rows: list[dict], decisions: list[str]) -> list[dic
 
 
 def count_untrained(run_dir) -> int:
-    """How many trials of a run folder trained to no better than chance (0 if it has no trials.csv)."""
+    """How many trials of a run folder trained to no better than chance (0 if it has no
+    trials.csv)."""
     path = Path(run_dir) / "trials.csv"
     if not path.is_file():
         return 0

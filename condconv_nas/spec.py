@@ -118,7 +118,8 @@ class ArchSpec:
         last = self.num_blocks + 2
         if not 1 <= cc.begin_layer <= last:
             raise SpecError(
-                f"condconv.begin_layer: must be in [1, {last}] for {self.base} with depth_multiplier "
+                f"condconv.begin_layer: must be in [1, {last}] for {self.base} with "
+                f"depth_multiplier "
                 f"{self.depth_multiplier} ({last - 2} blocks; {last} = classifier only), "
                 f"got {cc.begin_layer}"
             )
@@ -126,13 +127,15 @@ class ArchSpec:
             raise SpecError(f"condconv.num_experts: must be in [1, 1024], got {cc.num_experts}")
         if cc.begin_layer == last and not cc.classifier:
             raise SpecError(
-                f"condconv.begin_layer: {last} means classifier only, but condconv.classifier is false"
+                f"condconv.begin_layer: {last} means classifier only, but condconv.classifier is "
+                f"false"
             )
         r = cc.routing
         for name, allowed in (("share", SHARES), ("hidden", HIDDENS), ("activation", ACTIVATIONS)):
             if getattr(r, name) not in allowed:
                 raise SpecError(
-                    f"condconv.routing.{name}: {getattr(r, name)!r} is not one of {', '.join(allowed)}"
+                    f"condconv.routing.{name}: {getattr(r, name)!r} is not one of "
+                    f"{', '.join(allowed)}"
                 )
 
 
@@ -189,7 +192,7 @@ def _convert(cls, name: str, v: Any, path: str):
     raise SpecError(f"{path}: expected {want.__name__}, got {type(v).__name__} {v!r}")
 
 
-# -- presets: the paper's table 1 placements (docs/method.md), 8 experts, routing shared per block ----
+# -- presets: the paper's table 1 placements (docs/method.md), 8 experts, shared routing per block
 def _cc(begin: int, classifier: bool) -> dict:
     return {
         "begin_layer": begin,
@@ -225,7 +228,8 @@ PRESETS: dict[str, dict] = {
 
 
 def load_spec(path_or_name: str | os.PathLike | ArchSpec | dict) -> ArchSpec:
-    """A spec from a preset name, a JSON file, a dict or an ArchSpec; raises `SpecError` if invalid."""
+    """A spec from a preset name, a JSON file, a dict or an ArchSpec; raises `SpecError` if
+    invalid."""
     if isinstance(path_or_name, ArchSpec):
         return path_or_name
     if isinstance(path_or_name, dict):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-# family, baseline preset, CondConv preset, paper baseline MADDs (M), paper CondConv MADDs (M), paper top-1s
+# family, baseline preset, CondConv preset, paper baseline MADDs (M), paper CondConv MADDs (M),
+# paper top-1s
 PAPER_TABLE1 = [
     ("MobileNetV1 (1.0x)", "mobilenet-v1", "condconv-mobilenet-v1", 567, 600, 71.9, 73.7),
     ("MobileNetV2 (1.0x)", "mobilenet-v2", "condconv-mobilenet-v2", 301, 329, 71.6, 74.6),
@@ -13,7 +14,8 @@ PAPER_TABLE1 = [
 
 
 def table1() -> list[dict]:
-    """One row per (family, baseline|condconv): paper MADDs, ours, the difference in %, our params."""
+    """One row per (family, baseline|condconv): paper MADDs, ours, the difference in %, our
+    params."""
     from .madds import count_madds, count_params  # noqa: PLC0415
     from .models import build_model  # noqa: PLC0415
 

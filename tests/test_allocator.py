@@ -10,8 +10,8 @@ from condconv_nas.allocator import keep_freed_memory
 PROBE = r"""
 import ctypes, sys, torch
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(f, ctypes.c_size_t) for f in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [(f, ctypes.c_size_t) for f in "arena ordblks smblks hblks hblkhd usmblks "
+                "fsmblks uordblks fordblks keepcost".split()]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "keep":
@@ -22,7 +22,8 @@ t = torch.ones(64 << 18)  # 64 MiB
 held = libc.mallinfo2()
 del t
 freed = libc.mallinfo2()
-print((held.hblkhd - before.hblkhd) >> 20, (held.uordblks - before.uordblks) >> 20, freed.fordblks >> 20)
+print((held.hblkhd - before.hblkhd) >> 20, (held.uordblks - before.uordblks) >> 20,
+      freed.fordblks >> 20)
 """
 
 

@@ -95,7 +95,8 @@ def test_strategies_agree_and_padding_rule():
 def test_weight_shapes_and_expert_init():
     layer = CondConv2d(16, 32, 3, groups=4, bias=True, num_experts=8)
     assert layer.weight.shape == (8, 32, 4, 3, 3) and layer.bias.shape == (8, 32)
-    # each expert drawn as nn.Conv2d draws one kernel: kaiming_uniform(a=sqrt(5)) -> bound 1/sqrt(fan_in)
+    # each expert drawn as nn.Conv2d draws one kernel: kaiming_uniform(a=sqrt(5)) -> bound
+    # 1/sqrt(fan_in)
     bound = 1 / (4 * 9) ** 0.5
     assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.8 * bound
     assert not torch.equal(layer.weight[0], layer.weight[1])

@@ -35,7 +35,8 @@ def test_preset_builds_runs_forward_backward(name):
     out.square().mean().backward()
     cond = [m for m in model.modules() if isinstance(m, (CondConv2d, CondLinear))]
     assert all(m.weight.grad is not None for m in cond)
-    # (timm's ResNet zero-initialises each block's last BN, so only some CondConv grads are non-zero there)
+    # (timm's ResNet zero-initialises each block's last BN, so only some CondConv grads are non-zero
+    # there)
     assert not cond or any(m.weight.grad.abs().sum() > 0 for m in cond)
     assert count_params(build_model(name)) == PARAMS[name]
 
@@ -102,7 +103,8 @@ TINY = {
     "resolution": 32,
     "num_classes": 10,
 }
-# stem 3->8 k3 s2 at 16x16; blocks (in, out, H_out): (8,16,16) (16,32,8) (32,64,4) (64,128,2) (128,256,1)
+# stem 3->8 k3 s2 at 16x16; blocks (in, out, H_out): (8,16,16) (16,32,8) (32,64,4) (64,128,2)
+# (128,256,1)
 STATIC = (
     8 * 27 * 256
     + sum(
@@ -111,7 +113,8 @@ STATIC = (
     )
     + 256 * 10
 )
-# CondConv from layer 5 (blocks 4, 5) and the classifier, 4 experts: mixing = n x kernel size (+ bias mixing)
+# CondConv from layer 5 (blocks 4, 5) and the classifier, 4 experts: mixing = n x kernel size (+
+# bias mixing)
 MIXING = 4 * (64 * 9 + 128 * 64 + 128 * 9 + 256 * 128 + 10 * 256) + 4 * 10
 
 

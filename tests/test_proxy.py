@@ -47,7 +47,8 @@ MANY_EXPERTS = {
     "spec", ["mobilenet-v2", MANY_EXPERTS], ids=["mobilenet-v2", "16-experts-hierarchical"]
 )
 def test_proxy_learns_well_above_chance(spec):
-    """Goal 0.9 on digits (chance 0.1); the proxy of 0.1 reached 0.40 (mobilenet-v2) and 0.1 to 0.25 here."""
+    """Goal 0.9 on digits (chance 0.1); the proxy of 0.1 reached 0.40 (mobilenet-v2) and 0.1 to
+    0.25 here."""
     metrics = proxy_top1(load_spec(spec), parse_source("digits"), load_recipe("proxy"))
     assert metrics["top1"] >= 0.8, metrics
     assert metrics["top1"] > metrics["chance_threshold"] + 0.5
@@ -121,7 +122,8 @@ def test_recalibrated_bn_statistics_are_the_exact_mean_and_variance_of_the_batch
     assert not model.training and model[1].momentum == 0.3 and model[3].momentum == 0.1
     with torch.no_grad():
         feats = torch.cat([model[0](x) for x, _ in batches[:3]])  # the 4th batch is not used
-    # each batch's statistics averaged over the batches (BN's cumulative mode), unbiased variance per batch
+    # each batch's statistics averaged over the batches (BN's cumulative mode), unbiased variance
+    # per batch
     per_batch = feats.view(3, 5, 4, 6, 6).transpose(1, 2).reshape(3, 4, -1)
     torch.testing.assert_close(model[1].running_mean, per_batch.mean(2).mean(0))
     torch.testing.assert_close(model[1].running_var, per_batch.var(2, unbiased=True).mean(0))

@@ -69,7 +69,8 @@ def rows_of(run_dir: Path):
 
 
 def check_run_folder(run_dir: Path, total: int):
-    """The run folder every backend writes: all files, exactly `total` trials, a front with specs."""
+    """The run folder every backend writes: all files, exactly `total` trials, a front with
+    specs."""
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}, sorted(
         p.name for p in run_dir.iterdir()
     )
@@ -167,7 +168,8 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
 
 @pytest.fixture
 def ray_head():
-    """A real one-node Ray cluster in its own processes, on this machine, with token authentication."""
+    """A real one-node Ray cluster in its own processes, on this machine, with token
+    authentication."""
     temp = tempfile.mkdtemp(
         prefix="ray", dir="/tmp"
     )  # short: Ray's socket paths must fit in 107 bytes

@@ -112,7 +112,8 @@ def test_end_to_end_search_writes_every_file(files):
         rows[0]
     )
     assert all(r["state"] in ("COMPLETE", "FAIL") for r in rows)
-    # the preset that fits (mobilenet-v1, 569M) does not fit 200M: nothing is enqueued; all are sampled
+    # the preset that fits (mobilenet-v1, 569M) does not fit 200M: nothing is enqueued; all are
+    # sampled
     front = json.loads((run / "pareto.json").read_text())
     assert front and all({"trial", "madds", "params", "top1", "spec"} <= set(p) for p in front)
     # non-dominated, and holds the most accurate feasible trial
@@ -283,7 +284,8 @@ def test_chance_level_trials_are_recorded_and_kept_off_the_front(files):
 
 
 def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
-    """A killed search keeps its run folder up to date, and the rerun recovers the killed trial at once
+    """A killed search keeps its run folder up to date, and the rerun recovers the killed trial at
+    once
     (not after the heartbeat's grace period): exactly --trials finished trials, none RUNNING."""
     import optuna
 
@@ -334,7 +336,8 @@ def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
 
 
 def test_plot_data_tells_the_truth():
-    """Presets sit at their own trial's top-1 (or are marked not evaluated), untrained and over-budget
+    """Presets sit at their own trial's top-1 (or are marked not evaluated), untrained and
+    over-budget
     trials are kept off the accuracy axis, and every point carries a rounded hover."""
     from condconv_nas.plots import front_plot_info
 
@@ -482,7 +485,8 @@ def test_condconv_decisions_are_sampled_only_when_condconv_is_on():
 
 
 def test_optuna_dashboard_serves_the_runs_study_on_loopback(files):
-    """`optuna-dashboard sqlite:///RUN/study.db` (the [dashboard] extra, in [all]) lists the run's study."""
+    """`optuna-dashboard sqlite:///RUN/study.db` (the [dashboard] extra, in [all]) lists the run's
+    study."""
     import shutil
     import socket
     import urllib.request

@@ -151,7 +151,10 @@ def test_table1_cli(cli):
 
 
 def test_import_is_light():
-    code = "import sys, condconv_nas; print(sorted(m for m in ('ray','nni','optuna','torch') if m in sys.modules))"
+    code = (
+        "import sys, condconv_nas; "
+        "print(sorted(m for m in ('ray','nni','optuna','torch') if m in sys.modules))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True
     ).stdout.strip()

@@ -177,7 +177,8 @@ def test_bad_recipe_and_missing_data_exit_2(tmp_path, cli):
 
 @pytest.mark.parametrize("name", ["mobilenet-v2", "condconv-mobilenet-v2", "condconv-resnet50"])
 def test_training_starts_from_a_zero_classifier(name):
-    """Every first logit is 0 (loss ln C), static or CondConv classifier; timm's init alone does not do that."""
+    """Every first logit is 0 (loss ln C), static or CondConv classifier; timm's init alone does
+    not do that."""
     from condconv_nas import build_model, load_spec
     from condconv_nas.training.engine import build_for_training
     from condconv_nas.training.recipe import load_recipe
@@ -192,7 +193,8 @@ def test_training_starts_from_a_zero_classifier(name):
 
 
 def test_library_train_names_its_folder_after_the_spec_it_was_given(tmp_path, recipe, monkeypatch):
-    """train() returns metrics.json; the default folder runs/<spec id> and metrics' spec_id agree, though
+    """train() returns metrics.json; the default folder runs/<spec id> and metrics' spec_id agree,
+    though
     the model was built for digits' 10 classes (model_spec_id)."""
     import condconv_nas
     from condconv_nas import load_spec

@@ -20,7 +20,6 @@ result; which one runs is chosen per call (see `strategy`):
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import torch
 import torch.nn as nn
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from .crop import crop
 from .strategy import STRATEGIES, choose_strategy
 
-_Size = Union[int, tuple[int, int]]
+_Size = int | tuple[int, int]
 
 
 def _pair(v: _Size, name: str) -> tuple[int, int]:
@@ -140,9 +139,11 @@ class CondConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-            f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}"
+            f"bias={self.bias is not None}, num_experts={self.num_experts}, "
+            f"strategy={self.strategy}"
         )
 
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
@@ -161,9 +162,11 @@ class CondConv2d(nn.Module):
         return self.run(strategy, x, routing_weights, self.weight, self.bias)
 
     def forms(self, x: torch.Tensor) -> tuple[str, ...]:
-        """The execution forms worth timing for this layer (``bmm``: 1x1, stride 1, unpadded, ungrouped)."""
-        # Grouped `expand` (n inputs per group) ran 3x slower than `mixture` and 10x slower than `kernel`
-        # at every depthwise layer of CondConv-B0 (benchmarks/condconv_layers.py), so it is not timed.
+        """The execution forms worth timing for this layer (``bmm``: 1x1, stride 1, unpadded,
+        ungrouped)."""
+        # Grouped `expand` (n inputs per group) ran 3x slower than `mixture` and 10x slower than
+        # `kernel` at every depthwise layer of CondConv-B0 (benchmarks/condconv_layers.py), so it is
+        # not timed.
         if self.groups > 1:
             return ("kernel", "mixture")
         pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
@@ -202,8 +205,8 @@ class CondConv2d(nn.Module):
 
     def _forward_kernel(self, x, r, weight, bias, stride, padding):
         B, C, H, W = x.shape
-        O = self.out_channels
-        kernels = mix_experts(r, weight).reshape(B * O, C // self.groups, *weight.shape[-2:])
+        Co = self.out_channels
+        kernels = mix_experts(r, weight).reshape(B * Co, C // self.groups, *weight.shape[-2:])
         out = F.conv2d(
             x.reshape(1, B * C, H, W),
             kernels,
@@ -213,7 +216,7 @@ class CondConv2d(nn.Module):
             self.dilation,
             self.groups * B,
         )
-        return out.reshape(B, O, out.shape[-2], out.shape[-1])
+        return out.reshape(B, Co, out.shape[-2], out.shape[-1])
 
     def _forward_bmm(self, x, r, weight, bias, stride, padding):
         """1x1, stride 1, ungrouped: per-example kernels as one batched matmul."""
@@ -226,26 +229,28 @@ class CondConv2d(nn.Module):
 
     def _forward_mixture(self, x, r, weight, bias, stride, padding):
         B = x.shape[0]
-        n, g, O = self.num_experts, self.groups, self.out_channels
-        # Stack the experts inside each group so that one grouped conv computes every expert's output.
-        w = weight.reshape(n, g, O // g, *weight.shape[2:]).transpose(0, 1)
+        n, g, Co = self.num_experts, self.groups, self.out_channels
+        # Stack the experts inside each group so that one grouped conv computes every expert's
+        # output.
+        w = weight.reshape(n, g, Co // g, *weight.shape[2:]).transpose(0, 1)
         y = F.conv2d(
-            x, w.reshape(n * O, *weight.shape[2:]), None, stride, padding, self.dilation, g
+            x, w.reshape(n * Co, *weight.shape[2:]), None, stride, padding, self.dilation, g
         )
         Ho, Wo = y.shape[-2:]
-        out = torch.einsum("bgnohw,bn->bgohw", y.reshape(B, g, n, O // g, Ho, Wo), r).reshape(
-            B, O, Ho, Wo
+        out = torch.einsum("bgnohw,bn->bgohw", y.reshape(B, g, n, Co // g, Ho, Wo), r).reshape(
+            B, Co, Ho, Wo
         )
         return out if bias is None else out + bias[:, :, None, None]
 
     def _forward_expand(self, x, r, weight, bias, stride, padding):
         B, C, H, W = x.shape
-        n, g, O = self.num_experts, self.groups, self.out_channels
-        # Input channels ordered (group, expert, channel): group j sees r[b, i] * x[b, group j] for every i.
+        n, g, Co = self.num_experts, self.groups, self.out_channels
+        # Input channels ordered (group, expert, channel): group j sees r[b, i] * x[b, group j] for
+        # every i.
         xe = (x.reshape(B, g, 1, C // g, H, W) * r.reshape(B, 1, n, 1, 1, 1)).reshape(
             B, g * n * C // g, H, W
         )
-        w = weight.reshape(n, g, O // g, *weight.shape[2:]).permute(1, 2, 0, 3, 4, 5)
-        w = w.reshape(O, n * weight.shape[2], *weight.shape[3:])
+        w = weight.reshape(n, g, Co // g, *weight.shape[2:]).permute(1, 2, 0, 3, 4, 5)
+        w = w.reshape(Co, n * weight.shape[2], *weight.shape[3:])
         out = F.conv2d(xe, w, None, stride, padding, self.dilation, g)
         return out if bias is None else out + bias[:, :, None, None]

@@ -13,9 +13,11 @@ from .strategy import STRATEGIES, choose_strategy
 
 
 class CondLinear(nn.Module):
-    """``nn.Linear`` with ``num_experts`` experts; ``forward(x, routing_weights)``, x ``(B, in_features)``.
+    """``nn.Linear`` with ``num_experts`` experts; ``forward(x, routing_weights)``, x ``(B,
+    in_features)``.
 
-    ``weight``: ``(num_experts, out_features, in_features)``; ``bias``: ``(num_experts, out_features)``.
+    ``weight``: ``(num_experts, out_features, in_features)``; ``bias``: ``(num_experts,
+    out_features)``.
     """
 
     def __init__(
@@ -53,7 +55,8 @@ class CondLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, num_experts={self.num_experts}, strategy={self.strategy}"
+            f"bias={self.bias is not None}, num_experts={self.num_experts}, "
+            f"strategy={self.strategy}"
         )
 
     def forms(self, x: torch.Tensor) -> tuple[str, ...]:
@@ -83,7 +86,8 @@ class CondLinear(nn.Module):
         mixed_bias = None if bias is None else r @ bias
         B, n = x.shape[0], self.num_experts
         if strategy == "mixture":
-            # n experts in one matmul, then the routing-weighted sum: never builds per-example weights.
+            # n experts in one matmul, then the routing-weighted sum: never builds per-example
+            # weights.
             y = F.linear(x, weight.reshape(-1, self.in_features)).reshape(B, n, -1)
             out = torch.einsum("bno,bn->bo", y, r)
         elif strategy == "expand":

@@ -89,7 +89,8 @@ def crop(
 
 
 class CroppingConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that crops its kernel to the taps its input reaches (same parameters, same result)."""
+    """``nn.Conv2d`` that crops its kernel to the taps its input reaches (same parameters, same
+    result)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, stride, padding = crop(

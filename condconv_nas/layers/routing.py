@@ -30,7 +30,8 @@ class Router(nn.Module):
     Args:
         in_features: channels of the input it pools.
         num_experts: experts it weights.
-        hidden: ``none``, or a hidden layer with ReLU of size in/8 (``small``), in (``medium``), 8*in (``large``).
+        hidden: ``none``, or a hidden layer with ReLU of size in/8 (``small``), in (``medium``),
+        8*in (``large``).
         activation: ``sigmoid`` (several experts may be fully on) or ``softmax``.
         prev_features: hierarchical routing: the previous routing weights (this many) are
             concatenated to the pooled input. 0 for none.
@@ -97,7 +98,8 @@ class RoutingState:
 
 
 class Routed(nn.Module):
-    """Runs ``module`` with the network's current routing weights, first computing them if it owns a router.
+    """Runs ``module`` with the network's current routing weights, first computing them if it owns
+    a router.
 
     ``takes_routing``: the module is a CondConv layer, called as ``module(x, routing_weights)``;
     otherwise it is a block whose routed layers read the state themselves.

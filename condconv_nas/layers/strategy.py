@@ -57,7 +57,8 @@ def _measure(layer, forms: tuple[str, ...], args: tuple, grad: bool) -> dict[str
 
 
 def choose_strategy(layer, x: torch.Tensor) -> str:
-    """The fastest of the layer's forms for this input shape and grad mode (measured once, then cached)."""
+    """The fastest of the layer's forms for this input shape and grad mode (measured once, then
+    cached)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return "kernel"
     grad = torch.is_grad_enabled() and (

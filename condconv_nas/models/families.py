@@ -32,7 +32,8 @@ def _effnet_blocks(model):
 def build_efficientnet_family(
     spec, *, drop_rate=0.0, drop_path_rate=0.0, bn_momentum=None
 ) -> nn.Module:
-    """MobileNetV1/V2, MnasNet-A1, EfficientNet-B0: timm's ``decode_arch_def`` + ``EfficientNet``."""
+    """MobileNetV1/V2, MnasNet-A1, EfficientNet-B0: timm's ``decode_arch_def`` +
+    ``EfficientNet``."""
     cfg = EFFICIENTNET_FAMILY[spec.base]
     round_chs = partial(round_channels, multiplier=spec.width_multiplier)
     head = {"scaled": round_chs(1280), "min": max(1280, round_chs(1280)), "fixed": 1280, "none": 0}[
@@ -70,7 +71,8 @@ def _init_resnet_layer(m: nn.Module) -> None:
     "resnet50", stem="conv1", classifier="fc", blocks=_resnet_blocks, init_layer=_init_resnet_layer
 )
 def build_resnet(spec, *, drop_rate=0.0, drop_path_rate=0.0, bn_momentum=None) -> nn.Module:
-    """ResNet-50: timm's ``ResNet`` with ``Bottleneck`` blocks; width scales every stage and the stem."""
+    """ResNet-50: timm's ``ResNet`` with ``Bottleneck`` blocks; width scales every stage and the
+    stem."""
     w = spec.width_multiplier
     return ResNet(
         Bottleneck,

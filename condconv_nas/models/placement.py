@@ -25,7 +25,8 @@ from .registry import Family
 
 
 def to_condconv(static: nn.Module, num_experts: int, init_layer) -> nn.Module:
-    """A CondConv layer shaped like ``static``, each expert initialised as ``init_layer`` would ``static``."""
+    """A CondConv layer shaped like ``static``, each expert initialised as ``init_layer`` would
+    ``static``."""
     if isinstance(static, nn.Conv2d):
         cond = CondConv2d(
             static.in_channels,

@@ -25,7 +25,8 @@ FAMILIES: dict[str, Family] = {}
 
 
 def register_family(*bases: str, **parts):
-    """Decorator: ``@register_family("resnet50", stem=..., classifier=..., blocks=..., init_layer=...)`` on a builder."""
+    """Decorator: ``@register_family("resnet50", stem=..., classifier=..., blocks=...,
+    init_layer=...)`` on a builder."""
 
     def wrap(build):
         for base in bases:

@@ -148,11 +148,13 @@ def run_nni(
     seed: int = 0,
     on_trial: Callable | None = None,
 ) -> None:
-    """Evaluate the enqueued presets, then run NNI's strategy until the study holds ``total`` counted trials."""
+    """Evaluate the enqueued presets, then run NNI's strategy until the study holds ``total``
+    counted trials."""
     run_waiting(task, study, total, on_trial=on_trial)
     if counted(study) >= total:
         return
-    silence_stdout()  # stdout carries our table or JSON; NNI's errors (a failed trial's traceback) go to stderr
+    # stdout carries our table or JSON; NNI's errors (a failed trial's traceback) go to stderr
+    silence_stdout()
     judge_ = Judge(task, study, total, on_trial)
     space = PointSpace(task.space.searched)
     evaluator = FunctionalEvaluator(judge_.evaluate)

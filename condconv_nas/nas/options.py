@@ -11,11 +11,13 @@ _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 
 
 def parse_budget(text: str) -> int:
-    """``400M``, ``0.4G``, ``413000000``, ``500k`` -> MADDs as an int; ValueError naming the text otherwise."""
+    """``400M``, ``0.4G``, ``413000000``, ``500k`` -> MADDs as an int; ValueError naming the text
+    otherwise."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*", str(text))
     if not m:
         raise ValueError(
-            f"budget {text!r} is not a number with an optional K/M/G suffix (e.g. 400M, 0.4G, 413000000)"
+            f"budget {text!r} is not a number with an optional K/M/G suffix (e.g. 400M, 0.4G, "
+            f"413000000)"
         )
     value = round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
     if value <= 0:
@@ -99,7 +101,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=0,
-        help="seed of this worker's sampler; a new run's seed also seeds every proxy training (default: 0)",
+        help="seed of this worker's sampler; a new run's seed also seeds every proxy training "
+        "(default: 0)",
     )
     p.add_argument(
         "--quiet",

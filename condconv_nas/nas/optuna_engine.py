@@ -43,7 +43,8 @@ def counting_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _retried(trials) -> set:
-    """Numbers of the trials evaluated again by a later trial (Optuna's heartbeat retry, or ours)."""
+    """Numbers of the trials evaluated again by a later trial (Optuna's heartbeat retry, or
+    ours)."""
     return {t.system_attrs.get("failed_trial") for t in trials} | {
         t.user_attrs.get("retry_of") for t in trials
     }
@@ -70,7 +71,8 @@ def finished(study: optuna.Study) -> int:
 
 def open_study(storage_url: str, name: str, seed: int, *, heartbeat: bool = True) -> optuna.Study:
     """The run's study. With ``heartbeat`` (Optuna workers), a worker that died mid-trial has its
-    trial failed and retried once; Ray and NNI drive the study by ask-and-tell, without heartbeats."""
+    trial failed and retried once; Ray and NNI drive the study by ask-and-tell, without
+    heartbeats."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         beat = dict(
@@ -81,7 +83,8 @@ def open_study(storage_url: str, name: str, seed: int, *, heartbeat: bool = True
             ),
         )
         storage = optuna.storages.RDBStorage(storage_url, **(beat if heartbeat else {}))
-        # group=True: TPE models the conditional space (CondConv decisions only when CondConv is on) per group
+        # group=True: TPE models the conditional space (CondConv decisions only when CondConv is on)
+        # per group
         sampler = optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, n_startup_trials=8
         )
@@ -95,7 +98,8 @@ def open_study(storage_url: str, name: str, seed: int, *, heartbeat: bool = True
 
 
 def enqueue_presets(study: optuna.Study, presets: dict[str, dict]) -> None:
-    """The paper's presets that fit the budget go first (once per run), so the front is never worse."""
+    """The paper's presets that fit the budget go first (once per run), so the front is never
+    worse."""
     for name, params in presets.items():
         study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
 
@@ -106,7 +110,8 @@ def worker_id() -> str:
 
 
 def _gone(worker: str | None) -> bool:
-    """Whether ``worker`` was a process of this host that no longer exists (another host's: unknown, False)."""
+    """Whether ``worker`` was a process of this host that no longer exists (another host's:
+    unknown, False)."""
     host, _, pid = (worker or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
@@ -185,10 +190,11 @@ def judge(
 
 
 def wait_for_twin(study: optuna.Study, spec_id: str, number: int, poll: float = 2.0) -> None:
-    """Wait while an earlier trial of another worker process trains the same architecture (its result is
-    then reused): two workers never train one architecture at the same time. Ends when that trial ends,
-    or when its worker is found dead (then this trial trains it). Trials of this process (Ray's
-    concurrent trials, all asked by one driver) are not waited for: the driver would wait for itself."""
+    """Wait while an earlier trial of another worker process trains the same architecture (its
+    result is then reused): two workers never train one architecture at the same time. Ends when
+    that trial ends, or when its worker is found dead (then this trial trains it). Trials of this
+    process (Ray's concurrent trials, all asked by one driver) are not waited for: the driver would
+    wait for itself."""
     me = worker_id()
     while True:
         twins = [
@@ -226,7 +232,8 @@ def tell(
     *,
     on_trial: Callable | None = None,
 ) -> None:
-    """Finish an asked trial (Ray and NNI drive the study by ask-and-tell) and report it like Optuna's callbacks."""
+    """Finish an asked trial (Ray and NNI drive the study by ask-and-tell) and report it like
+    Optuna's callbacks."""
     study.tell(trial, None if values is None else list(values), state=state)
     if on_trial is not None:
         on_trial(study, study._storage.get_trial(trial._trial_id))

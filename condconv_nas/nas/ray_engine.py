@@ -141,7 +141,8 @@ class StudySearch(OptunaSearch):
             tell(study, trial, state=TrialState.PRUNED, on_trial=self.on_trial)
 
     def abandon_unfinished(self) -> None:
-        """Trials Ray did not finish (Ctrl-C) are marked interrupted: the next run evaluates them again."""
+        """Trials Ray did not finish (Ctrl-C) are marked interrupted: the next run evaluates them
+        again."""
         for trial_id, trial in self._ot_trials.items():
             if trial_id not in self._completed_trials:
                 trial.set_user_attr("interrupted", True)

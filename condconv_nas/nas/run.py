@@ -108,7 +108,8 @@ def check_backend(backend: str, options: BackendOptions) -> None:
 
 
 def check_resume(run_dir: Path, config: dict) -> dict | None:
-    """The config of the run being resumed (None for a new run); `UsageError` if it is another run's."""
+    """The config of the run being resumed (None for a new run); `UsageError` if it is another
+    run's."""
     path = run_dir / "config.json"
     if not path.is_file():
         return None
@@ -175,7 +176,8 @@ def _storage_error(url: str, e: Exception) -> UsageError:
 
 
 def trial_line(trial) -> str | None:
-    """The progress line of a finished trial; None for trials that do not count (surplus, Ctrl-C)."""
+    """The progress line of a finished trial; None for trials that do not count (surplus,
+    Ctrl-C)."""
     ua = trial.user_attrs
     if ua.get("surplus") or ua.get("interrupted"):
         return None
@@ -186,7 +188,8 @@ def trial_line(trial) -> str | None:
         return f"trial {trial.number:>3}  over budget {madds:>7}  not trained"
     if ua.get("stopped_early"):
         return (
-            f"trial {trial.number:>3}  STOPPED   {madds:>9}  top-1 {ua.get('top1_at_stop') or 0:.4f} after epoch "
+            f"trial {trial.number:>3}  STOPPED   {madds:>9}  top-1 "
+            f"{ua.get('top1_at_stop') or 0:.4f} after epoch "
             f"{ua.get('epochs_at_stop')} (ASHA within its MADD band)"
         )
     return (
@@ -225,7 +228,8 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 class Reporter:
-    """Progress of a search. This one says nothing; `LineReporter` and `BarReporter` write to stderr."""
+    """Progress of a search. This one says nothing; `LineReporter` and `BarReporter` write to
+    stderr."""
 
     def start(self, header: str, total: int, done: int) -> None:
         pass
@@ -300,13 +304,14 @@ def search(
     progress: bool | Reporter = True,
     **backend_options: Any,
 ) -> SearchResult:
-    """Search ``space`` for the Pareto front of proxy top-1 against MADDs under a hard MADD ``budget``.
+    """Search ``space`` for the Pareto front of proxy top-1 against MADDs under a hard MADD
+    ``budget``.
 
     Writes (or resumes) the run folder ``results/run`` as ``condconv-nas search`` does and returns
     what it holds. ``budget``: an int or the CLI's forms (``"400M"``, ``"0.4G"``). ``trials``: the
     run's total across restarts and workers (default: the recipe's). ``progress``: True for a bar on
-    stderr, False for silence, or a `Reporter`. ``backend_options``: ``address``, ``cpus_per_trial``,
-    ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). Bad input raises `UsageError` before anything
+    stderr, False for silence, or a `Reporter`. ``backend_options``: ``address``,
+    ``cpus_per_trial``, ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). Bad input raises `UsageError` before anything
     is written; Ctrl-C raises `SearchInterrupted` after the run folder is written.
     """
     if init is not None or latency_budget is not None:

@@ -75,7 +75,8 @@ class SearchSpace:
         return p["begin_stage"] != "none" or bool(p["classifier"])
 
     def active(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The searched decisions that matter for this point: CondConv's own only when CondConv is on."""
+        """The searched decisions that matter for this point: CondConv's own only when CondConv is
+        on."""
         on = self.condconv_on(params)
         return {
             k: v
@@ -137,7 +138,8 @@ class SearchSpace:
         )
 
     def params_for(self, spec: ArchSpec) -> dict[str, Any] | None:
-        """Decisions that give exactly ``spec`` (compared by id), or None if the space cannot express it."""
+        """Decisions that give exactly ``spec`` (compared by id), or None if the space cannot
+        express it."""
         if (
             spec.base != self.base
             or spec.resolution != self.resolution
@@ -180,7 +182,8 @@ class SearchSpace:
         return found
 
     def cheapest(self) -> ArchSpec:
-        """The cheapest point: smallest width and depth, CondConv as late and as light as the space allows.
+        """The cheapest point: smallest width and depth, CondConv as late and as light as the space
+        allows.
 
         CondConv never lowers MADDs (it adds mixing and routing to the same convolutions), and
         MADDs grow with width and depth, so this bounds the space from below.
@@ -220,7 +223,8 @@ def _space_file(name_or_path: str) -> Path:
 
 
 def load_space(name_or_path: str) -> SearchSpace:
-    """A shipped space by name (``efficientnet_b0``) or a YAML file; `UsageError` naming what is wrong."""
+    """A shipped space by name (``efficientnet_b0``) or a YAML file; `UsageError` naming what is
+    wrong."""
     path = _space_file(str(name_or_path))
     where = f"space {path}"
     try:
@@ -234,7 +238,8 @@ def load_space(name_or_path: str) -> SearchSpace:
     unknown = sorted(set(data) - {"base", "resolution", "num_classes", "decisions"})
     if unknown:
         raise UsageError(
-            f"{where}: unknown key {unknown[0]!r} (allowed: base, resolution, num_classes, decisions)"
+            f"{where}: unknown key {unknown[0]!r} (allowed: base, resolution, num_classes, "
+            f"decisions)"
         )
     if data.get("base") not in BASES:
         raise UsageError(f"{where}: base {data.get('base')!r} is not one of {', '.join(BASES)}")

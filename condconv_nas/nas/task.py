@@ -39,7 +39,8 @@ class SearchTask:
 
     def evaluate(self, params: dict[str, Any], *, report=None, on_epoch=None) -> dict[str, Any]:
         """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1, and whether
-        it is ``untrained`` (not clearly above chance, see ``chance_threshold``: kept off the front).
+        it is ``untrained`` (not clearly above chance, see ``chance_threshold``: kept off the
+        front).
 
         ``report(epoch, metrics)`` receives intermediate held-out metrics (see ``proxy_top1``)."""
         t0 = time.time()

@@ -1,4 +1,5 @@
-"""Checkpoints and exported models: plain tensors and JSON-able values, loadable with weights_only=True."""
+"""Checkpoints and exported models: plain tensors and JSON-able values, loadable with
+weights_only=True."""
 
 from __future__ import annotations
 
@@ -32,12 +33,14 @@ def load(path) -> dict[str, Any]:
 
 
 def load_exported(path):
-    """A trained model from one file (a checkpoint or ``model.pt``): spec + weights, no run folder needed."""
+    """A trained model from one file (a checkpoint or ``model.pt``): spec + weights, no run folder
+    needed."""
     return model_from(load(path), path)
 
 
 def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
-    """The model a loaded checkpoint or export holds (EMA weights when it has them), in eval mode."""
+    """The model a loaded checkpoint or export holds (EMA weights when it has them), in eval
+    mode."""
     from ..models import build_model  # noqa: PLC0415
     from ..spec import ArchSpec  # noqa: PLC0415
 

@@ -48,7 +48,8 @@ def zero_init_residual(model: nn.Module) -> nn.Module:
 
 
 def build_for_training(spec, recipe: Recipe) -> nn.Module:
-    """``build_model`` with the recipe's regularisers and initialisation, weights stored channels-last."""
+    """``build_model`` with the recipe's regularisers and initialisation, weights stored
+    channels-last."""
     from ..models import build_model  # noqa: PLC0415
 
     model = build_model(
@@ -66,7 +67,8 @@ def build_for_training(spec, recipe: Recipe) -> nn.Module:
 def param_groups(
     model: nn.Module, weight_decay: float, expert_lr: str = "same", router_lr: str = "same"
 ) -> list[dict]:
-    """timm's weight-decay groups; with ``expert_lr="rsqrt"`` CondConv experts get ``lr_scale = 1/sqrt(n)``.
+    """timm's weight-decay groups; with ``expert_lr="rsqrt"`` CondConv experts get ``lr_scale =
+    1/sqrt(n)``.
 
     Why: under an adaptive optimizer (AdamW, RMSProp) every expert steps by about ``lr`` along the
     shared gradient, so the mixed kernel moves ``n/2`` expert steps while its size, for
@@ -266,7 +268,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device="cpu") -> dict[str,
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int, *, device="cpu") -> None:
-    """Re-estimate every BatchNorm's running statistics as the exact mean over ``batches`` training batches.
+    """Re-estimate every BatchNorm's running statistics as the exact mean over ``batches`` training
+    batches.
 
     Running statistics are a moving average over weights that kept changing; after a short run
     they lag the final weights, and evaluation mode uses them. Re-estimating them on the final

@@ -1,4 +1,5 @@
-"""``condconv-nas train`` and ``evaluate``: retrain an exported spec with a recipe, on one process or
+"""``condconv-nas train`` and ``evaluate``: retrain an exported spec with a recipe, on one process
+or
 under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU; only rank 0 writes)."""
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ def train(
     workers: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train ``spec`` (an ArchSpec, a spec file or a preset name) with a recipe; returns ``metrics.json``.
+    """Train ``spec`` (an ArchSpec, a spec file or a preset name) with a recipe; returns
+    ``metrics.json``.
 
     Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` after
     every epoch (default ``runs/<spec id>``; ``metrics.json`` holds that ``spec_id`` and
     ``model_spec_id``, the spec as trained, whose classifier has the data's classes); ``resume``
     continues from ``out/last.pt``. Under ``torchrun`` every process trains (DDP) and rank 0 writes.
-    ``progress``: epoch lines and a bar on stderr. Bad input raises `UsageError` before any work or any file.
+    ``progress``: epoch lines and a bar on stderr. Bad input raises `UsageError` before any work or
+    any file.
     """
     if init is not None:
         raise UsageError("--init is not supported by this version of condconv-nas")
@@ -84,7 +87,8 @@ def train(
     if spec.num_classes != num_classes:
         if rank == 0 and progress:
             print(
-                f"note: {data} has {num_classes} classes; the classifier is built for {num_classes} "
+                f"note: {data} has {num_classes} classes; the classifier is built for "
+                f"{num_classes} "
                 f"(the spec says {spec.num_classes})",
                 file=sys.stderr,
             )
@@ -182,7 +186,8 @@ def train(
         }
         if progress:
             print(
-                f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
+                f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 "
+                f"{m['top5']:.4f}  "
                 f"({seconds:.1f}s)",
                 file=sys.stderr,
             )
@@ -218,7 +223,8 @@ def train(
 
 
 def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: int = 64) -> dict:
-    """top-1, top-5 and loss of a checkpoint or exported model (ours) on ``data``'s held-out split."""
+    """top-1, top-5 and loss of a checkpoint or exported model (ours) on ``data``'s held-out
+    split."""
     data = parse_source(data)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
