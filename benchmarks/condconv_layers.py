@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from math import inf
 
 import torch
 import torch.nn.functional as F
@@ -89,17 +90,16 @@ def main() -> None:
     for layer, shape in calls:
         shapes.setdefault((layer.shape_key(), layer.in_channels, shape), [layer, 0])[1] += 1
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    S._ROUNDS, S._HOPELESS = (
-        args.rounds,
-        float("inf"),
-    )  # time every form, even those the layers stop timing
     print(f"{'layer':28s} {'input':18s} {'x':>2s} {'static':>7s}  forms (ms; largest tensor MB)")
     total_static = total_best = 0.0
     for (_, _, shape), (layer, count) in shapes.items():
         x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(args.train)
         r = torch.rand(shape[0], layer.num_experts, requires_grad=args.train)
         w = layer.weight.detach().clone().requires_grad_(args.train)
-        times = S._measure(layer, layer.forms(x), (x, r, w, None), args.train)
+        # every form timed, even those the layers stop timing
+        times = S.measure_forms(
+            layer, layer.forms(x), (x, r, w, None), args.train, rounds=args.rounds, hopeless=inf
+        )
         ts = static_time(layer, x.detach().requires_grad_(args.train), args.train, args.rounds, fmt)
         best = min(times, key=times.get)
         total_static, total_best = total_static + count * ts, total_best + count * times[best]

@@ -131,11 +131,12 @@ def test_measured_choice_is_cached_per_layer_shape_and_grad_mode():
         lin(torch.randn(2, 20), torch.rand(2, 5))
         conv(torch.randn(3, 6, 5, 5), torch.rand(3, 4))
     conv(torch.randn(3, 6, 5, 5), torch.rand(3, 4))  # with grad: another measurement
-    keys = list(S._choices)
+    choices = S.chosen()
+    keys = list(choices)
     assert [k[0] for k in keys] == ["CondLinear", "CondLinear", "CondConv2d", "CondConv2d"]
     assert [k[-1] for k in keys] == [False, False, False, True]
-    assert S._choices[keys[0]] in ("kernel", "mixture", "expand")
-    assert S._choices[keys[2]] in ("kernel", "mixture", "expand", "bmm")
+    assert choices[keys[0]] in ("kernel", "mixture", "expand")
+    assert choices[keys[2]] in ("kernel", "mixture", "expand", "bmm")
 
 
 def test_bad_input_names_shapes():
@@ -281,8 +282,8 @@ def test_measuring_stops_timing_hopeless_forms():
             return torch.zeros(1)
 
     fake = Fake()
-    best = S._measure(fake, ("fast", "slow"), (), grad=False)
-    assert fake.calls == {"fast": 1 + S._ROUNDS, "slow": 1}
+    best = S.measure_forms(fake, ("fast", "slow"), (), grad=False)
+    assert fake.calls == {"fast": 1 + S.ROUNDS, "slow": 1}
     assert list(best) == ["fast"] and best["fast"] >= 0.001
 
 

@@ -16,8 +16,8 @@ import time
 import torch
 
 STRATEGIES = ("auto", "kernel", "mixture", "expand", "bmm")
-_ROUNDS = 4
-_HOPELESS = 3.0
+ROUNDS = 4  # timed rounds after the warm-up
+HOPELESS = 3.0  # a form this many times slower than the fastest warm-up is not timed further
 _choices: dict[tuple, str] = {}
 
 
@@ -43,14 +43,22 @@ def _once(layer, form: str, args: tuple, grad: bool) -> float:
     return time.perf_counter() - t0
 
 
-def _measure(layer, forms: tuple[str, ...], args: tuple, grad: bool) -> dict[str, float]:
+def measure_forms(
+    layer,
+    forms: tuple[str, ...],
+    args: tuple,
+    grad: bool,
+    *,
+    rounds: int = ROUNDS,
+    hopeless: float = HOPELESS,
+) -> dict[str, float]:
     """Best time of each form; forms interleaved round by round so that all see the same machine.
 
-    The first round is warm-up; a form over ``_HOPELESS`` times the fastest warm-up is not timed
+    The first round is warm-up; a form over ``hopeless`` times the fastest warm-up is not timed
     further (the n-fold forms at large sizes, the per-example kernels at tiny ones)."""
     warm = {form: _once(layer, form, args, grad) for form in forms}
-    best = {form: float("inf") for form, t in warm.items() if t <= _HOPELESS * min(warm.values())}
-    for _ in range(_ROUNDS):
+    best = {form: float("inf") for form, t in warm.items() if t <= hopeless * min(warm.values())}
+    for _ in range(rounds):
         for form in best:
             best[form] = min(best[form], _once(layer, form, args, grad))
     return best
@@ -74,9 +82,15 @@ def choose_strategy(layer, x: torch.Tensor) -> str:
             x.shape[0], layer.num_experts, dtype=x.dtype, device=x.device, requires_grad=grad
         )
         args = (copy(x), r, copy(layer.weight), copy(layer.bias))
-        times = _measure(layer, forms, args, grad)
+        times = measure_forms(layer, forms, args, grad)
         choice = _choices[key] = min(times, key=times.get)
     return choice
+
+
+def chosen() -> dict[tuple, str]:
+    """The choices made so far, in order: (layer class, shape key, input shape, dtype, device,
+    channels-last, grad) -> form."""
+    return dict(_choices)
 
 
 def clear_cache() -> None:

@@ -6,7 +6,11 @@ from functools import partial
 
 import torch.nn as nn
 from timm.layers import get_act_layer, make_divisible
-from timm.models._efficientnet_builder import _init_weight_goog, decode_arch_def, round_channels
+from timm.models._efficientnet_builder import (
+    decode_arch_def,
+    efficientnet_init_weights,
+    round_channels,
+)
 from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import Bottleneck, ResNet
 
@@ -27,7 +31,7 @@ def _effnet_blocks(model):
     stem="conv_stem",
     classifier="classifier",
     blocks=_effnet_blocks,
-    init_layer=_init_weight_goog,
+    init_layer=efficientnet_init_weights,  # Google's init, on the one layer given
 )
 def build_efficientnet_family(
     spec, *, drop_rate=0.0, drop_path_rate=0.0, bn_momentum=None

@@ -10,9 +10,7 @@ models are recorded and marked invalid (metric 0) without training. Trials run i
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 
@@ -32,8 +30,8 @@ with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it does not
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from .options import NNI_STRATEGIES
-from .optuna_engine import counted, judge, record, run_waiting, tell
+from .backend import NNI_STRATEGIES, Callbacks, Searcher, scratch_dir, stdout_to_stderr
+from .optuna_engine import abandon, counted, judge, record, run_waiting, tell
 from .task import SearchTask
 
 
@@ -105,8 +103,7 @@ class Judge:
             if values is None:
                 values = record(trial, self.task.evaluate(model.point))
         except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            self._tell(trial, state=TrialState.FAIL)
+            abandon(self.study, trial)
             raise
         except Exception:
             self._tell(trial, state=TrialState.FAIL)
@@ -139,6 +136,23 @@ def make_strategy(name: str, seed: int, total: int):
     raise ValueError(f"NNI strategy must be one of {NNI_STRATEGIES}, got {name!r}")
 
 
+class NNISearcher(Searcher):
+    """NNI 3.0's strategy ``options.nni_strategy`` (evolution, random or tpe), seeded by the
+    worker's seed, in this process."""
+
+    def search(
+        self, task: SearchTask, study: optuna.Study, total: int, callbacks: Callbacks
+    ) -> None:
+        run_nni(
+            task,
+            study,
+            total,
+            strategy=self.options.nni_strategy,
+            seed=self.seed,
+            on_trial=callbacks.on_trial,
+        )
+
+
 def run_nni(
     task: SearchTask,
     study: optuna.Study,
@@ -153,23 +167,21 @@ def run_nni(
     run_waiting(task, study, total, on_trial=on_trial)
     if counted(study) >= total:
         return
-    # stdout carries our table or JSON; NNI's errors (a failed trial's traceback) go to stderr
-    silence_stdout()
+    silence_stdout()  # NNI's own log handlers write to stdout, which carries our table or JSON
     judge_ = Judge(task, study, total, on_trial)
     space = PointSpace(task.space.searched)
     evaluator = FunctionalEvaluator(judge_.evaluate)
     chain = Chain(make_strategy(strategy, seed, total), TotalFilter(judge_))
-    workdir = tempfile.mkdtemp(prefix="condconv-nas-nni-")
-    config = NasExperimentConfig.default(space, evaluator, chain)
-    config.execution_engine = SequentialEngineConfig(continue_on_failure=True)
-    config.experiment_working_directory = workdir
-    experiment = NasExperiment(space, evaluator, chain, config)
     errors = logging.StreamHandler(sys.stderr)
     errors.setLevel(logging.ERROR)
     logging.getLogger("nni").addHandler(errors)
-    try:
-        experiment.start()  # the strategy runs in this thread until the total is reached
-    finally:
-        experiment.stop()
-        logging.getLogger("nni").removeHandler(errors)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with scratch_dir("nni") as workdir, stdout_to_stderr():
+        config = NasExperimentConfig.default(space, evaluator, chain)
+        config.execution_engine = SequentialEngineConfig(continue_on_failure=True)
+        config.experiment_working_directory = workdir
+        experiment = NasExperiment(space, evaluator, chain, config)
+        try:
+            experiment.start()  # the strategy runs in this thread until the total is reached
+        finally:
+            experiment.stop()
+            logging.getLogger("nni").removeHandler(errors)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
-BACKENDS = ("optuna", "ray", "nni")
-NNI_STRATEGIES = ("evolution", "random", "tpe")
+from .backend import BACKENDS, NNI_STRATEGIES
+
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 
 
@@ -69,7 +69,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=list(BACKENDS),
         default="optuna",
         help="optuna (this machine), ray (Ray Tune, local or a cluster) or nni (default: optuna)",
     )

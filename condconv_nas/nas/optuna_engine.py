@@ -18,6 +18,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
+from .backend import Callbacks, Searcher
 from .task import SearchTask
 
 DIRECTIONS = ["maximize", "minimize"]  # top-1, MADDs
@@ -234,9 +235,16 @@ def tell(
 ) -> None:
     """Finish an asked trial (Ray and NNI drive the study by ask-and-tell) and report it like
     Optuna's callbacks."""
-    study.tell(trial, None if values is None else list(values), state=state)
+    frozen = study.tell(trial, None if values is None else list(values), state=state)
     if on_trial is not None:
-        on_trial(study, study._storage.get_trial(trial._trial_id))
+        on_trial(study, frozen)
+
+
+def abandon(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fail a trial that Ctrl-C cut short, marked interrupted: it does not count, and the next
+    start evaluates its point again (``requeue_interrupted``)."""
+    trial.set_user_attr("interrupted", True)
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def make_objective(
@@ -350,3 +358,13 @@ def run_optuna(
             callbacks=[stop_at_total],
             gc_after_trial=True,
         )
+
+
+class OptunaSearcher(Searcher):
+    """Optuna's own loop in this process: TPE over the conditional space (``open_study``), with
+    MADDs as a constraint. Several processes may search one study (workers)."""
+
+    def search(
+        self, task: SearchTask, study: optuna.Study, total: int, callbacks: Callbacks
+    ) -> None:
+        run_optuna(task, study, total, on_trial=callbacks.on_trial, on_epoch=callbacks.on_epoch)

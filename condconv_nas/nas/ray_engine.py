@@ -9,12 +9,8 @@ so it is never stopped for being less accurate than candidates that cost twice a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -24,9 +20,10 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
-from .optuna_engine import counted, finished, judge, record, tell
+from .backend import Callbacks, scratch_dir, stdout_to_stderr
+from .backend import Searcher as Backend
+from .optuna_engine import abandon, counted, finished, judge, record, tell
 from .task import SearchTask
 
 BANDS = 4  # MADD bands of equal width over [0, budget]; over-budget points get a band of their own
@@ -83,37 +80,28 @@ class BandedASHA(FIFOScheduler):
         return f"BandedASHA: {len(self._asha)} MADD bands"
 
 
-class StudySearch(OptunaSearch):
-    """Ray's ``OptunaSearch`` on the run's study, with every point judged before Ray runs it."""
+class StudySearch(Searcher):
+    """Ray's search-algorithm interface over the run's study: the study's own sampler proposes each
+    point (ask-and-tell, the same define-by-run space as the Optuna engine), and every point is
+    judged on the driver before Ray runs it."""
 
     def __init__(
         self, task: SearchTask, study: optuna.Study, total: int, *, on_trial: Callable | None = None
     ) -> None:
-        self.task, self.total, self.on_trial = task, total, on_trial
-
-        def space(
-            ot_trial,
-        ) -> None:  # define-by-run: the same conditional space as the Optuna engine
-            task.space.sample(
-                lambda name, choices: ot_trial.suggest_categorical(name, list(choices))
-            )
-
-        super().__init__(
-            space=space,
-            metric=["top1", "madds"],
-            mode=["max", "min"],
-            sampler=study.sampler,
-            study_name=study.study_name,
-            storage=study._storage,
-        )
+        super().__init__(metric="top1", mode="max")
+        self.task, self.study, self.total, self.on_trial = task, study, total, on_trial
+        self.trials: dict[str, optuna.Trial] = {}  # Ray's trial id -> the study's trial
+        self.done: set[str] = set()
 
     def suggest(self, trial_id: str) -> dict | None:
-        if trial_id not in self._ot_trials and counted(self._ot_study) >= self.total:
+        if counted(self.study) >= self.total:
             return Searcher.FINISHED
-        point = super().suggest(trial_id)
-        ot_trial = self._ot_trials[trial_id]
-        values = judge(self.task, self._ot_study, ot_trial, point)
-        return {"point": point, "madds": ot_trial.user_attrs["madds"], "values": values}
+        trial = self.trials[trial_id] = self.study.ask()
+        point = self.task.space.sample(
+            lambda name, choices: trial.suggest_categorical(name, list(choices))
+        )
+        values = judge(self.task, self.study, trial, point)
+        return {"point": point, "madds": trial.user_attrs["madds"], "values": values}
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         pass  # the study in Optuna storage is the state; Ray's experiment folder is thrown away
@@ -124,10 +112,10 @@ class StudySearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self.done or trial_id not in self.trials:
             return
-        self._completed_trials.add(trial_id)
-        trial, study = self._ot_trials[trial_id], self._ot_study
+        self.done.add(trial_id)
+        trial, study = self.trials[trial_id], self.study
         if error or not result:
             tell(study, trial, state=TrialState.FAIL, on_trial=self.on_trial)
         elif result.get("final"):
@@ -143,11 +131,10 @@ class StudySearch(OptunaSearch):
     def abandon_unfinished(self) -> None:
         """Trials Ray did not finish (Ctrl-C) are marked interrupted: the next run evaluates them
         again."""
-        for trial_id, trial in self._ot_trials.items():
-            if trial_id not in self._completed_trials:
-                trial.set_user_attr("interrupted", True)
-                self._ot_study.tell(trial, state=TrialState.FAIL)
-                self._completed_trials.add(trial_id)
+        for trial_id, trial in self.trials.items():
+            if trial_id not in self.done:
+                abandon(self.study, trial)
+                self.done.add(trial_id)
 
 
 def ray_trial(config: dict, task: SearchTask, threads: int) -> None:
@@ -197,6 +184,23 @@ def ray_trial(config: dict, task: SearchTask, threads: int) -> None:
     )
 
 
+class RaySearcher(Backend):
+    """Ray Tune schedules the trials, locally or on the cluster at ``options.address``."""
+
+    def search(
+        self, task: SearchTask, study: optuna.Study, total: int, callbacks: Callbacks
+    ) -> None:
+        run_ray(
+            task,
+            study,
+            total,
+            address=self.options.address,
+            cpus_per_trial=self.options.cpus_per_trial,
+            gpus_per_trial=self.options.gpus_per_trial,
+            on_trial=callbacks.on_trial,
+        )
+
+
 def run_ray(
     task: SearchTask,
     study: optuna.Study,
@@ -218,33 +222,33 @@ def run_ray(
         logging_level=logging.ERROR,
         configure_logging=True,
     )
-    storage = tempfile.mkdtemp(prefix="condconv-nas-ray-")
     searcher = StudySearch(task, study, total, on_trial=on_trial)
     try:
-        trainable = tune.with_resources(
-            tune.with_parameters(ray_trial, task=task, threads=max(1, int(cpus_per_trial))),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=max(1, total - counted(study)),
-                scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs),
-            ),
-            run_config=tune.RunConfig(
-                name="search",
-                storage_path=storage,
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries our table or JSON only
-            tuner.fit()  # Ray handles Ctrl-C itself: it stops the trials and returns
+        with scratch_dir("ray") as storage:
+            trainable = tune.with_resources(
+                tune.with_parameters(ray_trial, task=task, threads=max(1, int(cpus_per_trial))),
+                {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    num_samples=max(1, total - counted(study)),
+                    scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs),
+                ),
+                run_config=tune.RunConfig(
+                    name="search",
+                    storage_path=storage,
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+            # Ray's legacy reporter honours verbose=0
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            with stdout_to_stderr():
+                tuner.fit()  # Ray handles Ctrl-C itself: it stops the trials and returns
         if finished(study) < total:
             raise KeyboardInterrupt
     finally:
         searcher.abandon_unfinished()
         ray.shutdown()
-        shutil.rmtree(storage, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import re
@@ -16,7 +15,8 @@ from .. import __version__
 from ..data import parse_source
 from ..errors import UsageError
 from ..training.recipe import load_recipe
-from .options import BACKENDS, NNI_STRATEGIES, parse_budget
+from .backend import BackendOptions, Callbacks, check_backend, make_searcher
+from .options import parse_budget
 from .space import load_space
 from .task import SearchTask
 
@@ -26,16 +26,6 @@ def format_madds(n: int) -> str:
         if n >= scale and n % (scale // 1000 or 1) == 0:
             return f"{n / scale:g}{suffix}"
     return str(n)
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """Options of one backend (checked up front; the others' stay at their defaults)."""
-
-    address: str | None = None  # Ray: the cluster to join
-    cpus_per_trial: float = 1.0  # Ray: CPUs per trial
-    gpus_per_trial: float = 0.0  # Ray: GPUs per trial
-    nni_strategy: str = "evolution"  # NNI: evolution, random or tpe
 
 
 def prepare(
@@ -73,38 +63,6 @@ def prepare(
         "trials": total,
     }
     return task, Path(results) / run, config, total
-
-
-def check_backend(backend: str, options: BackendOptions) -> None:
-    """The backend's options make sense and its extra is installed."""
-    import importlib.util  # noqa: PLC0415
-
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    if options.address is not None and backend != "ray":
-        raise UsageError(
-            f"--address {options.address!r} joins a Ray cluster: it needs --backend ray"
-        )
-    if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
-        raise UsageError(
-            f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
-            f"{options.cpus_per_trial} and {options.gpus_per_trial}"
-        )
-    if options.nni_strategy not in NNI_STRATEGIES:
-        raise UsageError(
-            f"--nni-strategy {options.nni_strategy!r}: expected one of {', '.join(NNI_STRATEGIES)}"
-        )
-    module = {"ray": "ray.tune", "nni": "nni"}.get(backend)
-    if module is not None:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ImportError:
-            found = False
-        if not found:
-            raise UsageError(
-                f"--backend {backend} needs the {backend} extra: "
-                f"pip install 'condconv-nas[{backend}]'"
-            )
 
 
 def check_resume(run_dir: Path, config: dict) -> dict | None:
@@ -311,8 +269,9 @@ def search(
     what it holds. ``budget``: an int or the CLI's forms (``"400M"``, ``"0.4G"``). ``trials``: the
     run's total across restarts and workers (default: the recipe's). ``progress``: True for a bar on
     stderr, False for silence, or a `Reporter`. ``backend_options``: ``address``,
-    ``cpus_per_trial``, ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). Bad input raises `UsageError` before anything
-    is written; Ctrl-C raises `SearchInterrupted` after the run folder is written.
+    ``cpus_per_trial``, ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). Bad input raises
+    `UsageError` before anything is written; Ctrl-C raises `SearchInterrupted` after the run
+    folder is written.
     """
     if init is not None or latency_budget is not None:
         raise UsageError(
@@ -325,13 +284,7 @@ def search(
             raise UsageError(str(e)) from None
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise UsageError(f"budget must be a positive number of MADDs, got {budget!r}")
-    try:
-        options = BackendOptions(**backend_options)
-    except TypeError:
-        unknown = sorted(
-            set(backend_options) - {f.name for f in dataclasses.fields(BackendOptions)}
-        )
-        raise UsageError(f"unknown backend option(s) {', '.join(unknown)}") from None
+    options = BackendOptions.of(backend_options)
     task, run_dir, config, total = prepare(
         budget=budget,
         space=space,
@@ -412,25 +365,9 @@ def search(
         total,
         eng.finished(study),
     )
+    searcher = make_searcher(backend, options, seed)
     try:
-        if backend == "ray":
-            from .ray_engine import run_ray  # noqa: PLC0415
-
-            run_ray(
-                task,
-                study,
-                total,
-                address=options.address,
-                cpus_per_trial=options.cpus_per_trial,
-                gpus_per_trial=options.gpus_per_trial,
-                on_trial=on_trial,
-            )
-        elif backend == "nni":
-            from .nni_engine import run_nni  # noqa: PLC0415
-
-            run_nni(task, study, total, strategy=options.nni_strategy, seed=seed, on_trial=on_trial)
-        else:
-            eng.run_optuna(task, study, total, on_trial=on_trial, on_epoch=reporter.epoch)
+        searcher.search(task, study, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch))
     except KeyboardInterrupt:
         reporter.close()
         raise SearchInterrupted(write(study)) from None
