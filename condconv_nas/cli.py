@@ -64,8 +64,8 @@ class Madds(Command):
     def take_action(self, args):
         from .spec import load_spec  # noqa: PLC0415  (validate before the heavy imports)
 
-        if args.resolution is not None and args.resolution < 8:
-            raise UsageError(f"--resolution: must be >= 8, got {args.resolution}")
+        if args.resolution is not None and not 8 <= args.resolution <= 4096:
+            raise UsageError(f"--resolution: must be in [8, 4096], got {args.resolution}")
         spec = load_spec(args.spec)
         from .madds import count_madds, count_params  # noqa: PLC0415
         from .models import build_model  # noqa: PLC0415
@@ -164,17 +164,15 @@ class Search(Command):
             )
         except SearchInterrupted as e:
             print(
-                f"interrupted after {e.result.finished}/{e.result.total} trials; run the same "
-                f"command again to "
-                "resume",
+                f"interrupted after {e.result.finished}/{e.result.total} trials; "
+                "run the same command again to resume",
                 file=sys.stderr,
             )
             return 130
         if result.finished < result.total:
             print(
                 f"the {args.backend} strategy stopped after {result.finished}/{result.total} "
-                f"trials "
-                "(it found no new point to try)",
+                "trials (it found no new point to try)",
                 file=sys.stderr,
             )
         print(
@@ -216,8 +214,7 @@ class Show(Command):
         if untrained:
             print(
                 f"{untrained} trial(s) trained to no better than chance: kept off the front "
-                f"(trials.csv, "
-                "status untrained)",
+                "(trials.csv, status untrained)",
                 file=sys.stderr,
             )
         rows = [
@@ -261,9 +258,8 @@ class Train(Command):
             print(
                 json.dumps(metrics, indent=2)
                 if args.format == "json"
-                else f"top-1 {metrics.get('top1', float('nan')):.4f} after {metrics.get('epoch')} "
-                f"epochs; "
-                f"checkpoints, metrics.json and model.pt in {out}"
+                else f"top-1 {metrics.get('top1', float('nan')):.4f} after "
+                f"{metrics.get('epoch')} epochs; checkpoints, metrics.json and model.pt in {out}"
             )
         return 0
 
@@ -300,10 +296,17 @@ class Evaluate(Command):
 COMMANDS: Sequence[type[Command]] = (Search, Show, Train, Evaluate, Madds, Table1, Presets)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (naming ``--help``), like every other exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="condconv-nas",
         description="Neural architecture search for CondConv under a hard MADD budget.",
         epilog="Start with: condconv-nas search --budget 400M",
@@ -333,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler.take_action(args)
     except UsageError as e:
-        print(f"condconv-nas {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the message carried
+        print(f"condconv-nas {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"condconv-nas {args.command}: interrupted", file=sys.stderr)

@@ -90,7 +90,7 @@ class RobustImageFolder(Dataset):
         try:
             self.folder = ImageFolder(str(root), loader=load_rgb, is_valid_file=is_image_file)
         except (FileNotFoundError, RuntimeError) as e:
-            raise UsageError(f"--data imagefolder:{root}: {e}") from None
+            raise UsageError(f"--data imagefolder:{root}: {str(e).splitlines()[0]}") from None
         self.transform = transform
         self.classes = self.folder.classes
         self.targets = self.folder.targets
@@ -107,7 +107,7 @@ class RobustImageFolder(Dataset):
                 warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
                 continue
             return (self.transform(img) if self.transform else img), target
-        raise UsageError(f"no readable image in {self.folder.root}")
+        raise UsageError(f"--data imagefolder:{self.folder.root}: no readable image")
 
 
 class Transformed(Dataset):
@@ -180,8 +180,12 @@ def make_datasets(
         try:
             train = cls(str(source.path), train=True, download=False, transform=train_tf)
             val = cls(str(source.path), train=False, download=False, transform=val_tf)
-        except RuntimeError as e:
-            raise UsageError(f"--data {source}: {e}") from None
+        except Exception:  # noqa: BLE001  (a corrupt batch file fails in pickle, numpy, ...)
+            # torchvision's message suggests download=True; we never download
+            raise UsageError(
+                f"--data {source}: not a readable CIFAR folder (torchvision's python version, "
+                f"its batch files checked against their MD5 sums)"
+            ) from None
         return train, val, len(train.classes)
     root = source.path
     if (root / "train").is_dir() and (root / "val").is_dir():
@@ -206,3 +210,23 @@ def subset(ds: Dataset, fraction: float, seed: int) -> Dataset:
     g = torch.Generator().manual_seed(seed + 1)
     n = max(1, int(len(ds) * fraction))
     return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
+
+
+def check_datasets(source: DataSource, train: Dataset, val: Dataset, num_classes: int) -> None:
+    """`UsageError` unless both splits hold a readable example and there are two classes at
+    least: a source training cannot use is refused before anything is written."""
+    if num_classes < 2:
+        raise UsageError(f"--data {source}: {num_classes} class; a classifier needs 2 or more")
+    for name, ds in (("training", train), ("validation", val)):
+        if len(ds) == 0:
+            raise UsageError(f"--data {source}: the {name} split is empty")
+        with warnings.catch_warnings():  # one message, not a warning per unreadable file
+            warnings.simplefilter("ignore")
+            ds[0]  # an image folder reads on until an image opens (UsageError when none does)
+
+
+def check_data(source: DataSource, *, holdout: float = 0.2, seed: int = 0) -> int:
+    """Check that training can use ``source`` (see `check_datasets`); its number of classes."""
+    train, val, num_classes = make_datasets(source, 32, holdout=holdout, seed=seed)
+    check_datasets(source, train, val, num_classes)
+    return num_classes

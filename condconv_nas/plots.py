@@ -11,7 +11,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import trained_rows, write_atomic
+from .files import write_atomic
+from .results import trained_rows
 
 
 @dataclass

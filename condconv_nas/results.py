@@ -5,19 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from .errors import UsageError
-
-
-def write_atomic(path: Path, data) -> None:
-    """Write text or bytes to ``path`` through a temporary file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+from .files import write_atomic
+from .spec import ArchSpec
+from .validation import FORBID_EXTRA, Float, StrictInt, parse
 
 
 def trained_rows(rows: Sequence[dict]) -> list[dict]:
@@ -57,7 +55,6 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 def write_run(run_dir: Path, rows: list[dict], decisions: list[str]) -> list[dict]:
     """trials.csv, pareto.csv, pareto.json and specs/<trial>.json (the plots: ``plots.draw_run``).
     Returns the front."""
-    from .spec import ArchSpec  # noqa: PLC0415
 
     columns = [
         "trial",
@@ -118,6 +115,29 @@ def load_front(run_dir) -> list[dict]:
             f"{run_dir}: not a run folder (no pareto.json); run `condconv-nas search` first"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    front = parse(list[FrontPoint], data, str(path))
+    for point in front:  # every spec on the front must still be one
+        try:
+            ArchSpec.from_dict(point.spec)
+        except UsageError as e:
+            raise UsageError(f"{path}: trial {point.trial}: spec: {e}") from None
+    return data
+
+
+_Count = Annotated[StrictInt, Field(ge=0)]
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One point of ``pareto.json``, as `write_run` writes it."""
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    trial: _Count
+    madds: _Count
+    params: _Count
+    top1: Annotated[Float, Field(ge=0, le=1)]
+    spec: dict[str, Any]

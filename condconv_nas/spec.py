@@ -17,6 +17,7 @@ from typing import Any
 
 from .archs import BASES, num_blocks
 from .errors import UsageError
+from .files import write_atomic
 
 SCHEMA_VERSION = 1
 SHARES = ("layer", "block", "pair", "single")
@@ -80,10 +81,7 @@ class ArchSpec:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the spec as JSON (atomically: a temporary file, then a rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, self.to_json() + "\n")
         return path
 
     @property

@@ -1,14 +1,15 @@
 """One way to check configurations (spec, recipe, search space): pydantic over our dataclasses.
 
 Each configuration is a dataclass whose type hints say everything: strict scalar types
-(``StrictInt``, ``Strict`` floats that are finite, ``Literal`` choices), ranges as
-``Field(ge=..., le=...)``, and ``extra="forbid"`` so that an unknown key is an error. `parse`
-turns the first problem into one line naming the field.
+(``StrictInt``, finite ``Float``, ``Literal`` choices), ranges as ``Field(ge=..., le=...)``, and
+``extra="forbid"`` so that an unknown key is an error. `parse` turns the first problem into one
+line naming the field.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter
@@ -21,19 +22,11 @@ T = TypeVar("T")
 # The config every checked dataclass carries: unknown keys are errors.
 FORBID_EXTRA = ConfigDict(extra="forbid")
 
-__all__ = ["FORBID_EXTRA", "Float", "Int", "StrictBool", "StrictInt", "StrictStr", "parse"]
+__all__ = ["FORBID_EXTRA", "Float", "StrictBool", "StrictInt", "StrictStr", "parse", "read_yaml"]
 
 
-def Int(ge: int | None = None, le: int | None = None) -> Any:  # noqa: N802  (a type, like Field)
-    """An integer (never a bool or a float) in [ge, le]."""
-    return Annotated[int, Field(strict=True, ge=ge, le=le)]
-
-
-def Float(  # noqa: N802
-    ge: float | None = None, le: float | None = None, gt: float | None = None
-) -> Any:
-    """A finite number (an int is taken as a float; never a bool or a string) in range."""
-    return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=ge, le=le, gt=gt)]
+# A finite number: an int is taken as a float; a bool or a string is refused.
+Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 @cache
@@ -49,6 +42,8 @@ def describe(error: _PydanticError) -> str:
         return f"{where}: unknown field"
     if e["type"] == "missing":
         return f"{where}: required field missing"
+    if e["type"] in ("dataclass_type", "dict_type"):
+        return f"{where}: expected a mapping of keys, got {e.get('input')!r}"
     return f"{where}: {e['msg'][0].lower()}{e['msg'][1:]}, got {e.get('input')!r}"
 
 
@@ -58,3 +53,22 @@ def parse(cls: type[T], data: Any, where: str = "", error: type[UsageError] = Us
         return _adapter(cls).validate_python(data)
     except _PydanticError as e:
         raise error(f"{where}: {describe(e)}" if where else describe(e)) from None
+
+
+def read_yaml(path: Path, where: str) -> Any:
+    """A YAML file's data; unreadable, non-UTF-8 or malformed files are one-line usage errors."""
+    import yaml  # noqa: PLC0415
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise UsageError(f"{where}: cannot read it ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise UsageError(f"{where}: not valid YAML{at} ({problem})") from None

@@ -1,26 +1,20 @@
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import TINY_RECIPE, TINY_SPACE, run_cli
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def run_cli(*args, cwd=None, timeout=900, env=None):
-    """Run ``condconv-nas`` as a user would (a fresh process); returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "condconv_nas", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env=full_env,
-    )
 
 
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A folder with the tiny recipe (``tiny.yaml``) and the small space (``space.yaml``)."""
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    return tmp_path

@@ -19,7 +19,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_search import TINY_RECIPE, TINY_SPACE
 
 RUN_FILES = {
     "trials.csv",
@@ -30,13 +29,6 @@ RUN_FILES = {
     "config.json",
     "specs",
 }
-
-
-@pytest.fixture
-def files(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
-    (tmp_path / "space.yaml").write_text(TINY_SPACE)
-    return tmp_path
 
 
 def search_cmd(files, run, *extra, budget="200M", trials=3):

@@ -8,50 +8,15 @@ import sys
 import time
 
 import pytest
+from helpers import run_cli
 
 from condconv_nas import count_madds, load_spec
 from condconv_nas.nas.options import parse_budget
 from condconv_nas.nas.space import load_space
 from condconv_nas.results import pareto_front
 
-TINY_RECIPE = """
-epochs: 3
-batch_size: 32
-resolution: 32
-optimizer: adamw
-lr: 0.002
-weight_decay: 0.01
-bn_momentum: 0.3
-expert_lr: rsqrt
-bn_recalibrate: 4
-train_subset: 0.5
-holdout: 0.2
-trials: 4
-"""
-# A small space (MobileNetV1 at small widths) keeps every trial cheap.
-TINY_SPACE = """
-base: mobilenet_v1
-resolution: 224
-num_classes: 1000
-decisions:
-  width_multiplier: [0.25, 0.5, 1.0]
-  begin_stage: [4, 5, none]
-  num_experts: [2, 4]
-  classifier: [false, true]
-  routing_share: [block, single]
-"""
-
-
-@pytest.fixture
-def files(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
-    (tmp_path / "space.yaml").write_text(TINY_SPACE)
-    return tmp_path
-
 
 def search(files, *extra, run="r", budget="200M", **kw):
-    from conftest import run_cli
-
     return run_cli(
         "search",
         "--budget",
@@ -218,8 +183,6 @@ def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
     ],
 )
 def test_refused_cases_exit_2_and_write_nothing(tmp_path, args, message):
-    from conftest import run_cli
-
     res = run_cli("search", *args, "--results", tmp_path / "results")
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
@@ -262,9 +225,9 @@ def test_trial_count_rule():
 def test_chance_level_trials_are_recorded_and_kept_off_the_front(files):
     """A recipe that cannot learn (lr 0: every logit stays 0) gives chance-level trials: recorded as
     untrained in trials.csv, never on the front, counted by the search's summary and by `show`."""
-    from conftest import run_cli
-
-    (files / "frozen.yaml").write_text(TINY_RECIPE.replace("lr: 0.002", "lr: 0.0"))
+    (files / "frozen.yaml").write_text(
+        (files / "tiny.yaml").read_text().replace("lr: 0.002", "lr: 0.0")
+    )
     res = search(
         files, "--trials", "2", "--trainer", files / "frozen.yaml", budget="2G", run="frozen"
     )
@@ -289,7 +252,9 @@ def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
     (not after the heartbeat's grace period): exactly --trials finished trials, none RUNNING."""
     import optuna
 
-    (files / "slow.yaml").write_text(TINY_RECIPE.replace("epochs: 3", "epochs: 12"))
+    (files / "slow.yaml").write_text(
+        (files / "tiny.yaml").read_text().replace("epochs: 3", "epochs: 12")
+    )
     cmd = [
         sys.executable,
         "-m",

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..data import parse_source
+from ..data import check_data, parse_source
 from ..errors import UsageError
+from ..files import check_writable_folder
 from ..training.recipe import load_recipe
 from .backend import BackendOptions, Callbacks, check_backend, make_searcher
 from .options import parse_budget
@@ -22,10 +23,16 @@ from .task import SearchTask
 
 
 def format_madds(n: int) -> str:
+    """``400M``, ``1.5G``, ``413000123``: the shortest exact form (a run's default name)."""
     for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= scale and n % (scale // 1000 or 1) == 0:
-            return f"{n / scale:g}{suffix}"
+        if n >= scale and n % (scale // 1000 if scale > 10**3 else scale) == 0:
+            whole, frac = divmod(n, scale)
+            return f"{whole}.{frac * 1000 // scale:03d}".rstrip("0").rstrip(".") + suffix
     return str(n)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def prepare(
@@ -42,15 +49,22 @@ def prepare(
     options: BackendOptions,
 ):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {seed!r}")
+    if trials is not None and (not _is_int(trials) or not 1 <= trials <= 10**6):
+        raise UsageError(f"--trials must be in [1, 1000000], got {trials!r}")
+    if run is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run):
+        raise UsageError(f"--run {run!r}: use letters, digits, '.', '_' and '-' only")
+    check_backend(backend, options)
     space_ = load_space(space)
     recipe = load_recipe(trainer)
+    recipe.check_optimizer()
     source = parse_source(data)
+    check_data(source, holdout=recipe.holdout, seed=seed)
     task = SearchTask(space=space_, budget=budget, recipe=recipe, data=source, seed=seed)
     total = trials or recipe.trials
     run = run or f"{space_.name}-{format_madds(budget)}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run):
-        raise UsageError(f"--run {run!r}: use letters, digits, '.', '_' and '-' only")
-    check_backend(backend, options)
+    check_writable_folder(Path(results) / run, "--results")
     config = {
         "budget": budget,
         "space": space_.name,
@@ -85,6 +99,20 @@ def check_resume(run_dir: Path, config: dict) -> dict | None:
                 f"({old.get(key)!r}); pick another --run or --results"
             )
     return old
+
+
+def check_storage(run_dir: Path, old: dict | None, url: str) -> None:
+    """`UsageError` if the run folder's results come from a study in another storage: a rerun
+    with another --storage would replace them with another study's."""
+    before = (old or {}).get("storage")
+    # the run's own study.db, in a run folder that was moved since
+    own = f"/{run_dir.name}/study.db"
+    moved = before and url.endswith(own) and before.endswith(own)
+    if before and before != url and not moved:
+        raise UsageError(
+            f"run folder {run_dir} holds the results of the study in {before}: pass --storage "
+            f"{before} to go on with it, or pick another --run"
+        )
 
 
 def check_budget(task: SearchTask) -> None:
@@ -298,6 +326,8 @@ def search(
         options=options,
     )
     old = check_resume(run_dir, config)
+    own = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run's own study, by default
+    check_storage(run_dir, old, storage or own)
     if old is None:  # a resumed run was checked when it started
         check_budget(task)
     else:  # the run's seed trains every candidate; this worker's --seed seeds its sampler only
@@ -308,14 +338,15 @@ def search(
     )
     import optuna  # noqa: PLC0415
 
+    from ..files import write_atomic  # noqa: PLC0415
     from ..plots import draw_run  # noqa: PLC0415
-    from ..results import trained_rows, write_atomic, write_run  # noqa: PLC0415
+    from ..results import trained_rows, write_run  # noqa: PLC0415
     from . import optuna_engine as eng  # noqa: PLC0415
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage is None:  # the run's own SQLite file: its folder first
         run_dir.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+        storage = own
     study = open_storage(storage, run_dir.name, seed, heartbeat=backend == "optuna")
     run_dir.mkdir(
         parents=True, exist_ok=True

@@ -8,41 +8,63 @@ decision a list of choices. Decisions not listed keep the spec's defaults. Every
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import Field
 
 from ..archs import BASES, stage_depths
 from ..errors import UsageError
+from ..files import find_yaml
 from ..spec import ACTIVATIONS, HIDDENS, PRESETS, SHARES, ArchSpec, SpecError, load_spec
+from ..validation import FORBID_EXTRA, Float, StrictBool, StrictInt, parse, read_yaml
 
-# decision -> (allowed type check, default)
-DECISIONS: dict[str, tuple[Any, Any]] = {
-    "width_multiplier": (
-        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-        1.0,
-    ),
-    "depth_multiplier": (
-        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-        1.0,
-    ),
-    "begin_stage": (
-        lambda v: v == "none" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-        "none",
-    ),
-    "begin_offset": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, 0),
-    "num_experts": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, 8),
-    "classifier": (lambda v: isinstance(v, bool), False),
-    "routing_share": (lambda v: v in SHARES, "block"),
-    "routing_hidden": (lambda v: v in HIDDENS, "none"),
-    "routing_activation": (lambda v: v in ACTIVATIONS, "sigmoid"),
-    "routing_hierarchical": (lambda v: isinstance(v, bool), False),
-}
+_Multiplier = Annotated[Float, Field(gt=0, le=8)]  # as the spec allows
+
+
+def _choices(item: Any) -> Any:
+    """A non-empty list of ``item`` choices."""
+    return Annotated[list[item], Field(min_length=1)]
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Every decision a space can search, each a list of choices; one choice fixes it, and a
+    decision the file leaves out keeps the spec's default."""
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    width_multiplier: _choices(_Multiplier) = (1.0,)
+    depth_multiplier: _choices(_Multiplier) = (1.0,)
+    # the stage (1 = the first block stage) where CondConv begins; none = no CondConv block
+    begin_stage: _choices(Literal["none"] | Annotated[StrictInt, Field(ge=1)]) = ("none",)
+    # blocks into that stage (beyond the stage's last block: its last block)
+    begin_offset: _choices(Annotated[StrictInt, Field(ge=0)]) = (0,)
+    num_experts: _choices(Annotated[StrictInt, Field(ge=1, le=1024)]) = (8,)
+    classifier: _choices(StrictBool) = (False,)
+    routing_share: _choices(Literal[SHARES]) = ("block",)
+    routing_hidden: _choices(Literal[HIDDENS]) = ("none",)
+    routing_activation: _choices(Literal[ACTIVATIONS]) = ("sigmoid",)
+    routing_hierarchical: _choices(StrictBool) = (False,)
+
+
+@dataclass(frozen=True)
+class SpaceFile:
+    """A search space file's contents."""
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    base: Literal[BASES]
+    resolution: Annotated[StrictInt, Field(ge=8, le=4096)] = 224
+    num_classes: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 1000
+    decisions: Decisions = Decisions()
+
+
+# decision -> its default (the first choice of a decision a file leaves out)
+DEFAULTS: dict[str, Any] = {f.name: f.default[0] for f in dataclasses.fields(Decisions)}
 
 
 # Decisions that only matter when a point has CondConv (sampled only then).
@@ -100,7 +122,7 @@ class SearchSpace:
 
     def to_spec(self, params: dict[str, Any]) -> ArchSpec:
         """The spec of one point (missing searched decisions take their first choice)."""
-        p = {k: d for k, (_, d) in DECISIONS.items()}
+        p = dict(DEFAULTS)
         p.update(self.complete(params))
         depth = float(p["depth_multiplier"])
         cc = None
@@ -207,63 +229,24 @@ class SearchSpace:
         return self.to_spec(p)
 
 
-def _space_file(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise UsageError(f"--space {name_or_path}: no such file")
-        return path
-    shipped = resources.files("condconv_nas.search_spaces")
-    names = sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
-    if name_or_path not in names:
-        raise UsageError(
-            f"--space {name_or_path!r}: not a shipped space ({', '.join(names)}) nor a YAML file"
-        )
-    return Path(str(shipped / f"{name_or_path}.yaml"))
-
-
 def load_space(name_or_path: str) -> SearchSpace:
     """A shipped space by name (``efficientnet_b0``) or a YAML file; `UsageError` naming what is
     wrong."""
-    path = _space_file(str(name_or_path))
+    path = find_yaml(str(name_or_path), "condconv_nas.search_spaces", "--space", "space")
     where = f"space {path}"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"{where}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise UsageError(
-            f"{where}: expected a mapping with base, resolution, num_classes, decisions"
-        )
-    unknown = sorted(set(data) - {"base", "resolution", "num_classes", "decisions"})
-    if unknown:
-        raise UsageError(
-            f"{where}: unknown key {unknown[0]!r} (allowed: base, resolution, num_classes, "
-            f"decisions)"
-        )
-    if data.get("base") not in BASES:
-        raise UsageError(f"{where}: base {data.get('base')!r} is not one of {', '.join(BASES)}")
-    decisions = data.get("decisions") or {}
-    if not isinstance(decisions, dict):
-        raise UsageError(f"{where}: decisions must be a mapping of decision -> list of choices")
-    parsed = {}
-    for name, (check, default) in DECISIONS.items():
-        choices = decisions.get(name, [default])
-        if not isinstance(choices, list) or not choices:
-            raise UsageError(f"{where}: decisions.{name} must be a non-empty list of choices")
-        for c in choices:
-            if not check(c):
-                raise UsageError(f"{where}: decisions.{name}: invalid choice {c!r}")
-        parsed[name] = tuple(choices)
-    for name in decisions:
-        if name not in DECISIONS:
-            raise UsageError(f"{where}: unknown decision {name!r} (known: {', '.join(DECISIONS)})")
+    parsed = parse(SpaceFile, read_yaml(path, where), where)
+    stages = len(stage_depths(parsed.base, 1.0))
+    for stage in parsed.decisions.begin_stage:
+        if stage != "none" and stage > stages:
+            raise UsageError(
+                f"{where}: decisions.begin_stage: {parsed.base} has stages 1..{stages}, got {stage}"
+            )
     space = SearchSpace(
         name=path.stem,
-        base=data["base"],
-        resolution=data.get("resolution", 224),
-        num_classes=data.get("num_classes", 1000),
-        decisions=parsed,
+        base=parsed.base,
+        resolution=parsed.resolution,
+        num_classes=parsed.num_classes,
+        decisions={k: tuple(v) for k, v in dataclasses.asdict(parsed.decisions).items()},
     )
     try:  # every corner must map to a valid spec
         space.to_spec({})

@@ -4,13 +4,14 @@ weights_only=True."""
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import UsageError
-from ..results import write_atomic
+from ..files import write_atomic
 
 
 def save(obj: dict[str, Any], path: Path) -> None:
@@ -25,11 +26,44 @@ def load(path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle also warns about its protocol
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (corrupt or foreign files raise many kinds)
+        # torch's own message suggests weights_only=False, which must never be followed
+        if "Weights only load failed" in str(e):
+            reason = "it holds Python objects, which are never loaded: only tensors and plain data"
+        elif "zip archive" in str(e):
+            reason = "not a file torch.save wrote"
+        else:
+            reason = _first_line(e)
+        raise UsageError(f"{path}: not a condconv-nas checkpoint ({reason})") from None
+    if not isinstance(obj, dict) or "spec" not in obj or "model" not in obj:
+        raise UsageError(f"{path}: not a condconv-nas checkpoint (no spec and model weights)")
+    return obj
+
+
+# Recipe keys that may change when a run is resumed: its length, and how data is loaded.
+RESUMABLE_CHANGES = ("epochs", "workers", "trials", "overrides")
+
+
+def check_resumable(state: dict[str, Any], path, *, spec, recipe) -> None:
+    """`UsageError` unless the checkpoint ``state`` trained ``spec`` (up to its class count, which
+    the data sets) with ``recipe``: resuming another run would mix two trainings."""
+    from ..spec import ArchSpec  # noqa: PLC0415
+
+    trained = ArchSpec.from_dict(state["spec"])
+    if trained.replace(num_classes=spec.num_classes).id != spec.id:
         raise UsageError(
-            f"{path}: not a condconv-nas checkpoint ({type(e).__name__}: {e})"
-        ) from None
+            f"--resume: {path} trained spec {trained.id}, not {spec.id}; use another --out"
+        )
+    old, new = state.get("recipe") or {}, recipe.__dict__
+    for key in new:
+        if key not in RESUMABLE_CHANGES and old.get(key) != new[key]:
+            raise UsageError(
+                f"--resume: {path} was trained with {key} {old.get(key)!r}, this recipe has "
+                f"{new[key]!r}; use another --out"
+            )
 
 
 def load_exported(path):
@@ -47,5 +81,17 @@ def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
     if "spec" not in obj or "model" not in obj:
         raise UsageError(f"{path}: holds no spec and model weights")
     model = build_model(ArchSpec.from_dict(obj["spec"]))
-    model.load_state_dict(obj["ema"] if obj.get("ema") else obj["model"])
+    weights = obj["ema"] if obj.get("ema") else obj["model"]
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        # torch's first line is a header ("Error(s) in loading state_dict"): the detail follows
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:200]
+        raise UsageError(f"{path}: its weights do not fit its spec ({reason})") from None
     return model.eval()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import make_datasets, parse_source
+from ..data import check_datasets, make_datasets, parse_source
 from ..errors import UsageError
-from ..results import write_atomic
+from ..files import check_writable_folder, write_atomic
 from ..spec import load_spec
 from . import checkpoint
 from .recipe import load_recipe
@@ -68,10 +68,14 @@ def train(
         raise UsageError(f"--workers must be >= 0, got {workers}")
     if batch < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch}")
+    recipe.check_optimizer()
     out = Path(out or Path("runs") / given_id)
+    check_writable_folder(out, "--out")
     if resume and not (out / "last.pt").is_file():
         raise UsageError(f"--resume: no checkpoint {out / 'last.pt'}")
     state = checkpoint.load(out / "last.pt") if resume else None
+    if state is not None:
+        checkpoint.check_resumable(state, out / "last.pt", spec=spec, recipe=recipe)
 
     from ..madds import count_madds, count_params  # noqa: PLC0415
     from .engine import build_for_training, evaluate, make_loader, setup_training, train_epoch  # noqa: PLC0415
@@ -84,6 +88,7 @@ def train(
     train_ds, val_ds, num_classes = make_datasets(
         data, res, holdout=recipe.holdout, seed=recipe.seed, autoaugment=recipe.autoaugment
     )
+    check_datasets(data, train_ds, val_ds, num_classes)
     if spec.num_classes != num_classes:
         if rank == 0 and progress:
             print(

@@ -1,0 +1,55 @@
+"""Writing files so that a crash or a kill never leaves one half-written."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from .errors import UsageError
+
+__all__ = ["check_writable_folder", "find_yaml", "write_atomic"]
+
+
+def write_atomic(path: Path, data) -> None:
+    """Write text or bytes to ``path`` through a temporary file of its own and a rename: never
+    half-written, even with several workers writing one run folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable_folder(path: Path, flag: str) -> None:
+    """`UsageError` unless ``path`` is a folder we can write in, or one we can create."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {parent} is not writable")
+
+
+def find_yaml(text: str, package: str, flag: str, what: str) -> Path:
+    """The YAML file ``text`` names: a file (a file of that name wins), or one that ``package``
+    ships, by name (``proxy``, ``efficientnet_b0``)."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    shipped = resources.files(package)
+    names = sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+    if text in names:
+        return Path(str(shipped / f"{text}.yaml"))
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        raise UsageError(f"{flag} {text}: no such file")
+    raise UsageError(f"{flag} {text!r}: not a shipped {what} ({', '.join(names)}) nor a YAML file")
