@@ -3,10 +3,9 @@
 Times the four figures of the speed goal, interleaving the CondConv and static model of each
 implementation round by round, and prints the median (and interquartile range) over rounds of
 the ratio CondConv time / static time of the same round, next to the MADD ratio. The process keeps
-freed memory as the
-CLI's ``search`` and ``train`` do (``condconv_nas.allocator``; it applies to timm's models too);
-``--default-malloc`` leaves glibc's default. ``--channels-last`` converts all four models and the
-inputs to channels-last, as ``condconv-nas train`` stores its models. Run:
+freed memory as the CLI's ``search`` and ``train`` do (``condconv_nas.allocator``; it applies to
+timm's models too); ``--default-malloc`` leaves glibc's default. ``--channels-last`` converts all
+four models and the inputs to channels-last, as ``condconv-nas train`` stores its models. Run:
 ``python benchmarks/condconv_speed.py [--rounds N] [--default-malloc] [--channels-last]``.
 """
 

@@ -247,9 +247,9 @@ def test_chance_level_trials_are_recorded_and_kept_off_the_front(files):
 
 
 def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
-    """A killed search keeps its run folder up to date, and the rerun recovers the killed trial at
-    once
-    (not after the heartbeat's grace period): exactly --trials finished trials, none RUNNING."""
+    """A killed search keeps its run folder up to date, and the rerun recovers the killed trial
+    at once (not after the heartbeat's grace period): exactly --trials finished trials, none
+    RUNNING."""
     import optuna
 
     (files / "slow.yaml").write_text(
@@ -300,10 +300,41 @@ def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
     assert optuna.trial.TrialState.RUNNING not in states
 
 
+def test_sigkill_while_writing_the_run_folder_then_rerun_loses_nothing(files):
+    """SIGKILL the moment the first trial's results start to land (trials.csv written, the front
+    and the plots still being written), rerun at once: every file of the run folder is whole,
+    and the run ends with exactly --trials trials, none RUNNING."""
+    import optuna
+
+    cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "2G"]
+    cmd += ["--space", str(files / "space.yaml"), "--trainer", str(files / "tiny.yaml")]
+    cmd += ["--results", str(files / "results"), "--run", "cut", "--trials", "3", "--quiet"]
+    run = files / "results" / "cut"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "trials.csv").exists():
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(timeout=60)
+    for name in ("trials.csv", "pareto.csv", "pareto.json", "config.json"):
+        if (run / name).exists():  # whatever was written is whole
+            text = (run / name).read_text()
+            json.loads(text) if name.endswith(".json") else list(csv.DictReader(text.splitlines()))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows), rows
+    front = json.loads((run / "pareto.json").read_text())
+    assert sorted(p.name for p in (run / "specs").iterdir()) == sorted(
+        f"{p['trial']}.json" for p in front
+    )
+    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{run / 'study.db'}")
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
+
+
 def test_plot_data_tells_the_truth():
     """Presets sit at their own trial's top-1 (or are marked not evaluated), untrained and
-    over-budget
-    trials are kept off the accuracy axis, and every point carries a rounded hover."""
+    over-budget trials are kept off the accuracy axis, and every point carries a rounded hover."""
     from condconv_nas.plots import front_plot_info
 
     rows = [

@@ -194,8 +194,7 @@ def test_training_starts_from_a_zero_classifier(name):
 
 def test_library_train_names_its_folder_after_the_spec_it_was_given(tmp_path, recipe, monkeypatch):
     """train() returns metrics.json; the default folder runs/<spec id> and metrics' spec_id agree,
-    though
-    the model was built for digits' 10 classes (model_spec_id)."""
+    though the model was built for digits' 10 classes (model_spec_id)."""
     import condconv_nas
     from condconv_nas import load_spec
 

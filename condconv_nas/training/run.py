@@ -1,6 +1,5 @@
-"""``condconv-nas train`` and ``evaluate``: retrain an exported spec with a recipe, on one process
-or
-under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU; only rank 0 writes)."""
+"""``condconv-nas train`` and ``evaluate``: retrain an exported spec with a recipe, on one
+process or under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU; only rank 0 writes)."""
 
 from __future__ import annotations
 
