@@ -14,7 +14,7 @@ import re
 # base -> (one list of timm block strings per stage, activation, head 1x1 conv features rule) head:
 # "scaled" = round_channels(1280 * width); "min" = max(1280, scaled); "fixed" = 1280; "none" = no
 # head conv
-EFFICIENTNET_FAMILY: dict[str, dict] = {
+EFFICIENTNET_ARCHS: dict[str, dict] = {
     "mobilenet_v1": dict(
         act="relu6",
         head="none",
@@ -67,19 +67,19 @@ EFFICIENTNET_FAMILY: dict[str, dict] = {
     ),
 }
 # ResNet: bottleneck repeats per stage (timm's ResNet with Bottleneck blocks).
-RESNET_FAMILY: dict[str, tuple] = {"resnet50": (3, 4, 6, 3)}
+RESNET_ARCHS: dict[str, tuple] = {"resnet50": (3, 4, 6, 3)}
 
-BASES = tuple(EFFICIENTNET_FAMILY) + tuple(RESNET_FAMILY)
+BASES = tuple(EFFICIENTNET_ARCHS) + tuple(RESNET_ARCHS)
 
 
 def stage_depths(base: str, depth_multiplier: float = 1.0) -> list[int]:
     """Blocks per stage after depth scaling (ceil, as timm's ``decode_arch_def`` does per stage)."""
-    if base in RESNET_FAMILY:
-        repeats = list(RESNET_FAMILY[base])
+    if base in RESNET_ARCHS:
+        repeats = list(RESNET_ARCHS[base])
     else:
         repeats = [
             sum(int(re.search(r"_r(\d+)", b).group(1)) for b in stage)
-            for stage in EFFICIENTNET_FAMILY[base]["stages"]
+            for stage in EFFICIENTNET_ARCHS[base]["stages"]
         ]
     return [int(math.ceil(r * depth_multiplier)) for r in repeats]
 

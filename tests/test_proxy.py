@@ -147,3 +147,17 @@ def test_untrained_trials_stay_off_the_front():
         dict(trial=1, state="COMPLETE", feasible=True, madds=200, top1=0.90, untrained=False),
     ]
     assert [r["trial"] for r in pareto_front(rows)] == [1]
+
+
+def test_repeats_score_a_candidate_by_the_mean_of_trainings_from_different_seeds():
+    """repeats: 2 is the mean of the two single trainings from seeds s and s + 1000 (same split);
+    epoch progress counts over both."""
+    one = recipe_from_dict({"epochs": 1, "batch_size": 64, "resolution": 16, "optimizer": "adamw"})
+    two = recipe_from_dict({**one.__dict__, "overrides": {}, "repeats": 2})
+    spec, data = load_spec("mobilenet-v1").replace(width_multiplier=0.25), parse_source("digits")
+    singles = [proxy_top1(spec, data, one, seed=s)["top1"] for s in (3, 1003)]
+    epochs = []
+    both = proxy_top1(spec, data, two, seed=3, on_epoch=lambda e, n: epochs.append((e, n)))
+    assert both["top1_repeats"] == pytest.approx(singles, abs=1e-6)
+    assert both["top1"] == pytest.approx(sum(singles) / 2, abs=1e-6)
+    assert epochs == [(1, 2), (2, 2)]

@@ -14,7 +14,7 @@ from timm.models._efficientnet_builder import (
 from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import Bottleneck, ResNet
 
-from ..archs import EFFICIENTNET_FAMILY, stage_depths
+from ..archs import EFFICIENTNET_ARCHS, stage_depths
 from .registry import register_family
 
 
@@ -27,7 +27,7 @@ def _effnet_blocks(model):
 
 
 @register_family(
-    *EFFICIENTNET_FAMILY,
+    *EFFICIENTNET_ARCHS,
     stem="conv_stem",
     classifier="classifier",
     blocks=_effnet_blocks,
@@ -38,7 +38,7 @@ def build_efficientnet_family(
 ) -> nn.Module:
     """MobileNetV1/V2, MnasNet-A1, EfficientNet-B0: timm's ``decode_arch_def`` +
     ``EfficientNet``."""
-    cfg = EFFICIENTNET_FAMILY[spec.base]
+    cfg = EFFICIENTNET_ARCHS[spec.base]
     round_chs = partial(round_channels, multiplier=spec.width_multiplier)
     head = {"scaled": round_chs(1280), "min": max(1280, round_chs(1280)), "fixed": 1280, "none": 0}[
         cfg["head"]

@@ -319,6 +319,8 @@ def proxy_top1(
 
     The candidate is the full spec (its MADDs are counted at full size elsewhere) trained at the
     recipe's resolution with the data set's number of classes; seeds fix init, order and split.
+    With ``recipe.repeats`` > 1 it is trained that many times from different seeds (the same
+    split) and scored by the mean: short training varies with the seed, and the mean varies less.
     """
     from ..data import make_datasets, subset  # noqa: PLC0415
 
@@ -328,13 +330,42 @@ def proxy_top1(
         source, res, holdout=recipe.holdout, seed=recipe.seed
     )
     train_ds = subset(train_ds, recipe.train_subset, recipe.seed)
-    torch.manual_seed(seed + recipe.seed)
-    model = build_for_training(spec.replace(num_classes=num_classes), recipe)
+    total = recipe.epochs * recipe.repeats
+    runs = []
+    for r in range(recipe.repeats):
+        progress = (
+            None if on_epoch is None else (lambda e, _, r=r: on_epoch(e + r * recipe.epochs, total))
+        )
+        runs.append(
+            _train_once(
+                spec.replace(num_classes=num_classes),
+                train_ds,
+                val_ds,
+                recipe,
+                seed=seed + recipe.seed + 1000 * r,
+                report=report if r == 0 else None,
+                on_epoch=progress,
+            )
+        )
+    metrics = {k: sum(m[k] for m in runs) / len(runs) for k in runs[0]}
+    return {
+        **metrics,
+        "top1_repeats": [m["top1"] for m in runs],
+        "num_classes": num_classes,
+        "val_size": len(val_ds),
+        "chance_threshold": chance_threshold(num_classes, len(val_ds)),
+    }
+
+
+def _train_once(spec, train_ds, val_ds, recipe: Recipe, *, seed: int, report, on_epoch) -> dict:
+    """One proxy training from ``seed``: held-out metrics and the last epoch's training loss."""
+    torch.manual_seed(seed)
+    model = build_for_training(spec, recipe)
     train_loader = make_loader(
         train_ds,
         recipe.batch_size,
         train=True,
-        seed=seed + recipe.seed,
+        seed=seed,
         workers=recipe.workers,
         drop_last=recipe.mixup_alpha > 0,
     )
@@ -342,7 +373,7 @@ def proxy_top1(
     t = setup_training(
         model,
         recipe,
-        num_classes=num_classes,
+        num_classes=spec.num_classes,
         steps_per_epoch=len(train_loader),
         epochs=recipe.epochs,
     )
@@ -356,11 +387,4 @@ def proxy_top1(
             report(epoch + 1, evaluate(evaluated, val_loader))
     if recipe.bn_recalibrate:
         recalibrate_bn(evaluated, train_loader, recipe.bn_recalibrate)
-    metrics = evaluate(evaluated, val_loader)
-    return {
-        **metrics,
-        "train_loss": loss,
-        "num_classes": num_classes,
-        "val_size": len(val_ds),
-        "chance_threshold": chance_threshold(num_classes, len(val_ds)),
-    }
+    return {**evaluate(evaluated, val_loader), "train_loss": loss}

@@ -54,6 +54,8 @@ class Recipe:
     holdout: Annotated[Float, Field(gt=0, le=0.9)] = 0.2  # held-out fraction without a val split
     seed: _Count = 0  # seeds the model init, the data order and the split
     workers: Annotated[StrictInt, Field(ge=0, le=1024)] = 0  # data loader worker processes
+    # proxy only: trainings from different seeds whose mean top-1 scores a candidate
+    repeats: Annotated[StrictInt, Field(ge=1, le=100)] = 1
     trials: Annotated[StrictInt, Field(ge=1)] = 16  # default --trials of a search with this recipe
     # per-base changes: {base: {key: value}}, each checked as the recipe with it applied
     overrides: dict[StrictStr, dict[StrictStr, Any]] = dataclasses.field(default_factory=dict)
