@@ -306,7 +306,7 @@ def chance_threshold(num_classes: int, n: int, z: float = 3.1) -> float:
 
 
 def proxy_top1(
-    spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_epoch=None
+    spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_epoch=None, init=None
 ) -> dict[str, float]:
     """Train ``spec`` briefly as the proxy recipe says and return its held-out accuracy.
 
@@ -316,6 +316,8 @@ def proxy_top1(
 
     The candidate is the full spec (its MADDs are counted at full size elsewhere) trained at the
     recipe's resolution with the data set's number of classes; seeds fix init, order and split.
+    ``init``: a weight source (``models.sources.load_source``) the candidate starts from, taking
+    what matches (``models.upcycle.inherit``); the metrics then say which share it ``inherited``.
     """
     from ..data import make_datasets, subset  # noqa: PLC0415
 
@@ -327,6 +329,11 @@ def proxy_top1(
     train_ds = subset(train_ds, recipe.train_subset, recipe.seed)
     torch.manual_seed(seed + recipe.seed)
     model = build_for_training(spec.replace(num_classes=num_classes), recipe)
+    inherited = {}
+    if init is not None:
+        from ..models.upcycle import inherit  # noqa: PLC0415
+
+        inherited["inherited"] = round(inherit(model, init).fraction, 4)
     train_loader = make_loader(
         train_ds,
         recipe.batch_size,
@@ -360,4 +367,5 @@ def proxy_top1(
         "num_classes": num_classes,
         "val_size": len(val_ds),
         "chance_threshold": chance_threshold(num_classes, len(val_ds)),
+        **inherited,
     }
