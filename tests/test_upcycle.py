@@ -29,6 +29,7 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
         head = model.get_classifier()
+        head = getattr(head, "module", head)  # a CondConv classifier runs inside `Routed`
         head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.05)
         head.bias.copy_(torch.randn(head.bias.shape, generator=g))
     return model.eval()
@@ -288,3 +289,30 @@ def test_mismatched_source_exits_2_naming_both(files, cli, tmp_path):
     assert not (tmp_path / "res").exists()
     res = cli("train", "mobilenet-v2", "--init", tmp_path / "none.pt", "--out", tmp_path / "o")
     assert res.returncode == 2 and "none.pt" in res.stderr
+
+
+def test_our_exports_as_sources(tmp_path):
+    """A static model.pt upcycles like a timm model; a CondConv model.pt of the same spec comes
+    back whole, routers included."""
+    from condconv_nas import load_exported
+    from condconv_nas.training import checkpoint
+
+    torch.manual_seed(0)
+    static = build_model({**SMALL, "condconv": None, "num_classes": 10})
+    randomise(static.net)
+    checkpoint.save(
+        {"spec": static.spec.to_dict(), "model": static.state_dict()}, tmp_path / "s.pt"
+    )
+    x = torch.randn(2, 3, RES, RES)
+    cond = served(upcycle({**SMALL, "num_classes": 10}, tmp_path / "s.pt")).eval()
+    with torch.no_grad():
+        assert close(cond(x), static(x))
+    randomise(cond.net, seed=1)
+    with torch.no_grad():  # routers that depend on the input: they must come back too
+        for r in cond.modules():
+            if isinstance(r, Router):
+                r.fc.weight.normal_()
+    checkpoint.save({"spec": cond.spec.to_dict(), "model": cond.state_dict()}, tmp_path / "c.pt")
+    again = served(upcycle(cond.spec, tmp_path / "c.pt")).eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), served(load_exported(tmp_path / "c.pt"))(x))

@@ -105,8 +105,9 @@ def inherit(model: nn.Module, source, *, strict: bool = False, noise: float = 0.
     constant (`constant_router`). ``strict``: the model must take every tensor of the source
     whole, the source fill every tensor of the model and have the spec's padding and batch-norm
     epsilon where it tells them (`UsageError` naming what does not fit), so that the model
-    computes what the source computes. ``noise``: the experts' zero-sum
-    perturbation, relative to each dense kernel's standard deviation (0: exact copies).
+    computes what the source computes. ``noise``: the experts' zero-sum perturbation, relative
+    to each dense kernel's standard deviation (0: exact copies). A source of another base is a
+    `UsageError` naming both.
     """
     from ..layers import CondConv2d, CondLinear, Router  # noqa: PLC0415
 
