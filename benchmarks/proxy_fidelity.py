@@ -7,8 +7,12 @@ the previous proxy (``benchmarks/proxy_v1.yaml``) and with a reference: the prox
 per spec top-1 and seconds, then for each proxy: Kendall's tau against the reference, the mean
 error against the reference for static and for CondConv specs (and their gap), the repeat noise,
 and the cost per candidate. Everything runs in this process, one spec after another. Run:
-``python benchmarks/proxy_fidelity.py [--random 6] [--pairs mobilenet-v1,mobilenet-v2,...] [--out
-FILE]``.
+``python benchmarks/proxy_fidelity.py [--random 6] [--pairs mobilenet-v1,...] [--out FILE]``.
+
+``--inherit`` adds a fourth column: the proxy started from a dense model of the space's base
+pretrained on the search data (``condconv-nas train`` with the proxy recipe for the reference's
+epochs, on the same training split), every candidate upcycled from it (``--init``), and reports
+its tau, error and cost (the pretraining's seconds once, then per candidate) like the others.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import dataclasses
 import json
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from scipy.stats import kendalltau
 
-from condconv_nas import load_spec
+from condconv_nas import load_spec, train
 from condconv_nas.allocator import keep_freed_memory
 from condconv_nas.data import parse_source
 from condconv_nas.nas.space import load_space
@@ -45,10 +50,20 @@ def candidates(space_name: str, n: int, seed: int):
             yield f"random-{len(seen)}", spec
 
 
-def timed(spec, source, recipe, seed):
+def timed(spec, source, recipe, seed, init=None):
     t0 = time.perf_counter()
-    top1 = proxy_top1(spec, source, recipe, seed=seed)["top1"]
+    top1 = proxy_top1(spec, source, recipe, seed=seed, init=init)["top1"]
     return top1, time.perf_counter() - t0
+
+
+def pretrain_dense(
+    base: str, data: str, recipe: str, epochs: int, folder: Path
+) -> tuple[str, float]:
+    """A dense model of ``base`` trained on the search data: (its model.pt, seconds)."""
+    t0 = time.perf_counter()
+    m = train({"base": base}, trainer=recipe, data=data, epochs=epochs, out=folder, progress=False)
+    print(f"dense {base} pretrained: top-1 {m['top1']:.3f} after {epochs} epochs", flush=True)
+    return str(folder / "model.pt"), time.perf_counter() - t0
 
 
 def summary(name, rows, key, ref="reference"):
@@ -88,6 +103,11 @@ def main() -> None:
     )
     p.add_argument("--reference-resolution", type=int, default=40, help="default 40")
     p.add_argument("--out", type=Path, help="also write the per-spec figures as JSON")
+    p.add_argument(
+        "--inherit",
+        action="store_true",
+        help="also train every candidate upcycled from a dense model pretrained on the data",
+    )
     args = p.parse_args()
     keep_freed_memory()
     torch.set_num_threads(torch.get_num_threads())
@@ -106,6 +126,11 @@ def main() -> None:
         for name in (base, f"condconv-{base}")
     ]
     specs += list(candidates(args.space, args.random, args.seed))
+    init, pretrain_s = None, 0.0
+    if args.inherit:
+        base = load_space(args.space).base
+        tmp = Path(tempfile.mkdtemp(prefix="proxy-fidelity-"))
+        init, pretrain_s = pretrain_dense(base, args.data, args.recipe, reference.epochs, tmp)
     print(
         f"{len(specs)} specs on {args.data}; proxy {proxy.epochs} epochs at {proxy.resolution} "
         f"px, reference "
@@ -123,11 +148,16 @@ def main() -> None:
         r["seed1"], _ = timed(spec, source, proxy, 1)
         r["old"], r["old_s"] = timed(spec, source, old, 0)
         r["reference"], r["reference_s"] = timed(spec, source, reference, 0)
+        if init is not None and spec.base == load_space(args.space).base:
+            r["inherit"], r["inherit_s"] = timed(spec, source, proxy, 0, init)
         rows.append(r)
         print(
             f"{name:<26} {'y' if r['condconv'] else 'n':>2} {r['proxy']:6.3f} {r['seed1']:6.3f} "
             f"{r['old']:6.3f} {r['reference']:6.3f}   "
-            f"{r['proxy_s']:.1f}/{r['old_s']:.1f}/{r['reference_s']:.1f}",
+            f"{r['proxy_s']:.1f}/{r['old_s']:.1f}/{r['reference_s']:.1f}"
+            + (
+                f"  inherited {r['inherit']:.3f} ({r['inherit_s']:.1f} s)" if "inherit" in r else ""
+            ),
             flush=True,
         )
     if args.out:
@@ -135,6 +165,11 @@ def main() -> None:
     print()
     summary("proxy", rows, "proxy")
     summary("old proxy", rows, "old")
+    inherited = [r for r in rows if "inherit" in r]
+    if inherited:
+        summary("inherited", inherited, "inherit")
+        summary("scratch", inherited, "proxy")  # the same specs, from scratch
+        print(f"  (inherited: plus {pretrain_s:.0f} s once, pretraining the dense model)")
     seed = [abs(r["proxy"] - r["seed1"]) for r in rows]
     print(
         f"proxy noise, the same spec with another seed: |diff| max {max(seed):.3f}, mean "

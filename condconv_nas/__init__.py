@@ -17,6 +17,8 @@ _API = {
     "load_spec": "condconv_nas.spec",
     "PRESETS": "condconv_nas.spec",
     "build_model": "condconv_nas.models",
+    "upcycle": "condconv_nas.models.upcycle",
+    "from_timm": "condconv_nas.models.from_timm",
     "count_madds": "condconv_nas.madds",
     "count_params": "condconv_nas.madds",
     "load_exported": "condconv_nas.training.checkpoint",

@@ -156,6 +156,7 @@ class Search(Command):
                 results=args.results,
                 storage=args.storage,
                 seed=args.seed,
+                init=args.init,
                 progress=LineReporter() if args.quiet else BarReporter(),
                 address=args.address,
                 cpus_per_trial=args.cpus_per_trial,
@@ -250,6 +251,7 @@ class Train(Command):
             epochs=args.epochs,
             out=args.out,
             resume=args.resume,
+            init=args.init,
             batch_size=args.batch_size,
             workers=args.workers,
         )

@@ -52,7 +52,7 @@ WEIGHTLESS_OPS = frozenset(
     add add_ sub sub_ mul mul_ div div_ neg rsub
     relu relu_ relu6 hardtanh hardtanh_ sigmoid sigmoid_ silu silu_
     hardswish hardswish_ hardsigmoid hardsigmoid_
-    gelu tanh tanh_ softmax log_softmax clamp clamp_ clamp_min clamp_min_ exp
+    gelu tanh tanh_ softmax log_softmax clamp clamp_ clamp_min clamp_min_ exp ceil floor
     mean sum amax max_pool2d avg_pool2d adaptive_max_pool2d dropout dropout_ feature_dropout
     flatten reshape view permute transpose t contiguous expand squeeze unsqueeze
     cat stack chunk split size select slice narrow

@@ -71,6 +71,8 @@ def write_run(run_dir: Path, rows: list[dict], decisions: list[str]) -> list[dic
         "preset",
         "seconds",
     ]
+    if any(r.get("inherited") is not None for r in rows):  # a run started from --init weights
+        columns.insert(columns.index("untrained") + 1, "inherited")
     write_atomic(run_dir / "trials.csv", _csv(rows, columns + decisions))
     front = pareto_front(rows)
     out = [

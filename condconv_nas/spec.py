@@ -23,6 +23,10 @@ SCHEMA_VERSION = 1
 SHARES = ("layer", "block", "pair", "single")
 HIDDENS = ("none", "small", "medium", "large")
 ACTIVATIONS = ("sigmoid", "softmax")
+PADDINGS = ("symmetric", "same")  # PyTorch's k // 2 on every side | TensorFlow's 'SAME'
+# Fields that to_dict() (and so the id) leaves out while they hold their default: specs written
+# before the field existed read unchanged and keep their ids.
+OPTIONAL_DEFAULTS = {"padding": "symmetric", "bn_eps": 1e-5}
 
 
 class SpecError(UsageError):
@@ -56,12 +60,18 @@ class ArchSpec:
     depth_multiplier: float = 1.0  # repeats per stage scale (ceil)
     resolution: int = 224  # input size the MADDs are counted at
     num_classes: int = 1000  # classifier outputs
+    # symmetric | same: TensorFlow's 'SAME', as timm's tf_ models (their pad_type='same')
+    padding: str = "symmetric"
+    bn_eps: float = 1e-5  # batch-norm epsilon (timm's tf_ models: 1e-3)
     condconv: CondConvSpec | None = None  # None: a static model
     schema_version: int = SCHEMA_VERSION
 
     # -- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        for name, default in OPTIONAL_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         return {"schema_version": d.pop("schema_version"), **d}
 
     @classmethod
@@ -110,6 +120,14 @@ class ArchSpec:
             raise SpecError(f"resolution: must be in [8, 4096], got {self.resolution}")
         if not 1 <= self.num_classes <= 1_000_000:
             raise SpecError(f"num_classes: must be >= 1, got {self.num_classes}")
+        if self.padding not in PADDINGS:
+            raise SpecError(f"padding: {self.padding!r} is not one of {', '.join(PADDINGS)}")
+        if self.padding == "same" and self.base == "resnet50":
+            raise SpecError(
+                "padding: 'same' is for the EfficientNet family; resnet50 pads symmetrically"
+            )
+        if not 0 < self.bn_eps < 1:
+            raise SpecError(f"bn_eps: must be in (0, 1), got {self.bn_eps}")
         cc = self.condconv
         if cc is None:
             return
@@ -166,6 +184,8 @@ _TYPES = {
     "depth_multiplier": float,
     "resolution": int,
     "num_classes": int,
+    "padding": str,
+    "bn_eps": float,
     "schema_version": int,
     "begin_layer": int,
     "num_experts": int,

@@ -54,6 +54,23 @@ def mix_experts(r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return r @ w
 
 
+def same_padding(
+    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """TensorFlow's 'SAME' padding of ``x``: ``(x, padding)`` for a symmetrically padded conv.
+
+    SAME pads ``total // 2`` before and the rest after; the odd extra zero goes onto ``x`` itself
+    (``F.pad``) so that the convolution keeps a symmetric padding, which ``crop`` understands."""
+    before, extra = [], []
+    for n, k, s, d in zip(x.shape[-2:], kernel, stride, dilation, strict=True):
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        before.append(total // 2)
+        extra.append(total - 2 * (total // 2))
+    if any(extra):
+        x = F.pad(x, (0, extra[1], 0, extra[0]))
+    return x, (before[0], before[1])
+
+
 def check_routing(routing_weights: torch.Tensor, batch: int, num_experts: int, layer: str) -> None:
     if (
         routing_weights.dim() != 2
@@ -70,7 +87,8 @@ class CondConv2d(nn.Module):
     """A drop-in for ``nn.Conv2d`` with per-example kernels; ``forward(x, routing_weights)``.
 
     ``weight`` has shape ``(num_experts, out_channels, in_channels // groups, kH, kW)``; ``bias``
-    ``(num_experts, out_channels)`` or None. ``padding=None`` means ``dilation * (k - 1) // 2``.
+    ``(num_experts, out_channels)`` or None. ``padding=None`` means ``dilation * (k - 1) // 2``;
+    ``padding="same"`` is TensorFlow's 'SAME' (as timm's ``Conv2dSame``), worked out per input size.
     ``strategy`` is ``"auto"`` (measured per shape, see ``layers.strategy``), ``"kernel"`` or
     ``"mixture"``; every choice gives the same result.
     """
@@ -103,10 +121,19 @@ class CondConv2d(nn.Module):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.dilation = _pair(dilation, "dilation")
-        if padding is None:
-            padding = tuple(
-                d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size, strict=False)
+        symmetric = tuple(
+            d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size, strict=True)
+        )
+        # TF 'SAME' pads each input size as it needs (more after than before when odd), except where
+        # that is always the symmetric padding: stride 1 and an even span (timm's `is_static_pad`).
+        self.same = padding == "same" and not (
+            self.stride == (1, 1)
+            and all(
+                d * (k - 1) % 2 == 0 for d, k in zip(self.dilation, self.kernel_size, strict=True)
             )
+        )
+        if padding is None or padding == "same":
+            padding = (0, 0) if self.same else symmetric
         self.padding = _pair(padding, "padding")
         self.num_experts = num_experts
         self.strategy = strategy
@@ -140,8 +167,8 @@ class CondConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"stride={self.stride}, padding={'same' if self.same else self.padding}, "
+            f"dilation={self.dilation}, groups={self.groups}, "
             f"bias={self.bias is not None}, num_experts={self.num_experts}, "
             f"strategy={self.strategy}"
         )
@@ -184,6 +211,7 @@ class CondConv2d(nn.Module):
             self.groups,
             self.num_experts,
             self.bias is not None,
+            self.same,
         )
 
     def run(
@@ -197,9 +225,10 @@ class CondConv2d(nn.Module):
         """One execution form on explicit expert weights (``strategy.py`` times forms on copies).
 
         Kernel taps that only ever read padding for this input size are cropped first (``crop``)."""
-        weight, stride, padding = crop(
-            weight, x.shape[-2:], self.stride, self.padding, self.dilation
-        )
+        padding = self.padding
+        if self.same:
+            x, padding = same_padding(x, weight.shape[-2:], self.stride, self.dilation)
+        weight, stride, padding = crop(weight, x.shape[-2:], self.stride, padding, self.dilation)
         mixed_bias = None if bias is None else r @ bias  # (B, out)
         return getattr(self, "_forward_" + strategy)(x, r, weight, mixed_bias, stride, padding)
 

@@ -18,8 +18,12 @@ from ..archs import EFFICIENTNET_ARCHS, stage_depths
 from .registry import register_family
 
 
-def _norm(bn_momentum):
-    return nn.BatchNorm2d if bn_momentum is None else partial(nn.BatchNorm2d, momentum=bn_momentum)
+def _norm(spec, bn_momentum):
+    """Batch norm with the spec's epsilon (timm's own tf_ models pass ``bn_eps`` the same way)."""
+    kw = {} if bn_momentum is None else {"momentum": bn_momentum}
+    if spec.bn_eps != 1e-5:
+        kw["eps"] = spec.bn_eps
+    return partial(nn.BatchNorm2d, **kw) if kw else nn.BatchNorm2d
 
 
 def _effnet_blocks(model):
@@ -36,8 +40,10 @@ def _effnet_blocks(model):
 def build_efficientnet_family(
     spec, *, drop_rate=0.0, drop_path_rate=0.0, bn_momentum=None
 ) -> nn.Module:
-    """MobileNetV1/V2, MnasNet-A1, EfficientNet-B0: timm's ``decode_arch_def`` +
-    ``EfficientNet``."""
+    """MobileNetV1/V2, MnasNet-A1, EfficientNet-B0: timm's ``decode_arch_def`` + ``EfficientNet``.
+
+    ``padding: same`` is timm's ``pad_type='same'`` (its tf_ models): stride-2 convolutions become
+    ``Conv2dSame``, padded as TensorFlow does for each input size."""
     cfg = EFFICIENTNET_ARCHS[spec.base]
     round_chs = partial(round_channels, multiplier=spec.width_multiplier)
     head = {"scaled": round_chs(1280), "min": max(1280, round_chs(1280)), "fixed": 1280, "none": 0}[
@@ -50,7 +56,8 @@ def build_efficientnet_family(
         stem_size=32,
         round_chs_fn=round_chs,
         act_layer=get_act_layer(cfg["act"]),
-        norm_layer=_norm(bn_momentum),
+        norm_layer=_norm(spec, bn_momentum),
+        pad_type="same" if spec.padding == "same" else "",
         drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )
@@ -84,7 +91,7 @@ def build_resnet(spec, *, drop_rate=0.0, drop_path_rate=0.0, bn_momentum=None) -
         channels=tuple(make_divisible(c * w, 8) for c in (64, 128, 256, 512)),
         stem_width=make_divisible(64 * w, 8),
         num_classes=spec.num_classes,
-        norm_layer=_norm(bn_momentum),
+        norm_layer=_norm(spec, bn_momentum),
         drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )

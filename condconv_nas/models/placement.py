@@ -19,6 +19,7 @@ import copy
 
 import torch
 import torch.nn as nn
+from timm.layers import Conv2dSame
 
 from ..layers import CondConv2d, CondLinear, Routed, Router, RoutingState
 from .registry import Family
@@ -33,7 +34,7 @@ def to_condconv(static: nn.Module, num_experts: int, init_layer) -> nn.Module:
             static.out_channels,
             static.kernel_size,
             static.stride,
-            static.padding,
+            "same" if isinstance(static, Conv2dSame) else static.padding,
             static.dilation,
             static.groups,
             static.bias is not None,

@@ -98,6 +98,13 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         help="NNI: the search strategy (default: evolution, NNI's regularized evolution)",
     )
     p.add_argument(
+        "--init",
+        default=None,
+        metavar="SOURCE",
+        help="start every candidate from these weights, taking what matches: a state dict file "
+        "of the base's timm model, a model.pt, or timm:NAME (timm's pretrained weights)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=0,

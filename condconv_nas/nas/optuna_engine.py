@@ -222,6 +222,8 @@ def record(trial: optuna.Trial, result: dict) -> tuple[float, float]:
     trial.set_user_attr("top1", result["top1"])
     trial.set_user_attr("top5", result.get("top5"))
     trial.set_user_attr("untrained", bool(result.get("untrained")))
+    if result.get("inherited") is not None:  # the share of parameters taken from --init
+        trial.set_user_attr("inherited", result["inherited"])
     return result["top1"], float(result["madds"])
 
 
@@ -320,6 +322,7 @@ def trial_rows(study: optuna.Study, decisions: list[str]) -> list[dict]:
                 else None,
                 "top5": ua.get("top5"),
                 "untrained": ua.get("untrained"),
+                "inherited": ua.get("inherited"),
                 "reused_from": ua.get("reused_from"),
                 "spec_id": ua.get("spec_id"),
                 "preset": ua.get("preset"),

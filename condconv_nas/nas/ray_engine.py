@@ -180,6 +180,7 @@ def ray_trial(config: dict, task: SearchTask, threads: int) -> None:
             "madds": madds,
             "epoch": epochs,
             "final": True,
+            **({"inherited": result["inherited"]} if result.get("inherited") is not None else {}),
         }
     )
 

@@ -47,6 +47,7 @@ def prepare(
     results: str,
     backend: str,
     options: BackendOptions,
+    init: str | None = None,
 ):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
     if not _is_int(seed) or not 0 <= seed < 2**32:
@@ -61,7 +62,9 @@ def prepare(
     recipe.check_optimizer()
     source = parse_source(data)
     check_data(source, holdout=recipe.holdout, seed=seed)
-    task = SearchTask(space=space_, budget=budget, recipe=recipe, data=source, seed=seed)
+    if init is not None:
+        init = check_init(init, space_.base)
+    task = SearchTask(space=space_, budget=budget, recipe=recipe, data=source, seed=seed, init=init)
     total = trials or recipe.trials
     run = run or f"{space_.name}-{format_madds(budget)}"
     check_writable_folder(Path(results) / run, "--results")
@@ -75,8 +78,18 @@ def prepare(
         "data": str(source),
         "seed": seed,
         "trials": total,
+        **({"init": init} if init is not None else {}),
     }
     return task, Path(results) / run, config, total
+
+
+def check_init(init: str, base: str) -> str:
+    """The ``--init`` source, read and checked against the space's base; a file as an absolute
+    path (workers elsewhere read it too)."""
+    from ..models.sources import check_base, load_source  # noqa: PLC0415
+
+    check_base(load_source(init), base)
+    return init if init.startswith("timm:") else str(Path(init).resolve())
 
 
 def check_resume(run_dir: Path, config: dict) -> dict | None:
@@ -92,6 +105,7 @@ def check_resume(run_dir: Path, config: dict) -> dict | None:
         "decisions",
         "data",
         "recipe",
+        "init",
     ):  # --seed may differ: each worker's sampler
         if old.get(key) != config.get(key):
             raise UsageError(
@@ -296,15 +310,15 @@ def search(
     Writes (or resumes) the run folder ``results/run`` as ``condconv-nas search`` does and returns
     what it holds. ``budget``: an int or the CLI's forms (``"400M"``, ``"0.4G"``). ``trials``: the
     run's total across restarts and workers (default: the recipe's). ``progress``: True for a bar on
-    stderr, False for silence, or a `Reporter`. ``backend_options``: ``address``,
-    ``cpus_per_trial``, ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). Bad input raises
-    `UsageError` before anything is written; Ctrl-C raises `SearchInterrupted` after the run
-    folder is written.
+    stderr, False for silence, or a `Reporter`. ``init``: weights every candidate starts from (a
+    state dict file of the base's timm model, a ``model.pt``, or ``timm:NAME``), taking what
+    matches; trials.csv's ``inherited`` is the share of each candidate's parameters taken.
+    ``backend_options``: ``address``, ``cpus_per_trial``, ``gpus_per_trial`` (Ray),
+    ``nni_strategy`` (NNI). Bad input raises `UsageError` before anything is written; Ctrl-C raises
+    `SearchInterrupted` after the run folder is written.
     """
-    if init is not None or latency_budget is not None:
-        raise UsageError(
-            "--init and --latency-budget are not supported by this version of condconv-nas"
-        )
+    if latency_budget is not None:
+        raise UsageError("--latency-budget is not supported by this version of condconv-nas")
     if isinstance(budget, str):
         try:
             budget = parse_budget(budget)
@@ -324,6 +338,7 @@ def search(
         results=str(results),
         backend=backend,
         options=options,
+        init=init,
     )
     old = check_resume(run_dir, config)
     own = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run's own study, by default

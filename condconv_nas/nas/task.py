@@ -20,6 +20,7 @@ class SearchTask:
     recipe: Recipe  # the proxy training recipe
     data: DataSource  # where the proxy trains and evaluates
     seed: int = 0  # seeds the proxy training
+    init: str | None = None  # weights every candidate starts from (a file or timm:NAME), or none
     _counts: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     def count(self, spec) -> tuple[int, int]:
@@ -59,12 +60,19 @@ class SearchTask:
             from ..training.engine import proxy_top1  # noqa: PLC0415  (raises Diverged on a NaN/inf loss)
 
             metrics = proxy_top1(
-                spec, self.data, self.recipe, seed=self.seed, report=report, on_epoch=on_epoch
+                spec,
+                self.data,
+                self.recipe,
+                seed=self.seed,
+                report=report,
+                on_epoch=on_epoch,
+                init=self.init,
             )
             result.update(
                 top1=metrics["top1"],
                 top5=metrics["top5"],
                 untrained=metrics["top1"] < metrics["chance_threshold"],
+                inherited=metrics.get("inherited"),
             )
         result["seconds"] = round(time.time() - t0, 2)
         return result

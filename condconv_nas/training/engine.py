@@ -309,7 +309,7 @@ def chance_threshold(num_classes: int, n: int, z: float = 3.1) -> float:
 
 
 def proxy_top1(
-    spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_epoch=None
+    spec, source, recipe: Recipe, *, seed: int = 0, report=None, on_epoch=None, init=None
 ) -> dict[str, float]:
     """Train ``spec`` briefly as the proxy recipe says and return its held-out accuracy.
 
@@ -321,6 +321,8 @@ def proxy_top1(
     recipe's resolution with the data set's number of classes; seeds fix init, order and split.
     With ``recipe.repeats`` > 1 it is trained that many times from different seeds (the same
     split) and scored by the mean: short training varies with the seed, and the mean varies less.
+    ``init``: a weight source (``models.sources.load_source``) the candidate starts from, taking
+    what matches (``models.upcycle.inherit``); the metrics then say which share it ``inherited``.
     """
     from ..data import make_datasets, subset  # noqa: PLC0415
 
@@ -345,6 +347,7 @@ def proxy_top1(
                 seed=seed + recipe.seed + 1000 * r,
                 report=report if r == 0 else None,
                 on_epoch=progress,
+                init=init,
             )
         )
     metrics = {k: sum(m[k] for m in runs) / len(runs) for k in runs[0]}
@@ -357,10 +360,17 @@ def proxy_top1(
     }
 
 
-def _train_once(spec, train_ds, val_ds, recipe: Recipe, *, seed: int, report, on_epoch) -> dict:
+def _train_once(
+    spec, train_ds, val_ds, recipe: Recipe, *, seed: int, report, on_epoch, init
+) -> dict:
     """One proxy training from ``seed``: held-out metrics and the last epoch's training loss."""
     torch.manual_seed(seed)
     model = build_for_training(spec, recipe)
+    inherited = {}
+    if init is not None:
+        from ..models.upcycle import inherit  # noqa: PLC0415
+
+        inherited["inherited"] = round(inherit(model, init).fraction, 4)
     train_loader = make_loader(
         train_ds,
         recipe.batch_size,
@@ -387,4 +397,4 @@ def _train_once(spec, train_ds, val_ds, recipe: Recipe, *, seed: int, report, on
             report(epoch + 1, evaluate(evaluated, val_loader))
     if recipe.bn_recalibrate:
         recalibrate_bn(evaluated, train_loader, recipe.bn_recalibrate)
-    return {**evaluate(evaluated, val_loader), "train_loss": loss}
+    return {**evaluate(evaluated, val_loader), "train_loss": loss, **inherited}

@@ -20,6 +20,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default: the recipe's)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<spec id>)")
     p.add_argument(
+        "--init",
+        default=None,
+        metavar="SOURCE",
+        help="start from other weights: a state dict file of the base's timm model, a model.pt, "
+        "or timm:NAME (timm's pretrained weights); dense layers are upcycled into experts",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue from the last finished epoch in --out (default: start afresh)",

@@ -47,13 +47,20 @@ def train(
     Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` after
     every epoch (default ``runs/<spec id>``; ``metrics.json`` holds that ``spec_id`` and
     ``model_spec_id``, the spec as trained, whose classifier has the data's classes); ``resume``
-    continues from ``out/last.pt``. Under ``torchrun`` every process trains (DDP) and rank 0 writes.
-    ``progress``: epoch lines and a bar on stderr. Bad input raises `UsageError` before any work or
-    any file.
+    continues from ``out/last.pt``. ``init``: start from other weights (a state dict file of the
+    base's timm model, one of our ``model.pt``, ``timm:NAME``; see ``models.upcycle.inherit``):
+    what matches is taken, metrics.json records the share of parameters ``inherited``.
+    Under ``torchrun`` every process trains (DDP) and rank 0 writes.
+    ``progress``: epoch lines and a bar on stderr. Bad input raises `UsageError` before any work
+    or any file.
     """
-    if init is not None:
-        raise UsageError("--init is not supported by this version of condconv-nas")
     spec = load_spec(spec)
+    source = None
+    if init is not None:  # read and checked before anything is written
+        from ..models.sources import check_base, load_source  # noqa: PLC0415
+
+        source = load_source(init)
+        check_base(source, spec.base)
     given_id = spec.id  # names the default output folder, and metrics.json's spec_id
     recipe = load_recipe(trainer).for_base(spec.base)
     data = parse_source(data)
@@ -99,6 +106,12 @@ def train(
         spec = spec.replace(num_classes=num_classes)
     torch.manual_seed(recipe.seed)
     model = build_for_training(spec, recipe)
+    if state is not None:  # a resumed run's weights come from its checkpoint
+        inherited = {k: v for k, v in state["metrics"].items() if k in ("init", "inherited")}
+    elif source is not None:
+        inherited = _inherit(model, source, note=rank == 0 and progress)
+    else:
+        inherited = {}
     madds, n_params = count_madds(model), count_params(model)
     model = model.to(device)
     sampler = None
@@ -187,6 +200,7 @@ def train(
             "model_spec_id": spec.id,
             "data": str(data),
             "world_size": world,
+            **inherited,
         }
         if progress:
             print(
@@ -224,6 +238,23 @@ def train(
     if world > 1:
         torch.distributed.destroy_process_group()
     return metrics if rank == 0 else {}
+
+
+def _inherit(model, source, *, note: bool) -> dict:
+    """Start ``model`` from ``source`` (what matches); what metrics.json records of it."""
+    from ..models.upcycle import inherit  # noqa: PLC0415
+
+    got = inherit(model, source)
+    if note:
+        for diff in got.differences:
+            print(f"note: --init {source.name} has {diff}", file=sys.stderr)
+        if got.not_inherited:
+            print(
+                f"note: --init {source.name}: {len(got.not_inherited)} tensor(s) not or partly "
+                f"inherited (widths or depths differ), e.g. {got.not_inherited[0]}",
+                file=sys.stderr,
+            )
+    return {"init": source.name, "inherited": round(got.fraction, 4)}
 
 
 def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: int = 64) -> dict:
