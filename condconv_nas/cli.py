@@ -344,13 +344,18 @@ class Analyze(Command):
         )
         from .routing_plots import label  # noqa: PLC0415
 
+        def used(lay, pick):  # the expert with the highest (lowest) mean weight, and that mean
+            e = pick(range(lay["num_experts"]), key=lay["mean"].__getitem__)
+            return f"{e} ({lay['mean'][e]:.2f})"
+
         rows = [
             {
                 "router": label(lay),
                 "experts": lay["num_experts"],
                 "specificity": round(lay["class_specificity"], 3),
-                "mean": round(sum(lay["mean"]) / len(lay["mean"]), 3),
-                "top_expert": max(range(lay["num_experts"]), key=lay["mean"].__getitem__),
+                "spread": round(lay["class_spread"], 3),
+                "most_used": used(lay, max),
+                "least_used": used(lay, min),
             }
             for lay in info["layers"]
         ]
