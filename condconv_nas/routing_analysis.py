@@ -145,7 +145,7 @@ def analyze_routing(
         "classes": names,
         "class_counts": counts.tolist(),
         "specificity": SPECIFICITY,
-        "bins": torch.linspace(0, 1, BINS + 1).tolist(),
+        "bins": [i / BINS for i in range(BINS + 1)],
         "layers": entries,
     }
 
