@@ -26,6 +26,8 @@ _API = {
     "SearchResult": "condconv_nas.nas.run",
     "train": "condconv_nas.training.run",
     "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
+    "analyze_routing": "condconv_nas.routing_analysis",
+    "write_routing": "condconv_nas.routing_analysis",
 }
 __all__ = sorted(_API) + ["layers"]
 

@@ -295,7 +295,84 @@ class Evaluate(Command):
         return 0
 
 
-COMMANDS: Sequence[type[Command]] = (Search, Show, Train, Evaluate, Madds, Table1, Presets)
+class Analyze(Command):
+    name, help = (
+        "analyze",
+        "what a trained CondConv model's routers learned: routing.json and pictures",
+    )
+
+    def add_arguments(self, p):
+        p.add_argument(
+            "checkpoint",
+            help="a checkpoint (.pt) written by `condconv-nas train`, or an exported model",
+        )
+        p.add_argument(
+            "--data",
+            default="digits",
+            help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
+        )
+        p.add_argument(
+            "--out", default=None, help="output folder (default: routing/ beside the checkpoint)"
+        )
+        p.add_argument(
+            "--split",
+            choices=("val", "train"),
+            default="val",
+            help="val: the held-out split training scored on (default); train",
+        )
+        p.add_argument(
+            "--batch-size", type=int, default=64, help="evaluation batch size (default: 64)"
+        )
+
+    def take_action(self, args):
+        from .routing_analysis import (  # noqa: PLC0415
+            analyze_routing,
+            routing_folder,
+            write_routing,
+        )
+
+        out = routing_folder(args.checkpoint, args.out)
+        info = analyze_routing(
+            args.checkpoint, args.data, split=args.split, batch_size=args.batch_size
+        )
+        paths = write_routing(info, out)
+        print(
+            f"{len(info['layers'])} routers over {info['num_examples']} examples; "
+            + ", ".join(p.name for p in paths)
+            + f" in {out}",
+            file=sys.stderr,
+        )
+        from .routing_plots import label  # noqa: PLC0415
+
+        def used(lay, pick):  # the expert with the highest (lowest) mean weight, and that mean
+            e = pick(range(lay["num_experts"]), key=lay["mean"].__getitem__)
+            return f"{e} ({lay['mean'][e]:.2f})"
+
+        rows = [
+            {
+                "router": label(lay),
+                "experts": lay["num_experts"],
+                "specificity": round(lay["class_specificity"], 3),
+                "spread": round(lay["class_spread"], 3),
+                "most_used": used(lay, max),
+                "least_used": used(lay, min),
+            }
+            for lay in info["layers"]
+        ]
+        self.out(args, rows, info)
+        return 0
+
+
+COMMANDS: Sequence[type[Command]] = (
+    Search,
+    Show,
+    Train,
+    Evaluate,
+    Analyze,
+    Madds,
+    Table1,
+    Presets,
+)
 
 
 class Parser(argparse.ArgumentParser):

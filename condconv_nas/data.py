@@ -166,12 +166,18 @@ def make_datasets(
     holdout: float = 0.2,
     seed: int = 0,
     autoaugment: bool = False,
+    augment: bool = True,
 ) -> tuple[Dataset, Dataset, int]:
     """(train, val, num_classes). Folders with ``train/`` and ``val/`` use them; otherwise a seeded
-    hold-out."""
+    hold-out. ``augment=False`` gives the training split the evaluation transforms (to look at it).
+    """
     if source.kind == "digits":
         return _digits(resolution, holdout, seed)
-    train_tf = image_transforms(resolution, train=True, autoaugment=autoaugment)
+    train_tf = (
+        image_transforms(resolution, train=True, autoaugment=autoaugment)
+        if augment
+        else image_transforms(resolution, train=False)
+    )
     val_tf = image_transforms(resolution, train=False)
     if source.kind.startswith("cifar"):
         from torchvision import datasets  # noqa: PLC0415
@@ -201,6 +207,20 @@ def make_datasets(
         Transformed(base, val_idx, val_tf),
         len(base.classes),
     )
+
+
+def class_names(ds: Dataset, num_classes: int) -> list[str]:
+    """The class names of a dataset from `make_datasets` (folders', CIFAR's), else "0", "1", ...
+
+    Looks through the views this module and torch wrap datasets in (``Transformed``, ``Subset``).
+    """
+    while ds is not None:
+        classes = getattr(ds, "classes", None)
+        if classes is not None and len(classes) == num_classes:
+            return [str(c) for c in classes]
+        inner = getattr(ds, "base", None)
+        ds = inner if inner is not None else getattr(ds, "dataset", None)
+    return [str(i) for i in range(num_classes)]
 
 
 def subset(ds: Dataset, fraction: float, seed: int) -> Dataset:

@@ -78,7 +78,7 @@ def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
     from ..models import build_model  # noqa: PLC0415
     from ..spec import ArchSpec  # noqa: PLC0415
 
-    if "spec" not in obj or "model" not in obj:
+    if not isinstance(obj, dict) or "spec" not in obj or "model" not in obj:
         raise UsageError(f"{path}: holds no spec and model weights")
     model = build_model(ArchSpec.from_dict(obj["spec"]))
     weights = obj["ema"] if obj.get("ema") else obj["model"]

@@ -1,0 +1,278 @@
+"""What a trained CondConv model's routers learned (the paper's section 5), as numbers.
+
+`analyze_routing` runs a model over data in evaluation mode, catches every router's output with
+forward hooks, and returns, for every router in the order the network runs them: where it sits,
+the CondConv layers it feeds, the mean routing weight per class and expert, the mean and
+standard deviation per expert, a histogram of the weights, and the router's class specificity
+(the share of the routing weights' variance that the class explains; docs/routing.md) beside
+the class spread (how far class means lie from the mean, in routing-weight units).
+`write_routing` writes that as ``routing.json`` beside the pictures of `routing_plots`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import UsageError
+
+SPLITS = ("val", "train")
+BINS = 20  # histogram bins over [0, 1], where sigmoid and softmax weights both lie
+SPECIFICITY = (
+    "class_specificity: between-class sum of squares of the routing weights over their total "
+    "sum of squares (eta squared, summed over experts): 0 = every class routed alike, "
+    "1 = routing fixed by the class; class_spread: the root mean square of (class mean - mean) "
+    "over examples and experts, in routing-weight units (docs/routing.md)"
+)
+
+
+def analyze_routing(
+    model: nn.Module | str | os.PathLike,
+    data: str | Dataset | DataLoader,
+    *,
+    split: str = "val",
+    batch_size: int = 64,
+    resolution: int | None = None,
+    holdout: float | None = None,
+    seed: int | None = None,
+) -> dict:
+    """The routing of a CondConv model over ``data``, as ``routing.json`` holds it.
+
+    ``model``: a built model (`build_model`, `load_exported`) or the path of a checkpoint or
+    exported model; the model runs in evaluation mode and is left in the mode it was in.
+    ``data``: a source (``digits``, ``imagefolder:PATH``, ``cifar10:PATH``, ``cifar100:PATH``),
+    whose ``split`` (``val``: the held-out split training scored on; ``train``) is read with the
+    evaluation transforms at ``resolution`` with ``holdout`` and ``seed`` (for a checkpoint, by
+    default its recipe's, as ``evaluate`` does; for a model, its spec's resolution, 0.2 and 0);
+    or a ``Dataset`` or ``DataLoader`` of ``(image, label)`` batches, used as given (class names
+    from its ``classes`` when it has them). Every routing weight is kept until the end: memory is
+    examples x experts floats per router. A model without CondConv layers raises `UsageError`.
+    """
+    if split not in SPLITS:
+        raise UsageError(f"--split: must be one of {', '.join(SPLITS)}, got {split!r}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    source = None
+    if isinstance(data, str):
+        from .data import parse_source  # noqa: PLC0415
+
+        source = parse_source(data)
+    elif not isinstance(data, (Dataset, DataLoader)):
+        raise UsageError(
+            f"data: expected a source string, a Dataset or a DataLoader, got {type(data).__name__}"
+        )
+    checkpoint_path, recipe = None, {}
+    if not isinstance(model, nn.Module):
+        from .training import checkpoint  # noqa: PLC0415
+
+        checkpoint_path = str(model)
+        obj = checkpoint.load(model)
+        model = checkpoint.model_from(obj, model)
+        recipe = obj.get("recipe") or {}
+    from .layers import CondConv2d, CondLinear, Router  # noqa: PLC0415
+
+    routers = {n: m for n, m in model.named_modules() if isinstance(m, Router)}
+    if not routers:
+        where = f"{checkpoint_path}: " if checkpoint_path else ""
+        raise UsageError(f"{where}a static model (no CondConv layers): no routing to analyze")
+    spec = getattr(model, "spec", None)
+
+    meta: dict = {"checkpoint": checkpoint_path, "spec_id": spec.id if spec else None}
+    if source is not None:
+        from .data import class_names, make_datasets  # noqa: PLC0415
+
+        res = resolution or recipe.get("resolution") or (spec.resolution if spec else None)
+        if res is None:
+            raise UsageError("resolution: the model has no spec; pass resolution=")
+        train_ds, val_ds, num_classes = make_datasets(
+            source,
+            res,
+            holdout=holdout if holdout is not None else recipe.get("holdout", 0.2),
+            seed=seed if seed is not None else recipe.get("seed", 0),
+            augment=False,
+        )
+        if spec is not None and num_classes != spec.num_classes:
+            raise UsageError(
+                f"the model has {spec.num_classes} classes, --data {source} has {num_classes}"
+            )
+        ds = val_ds if split == "val" else train_ds
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+        names = class_names(ds, num_classes)
+        meta.update(data=str(source), split=split, resolution=res)
+    else:
+        loader = (
+            data
+            if isinstance(data, DataLoader)
+            else DataLoader(data, batch_size=batch_size, shuffle=False)
+        )
+        names = None
+        meta.update(data=type(loader.dataset).__name__, split=None, resolution=None)
+
+    cond_layers = {
+        n: m for n, m in model.named_modules() if isinstance(m, (CondConv2d, CondLinear))
+    }
+    weights, labels, num_classes = _run(model, loader, routers, cond_layers)
+    if names is None:
+        from .data import class_names  # noqa: PLC0415
+
+        names = class_names(loader.dataset, num_classes)
+    numbers = _layer_numbers(model)
+    counts = torch.bincount(labels, minlength=num_classes)
+    entries = []
+    for name, (r, served) in weights.items():
+        router = routers[name]
+        entries.append(
+            {
+                "name": _place(name),
+                "layers": sorted(
+                    {numbers[id(cond_layers[s])] for s in served if id(cond_layers[s]) in numbers}
+                ),
+                "serves": [_place(s) for s in served],
+                "num_experts": router.num_experts,
+                "activation": router.activation,
+                "hierarchical": router.prev_features > 0,
+                **_statistics(r, labels, num_classes),
+            }
+        )
+    return {
+        **meta,
+        "num_examples": int(labels.numel()),
+        "classes": names,
+        "class_counts": counts.tolist(),
+        "specificity": SPECIFICITY,
+        "bins": [i / BINS for i in range(BINS + 1)],
+        "layers": entries,
+    }
+
+
+def _run(model: nn.Module, loader, routers: dict, cond_layers: dict):
+    """Every router's weights over the loader, in the order routers run, and the layers it feeds."""
+    batch: dict[str, torch.Tensor] = {}
+    made_by: dict[int, tuple[str, torch.Tensor]] = {}  # a routing tensor's id -> its router
+    fed_by: dict[str, str] = {}  # CondConv layer -> the router whose weights it used
+
+    def on_router(name):
+        def hook(module, args, out):
+            batch[name] = out.detach()
+            made_by[id(out)] = (name, out)  # the tensor itself is kept, so its id stays its own
+
+        return hook
+
+    def on_layer(name):
+        def hook(module, args):
+            maker = made_by.get(id(args[1]))
+            if maker is not None and maker[1] is args[1]:
+                fed_by.setdefault(name, maker[0])
+
+        return hook
+
+    handles = [m.register_forward_hook(on_router(n)) for n, m in routers.items()]
+    handles += [m.register_forward_pre_hook(on_layer(n)) for n, m in cond_layers.items()]
+    collected: dict[str, list[torch.Tensor]] = {}
+    labels, num_classes = [], None
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, y in loader:
+                batch.clear()
+                made_by.clear()
+                logits = model(x.to(device))
+                y = torch.as_tensor(y).long().cpu()
+                num_classes = logits.shape[1]
+                if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+                    raise UsageError(
+                        f"data: label {int(y.max())} is not one of the model's "
+                        f"{num_classes} classes"
+                    )
+                labels.append(y)
+                for name, r in batch.items():  # insertion order: the order the routers ran
+                    collected.setdefault(name, []).append(r.float().cpu())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not labels or not sum(len(y) for y in labels):
+        raise UsageError("data: no examples")
+    served = {name: [] for name in collected}
+    for layer, router in fed_by.items():
+        served[router].append(layer)
+    order = list(collected)
+    return (
+        {n: (torch.cat(collected[n]), served[n]) for n in order},
+        torch.cat(labels),
+        num_classes,
+    )
+
+
+def _statistics(r: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """One router's class means, mean and std per expert, class specificity and histogram."""
+    r = r.double()
+    n, e = r.shape
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    sums = torch.zeros(num_classes, e, dtype=torch.float64).index_add_(0, labels, r)
+    means = sums / counts.clamp(min=1)[:, None]
+    overall = r.mean(0)
+    total = ((r - overall) ** 2).sum()
+    between = (counts[:, None] * (means - overall) ** 2).sum()
+    # Weights that do not vary at all carry no class information: specificity 0, not 0/0.
+    specificity = float((between / total).clamp(0, 1)) if total > 1e-12 * n else 0.0
+    return {
+        "class_means": [
+            row if c else [None] * e for row, c in zip(means.tolist(), counts.tolist(), strict=True)
+        ],
+        "mean": overall.tolist(),
+        "std": r.std(0, unbiased=False).tolist(),
+        "class_specificity": specificity,
+        "class_spread": float((between / (n * e)).sqrt()),
+        "histogram": torch.histc(r, BINS, 0, 1).long().tolist(),
+    }
+
+
+def _place(module_path: str) -> str:
+    """Where a router or layer sits, unwrapped: ``net.blocks.4.2.router`` -> ``blocks.4.2``."""
+    parts = [p for p in module_path.split(".") if p not in ("module", "router")]
+    return ".".join(parts[1:] if parts[:1] == ["net"] else parts)
+
+
+def _layer_numbers(model: nn.Module) -> dict[int, int]:
+    """The paper's layer number (1 stem, 2..B+1 blocks, B+2 classifier) of each submodule, by id."""
+    spec, net = getattr(model, "spec", None), getattr(model, "net", None)
+    if spec is None or net is None:
+        return {}
+    from .models import FAMILIES  # noqa: PLC0415
+
+    family = FAMILIES[spec.base]
+    units = [(1, getattr(net, family.stem))]
+    units += [(j, getattr(p, n)) for j, (p, n) in enumerate(family.blocks(net), start=2)]
+    units.append((len(units) + 1, getattr(net, family.classifier)))
+    return {id(m): j for j, unit in units for m in unit.modules()}
+
+
+def routing_folder(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """The folder ``analyze`` writes to (default ``routing/`` beside the checkpoint), checked."""
+    out = Path(out) if out is not None else Path(checkpoint).parent / "routing"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    return out
+
+
+def write_routing(info: dict, out: str | os.PathLike) -> list[Path]:
+    """``routing.json`` and the pictures of `routing_plots` in folder ``out``; returns their paths.
+
+    Everything is drawn before anything is written, and each file is written atomically.
+    """
+    out = routing_folder("", out)
+    from .results import write_atomic  # noqa: PLC0415
+    from .routing_plots import draw_routing  # noqa: PLC0415
+
+    files = {"routing.json": json.dumps(info, indent=2) + "\n", **draw_routing(info)}
+    for name, content in files.items():
+        write_atomic(out / name, content)
+    return [out / name for name in files]
