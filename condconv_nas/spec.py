@@ -1,8 +1,10 @@
 """The architecture spec (schema_version 1): what a model is, as JSON.
 
-``ArchSpec.from_dict`` is the one gate every spec passes (files, presets, search spaces): it
-rejects unknown fields, wrong types and out-of-range values with a `SpecError` whose message
-names the field. A spec's ``id`` is a hash of its canonical JSON.
+``ArchSpec.from_dict`` is the one gate every spec passes (files, presets, search spaces): the
+dataclasses' type hints say every type, choice and range, pydantic checks them
+(``validation.parse``: unknown fields, wrong types and out-of-range values are a `SpecError`
+naming the field), and ``validate`` adds the checks across fields. A spec's ``id`` is a hash of
+its canonical JSON.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from .archs import BASES, num_blocks
 from .errors import UsageError
 from .files import write_atomic
+from .validation import FORBID_EXTRA, Float, StrictBool, StrictInt, parse
 
 SCHEMA_VERSION = 1
 SHARES = ("layer", "block", "pair", "single")
@@ -33,38 +38,47 @@ class SpecError(UsageError):
     """A spec that is not valid; the message names the field."""
 
 
+_Multiplier = Annotated[Float, Field(gt=0, le=8)]
+
+
 @dataclass(frozen=True)
 class RoutingSpec:
-    share: str = (
-        "block"  # which layers share one routing: layer | block | pair (two blocks) | single
-    )
-    hidden: str = (
-        "none"  # hidden layer of the routing FC: none | small (in/8) | medium (in) | large (8*in)
-    )
-    activation: str = "sigmoid"  # sigmoid (paper) | softmax
-    hierarchical: bool = False  # concatenate the previous routing weights to the pooled input
+    __pydantic_config__ = FORBID_EXTRA
+
+    # which layers share one routing: layer | block | pair (two blocks) | single
+    share: Literal[SHARES] = "block"
+    # hidden layer of the routing FC: none | small (in/8) | medium (in) | large (8*in)
+    hidden: Literal[HIDDENS] = "none"
+    activation: Literal[ACTIVATIONS] = "sigmoid"  # sigmoid (paper) | softmax
+    hierarchical: StrictBool = False  # concatenate the previous routing weights to the pooled input
 
 
 @dataclass(frozen=True)
 class CondConvSpec:
-    begin_layer: int  # 1 = stem, 2..B+1 = blocks, B+2 = classifier only (docs/method.md)
-    num_experts: int = 8  # experts per CondConv layer
-    classifier: bool = False  # the final FC is a CondConv (CondLinear) layer
+    __pydantic_config__ = FORBID_EXTRA
+
+    # 1 = stem, 2..B+1 = blocks, B+2 = classifier only (docs/method.md)
+    begin_layer: Annotated[StrictInt, Field(ge=1)]
+    num_experts: Annotated[StrictInt, Field(ge=1, le=1024)] = 8  # experts per CondConv layer
+    classifier: StrictBool = False  # the final FC is a CondConv (CondLinear) layer
     routing: RoutingSpec = field(default_factory=RoutingSpec)
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    base: str  # mobilenet_v1 | mobilenet_v2 | mnasnet_a1 | resnet50 | efficientnet_b0
-    width_multiplier: float = 1.0  # channels scale as the family's paper does
-    depth_multiplier: float = 1.0  # repeats per stage scale (ceil)
-    resolution: int = 224  # input size the MADDs are counted at
-    num_classes: int = 1000  # classifier outputs
+    __pydantic_config__ = FORBID_EXTRA
+
+    base: Literal[BASES]  # mobilenet_v1 | mobilenet_v2 | mnasnet_a1 | resnet50 | efficientnet_b0
+    width_multiplier: _Multiplier = 1.0  # channels scale as the family's paper does
+    depth_multiplier: _Multiplier = 1.0  # repeats per stage scale (ceil)
+    resolution: Annotated[StrictInt, Field(ge=8, le=4096)] = 224  # input size of the MADD count
+    num_classes: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 1000  # classifier outputs
     # symmetric | same: TensorFlow's 'SAME', as timm's tf_ models (their pad_type='same')
-    padding: str = "symmetric"
-    bn_eps: float = 1e-5  # batch-norm epsilon (timm's tf_ models: 1e-3)
+    padding: Literal[PADDINGS] = "symmetric"
+    # batch-norm epsilon (timm's tf_ models: 1e-3)
+    bn_eps: Annotated[Float, Field(gt=0, lt=1)] = 1e-5
     condconv: CondConvSpec | None = None  # None: a static model
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[SCHEMA_VERSION] = SCHEMA_VERSION
 
     # -- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -76,14 +90,13 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, d: Any) -> ArchSpec:
-        spec = _parse(cls, d, "")
+        spec = parse(cls, d, error=SpecError)
         spec.validate()
         return spec
 
     def replace(self, **changes) -> ArchSpec:
-        spec = dataclasses.replace(self, **changes)
-        spec.validate()
-        return spec
+        """A copy with ``changes``, checked like any spec."""
+        return ArchSpec.from_dict(dataclasses.asdict(dataclasses.replace(self, **changes)))
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -106,108 +119,26 @@ class ArchSpec:
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> None:
-        if self.schema_version != SCHEMA_VERSION:
-            raise SpecError(
-                f"schema_version: {self.schema_version} is not supported (this version reads 1)"
-            )
-        if self.base not in BASES:
-            raise SpecError(f"base: {self.base!r} is not one of {', '.join(BASES)}")
-        for name in ("width_multiplier", "depth_multiplier"):
-            v = getattr(self, name)
-            if not (0 < v <= 8):
-                raise SpecError(f"{name}: must be in (0, 8], got {v}")
-        if not 8 <= self.resolution <= 4096:
-            raise SpecError(f"resolution: must be in [8, 4096], got {self.resolution}")
-        if not 1 <= self.num_classes <= 1_000_000:
-            raise SpecError(f"num_classes: must be >= 1, got {self.num_classes}")
-        if self.padding not in PADDINGS:
-            raise SpecError(f"padding: {self.padding!r} is not one of {', '.join(PADDINGS)}")
+        """The checks across fields (each field's own are in its type hint)."""
         if self.padding == "same" and self.base == "resnet50":
             raise SpecError(
                 "padding: 'same' is for the EfficientNet family; resnet50 pads symmetrically"
             )
-        if not 0 < self.bn_eps < 1:
-            raise SpecError(f"bn_eps: must be in (0, 1), got {self.bn_eps}")
         cc = self.condconv
         if cc is None:
             return
         last = self.num_blocks + 2
-        if not 1 <= cc.begin_layer <= last:
+        if cc.begin_layer > last:
             raise SpecError(
                 f"condconv.begin_layer: must be in [1, {last}] for {self.base} with "
-                f"depth_multiplier "
-                f"{self.depth_multiplier} ({last - 2} blocks; {last} = classifier only), "
-                f"got {cc.begin_layer}"
+                f"depth_multiplier {self.depth_multiplier} ({last - 2} blocks; {last} = "
+                f"classifier only), got {cc.begin_layer}"
             )
-        if not 1 <= cc.num_experts <= 1024:
-            raise SpecError(f"condconv.num_experts: must be in [1, 1024], got {cc.num_experts}")
         if cc.begin_layer == last and not cc.classifier:
             raise SpecError(
                 f"condconv.begin_layer: {last} means classifier only, but condconv.classifier is "
                 f"false"
             )
-        r = cc.routing
-        for name, allowed in (("share", SHARES), ("hidden", HIDDENS), ("activation", ACTIVATIONS)):
-            if getattr(r, name) not in allowed:
-                raise SpecError(
-                    f"condconv.routing.{name}: {getattr(r, name)!r} is not one of "
-                    f"{', '.join(allowed)}"
-                )
-
-
-def _parse(cls, d: Any, where: str):
-    """Build dataclass ``cls`` from a dict, strictly: no unknown keys, exact types."""
-    if not isinstance(d, dict):
-        raise SpecError(f"{where or 'spec'}: expected an object, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise SpecError(f"{where}{unknown[0]}: unknown field (allowed: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        path = where + name
-        if name not in d:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise SpecError(f"{path}: missing")
-            continue
-        kwargs[name] = _convert(cls, name, d[name], path)
-    return cls(**kwargs)
-
-
-_NESTED = {(ArchSpec, "condconv"): CondConvSpec, (CondConvSpec, "routing"): RoutingSpec}
-_TYPES = {
-    "base": str,
-    "share": str,
-    "hidden": str,
-    "activation": str,
-    "width_multiplier": float,
-    "depth_multiplier": float,
-    "resolution": int,
-    "num_classes": int,
-    "padding": str,
-    "bn_eps": float,
-    "schema_version": int,
-    "begin_layer": int,
-    "num_experts": int,
-    "classifier": bool,
-    "hierarchical": bool,
-}
-
-
-def _convert(cls, name: str, v: Any, path: str):
-    nested = _NESTED.get((cls, name))
-    if nested is not None:
-        if v is None and nested is CondConvSpec:
-            return None
-        return _parse(nested, v, path + ".")
-    want = _TYPES[name]
-    if want is float and isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if want is int and isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if want in (str, bool) and isinstance(v, want):
-        return v
-    raise SpecError(f"{path}: expected {want.__name__}, got {type(v).__name__} {v!r}")
 
 
 # -- presets: the paper's table 1 placements (docs/method.md), 8 experts, shared routing per block
