@@ -57,6 +57,9 @@ def _cc(begin, **routing):
 UPCYCLE_CASES = [
     ("efficientnet_b0", "condconv-efficientnet-b0"),
     ("mobilenetv2_100", "condconv-mobilenet-v2"),
+    ("mobilenetv1_100", "condconv-mobilenet-v1"),
+    ("semnasnet_100", "condconv-mnasnet-a1"),
+    ("efficientnet_b1", "condconv-efficientnet-b0-depth"),  # depth 1.1
     (
         "efficientnet_b0",
         {
@@ -161,7 +164,7 @@ def test_tf_padding_spec_fields():
     assert old.id == "a855c35684e2" and load_spec("mobilenet-v2").id == "bdc77dabd787"
     tf = old.replace(padding="same", bn_eps=1e-3)
     assert ArchSpec.from_dict(json.loads(tf.to_json())) == tf and tf.id != old.id
-    assert count_madds(tf) == count_madds(old)  # SAME padding adds no weight use
+    assert count_madds(tf, 64) == count_madds(old, 64)  # SAME padding adds no weight use
     for bad in ({"padding": "valid"}, {"bn_eps": 0.0}, {"padding": 1}):
         with pytest.raises(UsageError):
             ArchSpec.from_dict({"base": "efficientnet_b0", **bad})
