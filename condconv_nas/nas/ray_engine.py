@@ -1,10 +1,11 @@
 """The Ray Tune engine: Ray schedules the trials (locally or on a cluster); the run's Optuna study
 holds the sampler's state and every result, so the run folder is the same as Optuna's.
 
-Ray's own ``OptunaSearch`` asks the study for points; each point is judged on the driver (counted:
-over budget or already trained -> no training) before Ray runs it. Early stopping is ASHA on
-top-1, but per MADD band (see ``BandedASHA``): a cheap candidate only competes with cheap ones,
-so it is never stopped for being less accurate than candidates that cost twice as much.
+Our Ray searcher (``StudySearch``) asks the study for points; each point is judged on the
+driver (counted: over budget or already trained -> no training) before Ray runs it. Early
+stopping is ASHA on top-1, but per MADD band (see ``BandedASHA``): a cheap candidate only
+competes with cheap ones, so it is never stopped for being less accurate than candidates that
+cost twice as much.
 """
 
 from __future__ import annotations

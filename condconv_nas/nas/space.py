@@ -109,7 +109,7 @@ class SearchSpace:
     def sample(self, suggest: Callable[[str, tuple[Any, ...]], Any]) -> dict[str, Any]:
         """A point, define-by-run: ``suggest(name, choices)`` for each decision that matters, the
         structure first, CondConv's own decisions only when CondConv is on (Optuna's conditional
-        parameters; Ray's OptunaSearch takes the same function)."""
+        parameters; the Ray and NNI engines ask the same way)."""
         params = {k: suggest(k, v) for k, v in self.searched.items() if k not in CONDCONV_DECISIONS}
         if self.condconv_on(params):
             params.update(
