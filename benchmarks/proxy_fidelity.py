@@ -116,8 +116,11 @@ def main() -> None:
     old = dataclasses.replace(
         load_recipe(str(HERE / "proxy_v1.yaml")), holdout=proxy.holdout
     )  # the same split
-    reference = dataclasses.replace(
-        proxy, epochs=proxy.epochs * args.reference_scale, resolution=args.reference_resolution
+    reference = dataclasses.replace(  # one long training, whatever the proxy's repeats
+        proxy,
+        epochs=proxy.epochs * args.reference_scale,
+        resolution=args.reference_resolution,
+        repeats=1,
     )
     specs = [
         (name, load_spec(name))
