@@ -26,8 +26,9 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         return "(none)"
     from tabulate import tabulate  # fvcore's own table printer
 
-    # numbers stay as given: spec ids such as "1e5a..." must not be read as floats
-    return tabulate(rows, headers="keys", missingval="", disable_numparse=True)
+    # text stays text (a spec id such as "1e5a..." is no float); numbers align on the right
+    text = [i for i, c in enumerate(rows[0]) if any(isinstance(r.get(c), str) for r in rows)]
+    return tabulate(rows, headers="keys", missingval="", disable_numparse=text)
 
 
 class Command(abc.ABC):
