@@ -316,7 +316,8 @@ class Latency(Command):
             build_table(args.space, batch=args.batch, progress=progress)
         info = table_info(args.batch)
         obj = {"space": args.space, **info, "seconds": round(time.perf_counter() - t0, 1)}
-        self.out(args, [{k: v for k, v in obj.items() if k != "calibrated"}], obj)
+        shown = ("space", "table", "entries", "key_threads", "key_batch", "seconds")
+        self.out(args, [{k.removeprefix("key_"): obj[k] for k in shown}], obj)
         return 0
 
 
