@@ -21,6 +21,8 @@ _API = {
     "from_timm": "condconv_nas.models.from_timm",
     "count_madds": "condconv_nas.madds",
     "count_params": "condconv_nas.madds",
+    "predict_latency": "condconv_nas.latency",
+    "measure_latency": "condconv_nas.latency",
     "load_exported": "condconv_nas.training.checkpoint",
     "search": "condconv_nas.nas.run",
     "SearchResult": "condconv_nas.nas.run",
@@ -36,6 +38,6 @@ def __getattr__(name):
     if name in _API:
         module, _, attr = _API[name].partition(":")
         return getattr(import_module(module), attr or name)
-    if name in ("layers", "models", "nas", "training"):
+    if name in ("latency", "layers", "models", "nas", "training"):
         return import_module(f"condconv_nas.{name}")
     raise AttributeError(f"module 'condconv_nas' has no attribute {name!r}")

@@ -31,6 +31,16 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     return tabulate(rows, headers="keys", missingval="", disable_numparse=text)
 
 
+def latency_columns(point: dict) -> dict:
+    """A front point's predicted and measured latency, for runs that use latency."""
+    if "latency_ms" not in point:
+        return {}
+    return {
+        k: None if point.get(k) is None else round(point[k], 2)
+        for k in ("latency_ms", "measured_ms")
+    }
+
+
 class Command(abc.ABC):
     """A subcommand: ``add_arguments`` declares its options, ``take_action`` runs it."""
 
@@ -163,6 +173,9 @@ class Search(Command):
                 cpus_per_trial=args.cpus_per_trial,
                 gpus_per_trial=args.gpus_per_trial,
                 nni_strategy=args.nni_strategy,
+                latency_budget=args.latency_budget,
+                latency_batch=args.latency_batch,
+                objective=args.objective,
             )
         except SearchInterrupted as e:
             print(
@@ -193,6 +206,7 @@ class Search(Command):
                 {
                     "trial": r["trial"],
                     "madds_M": round(r["madds"] / 1e6, 1),
+                    **latency_columns(r),
                     "top1": round(r["top1"], 4),
                     "spec": str(result.run_dir / "specs" / f"{r['trial']}.json"),
                 }
@@ -223,6 +237,7 @@ class Show(Command):
             {
                 "trial": r["trial"],
                 "madds_M": round(r["madds"] / 1e6, 1),
+                **latency_columns(r),
                 "params_M": round(r["params"] / 1e6, 2),
                 "top1": round(r["top1"], 4),
                 "spec": f"specs/{r['trial']}.json",
@@ -230,6 +245,81 @@ class Show(Command):
             for r in front
         ]
         self.out(args, rows, front)
+        return 0
+
+
+class Latency(Command):
+    name, help = (
+        "latency",
+        "a spec's predicted and measured forward latency on this machine (or, with --space, fill "
+        "this machine's latency table for every candidate of a space)",
+    )
+
+    def add_arguments(self, p):
+        from .nas.options import _positive  # noqa: PLC0415
+
+        p.add_argument("spec", nargs="?", help="a spec JSON file or a preset name")
+        p.add_argument("--batch", type=_positive, default=1, help="images per forward (default: 1)")
+        p.add_argument(
+            "--space",
+            default=None,
+            help="instead of a spec: measure every part of this space's candidates into the "
+            "table (a shipped name or a YAML file; a few minutes for the default space)",
+        )
+
+    def take_action(self, args):
+        from .latency import check_batch  # noqa: PLC0415
+
+        if (args.spec is None) == (args.space is None):
+            raise UsageError("give a SPEC, or --space to fill the table for a space (not both)")
+        check_batch(args.batch)
+        if args.space is not None:
+            return self.fill(args)
+        from .spec import load_spec  # noqa: PLC0415
+
+        spec = load_spec(args.spec)
+        import torch  # noqa: PLC0415
+
+        from .latency import measure_latency, predict_latency, table_info  # noqa: PLC0415
+
+        keep_freed_memory()  # as `search` runs
+        predicted = predict_latency(spec, batch=args.batch)
+        measured = measure_latency(spec, batch=args.batch)
+        obj = {
+            "spec": args.spec,
+            "id": spec.id,
+            "predicted_ms": round(predicted, 3),
+            "measured_ms": round(measured, 3),
+            "error_pct": round(100 * (predicted - measured) / measured, 1),
+            "batch": args.batch,
+            "threads": torch.get_num_threads(),
+            "table": table_info(args.batch)["table"],
+        }
+        self.out(args, [obj], obj)
+        return 0
+
+    def fill(self, args) -> int:
+        import time  # noqa: PLC0415
+
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        from .latency import build_table, table_info  # noqa: PLC0415
+        from .nas.space import load_space  # noqa: PLC0415
+
+        load_space(args.space)  # a bad space is refused before any measuring
+        keep_freed_memory()
+        t0 = time.perf_counter()
+        with tqdm(desc="networks", unit="net", file=sys.stderr, dynamic_ncols=True) as bar:
+
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            build_table(args.space, batch=args.batch, progress=progress)
+        info = table_info(args.batch)
+        obj = {"space": args.space, **info, "seconds": round(time.perf_counter() - t0, 1)}
+        shown = ("space", "table", "entries", "key_threads", "key_batch", "seconds")
+        self.out(args, [{k.removeprefix("key_"): obj[k] for k in shown}], obj)
         return 0
 
 
@@ -370,6 +460,7 @@ COMMANDS: Sequence[type[Command]] = (
     Train,
     Evaluate,
     Analyze,
+    Latency,
     Madds,
     Table1,
     Presets,

@@ -2,7 +2,9 @@
 
 What is drawn is computed once (`front_plot_info`), apart from how it is drawn: only trained
 trials sit on the accuracy axis; over-budget trials (never trained) and presets that were not
-evaluated sit on a "not trained" strip under it, by their MADDs, never at "top-1 0".
+evaluated sit on a "not trained" strip under it, by their cost, never at "top-1 0". The cost (x)
+is MADDs, or the predicted latency for a run searched with ``--objective latency``; there the
+MADD budget is still marked, on the trials over it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from .results import trained_rows
 @dataclass
 class Point:
     label: str  # hover text
-    madds_m: float  # x: MADDs in millions
+    madds_m: float  # MADDs in millions (x, by default)
     top1: float | None  # y: proxy top-1, None for points that were not trained
+    latency_ms: float | None = None  # predicted latency (x, for the latency objective)
+    over_madds: bool = False  # over the MADD budget (never trained)
 
 
 @dataclass
@@ -27,23 +31,57 @@ class FrontPlotInfo:
     title: str
     budget_m: float
     trials: list[Point]  # trained, off the front
-    front: list[Point]  # the Pareto front, by MADDs
+    front: list[Point]  # the Pareto front, by the objective's cost
     untrained: list[Point]  # trained to chance level: off the front
-    over_budget: list[Point]  # never trained
+    over_budget: list[Point]  # over a budget: never trained
     presets: list[Point]  # the paper's presets in the space; top1 None when not evaluated
+    objective: str = "madds"  # x: madds or latency
+    latency_budget: float | None = None  # ms
+
+    def x(self, p: Point) -> float | None:
+        return p.latency_ms if self.objective == "latency" else p.madds_m
+
+    @property
+    def xlabel(self) -> str:
+        if self.objective == "latency":
+            return "latency (ms, predicted on this machine, full-size spec)"
+        return "MADDs (millions, full-size spec)"
+
+    @property
+    def budget_x(self) -> tuple[float, str] | None:
+        """Where the x axis's budget line goes and its label (None: no budget on this axis)."""
+        if self.objective != "latency":
+            return self.budget_m, f"budget {self.budget_m:g}M"
+        if self.latency_budget is None:
+            return None
+        return self.latency_budget, f"latency budget {self.latency_budget:g} ms"
 
 
 def _hover(r: dict) -> str:
     top1 = "not trained" if r.get("top1") is None else f"top-1 {r['top1']:.4f}"
     name = f" ({r['preset']})" if r.get("preset") else ""
-    return f"trial {r['trial']}{name}: {r['madds'] / 1e6:.1f}M MADDs, {top1}"
+    latency = "" if r.get("latency_ms") is None else f", {r['latency_ms']:.1f} ms"
+    if r.get("measured_ms") is not None:
+        latency += f" (measured {r['measured_ms']:.1f} ms)"
+    return f"trial {r['trial']}{name}: {r['madds'] / 1e6:.1f}M MADDs{latency}, {top1}"
 
 
 def front_plot_info(
-    rows: list[dict], front: list[dict], *, budget: int, presets: dict[str, int], title: str = ""
+    rows: list[dict],
+    front: list[dict],
+    *,
+    budget: int,
+    presets: dict[str, int],
+    title: str = "",
+    objective: str = "madds",
+    latency_budget: float | None = None,
+    preset_latency: dict[str, float] | None = None,
 ) -> FrontPlotInfo:
     """What the plots show, from the run's rows; presets at their own trial's top-1 when
-    evaluated."""
+    evaluated. For ``objective="latency"`` x is the predicted latency (points without one are
+    left out) and trials over the MADD budget are marked as such."""
+    preset_latency = preset_latency or {}
+    latency = objective == "latency"
     on_front = {r["trial"] for r in front}
     trained = trained_rows(rows)
     measured = {
@@ -53,16 +91,34 @@ def front_plot_info(
     over = [r for r in rows if r.get("feasible") is False and r.get("madds") is not None]
     preset_points = []
     for name, madds in sorted(presets.items(), key=lambda kv: kv[1]):
+        if latency and name not in preset_latency:
+            continue
         r = measured.get(name)
         state = f"top-1 {r['top1']:.4f} (trial {r['trial']})" if r else "not evaluated"
+        ms = preset_latency.get(name)
         preset_points.append(
             Point(
-                f"{name}: {madds / 1e6:.1f}M MADDs, {state}", madds / 1e6, r["top1"] if r else None
+                f"{name}: {madds / 1e6:.1f}M MADDs"
+                + ("" if ms is None else f", {ms:.1f} ms")
+                + f", {state}",
+                madds / 1e6,
+                r["top1"] if r else None,
+                ms,
             )
         )
 
-    def points(rs):
-        return [Point(_hover(r), r["madds"] / 1e6, r.get("top1")) for r in rs]
+    def points(rs, top1=True):
+        return [
+            Point(
+                _hover(r),
+                r["madds"] / 1e6,
+                r.get("top1") if top1 else None,
+                r.get("latency_ms"),
+                r["madds"] > budget,
+            )
+            for r in rs
+            if not latency or r.get("latency_ms") is not None
+        ]
 
     counts = f"{len(trained)} trained, {len(untrained)} at chance level, {len(over)} over budget"
     return FrontPlotInfo(
@@ -71,9 +127,32 @@ def front_plot_info(
         trials=points([r for r in trained if r["trial"] not in on_front]),
         front=points(front),
         untrained=points(untrained),
-        over_budget=[Point(_hover(r), r["madds"] / 1e6, None) for r in over],
+        over_budget=points(over, top1=False),
         presets=preset_points,
+        objective=objective,
+        latency_budget=latency_budget,
     )
+
+
+def _over(info: FrontPlotInfo) -> list[tuple[list[Point], str, str]]:
+    """The over-budget points as drawn, ``(points, marker, label)``: with a latency budget, the
+    trials over the MADD budget apart from those over the latency budget only."""
+    if info.latency_budget is None:
+        groups = [(info.over_budget, "|", "over budget (not trained)")]
+    else:
+        groups = [
+            (
+                [p for p in info.over_budget if p.over_madds],
+                "|",
+                f"over the MADD budget {info.budget_m:g}M (not trained)",
+            ),
+            (
+                [p for p in info.over_budget if not p.over_madds],
+                "x",
+                f"over the latency budget {info.latency_budget:g} ms (not trained)",
+            ),
+        ]
+    return [g for g in groups if g[0]]
 
 
 def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
@@ -93,7 +172,7 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     )
 
     def xs(ps):
-        return [p.madds_m for p in ps]
+        return [info.x(p) for p in ps]
 
     ax.scatter(xs(info.trials), [p.top1 for p in info.trials], s=22, c="0.6", label="trials")
     if info.untrained:
@@ -131,22 +210,15 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
         ):  # staggered: neighbouring presets never print over each other
             ax.annotate(
                 p.label.split(":")[0],
-                (p.madds_m, p.top1),
+                (info.x(p), p.top1),
                 textcoords="offset points",
                 xytext=(5, -12 - 11 * (k % 2)),
                 fontsize=7,
                 color="tab:orange",
             )
-    # Not trained (over budget, presets not evaluated): a strip of their own, by MADDs only.
-    if info.over_budget:
-        strip.scatter(
-            xs(info.over_budget),
-            [0] * len(info.over_budget),
-            marker="|",
-            s=120,
-            c="tab:red",
-            label="over budget (not trained)",
-        )
+    # Not trained (over budget, presets not evaluated): a strip of their own, by cost only.
+    for ps, marker, label in _over(info):
+        strip.scatter(xs(ps), [0] * len(ps), marker=marker, s=120, c="tab:red", label=label)
     missing = [p for p in info.presets if p.top1 is None]
     if missing:
         strip.scatter(
@@ -162,30 +234,26 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
         for k, p in enumerate(missing):
             strip.annotate(
                 p.label.split(":")[0],
-                (p.madds_m, 0),
+                (info.x(p), 0),
                 textcoords="offset points",
                 xytext=(6, 4 - 9 * (k % 2)),
                 fontsize=7,
                 color="tab:orange",
             )
+    line = info.budget_x
     for a in (ax, strip):
-        a.axvline(
-            info.budget_m,
-            ls="--",
-            c="tab:red",
-            lw=1,
-            label=f"budget {info.budget_m:g}M" if a is ax else None,
-        )
+        if line is not None:
+            a.axvline(line[0], ls="--", c="tab:red", lw=1, label=line[1] if a is ax else None)
         a.grid(alpha=0.3)
-    everything = xs(info.trials + info.front + info.untrained + info.over_budget + info.presets) + [
-        info.budget_m
-    ]
-    pad = 0.05 * (max(everything) - min(everything) or 1.0)
-    ax.set_xlim(min(everything) - pad, max(everything) + pad)
+    everything = xs(info.trials + info.front + info.untrained + info.over_budget + info.presets)
+    everything += [line[0]] if line is not None else []
+    if everything:
+        pad = 0.05 * (max(everything) - min(everything) or 1.0)
+        ax.set_xlim(min(everything) - pad, max(everything) + pad)
     strip.set_ylim(-1, 1)
     strip.set_yticks([])
     strip.set_ylabel("not\ntrained", fontsize=7, rotation=0, ha="right", va="center")
-    strip.set_xlabel("MADDs (millions, full-size spec)")
+    strip.set_xlabel(info.xlabel)
     ax.set_ylabel("proxy top-1 (held out)")
     ax.set_title(info.title, fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
@@ -208,7 +276,7 @@ def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
         if ps:
             fig.add_trace(
                 go.Scatter(
-                    x=[p.madds_m for p in ps],
+                    x=[info.x(p) for p in ps],
                     y=y or [p.top1 for p in ps],
                     name=name,
                     hovertext=[p.label for p in ps],
@@ -242,13 +310,15 @@ def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
     )
     # Not trained: on a strip of its own below the accuracy axis (y2), never at top-1 0.
     strip = dict(yaxis="y2", mode="markers")
-    trace(
-        info.over_budget,
-        "over budget (MADDs only, not trained)",
-        y=[0] * len(info.over_budget),
-        marker=dict(symbol="line-ns-open", size=14, color="red"),
-        **strip,
-    )
+    symbols = {"|": "line-ns-open", "x": "x-thin-open"}
+    for ps, marker, label in _over(info):
+        trace(
+            ps,
+            label,
+            y=[0] * len(ps),
+            marker=dict(symbol=symbols[marker], size=14, color="red"),
+            **strip,
+        )
     missing = [p for p in info.presets if p.top1 is None]
     trace(
         missing,
@@ -261,16 +331,17 @@ def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
         marker=dict(symbol="star-open", size=13, color="orange"),
         **{**strip, "mode": "markers+text"},
     )
-    fig.add_vline(
-        x=info.budget_m,
-        line_dash="dash",
-        line_color="red",
-        annotation_text=f"budget {info.budget_m:g}M",
-    )
+    if info.budget_x is not None:
+        fig.add_vline(
+            x=info.budget_x[0],
+            line_dash="dash",
+            line_color="red",
+            annotation_text=info.budget_x[1],
+        )
     fig.update_layout(
         title=info.title,
         hovermode="closest",
-        xaxis=dict(title="MADDs (millions, full-size spec)", anchor="y2"),  # under the strip
+        xaxis=dict(title=info.xlabel, anchor="y2"),  # under the strip
         yaxis=dict(title="proxy top-1 (held out)", domain=[0.26, 1.0]),
         yaxis2=dict(
             domain=[0.0, 0.18],
@@ -291,9 +362,21 @@ def draw_run(
     budget: int,
     presets: dict[str, int],
     title: str = "",
+    objective: str = "madds",
+    latency_budget: float | None = None,
+    preset_latency: dict[str, float] | None = None,
 ) -> FrontPlotInfo:
     """pareto.png and pareto.html of a run folder; returns what they show."""
-    info = front_plot_info(rows, front, budget=budget, presets=presets, title=title)
+    info = front_plot_info(
+        rows,
+        front,
+        budget=budget,
+        presets=presets,
+        title=title,
+        objective=objective,
+        latency_budget=latency_budget,
+        preset_latency=preset_latency,
+    )
     plot_front_png(run_dir / "pareto.png", info)
     plot_front_html(run_dir / "pareto.html", info)
     return info

@@ -30,11 +30,15 @@ def trained_rows(rows: Sequence[dict]) -> list[dict]:
     ]
 
 
-def pareto_front(rows: Sequence[dict]) -> list[dict]:
-    """Non-dominated feasible rows (top1 up, MADDs down), sorted by MADDs; first of exact ties
-    kept."""
-    ok = trained_rows(rows)
-    ok.sort(key=lambda r: (r["madds"], -r["top1"], r["trial"]))
+COSTS = {"madds": "madds", "latency": "latency_ms"}  # objective -> the row's cost column
+
+
+def pareto_front(rows: Sequence[dict], objective: str = "madds") -> list[dict]:
+    """Non-dominated feasible rows (top1 up, cost down), sorted by cost; first of exact ties
+    kept. The cost is MADDs, or the predicted latency for ``objective="latency"``."""
+    cost = COSTS[objective]
+    ok = [r for r in trained_rows(rows) if r.get(cost) is not None]
+    ok.sort(key=lambda r: (r[cost], -r["top1"], r["trial"]))
     front, best = [], float("-inf")
     for r in ok:
         if r["top1"] > best:
@@ -52,9 +56,13 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_run(run_dir: Path, rows: list[dict], decisions: list[str]) -> list[dict]:
+def write_run(
+    run_dir: Path, rows: list[dict], decisions: list[str], *, objective: str = "madds"
+) -> list[dict]:
     """trials.csv, pareto.csv, pareto.json and specs/<trial>.json (the plots: ``plots.draw_run``).
-    Returns the front."""
+    Returns the front, by ``objective`` (``pareto_front``). When the run uses latency (its rows
+    carry ``latency_ms``), the front's points carry their predicted ``latency_ms`` and their
+    ``measured_ms`` (None until measured)."""
 
     columns = [
         "trial",
@@ -62,6 +70,7 @@ def write_run(run_dir: Path, rows: list[dict], decisions: list[str]) -> list[dic
         "status",
         "feasible",
         "madds",
+        "latency_ms",
         "params",
         "top1",
         "top5",
@@ -74,11 +83,14 @@ def write_run(run_dir: Path, rows: list[dict], decisions: list[str]) -> list[dic
     if any(r.get("inherited") is not None for r in rows):  # a run started from --init weights
         columns.insert(columns.index("untrained") + 1, "inherited")
     write_atomic(run_dir / "trials.csv", _csv(rows, columns + decisions))
-    front = pareto_front(rows)
+    front = pareto_front(rows, objective)
+    latency = objective == "latency" or any(r.get("latency_ms") is not None for r in rows)
+    extra = ["latency_ms", "measured_ms"] if latency else []
     out = [
         {
             "trial": r["trial"],
             "madds": r["madds"],
+            **{k: r.get(k) for k in extra},
             "params": r["params"],
             "top1": r["top1"],
             "spec": r["spec"],
@@ -87,7 +99,7 @@ def write_run(run_dir: Path, rows: list[dict], decisions: list[str]) -> list[dic
     ]
     write_atomic(
         run_dir / "pareto.csv",
-        _csv(front, ["trial", "madds", "params", "top1", "spec_id"] + decisions),
+        _csv(front, ["trial", "madds", *extra, "params", "top1", "spec_id"] + decisions),
     )
     write_atomic(run_dir / "pareto.json", json.dumps(out, indent=2) + "\n")
     for r in front:
@@ -143,3 +155,5 @@ class FrontPoint:
     params: _Count
     top1: Annotated[Float, Field(ge=0, le=1)]
     spec: dict[str, Any]
+    latency_ms: Annotated[Float, Field(gt=0)] | None = None  # predicted, runs that use latency
+    measured_ms: Annotated[Float, Field(gt=0)] | None = None  # measured once the search ended

@@ -110,6 +110,10 @@ CASES = {  # name: (argv, a word the message must contain)
     "search corrupt cifar": (S + ["--data", "cifar10:cifar"], "CIFAR"),
     "search nni option on optuna": (S + ["--nni-strategy", "tpe"], "--nni-strategy"),
     "search storage scheme": (S + ["--storage", "nosuch://x"], "--storage"),
+    "search latency budget words": (S + ["--latency-budget", "abc"], "--latency-budget"),
+    "search latency budget 0": (S + ["--latency-budget", "0ms"], "--latency-budget"),
+    "search latency batch 0": (S + ["--latency-batch", "0"], "--latency-batch"),
+    "search objective unknown": (S + ["--objective", "speed"], "--objective"),
     "train out a file": (["train", "mobilenet-v1", "--out", "afile"], "--out"),
     "train batch 0": (T + ["--batch-size", "0"], "--batch-size"),
     "train workers -1": (T + ["--workers", "-1"], "--workers"),
@@ -132,6 +136,12 @@ CASES = {  # name: (argv, a word the message must contain)
     "madds resolution huge": (["madds", "mobilenet-v1", "--resolution", "100000"], "resolution"),
     "madds resolution 0": (["madds", "mobilenet-v1", "--resolution", "0"], "resolution"),
     "madds unknown preset": (["madds", "mobilenet-v9"], "mobilenet-v9"),
+    "latency batch 0": (["latency", "mobilenet-v1", "--batch", "0"], "--batch"),
+    "latency batch huge": (["latency", "mobilenet-v1", "--batch", "100000"], "batch"),
+    "latency no spec": (["latency"], "SPEC"),
+    "latency spec and space": (["latency", "mobilenet-v1", "--space", "efficientnet_b0"], "SPEC"),
+    "latency unknown preset": (["latency", "mobilenet-v9"], "mobilenet-v9"),
+    "latency unknown space": (["latency", "--space", "nope"], "nope"),
     "unknown command": (["fly"], "fly"),
 }
 

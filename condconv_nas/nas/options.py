@@ -8,6 +8,7 @@ import re
 from .backend import BACKENDS, NNI_STRATEGIES
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+OBJECTIVES = ("madds", "latency")  # what the front trades top-1 against
 
 
 def parse_budget(text: str) -> int:
@@ -23,6 +24,31 @@ def parse_budget(text: str) -> int:
     if value <= 0:
         raise ValueError(f"budget {text!r} must be positive")
     return value
+
+
+def parse_latency(value) -> float:
+    """``20ms``, ``0.02s``, ``20`` (milliseconds), or a number of milliseconds -> milliseconds as a
+    float; ValueError naming the value otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        ms = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*", str(value), re.IGNORECASE)
+        if not m:
+            raise ValueError(
+                f"latency budget {value!r} is not a time: a number of milliseconds, or with a unit "
+                f"(e.g. 20ms, 0.02s)"
+            )
+        ms = float(m.group(1)) * (1000.0 if (m.group(2) or "").lower() == "s" else 1.0)
+    if not 0 < ms <= 3.6e6:
+        raise ValueError(f"latency budget {value!r} must be positive and at most an hour")
+    return ms
+
+
+def _latency(text: str) -> float:
+    try:
+        return parse_latency(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _budget(text: str) -> int:
@@ -45,6 +71,25 @@ def _positive(text: str) -> int:
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budget", type=_budget, required=True, help="hard MADD budget: 400M, 0.4G or 413000000"
+    )
+    p.add_argument(
+        "--latency-budget",
+        type=_latency,
+        default=None,
+        help="hard budget of predicted forward latency on this machine: 20ms, 0.02s or 20 (ms)",
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=_positive,
+        default=1,
+        help="batch size the latency is predicted and measured at (default: 1)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="madds",
+        help="the cost of the Pareto front and the plots' x axis: madds or latency (predicted on "
+        "this machine) (default: madds)",
     )
     p.add_argument(
         "--space",

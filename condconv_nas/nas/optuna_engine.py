@@ -157,24 +157,41 @@ def requeue_interrupted(study: optuna.Study) -> None:
 def judge(
     task: SearchTask, study: optuna.Study, trial: optuna.Trial, params: dict
 ) -> tuple[float, float] | None:
-    """Count one point and record it on its trial (spec, MADDs, the budget as a constraint).
+    """Count one point and record it on its trial (spec, MADDs, its predicted latency when the
+    search uses latency, and the budgets as constraints).
 
-    Returns the trial's final values when it needs no training: over budget (recorded, never
+    Returns the trial's final values when it needs no training: over a budget (recorded, never
     trained) or an architecture the study already trained (its result reused). Every backend
-    judges its points here, so their studies and run folders look the same.
+    judges its points here, on the process that asked for them (the driver, for Ray), so their
+    studies and run folders look the same and the latency is that machine's.
     """
     spec, madds, n_params = task.measure(params)
+    latency = round(task.latency(spec), 3) if task.uses_latency else None
+    feasible = task.within_budgets(madds, latency)
     for key, value in (
         ("worker", worker_id()),
         ("spec", spec.to_dict()),
         ("spec_id", spec.id),
         ("madds", madds),
         ("params", n_params),
-        ("feasible", madds <= task.budget),
+        ("latency_ms", latency),
+        ("feasible", feasible),
     ):
-        trial.set_user_attr(key, value)
+        if value is not None:
+            trial.set_user_attr(key, value)
     trial.set_constraint("madds", madds - task.budget)
-    if madds > task.budget:
+    if task.latency_budget is not None:
+        trial.set_constraint("latency", latency - task.latency_budget)
+    if not feasible:
+        over = [
+            n
+            for n, v, b in (
+                ("madds", madds, task.budget),
+                ("latency", latency, task.latency_budget),
+            )
+            if b is not None and v > b
+        ]
+        trial.set_user_attr("over", over)
         return 0.0, float(madds)
     wait_for_twin(study, spec.id, trial.number)
     same = [
@@ -316,6 +333,7 @@ def trial_rows(study: optuna.Study, decisions: list[str]) -> list[dict]:
                 "status": trial_status(t),
                 "feasible": ua.get("feasible"),
                 "madds": ua.get("madds"),
+                "latency_ms": ua.get("latency_ms"),
                 "params": ua.get("params"),
                 "top1": t.values[0]
                 if t.state == TrialState.COMPLETE and ua.get("feasible")

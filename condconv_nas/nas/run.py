@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..files import check_writable_folder
 from ..training.recipe import load_recipe
 from .backend import BackendOptions, Callbacks, check_backend, make_searcher
-from .options import parse_budget
+from .options import OBJECTIVES, parse_budget, parse_latency
 from .space import load_space
 from .task import SearchTask
 
@@ -48,6 +48,9 @@ def prepare(
     backend: str,
     options: BackendOptions,
     init: str | None = None,
+    latency_budget: float | None = None,
+    latency_batch: int = 1,
+    objective: str = "madds",
 ):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
     if not _is_int(seed) or not 0 <= seed < 2**32:
@@ -64,7 +67,17 @@ def prepare(
     check_data(source, holdout=recipe.holdout, seed=seed)
     if init is not None:
         init = check_init(init, space_.base)
-    task = SearchTask(space=space_, budget=budget, recipe=recipe, data=source, seed=seed, init=init)
+    task = SearchTask(
+        space=space_,
+        budget=budget,
+        recipe=recipe,
+        data=source,
+        seed=seed,
+        init=init,
+        latency_budget=latency_budget,
+        latency_batch=latency_batch,
+        objective=objective,
+    )
     total = trials or recipe.trials
     run = run or f"{space_.name}-{format_madds(budget)}"
     check_writable_folder(Path(results) / run, "--results")
@@ -79,6 +92,9 @@ def prepare(
         "seed": seed,
         "trials": total,
         **({"init": init} if init is not None else {}),
+        "latency_budget": latency_budget,
+        "latency_batch": latency_batch,
+        "objective": objective,
     }
     return task, Path(results) / run, config, total
 
@@ -92,6 +108,21 @@ def check_init(init: str, base: str) -> str:
     return init if init.startswith("timm:") else str(Path(init).resolve())
 
 
+# What a resumed run must share with the run in its folder, and the value a config written before
+# the key existed stands for (--seed may differ: it seeds each worker's sampler).
+SAME_RUN = {
+    "budget": None,
+    "space": None,
+    "decisions": None,
+    "data": None,
+    "recipe": None,
+    "latency_budget": None,
+    "latency_batch": 1,
+    "objective": "madds",
+    "init": None,
+}
+
+
 def check_resume(run_dir: Path, config: dict) -> dict | None:
     """The config of the run being resumed (None for a new run); `UsageError` if it is another
     run's."""
@@ -99,15 +130,8 @@ def check_resume(run_dir: Path, config: dict) -> dict | None:
     if not path.is_file():
         return None
     old = json.loads(path.read_text())
-    for key in (
-        "budget",
-        "space",
-        "decisions",
-        "data",
-        "recipe",
-        "init",
-    ):  # --seed may differ: each worker's sampler
-        if old.get(key) != config.get(key):
+    for key, default in SAME_RUN.items():
+        if old.get(key, default) != config.get(key, default):
             raise UsageError(
                 f"run folder {run_dir} holds a run with a different {key} "
                 f"({old.get(key)!r}); pick another --run or --results"
@@ -130,20 +154,66 @@ def check_storage(run_dir: Path, old: dict | None, url: str) -> None:
 
 
 def check_budget(task: SearchTask) -> None:
-    madds, _ = task.count(task.space.cheapest())
+    cheapest = task.space.cheapest()
+    madds, _ = task.count(cheapest)
     if madds > task.budget:
         raise UsageError(
             f"budget {format_madds(task.budget)} ({task.budget} MADDs) is impossible: the cheapest "
             f"candidate of space {task.space.name!r} already needs {madds} MADDs"
         )
+    if task.latency_budget is not None:
+        latency = task.latency(cheapest)
+        if latency > task.latency_budget:
+            raise UsageError(
+                f"latency budget {task.latency_budget:g} ms is impossible on this machine: the "
+                f"cheapest candidate of space {task.space.name!r} is predicted at {latency:.1f} ms "
+                f"(batch {task.latency_batch})"
+            )
 
 
 def measure_presets(task: SearchTask) -> dict[str, dict]:
-    """The paper's presets the space contains: their decisions and MADDs."""
-    return {
-        name: {"params": params, "madds": task.measure(params)[1]}
-        for name, params in task.space.presets().items()
-    }
+    """The paper's presets the space contains: their decisions, MADDs and, when the search uses
+    latency, their predicted latency."""
+    presets = {}
+    for name, params in task.space.presets().items():
+        spec, madds, _ = task.measure(params)
+        presets[name] = {"params": params, "madds": madds}
+        if task.uses_latency:
+            presets[name]["latency_ms"] = round(task.latency(spec), 3)
+    return presets
+
+
+def measure_front(task: SearchTask, run_dir: Path, front: list[dict]) -> dict[str, float]:
+    """Measure the front's networks not measured yet on this machine (interleaved, once each) and
+    keep the figures in the run folder's ``measured.json``: spec id -> milliseconds."""
+    from ..files import write_atomic  # noqa: PLC0415
+    from ..latency import measure_latencies  # noqa: PLC0415
+    from ..latency.table import table_key  # noqa: PLC0415
+    from ..spec import ArchSpec  # noqa: PLC0415
+
+    measured = read_measured(run_dir)
+    key = table_key(task.latency_batch)
+    specs = {s.id: s for s in (ArchSpec.from_dict(r["spec"]) for r in front)}
+    todo = [s for i, s in specs.items() if i not in measured["measured_ms"]]
+    if todo:
+        times = measure_latencies(todo, batch=task.latency_batch)
+        measured["measured_ms"].update(
+            {s.id: round(t, 3) for s, t in zip(todo, times, strict=True)}
+        )
+        measured.update(batch=task.latency_batch, machine=key)
+        write_atomic(run_dir / "measured.json", json.dumps(measured, indent=2) + "\n")
+    return measured["measured_ms"]
+
+
+def read_measured(run_dir: Path) -> dict:
+    """The run folder's measured latencies (``measured.json``), or an empty record."""
+    try:
+        data = json.loads((run_dir / "measured.json").read_text())
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("measured_ms"), dict):
+        return {"measured_ms": {}}
+    return data
 
 
 def open_storage(url: str, name: str, seed: int, *, heartbeat: bool):
@@ -182,18 +252,22 @@ def trial_line(trial) -> str | None:
     if ua.get("surplus") or ua.get("interrupted"):
         return None
     madds = f"{ua['madds'] / 1e6:.1f}M" if "madds" in ua else "?"
+    # the predicted latency, when the search uses it, in a column of its own after the MADDs
+    lat = f" {ua['latency_ms']:7.1f} ms" if ua.get("latency_ms") is not None else ""
     if trial.state.name == "FAIL":
-        return f"trial {trial.number:>3}  FAIL      {madds:>9}  (failed; the search goes on)"
+        return f"trial {trial.number:>3}  FAIL      {madds:>9}{lat}  (failed; the search goes on)"
     if not ua.get("feasible"):
-        return f"trial {trial.number:>3}  over budget {madds:>7}  not trained"
+        if ua.get("over") == ["latency"]:
+            return f"trial {trial.number:>3}  over latency {madds:>6}{lat}  not trained"
+        return f"trial {trial.number:>3}  over budget {madds:>7}{lat}  not trained"
     if ua.get("stopped_early"):
         return (
-            f"trial {trial.number:>3}  STOPPED   {madds:>9}  top-1 "
+            f"trial {trial.number:>3}  STOPPED   {madds:>9}{lat}  top-1 "
             f"{ua.get('top1_at_stop') or 0:.4f} after epoch "
             f"{ua.get('epochs_at_stop')} (ASHA within its MADD band)"
         )
     return (
-        f"trial {trial.number:>3}  COMPLETE  {madds:>9}  top-1 {trial.values[0]:.4f}"
+        f"trial {trial.number:>3}  COMPLETE  {madds:>9}{lat}  top-1 {trial.values[0]:.4f}"
         + (
             "  untrained: not clearly above chance, kept off the front"
             if ua.get("untrained")
@@ -300,7 +374,9 @@ def search(
     storage: str | None = None,
     seed: int = 0,
     init: str | None = None,
-    latency_budget: str | None = None,
+    latency_budget: str | float | None = None,
+    latency_batch: int = 1,
+    objective: str = "madds",
     progress: bool | Reporter = True,
     **backend_options: Any,
 ) -> SearchResult:
@@ -310,15 +386,31 @@ def search(
     Writes (or resumes) the run folder ``results/run`` as ``condconv-nas search`` does and returns
     what it holds. ``budget``: an int or the CLI's forms (``"400M"``, ``"0.4G"``). ``trials``: the
     run's total across restarts and workers (default: the recipe's). ``progress``: True for a bar on
-    stderr, False for silence, or a `Reporter`. ``init``: weights every candidate starts from (a
-    state dict file of the base's timm model, a ``model.pt``, or ``timm:NAME``), taking what
-    matches; trials.csv's ``inherited`` is the share of each candidate's parameters taken.
-    ``backend_options``: ``address``, ``cpus_per_trial``, ``gpus_per_trial`` (Ray),
-    ``nni_strategy`` (NNI). Bad input raises `UsageError` before anything is written; Ctrl-C raises
-    `SearchInterrupted` after the run folder is written.
+    stderr, False for silence, or a `Reporter`. ``backend_options``: ``address``,
+    ``cpus_per_trial``, ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). Bad input raises
+    `UsageError` before anything is written; Ctrl-C raises `SearchInterrupted` after the run
+    folder is written.
+
+    ``init``: weights every candidate starts from (a state dict file of the base's timm model, a
+    ``model.pt``, or ``timm:NAME``), taking what matches; trials.csv's ``inherited`` is the share
+    of each candidate's parameters taken. ``latency_budget``: a hard budget of forward latency
+    predicted on this machine (``"20ms"``, ``"0.02s"`` or a number of milliseconds) at
+    ``latency_batch`` images; a candidate over it is
+    recorded and never trained. ``objective``: ``"madds"`` or ``"latency"``, what the front trades
+    top-1 against. With either, every candidate's latency is predicted (``latency_ms``) and the
+    front's networks are measured once the search ends (``measured_ms``): see docs/latency.md.
     """
     if latency_budget is not None:
-        raise UsageError("--latency-budget is not supported by this version of condconv-nas")
+        try:
+            latency_budget = parse_latency(latency_budget)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if isinstance(latency_batch, bool) or not isinstance(latency_batch, int):
+        raise UsageError(f"--latency-batch must be a positive integer, got {latency_batch!r}")
+    if not 1 <= latency_batch <= 4096:
+        raise UsageError(f"--latency-batch must be in [1, 4096], got {latency_batch}")
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
     if isinstance(budget, str):
         try:
             budget = parse_budget(budget)
@@ -339,6 +431,9 @@ def search(
         backend=backend,
         options=options,
         init=init,
+        latency_budget=latency_budget,
+        latency_batch=latency_batch,
+        objective=objective,
     )
     old = check_resume(run_dir, config)
     own = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run's own study, by default
@@ -374,25 +469,45 @@ def search(
         versions={"condconv_nas": __version__, "python": platform.python_version()},
         updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
+    if task.uses_latency:  # the machine (and software, threads, batch) the latencies are of
+        from ..latency.table import table_key  # noqa: PLC0415
+
+        config["latency_table"] = table_key(task.latency_batch)
     write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
 
     eng.enqueue_presets(
-        study, {name: p["params"] for name, p in presets.items() if p["madds"] <= task.budget}
+        study,
+        {
+            name: p["params"]
+            for name, p in presets.items()
+            if task.within_budgets(p["madds"], p.get("latency_ms"))
+        },
     )
     eng.recover_killed(study)
     eng.requeue_interrupted(study)
     decisions = list(task.space.searched)
 
+    budgets = f"budget {format_madds(task.budget)}" + (
+        f" and {task.latency_budget:g} ms" if task.latency_budget is not None else ""
+    )
+
     def write(study) -> SearchResult:
         rows = eng.trial_rows(study, decisions)
-        front = write_run(run_dir, rows, decisions)
+        if task.uses_latency:
+            measured = read_measured(run_dir)["measured_ms"]
+            for r in rows:
+                r["measured_ms"] = measured.get(r["spec_id"])
+        front = write_run(run_dir, rows, decisions, objective=task.objective)
         draw_run(
             run_dir,
             rows,
             front,
             budget=task.budget,
             presets={n: p["madds"] for n, p in presets.items()},
-            title=f"{run_dir.name}: budget {format_madds(task.budget)}, data {task.data}",
+            title=f"{run_dir.name}: {budgets}, data {task.data}",
+            objective=task.objective,
+            latency_budget=task.latency_budget,
+            preset_latency={n: p["latency_ms"] for n, p in presets.items() if "latency_ms" in p},
         )
         return SearchResult(run_dir, front, rows, eng.finished(study), total)
 
@@ -406,7 +521,7 @@ def search(
         reporter.trial(line, max((r["top1"] for r in trained_rows(result.trials)), default=None))
 
     reporter.start(
-        f"search {run_dir.name}: space {task.space.name}, budget {format_madds(task.budget)}, "
+        f"search {run_dir.name}: space {task.space.name}, {budgets}, "
         f"{eng.finished(study)}/{total} trials done, backend {backend}, data {task.data}",
         total,
         eng.finished(study),
@@ -414,8 +529,10 @@ def search(
     searcher = make_searcher(backend, options, seed)
     try:
         searcher.search(task, study, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch))
+        reporter.close()
+        if task.uses_latency:  # the front's networks, measured on this machine (once each)
+            measure_front(task, run_dir, write(study).front)
     except KeyboardInterrupt:
         reporter.close()
         raise SearchInterrupted(write(study)) from None
-    reporter.close()
     return write(study)

@@ -21,7 +21,32 @@ class SearchTask:
     data: DataSource  # where the proxy trains and evaluates
     seed: int = 0  # seeds the proxy training
     init: str | None = None  # weights every candidate starts from (a file or timm:NAME), or none
+    latency_budget: float | None = None  # hard budget of predicted latency, ms (None: none)
+    latency_batch: int = 1  # the batch the latency is predicted at
+    objective: str = "madds"  # the front's cost: madds or latency
     _counts: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _latencies: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether candidates' latency is predicted (a latency budget, or the latency objective)."""
+        return self.latency_budget is not None or self.objective == "latency"
+
+    def latency(self, spec) -> float:
+        """Predicted forward latency of a full-size spec on this machine in ms, cached by spec id
+        (see ``condconv_nas.latency``)."""
+        if spec.id not in self._latencies:
+            from ..latency import predict_latency  # noqa: PLC0415
+
+            self._latencies[spec.id] = predict_latency(spec, batch=self.latency_batch)
+        return self._latencies[spec.id]
+
+    def within_budgets(self, madds: int, latency_ms: float | None) -> bool:
+        """Whether a candidate fits the MADD budget and the latency budget (if any)."""
+        return madds <= self.budget and (
+            self.latency_budget is None
+            or (latency_ms is not None and latency_ms <= self.latency_budget)
+        )
 
     def count(self, spec) -> tuple[int, int]:
         """(MADDs, parameters) of a full-size spec, cached by spec id."""

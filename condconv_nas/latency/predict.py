@@ -1,0 +1,227 @@
+"""Predicted and measured latency of a spec on this machine, and building the table for a space.
+
+A prediction is the sum of the table's entries for the network's parts (``units.plan``: every
+unit's body and every router) plus the base network's per-model overhead, calibrated against whole
+networks measured on this machine. Parts the table lacks are measured on demand: the network is
+built and its units timed in place, which also adds a calibration sample. Finding the parts
+needs no weights (the network is built on the meta device), so once the table holds them a
+prediction takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..errors import UsageError
+from ..layers import Router
+from ..spec import ArchSpec, load_spec
+from .measure import in_place_ms, router_ms, whole_ms
+from .table import LatencyTable
+from .units import Part, Plan, plan, router_part, routers, units
+
+_plans: dict[tuple[str, int], Plan] = {}
+ROUTER_CHUNK = 256  # routers timed together (interleaved); bounds the memory they take
+
+
+def check_batch(batch) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
+        raise UsageError(f"batch must be an integer in [1, 4096], got {batch!r}")
+    return batch
+
+
+def _build(spec: ArchSpec, *, meta: bool = False):
+    """``spec``'s network in eval mode; on the meta device (no weights: shapes only) if ``meta``."""
+    from ..models import build_model  # noqa: PLC0415  (timm)
+
+    if not meta:
+        return build_model(spec).eval()
+    with torch.device("meta"):
+        return build_model(spec).eval()
+
+
+def plan_of(spec: ArchSpec, batch: int) -> Plan:
+    """The parts of ``spec``'s network at ``batch`` (cached per process)."""
+    key = (spec.id, batch)
+    if key not in _plans:
+        _plans[key] = plan(_build(spec, meta=True), batch, spec.resolution)
+    return _plans[key]
+
+
+def _sum_ms(table: LatencyTable, p: Plan) -> float:
+    return sum(table.ms(part.key) for part in p.parts())
+
+
+def _time_routers(table: LatencyTable, items: list[tuple[Router, Part]]) -> None:
+    """Time the routers the table lacks, on their own, and add them."""
+    todo = {part.key: (router, part) for router, part in items if table.ms(part.key) is None}
+    todo = list(todo.values())
+    for i in range(0, len(todo), ROUTER_CHUNK):
+        chunk = todo[i : i + ROUTER_CHUNK]
+        times = router_ms([(router, part.shape) for router, part in chunk])
+        table.add(
+            {
+                part.key: {"ms": round(t, 5), "what": part.what}
+                for (_, part), t in zip(chunk, times, strict=True)
+            }
+        )
+
+
+def _fill(spec: ArchSpec, p: Plan, table: LatencyTable) -> None:
+    """Measure what ``spec``'s prediction lacks: its routers on their own; its units in place
+    (and a calibration sample) when a unit's entry or the base's overhead is missing."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(0)
+        model = _build(spec)
+        us = [module for _, module in units(model)]
+        items = [
+            (router, part)
+            for module, parts in zip(us, p.routers, strict=True)
+            for router, part in zip(routers(module), parts, strict=True)
+        ]
+        _time_routers(table, items)
+        if not table.missing(p.units) and table.overhead_ms(p.base) is not None:
+            return
+        x = torch.randn(p.units[0].shape)
+        timed = in_place_ms(model, x)
+        bodies = {
+            part.key: {"ms": round(ms, 5), "what": part.what}
+            for part, ms in zip(p.units, timed.bodies, strict=True)
+        }
+        # the sample compares the network with the entries its prediction will use: for a unit
+        # the table held already (timed in another network), that entry, not this timing
+        parts = sum(
+            table.ms(q.key) if table.ms(q.key) is not None else bodies[q.key]["ms"]
+            for q in p.parts()
+        )
+        table.add(bodies, (p.base, parts, timed.whole))
+
+
+def predict_latency(spec, batch: int = 1) -> float:
+    """``spec``'s predicted forward latency on this machine in milliseconds (inference mode, the
+    process's torch threads, ``batch`` images at the spec's resolution).
+
+    Parts missing from this machine's table are measured first (seconds, once per machine)."""
+    spec = load_spec(spec)
+    batch = check_batch(batch)
+    p = plan_of(spec, batch)
+    table = LatencyTable.for_batch(batch)
+    if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
+        table.reload()  # another process may have measured them
+    if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
+        _fill(spec, p, table)
+    return _sum_ms(table, p) + table.overhead_ms(p.base)
+
+
+def measure_latencies(specs: list, batch: int = 1) -> list[float]:
+    """The measured forward latency of each spec on this machine in milliseconds: the median over
+    rounds in which every spec's network runs once (inference mode, the process's threads)."""
+    specs = [load_spec(s) for s in specs]
+    batch = check_batch(batch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        models = [_build(s) for s in specs]
+        inputs = [torch.randn(batch, 3, s.resolution, s.resolution) for s in specs]
+        return whole_ms(models, inputs)
+
+
+def measure_latency(spec, batch: int = 1) -> float:
+    """``spec``'s measured forward latency on this machine in milliseconds (the median over
+    rounds after warm-up; inference mode, the process's torch threads)."""
+    return measure_latencies([spec], batch)[0]
+
+
+def covering_specs(space) -> tuple[list[ArchSpec], list[ArchSpec]]:
+    """``(built, planned)``: networks whose units cover every unit of the space's candidates
+    (for each width and depth: the static network, and CondConv from the earliest point with
+    the CondConv classifier for each number of experts), and networks whose routers are at every
+    place a candidate's router can be (routing per layer, per block)."""
+    d = space.decisions
+    stages = [s for s in d["begin_stage"] if s != "none"]
+    cc_on = bool(stages) or True in d["classifier"]
+    shares = [s for s in ("layer", "block") if s in d["routing_share"]]
+    if set(d["routing_share"]) - {"layer"} and "block" not in shares:
+        shares.append("block")  # pair and single route at a subset of the blocks' places
+    built, planned = [], []
+    for w in d["width_multiplier"]:
+        for depth in d["depth_multiplier"]:
+            point = {"width_multiplier": w, "depth_multiplier": depth}
+            built.append(space.to_spec({**point, "begin_stage": "none", "classifier": False}))
+            if not cc_on:
+                continue
+            for experts in d["num_experts"]:
+                cc = {
+                    **point,
+                    "begin_stage": min(stages) if stages else "none",
+                    "begin_offset": min(d["begin_offset"]),
+                    "classifier": True in d["classifier"],
+                    "num_experts": experts,
+                }
+                specs = [space.to_spec({**cc, "routing_share": share}) for share in shares]
+                built.append(specs[0])  # the units' bodies do not depend on the routing
+                planned += specs
+    return built, planned
+
+
+def build_table(
+    space="efficientnet_b0", batch: int = 1, *, progress: Callable[[int, int], None] | None = None
+) -> LatencyTable:
+    """Fill this machine's table for ``batch`` with every part of every candidate of ``space``
+    (a name or a file, as ``search --space`` takes), so that no later prediction measures.
+
+    ``progress(done, total)`` hears of each network measured."""
+    from ..nas.space import load_space  # noqa: PLC0415
+
+    space = load_space(space)
+    batch = check_batch(batch)
+    built, planned = covering_specs(space)
+    table = LatencyTable.for_batch(batch)
+    d = space.decisions
+    variants = [
+        dict(hidden=h, activation=a) for h in d["routing_hidden"] for a in d["routing_activation"]
+    ]
+    total = len(built) + 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        items = []
+        for spec in planned:
+            n = spec.condconv.num_experts
+            prevs = (0, n) if True in d["routing_hierarchical"] else (0,)
+            for part in (part for group in plan_of(spec, batch).routers for part in group):
+                for v in variants:
+                    for prev in prevs:
+                        router = Router(part.shape[1], n, prev_features=prev, **v)
+                        items.append((router, router_part(router, part.shape)))
+        _time_routers(table, items)
+    if progress is not None:
+        progress(1, total)
+    for k, spec in enumerate(built, start=2):
+        predict_latency(spec, batch)
+        if progress is not None:
+            progress(k, total)
+    return table
+
+
+def table_info(batch: int = 1) -> dict:
+    """This machine's table for ``batch``: where it is, its key and how many entries it holds."""
+    table = LatencyTable.for_batch(check_batch(batch))
+    table.reload()
+    return {
+        "table": str(table.path),
+        "entries": len(table.entries),
+        **{f"key_{k}": v for k, v in table.key.items()},
+        "calibrated": sorted(table.calibration),
+    }
+
+
+__all__ = [
+    "build_table",
+    "check_batch",
+    "covering_specs",
+    "measure_latencies",
+    "measure_latency",
+    "plan_of",
+    "predict_latency",
+    "table_info",
+]

@@ -1,0 +1,159 @@
+"""The latency table of this machine: one JSON file per (machine, CPU, torch, condconv-nas,
+threads, batch), cached on disk and shared by every process of the machine.
+
+It maps each part's key (``units.Part``) to its median time in milliseconds, and keeps, per base
+network, samples of (sum of the network's entries, the network's own time measured in place, see
+``measure.InPlace.whole``) from which the per-model overhead is calibrated. Entries are added,
+never changed; the overhead moves only when another network is measured.
+Files live in ``$CONDCONV_NAS_CACHE`` if set, else ``$XDG_CACHE_HOME/condconv-nas`` (by default
+``~/.cache/condconv-nas``); several processes may add entries at once (each write merges the
+file's current contents and replaces it atomically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..files import write_atomic
+
+FORMAT = 1
+CACHE_ENV = "CONDCONV_NAS_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where the tables live (see the module's documentation)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "condconv-nas"
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, the platform's word elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table_key(batch: int, threads: int | None = None) -> dict:
+    """What a latency depends on besides the network: this machine, its software, the threads
+    and the batch (CPU, float32, inference)."""
+    return {
+        "host": platform.node(),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "condconv_nas": __version__,
+        "threads": threads or torch.get_num_threads(),
+        "batch": batch,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+
+
+def key_id(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class LatencyTable:
+    """One machine's table for one batch size (see the module's documentation)."""
+
+    def __init__(self, key: dict, path: Path) -> None:
+        self.key, self.path = key, path
+        self.entries: dict[str, dict] = {}  # part key -> {"ms": ..., "what": ...}
+        self.calibration: dict[str, list[list[float]]] = {}  # base -> [[parts_ms, whole_ms]]
+        self.reload()
+
+    @classmethod
+    def for_batch(cls, batch: int) -> LatencyTable:
+        """This process's table for ``batch`` (the same object for the same file)."""
+        key = table_key(batch)
+        path = cache_dir() / f"latency-{key_id(key)}.json"
+        table = _open.get(path)
+        if table is None or table.key != key:
+            table = _open[path] = cls(key, path)
+        return table
+
+    def _read(self) -> tuple[dict, dict]:
+        """The file's entries and calibration; a file that is not a table of this key is
+        ignored (it is a cache: it will be measured again and replaced)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}, {}
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != FORMAT
+            or data.get("key") != self.key
+        ):
+            return {}, {}
+        entries, calibration = data.get("entries"), data.get("calibration")
+        return (
+            entries if isinstance(entries, dict) else {},
+            calibration if isinstance(calibration, dict) else {},
+        )
+
+    def reload(self) -> None:
+        """Take in what other processes added to the file."""
+        entries, calibration = self._read()
+        for k, v in entries.items():
+            self.entries.setdefault(k, v)
+        for base, samples in calibration.items():
+            mine = self.calibration.setdefault(base, [])
+            mine.extend(s for s in samples if s not in mine)
+
+    def ms(self, key: str) -> float | None:
+        entry = self.entries.get(key)
+        return None if entry is None else float(entry["ms"])
+
+    def missing(self, parts) -> list:
+        """The parts that have no entry yet (each once)."""
+        out, seen = [], set()
+        for p in parts:
+            if p.key not in self.entries and p.key not in seen:
+                out.append(p)
+                seen.add(p.key)
+        return out
+
+    def overhead_ms(self, base: str) -> float | None:
+        """The per-model overhead of ``base``: the median over its samples of the measured
+        whole network minus the sum of its parts (None before the first sample)."""
+        samples = self.calibration.get(base)
+        if not samples:
+            return None
+        return statistics.median(whole - parts for parts, whole in samples)
+
+    def add(
+        self, entries: dict[str, dict], calibration: tuple[str, float, float] | None = None
+    ) -> None:
+        """Add entries (those present stay as they are) and a calibration sample ``(base,
+        parts_ms, whole_ms)``, and write the file (merged with what other processes wrote)."""
+        self.reload()
+        for k, v in entries.items():
+            self.entries.setdefault(k, v)
+        if calibration is not None:
+            base, parts, whole = calibration
+            self.calibration.setdefault(base, []).append([round(parts, 4), round(whole, 4)])
+        data = {
+            "format": FORMAT,
+            "key": self.key,
+            "entries": self.entries,
+            "calibration": self.calibration,
+        }
+        write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+_open: dict[Path, LatencyTable] = {}

@@ -1,0 +1,376 @@
+"""The latency predictor: units that make up the network, the table cached per machine, predictions
+composed from other networks' entries, and the search's latency budget.
+
+Timings here are smoke tests at low resolution on one thread (the machine may be shared); how
+well predictions match measurement is for benchmarks/latency_predictor.py."""
+
+import csv
+import dataclasses
+import json
+import time
+
+import pytest
+import torch
+from helpers import run_cli
+
+from condconv_nas import build_model, load_spec, measure_latency, predict_latency
+from condconv_nas.errors import UsageError
+from condconv_nas.latency import build_table, measure, table
+from condconv_nas.latency.units import units
+from condconv_nas.nas.options import parse_latency
+from condconv_nas.results import pareto_front
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+# A small MobileNetV1 space at 32 px: static and CondConv, every kind of routing. Its networks
+# run in about a millisecond, short enough that on a busy machine most runs are not preempted.
+SPACE_32 = """
+base: mobilenet_v1
+resolution: 32
+num_classes: 10
+decisions:
+  width_multiplier: [0.25, 0.5]
+  begin_stage: [4, none]
+  num_experts: [2]
+  classifier: [false, true]
+  routing_share: [block, layer, single]
+  routing_hidden: [none, small]
+  routing_hierarchical: [false, true]
+"""
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh latency cache folder, one thread, and no table or plan held from another test."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(table.CACHE_ENV, str(folder))
+    monkeypatch.setattr(table, "_open", {})
+    from condconv_nas.latency import predict
+
+    monkeypatch.setattr(predict, "_plans", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield folder
+    torch.set_num_threads(threads)
+
+
+def _spec(name, routing=None, num_experts=None, **changes):
+    spec = load_spec(name)
+    if routing is not None or num_experts is not None:
+        cc = spec.condconv
+        changes["condconv"] = dataclasses.replace(
+            cc,
+            routing=dataclasses.replace(cc.routing, **(routing or {})),
+            num_experts=num_experts or cc.num_experts,
+        )
+    return spec.replace(**changes)
+
+
+@pytest.mark.parametrize(
+    "name,routing",
+    [
+        ("condconv-efficientnet-b0", {"share": "layer", "hierarchical": True}),
+        ("condconv-efficientnet-b0", {"share": "pair", "hidden": "small"}),
+        ("condconv-resnet50", {"share": "single"}),
+        ("mobilenet-v2", None),
+    ],
+)
+def test_units_in_order_compute_the_networks_output(name, routing):
+    """What the table times, unit by unit, is the whole forward: nothing left out, nothing twice."""
+    cheap = dict(resolution=32, num_classes=7, width_multiplier=0.25)
+    spec = _spec(name, routing, num_experts=2 if routing else None, **cheap)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        h = x
+        for _, module in units(model):
+            h = module(h)
+    assert h.shape == (2, 7)
+    torch.testing.assert_close(h, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prediction_is_read_from_the_cached_table_without_measuring(cache, monkeypatch):
+    spec = _spec("condconv-mobilenet-v1", resolution=64, width_multiplier=0.25)
+    first = predict_latency(spec)
+    files = list(cache.glob("latency-*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["key"]["threads"] == 1 and data["key"]["batch"] == 1
+    assert data["key"]["torch"] == torch.__version__ and data["key"]["host"]
+    assert data["calibration"]["mobilenet_v1"] and len(data["entries"]) > 10
+
+    calls = []
+
+    def counting_clock():
+        calls.append(1)
+        return 0.0
+
+    monkeypatch.setattr(measure, "clock", counting_clock)
+    monkeypatch.setattr(table, "_open", {})  # as a new process: the table comes from the file
+    from condconv_nas.latency import predict
+
+    monkeypatch.setattr(predict, "_plans", {})
+    assert predict_latency(spec) == first and calls == []
+    # another batch is another table: it must be measured
+    predict_latency(spec, batch=2)
+    assert calls and len(list(cache.glob("latency-*.json"))) == 2
+
+
+def test_a_filled_table_predicts_unseen_candidates_close_to_measurement(
+    cache, tmp_path, monkeypatch
+):
+    """After ``build_table``, a candidate none of whose networks was measured is predicted from
+    other networks' entries alone (nothing timed), within a loose bound of its measurement."""
+    (tmp_path / "space.yaml").write_text(SPACE_32)
+    build_table(tmp_path / "space.yaml")
+    from condconv_nas.nas.space import load_space
+
+    space = load_space(tmp_path / "space.yaml")
+    unseen = [
+        space.to_spec(
+            dict(width_multiplier=0.25, begin_stage=4, classifier=False, routing_share="single")
+        ),
+        space.to_spec(
+            dict(
+                width_multiplier=0.25,
+                begin_stage="none",
+                classifier=True,
+                routing_share="layer",
+                routing_hidden="small",
+                routing_hierarchical=True,
+            )
+        ),
+    ]
+    calls = []
+    real = measure.clock
+    monkeypatch.setattr(measure, "clock", lambda: calls.append(1) or real())
+    predicted = [predict_latency(s) for s in unseen]
+    assert calls == [], "the filled table lacked a part of an unseen candidate"
+    monkeypatch.setattr(measure, "clock", real)
+    for spec, p in zip(unseen, predicted, strict=True):
+        best = _fastest_run_ms(spec)
+        assert 0.5 < p / best < 1.6, (spec.to_dict(), p, best)
+        assert measure_latency(spec) >= 0.95 * best
+
+
+def _fastest_run_ms(spec, runs=200):
+    """The network's fastest forward, timed here: on a busy machine a median may include another
+    process's time slice, the fastest run does not (the predictor is built from runs that were not
+    interrupted)."""
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    x = torch.randn(1, 3, spec.resolution, spec.resolution)
+    times = []
+    with torch.inference_mode():
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return min(times[3:]) * 1e3
+
+
+def test_latency_syntax_and_bad_values():
+    assert parse_latency("20ms") == parse_latency("0.02s") == parse_latency("20") == 20.0
+    assert parse_latency(" 1.5 MS ") == 1.5 and parse_latency(7) == 7.0
+    for bad in ("abc", "-5ms", "0", "20us", "1e3", True, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="latency budget"):
+            parse_latency(bad)
+    with pytest.raises(UsageError, match="batch"):
+        predict_latency("mobilenet-v1", batch=0)
+
+
+def test_library_search_refuses_bad_latency_options_before_writing(tmp_path):
+    import condconv_nas
+
+    for kwargs, message in (
+        ({"latency_budget": "abc"}, "latency budget"),
+        ({"latency_budget": -3}, "latency budget"),
+        ({"latency_batch": 0}, "--latency-batch"),
+        ({"objective": "speed"}, "--objective"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            condconv_nas.search(budget="400M", results=tmp_path / "r", progress=False, **kwargs)
+    assert not (tmp_path / "r").exists()
+
+
+def test_latency_command_prints_predicted_and_measured(tmp_path):
+    spec = _spec("mobilenet-v1", resolution=32, width_multiplier=0.25)
+    path = spec.save(tmp_path / "spec.json")
+    env = {**ONE_THREAD, table.CACHE_ENV: str(tmp_path / "cache")}
+    res = run_cli("latency", path, "--batch", "2", "--format", "json", env=env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert {"predicted_ms", "measured_ms", "batch", "threads"} <= set(out)
+    assert out["batch"] == 2 and out["threads"] == 1 and out["id"] == spec.id
+    assert out["predicted_ms"] > 0 and out["measured_ms"] > 0
+    assert out["table"].startswith(str(tmp_path / "cache"))
+    for args, word in (
+        (["latency", path, "--batch", "0"], "--batch"),
+        (["latency"], "SPEC"),
+        (["search", "--budget", "400M", "--latency-budget", "abc"], "latency"),
+        (["search", "--budget", "400M", "--objective", "speed"], "--objective"),
+    ):
+        res = run_cli(*args, "--format", "json", env=env)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and word in lines[0], res.stderr
+
+
+def test_pareto_front_by_latency():
+    rows = [
+        dict(trial=i, state="COMPLETE", feasible=True, madds=m, latency_ms=t, top1=a)
+        for i, (m, t, a) in enumerate([(100, 9.0, 0.5), (200, 5.0, 0.6), (300, 7.0, 0.9)])
+    ]
+    assert [r["trial"] for r in pareto_front(rows)] == [0, 1, 2]
+    assert [r["trial"] for r in pareto_front(rows, "latency")] == [1, 2]  # 0: slower, worse
+
+
+def test_plot_data_by_latency_marks_both_budgets():
+    from condconv_nas.plots import front_plot_info
+
+    rows = [
+        dict(trial=0, state="COMPLETE", feasible=True, madds=100, latency_ms=4.0, top1=0.8),
+        dict(trial=1, state="COMPLETE", feasible=False, madds=300, latency_ms=6.0, top1=None),
+        dict(trial=2, state="COMPLETE", feasible=False, madds=150, latency_ms=9.0, top1=None),
+    ]
+    info = front_plot_info(
+        rows,
+        pareto_front(rows, "latency"),
+        budget=200,
+        presets={"a": 100, "b": 300},
+        preset_latency={"a": 4.0},
+        objective="latency",
+        latency_budget=8.0,
+    )
+    assert [info.x(p) for p in info.front] == [4.0] and info.budget_x == (
+        8.0,
+        "latency budget 8 ms",
+    )
+    assert [(info.x(p), p.over_madds) for p in info.over_budget] == [(6.0, True), (9.0, False)]
+    assert [p.label.split(":")[0] for p in info.presets] == ["a"]  # b has no latency: not drawn
+    assert "latency" in info.xlabel
+
+
+# A space whose two widths are far apart in latency: a budget between them splits the candidates.
+SPLIT_SPACE = """
+base: mobilenet_v1
+resolution: 96
+num_classes: 1000
+decisions:
+  width_multiplier: [0.25, 1.0]
+  begin_stage: [5, none]
+  num_experts: [2]
+"""
+
+
+def _split_budget(files, monkeypatch) -> tuple[str, float]:
+    """``split.yaml`` in ``files``, and a latency budget between its narrow and its wide networks,
+    predicted with the table (``files/cache``, one thread) the searches will read."""
+    (files / "split.yaml").write_text(SPLIT_SPACE)
+    monkeypatch.setenv(table.CACHE_ENV, str(files / "cache"))
+    monkeypatch.setattr(table, "_open", {})
+    from condconv_nas.nas.space import load_space
+
+    space = load_space(files / "split.yaml")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the searches' table: the same key, so the same predictions
+    try:
+        fast = predict_latency(space.to_spec({"width_multiplier": 0.25}))
+        slow = predict_latency(space.to_spec({"width_multiplier": 1.0}))
+    finally:
+        torch.set_num_threads(threads)
+    assert slow > 3 * fast
+    budget = f"{(fast * slow) ** 0.5:.3f}ms"
+    return budget, float(budget[:-2])
+
+
+def test_search_under_a_latency_budget_never_trains_slow_candidates(files, monkeypatch):
+    budget, limit = _split_budget(files, monkeypatch)
+    env = {**ONE_THREAD, table.CACHE_ENV: str(files / "cache")}
+
+    def search(*extra, run="lat"):
+        return run_cli(
+            "search",
+            "--budget",
+            "2G",
+            "--space",
+            files / "split.yaml",
+            "--trainer",
+            files / "tiny.yaml",
+            "--results",
+            files / "results",
+            "--run",
+            run,
+            "--trials",
+            "4",
+            "--seed",
+            "2",
+            "--quiet",
+            *extra,
+            env=env,
+        )
+
+    res = search("--latency-budget", budget)
+    assert res.returncode == 0, res.stderr
+    run = files / "results" / "lat"
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 4 and all(float(r["latency_ms"]) > 0 for r in rows)
+    over = [r for r in rows if float(r["latency_ms"]) > limit]
+    under = [r for r in rows if float(r["latency_ms"]) <= limit]
+    assert over and under, rows
+    assert all(r["feasible"] == "False" and r["status"] == "over_budget" for r in over)
+    assert all(r["top1"] == "" and float(r["seconds"]) < 10 for r in over)
+    assert all(r["feasible"] == "True" and r["top1"] for r in under)
+    assert "over latency" in res.stderr
+    front = json.loads((run / "pareto.json").read_text())
+    assert front and all(p["latency_ms"] <= limit and p["measured_ms"] > 0 for p in front)
+    config = json.loads((run / "config.json").read_text())
+    assert config["latency_budget"] == limit and config["latency_batch"] == 1
+    assert config["objective"] == "madds" and config["latency_table"]["threads"] == 1
+    shown = run_cli("show", run, "--format", "json")
+    assert shown.returncode == 0 and json.loads(shown.stdout) == front
+    # a resume with another latency budget is another run: refused, nothing changed
+    before = (run / "trials.csv").read_text()
+    res = search("--latency-budget", "1000ms")
+    assert res.returncode == 2 and "latency_budget" in res.stderr
+    assert (run / "trials.csv").read_text() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ray", "nni"])
+def test_every_backend_judges_the_latency_budget(files, backend, monkeypatch):
+    """Ray and NNI judge their points through the same path as Optuna: over the latency budget
+    means recorded with its latency, never trained."""
+    budget, limit = _split_budget(files, monkeypatch)
+    res = run_cli(
+        "search",
+        "--budget",
+        "2G",
+        "--latency-budget",
+        budget,
+        "--space",
+        files / "split.yaml",
+        "--trainer",
+        files / "tiny.yaml",
+        "--results",
+        files / "results",
+        "--run",
+        backend,
+        "--trials",
+        "4",
+        "--seed",
+        "3",
+        "--quiet",
+        "--backend",
+        backend,
+        env={**ONE_THREAD, table.CACHE_ENV: str(files / "cache")},
+        timeout=1200,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader((files / "results" / backend / "trials.csv").open()))
+    assert rows and all(float(r["latency_ms"]) > 0 for r in rows)
+    over = [float(r["latency_ms"]) > limit for r in rows]
+    assert any(over), rows
+    for r, slow in zip(rows, over, strict=True):
+        assert (r["feasible"] == "False") == slow and (r["top1"] == "") == slow, r
