@@ -41,6 +41,20 @@ def latency_columns(point: dict) -> dict:
     }
 
 
+def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that run a trained model over data."""
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint (.pt) written by `condconv-nas train`, or an exported model",
+    )
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: 64)")
+
+
 class Command(abc.ABC):
     """A subcommand: ``add_arguments`` declares its options, ``take_action`` runs it."""
 
@@ -361,18 +375,7 @@ class Evaluate(Command):
     name, help = "evaluate", "evaluate a checkpoint or an exported model on a data set"
 
     def add_arguments(self, p):
-        p.add_argument(
-            "checkpoint",
-            help="a checkpoint (.pt) written by `condconv-nas train`, or an exported model",
-        )
-        p.add_argument(
-            "--data",
-            default="digits",
-            help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
-        )
-        p.add_argument(
-            "--batch-size", type=int, default=64, help="evaluation batch size (default: 64)"
-        )
+        add_evaluation_arguments(p)
 
     def take_action(self, args):
         from .training.run import evaluate_checkpoint  # noqa: PLC0415
@@ -393,15 +396,7 @@ class Analyze(Command):
     )
 
     def add_arguments(self, p):
-        p.add_argument(
-            "checkpoint",
-            help="a checkpoint (.pt) written by `condconv-nas train`, or an exported model",
-        )
-        p.add_argument(
-            "--data",
-            default="digits",
-            help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
-        )
+        add_evaluation_arguments(p)
         p.add_argument(
             "--out", default=None, help="output folder (default: routing/ beside the checkpoint)"
         )
@@ -410,9 +405,6 @@ class Analyze(Command):
             choices=("val", "train"),
             default="val",
             help="val: the held-out split training scored on (default); train",
-        )
-        p.add_argument(
-            "--batch-size", type=int, default=64, help="evaluation batch size (default: 64)"
         )
 
     def take_action(self, args):
