@@ -6,6 +6,7 @@ optuna only when searching, ray and nni only with their backends.
     import condconv_nas
     result = condconv_nas.search(budget="400M", trials=2)     # the run folder, its front and trials
     metrics = condconv_nas.train(result.front[-1]["spec"], trainer="cifar", out="runs/best")
+    condconv_nas.export_onnx("runs/best/model.pt", "best.onnx")   # any batch size, 32 px images
 """
 
 from importlib import import_module
@@ -24,6 +25,7 @@ _API = {
     "SearchResult": "condconv_nas.nas.run",
     "train": "condconv_nas.training.run",
     "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
+    "export_onnx": "condconv_nas.export",
 }
 __all__ = sorted(_API) + ["layers"]
 
