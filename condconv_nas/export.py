@@ -118,11 +118,10 @@ def export_onnx(
         raise UsageError("path: required for a model without a spec")
     path = Path(path if path is not None else default_path)
     _check_writable(path)
-    if (
-        isinstance(model_or_checkpoint, (str, os.PathLike))
-        and path.resolve() == Path(model_or_checkpoint).resolve()
+    if isinstance(model_or_checkpoint, (str, os.PathLike)) and path.resolve() == (
+        Path(model_or_checkpoint).resolve()
     ):
-        raise UsageError(f"{path}: is the checkpoint being exported (give another output path)")
+        raise UsageError(f"{path}: is the file being exported (give another output path)")
     from .layers import CondConv2d  # noqa: PLC0415
 
     for name, m in model.named_modules():
@@ -138,8 +137,9 @@ def export_onnx(
     from .layers.strategy import fixed_forms  # noqa: PLC0415
 
     param = next(model.parameters(), None)
-    # Batch 2, not 1: torch.export would take a size-1 dimension for a constant.
-    example = torch.randn(
+    # Batch 2, not 1: torch.export would take a size-1 dimension for a constant. Zeros: tracing
+    # reads shapes only, and the caller's random state stays as it was.
+    example = torch.zeros(
         2, 3, resolution, resolution, device=param.device if param is not None else None
     )
     was_training = model.training

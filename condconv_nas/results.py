@@ -16,8 +16,12 @@ def write_atomic(path: Path, data) -> None:
     """Write text or bytes to ``path`` through a temporary file and a rename: never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt leaves no partial temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def trained_rows(rows: Sequence[dict]) -> list[dict]:

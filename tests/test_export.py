@@ -230,7 +230,7 @@ def test_api_refuses_what_cannot_export(tmp_path):
         export_onnx(model, tmp_path / "a.onnx", resolution=4)
     ckpt = tmp_path / "c.pt"
     checkpoint.save({"spec": spec.to_dict(), "model": model.state_dict()}, ckpt)
-    with pytest.raises(UsageError, match="is the checkpoint"):
+    with pytest.raises(UsageError, match="is the file being exported"):
         export_onnx(ckpt, ckpt)
     # A layer pinned to the grouped per-example-kernel form would fix the batch size in the graph.
     pinned = torch.nn.Sequential(CondConv2d(3, 4, 3, num_experts=2, strategy="kernel"))
