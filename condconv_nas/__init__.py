@@ -6,6 +6,7 @@ optuna only when searching, ray and nni only with their backends.
     import condconv_nas
     result = condconv_nas.search(budget="400M", trials=2)     # the run folder, its front and trials
     metrics = condconv_nas.train(result.front[-1]["spec"], trainer="cifar", out="runs/best")
+    condconv_nas.export_onnx("runs/best/model.pt", "best.onnx")   # any batch size, 32 px images
 """
 
 from importlib import import_module
@@ -30,6 +31,7 @@ _API = {
     "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
     "analyze_routing": "condconv_nas.routing_analysis",
     "write_routing": "condconv_nas.routing_analysis",
+    "export_onnx": "condconv_nas.export",
 }
 __all__ = sorted(_API) + ["layers"]
 

@@ -446,6 +446,45 @@ class Analyze(Command):
         return 0
 
 
+class Export(Command):
+    name, help = "export", "export a checkpoint or a spec for deployment (ONNX, any batch size)"
+    formats = ()  # --format names the file format here, not the output's
+
+    def add_arguments(self, p):
+        p.add_argument(
+            "source",
+            metavar="CHECKPOINT|SPEC",
+            help="a checkpoint or model.pt written by `condconv-nas train`, or a spec JSON file "
+            "or preset name (exported with freshly initialised weights)",
+        )
+        p.add_argument("--format", default="onnx", help="file format: onnx (default: onnx)")
+        p.add_argument(
+            "--out",
+            default=None,
+            help="output file (default: <checkpoint stem>.onnx next to a checkpoint, "
+            "<spec id>.onnx here for a spec)",
+        )
+        p.add_argument(
+            "--resolution",
+            type=int,
+            default=None,
+            help="image size (default: the checkpoint's training resolution, else the spec's)",
+        )
+        p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+
+    def take_action(self, args):
+        from .export import FORMATS, export_onnx  # noqa: PLC0415
+
+        if args.format not in FORMATS:
+            raise UsageError(f"--format: {args.format!r} is not one of {', '.join(FORMATS)}")
+        r = export_onnx(args.source, args.out, resolution=args.resolution, opset=args.opset)
+        print(
+            f"{r.path}: ONNX opset {r.opset}, images (batch, 3, {r.resolution}, {r.resolution}) "
+            f"-> logits (batch, {r.num_classes})"
+        )
+        return 0
+
+
 COMMANDS: Sequence[type[Command]] = (
     Search,
     Show,
@@ -453,6 +492,7 @@ COMMANDS: Sequence[type[Command]] = (
     Evaluate,
     Analyze,
     Latency,
+    Export,
     Madds,
     Table1,
     Presets,
@@ -480,9 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = cls()
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
-        p.add_argument(
-            "--format", choices=cmd.formats, default="table", help="output format (default: table)"
-        )
+        if cmd.formats:
+            p.add_argument(
+                "--format",
+                choices=cmd.formats,
+                default="table",
+                help="output format (default: table)",
+            )
         p.set_defaults(handler=cmd)
     return parser
 

@@ -269,7 +269,7 @@ def write_routing(info: dict, out: str | os.PathLike) -> list[Path]:
     Everything is drawn before anything is written, and each file is written atomically.
     """
     out = routing_folder("", out)
-    from .results import write_atomic  # noqa: PLC0415
+    from .files import write_atomic  # noqa: PLC0415
     from .routing_plots import draw_routing  # noqa: PLC0415
 
     files = {"routing.json": json.dumps(info, indent=2) + "\n", **draw_routing(info)}

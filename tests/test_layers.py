@@ -345,3 +345,34 @@ def test_condconv2d_on_inputs_smaller_than_its_kernel(strategy):
             torch.randn(3, 8, size, size, requires_grad=True),
             torch.rand(3, 4, requires_grad=True),
         )
+
+
+def test_fixed_forms_pick_the_first_offered_form_untimed(monkeypatch):
+    from condconv_nas.layers import strategy as S
+
+    torch.manual_seed(0)
+    pointwise, dw = (
+        CondConv2d(6, 10, 1, num_experts=4),
+        CondConv2d(6, 6, 3, groups=6, num_experts=4),
+    )
+    lin = CondLinear(6, 5, num_experts=4)
+    used = []
+    for layer in (pointwise, dw, lin):
+        run = layer.run
+        monkeypatch.setattr(
+            layer, "run", lambda form, *a, run=run: used.append(form) or run(form, *a)
+        )
+    S.clear_cache()
+    x, r = torch.randn(3, 6, 5, 5), torch.rand(3, 4)
+    with S.fixed_forms("bmm", "mixture"):
+        outs = [pointwise(x, r), dw(x, r), lin(x.mean((2, 3)), r)]
+    assert used == ["bmm", "mixture", "mixture"] and not S._choices  # nothing timed
+    assert rel_err(outs[0], mixture_reference(x, r, pointwise)) <= 1e-5
+    assert rel_err(outs[1], mixture_reference(x, r, dw)) <= 1e-5
+    used.clear()
+    pointwise(x, r)  # outside the block: timed again (every form runs), then the fastest
+    assert len(used) > 1 and S._choices
+    with pytest.raises(ValueError, match="offers none"), S.fixed_forms("bmm"):
+        dw(x, r)
+    with pytest.raises(ValueError, match="forms must be"), S.fixed_forms("auto"):
+        pass

@@ -89,7 +89,10 @@ class CondLinear(nn.Module):
             # n experts in one matmul, then the routing-weighted sum: never builds per-example
             # weights.
             y = F.linear(x, weight.reshape(-1, self.in_features)).reshape(B, n, -1)
-            out = torch.einsum("bno,bn->bo", y, r)
+            if torch.compiler.is_exporting():  # onnxruntime's Einsum is far slower than MatMul
+                out = torch.bmm(r.unsqueeze(1), y).squeeze(1)
+            else:
+                out = torch.einsum("bno,bn->bo", y, r)
         elif strategy == "expand":
             # The sum over experts inside one matmul: inputs r[b, i] * x[b] side by side.
             xe = (r.unsqueeze(-1) * x.unsqueeze(1)).reshape(B, n * self.in_features)

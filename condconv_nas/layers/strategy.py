@@ -7,11 +7,16 @@ device (the paper says as much), so no fixed rule: the first call with a new sha
 form that applies on a detached copy of the inputs (forward, plus backward when grad is enabled) and
 the fastest is remembered for that shape. Under ``torch.jit.trace`` (fvcore's counting) the
 per-example-kernel form is used: it is the served form, the one the MADD convention counts.
+Inside ``fixed_forms(...)`` no form is timed: each layer runs the first listed form it offers
+(``export.py`` uses it so that the batch stays a tensor dimension, not a group count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 
@@ -19,6 +24,21 @@ STRATEGIES = ("auto", "kernel", "mixture", "expand", "bmm")
 ROUNDS = 4  # timed rounds after the warm-up
 HOPELESS = 3.0  # a form this many times slower than the fastest warm-up is not timed further
 _choices: dict[tuple, str] = {}
+_fixed: ContextVar[tuple[str, ...] | None] = ContextVar("fixed_forms", default=None)
+
+
+@contextlib.contextmanager
+def fixed_forms(*forms: str) -> Iterator[None]:
+    """Within the block, every ``strategy="auto"`` layer runs the first of ``forms`` that it offers
+    (``layer.forms(x)``), untimed, also under tracing; a layer offering none of them raises."""
+    unknown = [f for f in forms if f not in STRATEGIES or f == "auto"]
+    if not forms or unknown:
+        raise ValueError(f"forms must be some of {STRATEGIES[1:]}, got {forms!r}")
+    token = _fixed.set(tuple(forms))
+    try:
+        yield
+    finally:
+        _fixed.reset(token)
 
 
 def _key(layer, x: torch.Tensor, grad: bool) -> tuple:
@@ -67,6 +87,15 @@ def measure_forms(
 def choose_strategy(layer, x: torch.Tensor) -> str:
     """The fastest of the layer's forms for this input shape and grad mode (measured once, then
     cached)."""
+    fixed = _fixed.get()
+    if fixed is not None:
+        offered = layer.forms(x)
+        for form in fixed:
+            if form in offered:
+                return form
+        raise ValueError(
+            f"{type(layer).__name__} offers none of the fixed forms {fixed} (it offers {offered})"
+        )
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return "kernel"
     grad = torch.is_grad_enabled() and (

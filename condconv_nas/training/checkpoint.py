@@ -95,3 +95,8 @@ def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def resolution(obj: dict[str, Any]) -> int:
+    """The image size a loaded checkpoint's model was trained at: its recipe's, else its spec's."""
+    return (obj.get("recipe") or {}).get("resolution") or obj["spec"]["resolution"]

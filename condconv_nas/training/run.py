@@ -268,9 +268,11 @@ def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: i
     from .engine import evaluate, make_loader  # noqa: PLC0415
 
     recipe = obj.get("recipe") or {}
-    res = recipe.get("resolution") or model.spec.resolution
     _, val_ds, num_classes = make_datasets(
-        data, res, holdout=recipe.get("holdout", 0.2), seed=recipe.get("seed", 0)
+        data,
+        checkpoint.resolution(obj),
+        holdout=recipe.get("holdout", 0.2),
+        seed=recipe.get("seed", 0),
     )
     if num_classes != model.spec.num_classes:
         raise UsageError(f"{path} has {model.spec.num_classes} classes, {data} has {num_classes}")
