@@ -366,12 +366,12 @@ def test_fixed_forms_pick_the_first_offered_form_untimed(monkeypatch):
     x, r = torch.randn(3, 6, 5, 5), torch.rand(3, 4)
     with S.fixed_forms("bmm", "mixture"):
         outs = [pointwise(x, r), dw(x, r), lin(x.mean((2, 3)), r)]
-    assert used == ["bmm", "mixture", "mixture"] and not S._choices  # nothing timed
+    assert used == ["bmm", "mixture", "mixture"] and not S.chosen()  # nothing timed
     assert rel_err(outs[0], mixture_reference(x, r, pointwise)) <= 1e-5
     assert rel_err(outs[1], mixture_reference(x, r, dw)) <= 1e-5
     used.clear()
     pointwise(x, r)  # outside the block: timed again (every form runs), then the fastest
-    assert len(used) > 1 and S._choices
+    assert len(used) > 1 and S.chosen()
     with pytest.raises(ValueError, match="offers none"), S.fixed_forms("bmm"):
         dw(x, r)
     with pytest.raises(ValueError, match="forms must be"), S.fixed_forms("auto"):

@@ -12,6 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .recipe import Recipe
 
+# every batch norm with running statistics (timm's BatchNormAct2d is a BatchNorm2d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 def zero_classifier(model: nn.Module) -> nn.Module:
     """Start every logit at zero (loss ln C), static or CondConv classifier alike.
@@ -278,7 +281,7 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int, *, device
     bns = [
         m
         for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        if isinstance(m, BATCH_NORMS) and m.track_running_stats
     ]
     momenta = [m.momentum for m in bns]
     for m in bns:
