@@ -160,7 +160,7 @@ def _from_file(path: str) -> WeightSource:
     from ..spec import ArchSpec  # noqa: PLC0415
     from ..training import checkpoint  # noqa: PLC0415
 
-    obj = checkpoint.load(path)
+    obj = checkpoint.load(path, ours=False)
     if "spec" in obj and "model" in obj:  # one of our exports or checkpoints: EMA weights first
         spec = ArchSpec.from_dict(obj["spec"])
         state = canonical_state(obj["ema"] if obj.get("ema") else obj["model"])

@@ -21,8 +21,11 @@ def save(obj: dict[str, Any], path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def load(path) -> dict[str, Any]:
+def load(path, *, ours: bool = True) -> dict[str, Any]:
+    """A ``torch.save`` file, loaded weights-only: one of our checkpoints or exports (``ours``:
+    with a spec and model weights), or any mapping of tensors (an outside state dict)."""
     path = Path(path)
+    what = "condconv-nas checkpoint" if ours else "file of weights"
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint")
     try:
@@ -37,8 +40,10 @@ def load(path) -> dict[str, Any]:
             reason = "not a file torch.save wrote"
         else:
             reason = _first_line(e)
-        raise UsageError(f"{path}: not a condconv-nas checkpoint ({reason})") from None
-    if not isinstance(obj, dict) or "spec" not in obj or "model" not in obj:
+        raise UsageError(f"{path}: not a {what} ({reason})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path}: not a {what} (it holds a {type(obj).__name__}, no mapping)")
+    if ours and ("spec" not in obj or "model" not in obj):
         raise UsageError(f"{path}: not a condconv-nas checkpoint (no spec and model weights)")
     return obj
 
