@@ -50,6 +50,17 @@ def test_train_then_resume_continues(tmp_path, recipe, cli):
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
     res = cli("evaluate", out / "model.pt", "--format", "json")
     assert res.returncode == 0 and abs(json.loads(res.stdout)["top1"] - m3["top1"]) < 1e-6
+    # --resume into this folder with another spec or another optimizer: refused, nothing changed
+    (tmp_path / "sgd.yaml").write_text(RECIPE.replace("adamw", "sgd"))
+    before = (out / "last.pt").read_bytes()
+    for args, word in (
+        (["mobilenet-v2", "--trainer", recipe], "spec"),
+        (["mobilenet-v1", "--trainer", tmp_path / "sgd.yaml"], "optimizer"),
+    ):
+        res = cli("train", *args, "--epochs", "4", "--out", out, "--resume")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and word in lines[0], res.stderr
+    assert (out / "last.pt").read_bytes() == before
 
 
 @pytest.mark.slow
