@@ -11,6 +11,9 @@ from .errors import UsageError
 
 __all__ = ["check_writable_folder", "find_yaml", "write_atomic"]
 
+_UMASK = os.umask(0o022)  # read once (umask can only be read by setting it), then put back
+os.umask(_UMASK)
+
 
 def write_atomic(path: Path, data) -> None:
     """Write text or bytes to ``path`` through a temporary file of its own and a rename: never
@@ -18,6 +21,7 @@ def write_atomic(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as an ordinary write would (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)

@@ -187,8 +187,9 @@ def _run(model: nn.Module, loader, routers: dict, cond_layers: dict):
                 y = torch.as_tensor(y).long().cpu()
                 num_classes = logits.shape[1]
                 if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+                    bad = int(y.min()) if y.min() < 0 else int(y.max())
                     raise UsageError(
-                        f"data: label {int(y.max())} is not one of the model's "
+                        f"data: label {bad} is not one of the model's "
                         f"{num_classes} classes"
                     )
                 labels.append(y)

@@ -76,6 +76,8 @@ def bad(tmp_path_factory):
     ):
         (d / "runs" / name).mkdir(parents=True)
         (d / "runs" / name / "pareto.json").write_text(text)
+    (d / "runs" / "broken").mkdir()
+    (d / "runs" / "broken" / "config.json").write_text("{not json")
     (d / "runs" / "nonutf8").mkdir()
     (d / "runs" / "nonutf8" / "pareto.json").write_bytes(b"[\xff]")
     return d
@@ -110,6 +112,7 @@ CASES = {  # name: (argv, a word the message must contain)
     "search corrupt cifar": (S + ["--data", "cifar10:cifar"], "CIFAR"),
     "search nni option on optuna": (S + ["--nni-strategy", "tpe"], "--nni-strategy"),
     "search storage scheme": (S + ["--storage", "nosuch://x"], "--storage"),
+    "search broken config.json": (S + ["--results", "runs", "--run", "broken"], "config.json"),
     "search latency budget words": (S + ["--latency-budget", "abc"], "--latency-budget"),
     "search latency budget 0": (S + ["--latency-budget", "0ms"], "--latency-budget"),
     "search latency batch 0": (S + ["--latency-batch", "0"], "--latency-batch"),

@@ -111,8 +111,8 @@ def inherit(model: nn.Module, source, *, strict: bool = False, noise: float = 0.
     """
     from ..layers import CondConv2d, CondLinear, Router  # noqa: PLC0415
 
-    if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
-        raise ValueError(f"noise must be in [0, 1), got {noise!r}")
+    if isinstance(noise, bool) or not (isinstance(noise, (int, float)) and 0 <= noise < 1):
+        raise UsageError(f"noise must be in [0, 1), got {noise!r}")
     src = load_source(source)
     spec = model.spec
     check_base(src, spec.base)

@@ -129,7 +129,12 @@ def check_resume(run_dir: Path, config: dict) -> dict | None:
     path = run_dir / "config.json"
     if not path.is_file():
         return None
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not a run's config.json ({str(e).splitlines()[0]})") from None
+    if not isinstance(old, dict):
+        raise UsageError(f"{path}: not a run's config.json (not a JSON object)")
     for key, default in SAME_RUN.items():
         if old.get(key, default) != config.get(key, default):
             raise UsageError(
@@ -528,11 +533,14 @@ def search(
     )
     searcher = make_searcher(backend, options, seed)
     try:
-        searcher.search(task, study, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch))
-        reporter.close()
+        try:
+            searcher.search(
+                task, study, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch)
+            )
+        finally:
+            reporter.close()
         if task.uses_latency:  # the front's networks, measured on this machine (once each)
             measure_front(task, run_dir, write(study).front)
     except KeyboardInterrupt:
-        reporter.close()
         raise SearchInterrupted(write(study)) from None
     return write(study)
