@@ -6,8 +6,9 @@ network, samples of (sum of the network's entries, the network's own time measur
 ``measure.InPlace.whole``) from which the per-model overhead is calibrated. Entries are added,
 never changed; the overhead moves only when another network is measured.
 Files live in ``$CONDCONV_NAS_CACHE`` if set, else ``$XDG_CACHE_HOME/condconv-nas`` (by default
-``~/.cache/condconv-nas``); several processes may add entries at once (each write merges the
-file's current contents and replaces it atomically).
+``~/.cache/condconv-nas``). Each write merges the file's current contents and replaces it
+atomically, so the file is never half-written; two processes adding at the same instant may lose
+one side's new entries (there is no lock), which are then measured again when next needed.
 """
 
 from __future__ import annotations

@@ -198,6 +198,8 @@ def measure_front(task: SearchTask, run_dir: Path, front: list[dict]) -> dict[st
 
     measured = read_measured(run_dir)
     key = table_key(task.latency_batch)
+    if measured.get("machine") not in (None, key):  # another machine's figures: not ours to keep
+        measured = {"measured_ms": {}}
     specs = {s.id: s for s in (ArchSpec.from_dict(r["spec"]) for r in front)}
     todo = [s for i, s in specs.items() if i not in measured["measured_ms"]]
     if todo:
