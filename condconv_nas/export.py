@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import UsageError
-from .files import write_atomic
+from .files import unwritable, write_atomic
 
 FORMATS = ("onnx",)
 EXPORT_FORMS = ("bmm", "mixture")  # the CondConv forms whose graph holds for any batch size
@@ -71,13 +71,9 @@ def _check_writable(path: Path) -> None:
     """Refuse an output path that is a directory or cannot be created, before any work."""
     if path.is_dir():
         raise UsageError(f"{path}: is a directory (give a file name, e.g. {path / 'model.onnx'})")
-    parent = path.parent
-    while not parent.exists():  # the folders write_atomic would create
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{path}: cannot be written ({parent} is not a directory)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{path}: cannot be written ({parent} is not writable)")
+    problem = unwritable(path.parent)  # the folders write_atomic would create
+    if problem:
+        raise UsageError(f"{path}: cannot be written ({problem})")
 
 
 def export_onnx(

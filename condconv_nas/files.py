@@ -35,13 +35,22 @@ def check_writable_folder(path: Path, flag: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path}: exists and is not a folder")
-    parent = path
+    problem = unwritable(path)
+    if problem:
+        raise UsageError(f"{flag} {path}: {problem}")
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a folder ``path`` could not be created or written in (its nearest existing ancestor is
+    no writable folder), or None."""
+    parent = Path(path)
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: {parent} is not a folder")
+        return f"{parent} is not a folder"
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {parent} is not writable")
+        return f"{parent} is not writable"
+    return None
 
 
 def find_yaml(text: str, package: str, flag: str, what: str) -> Path:
