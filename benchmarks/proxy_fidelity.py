@@ -9,10 +9,17 @@ error against the reference for static and for CondConv specs (and their gap), t
 and the cost per candidate. Everything runs in this process, one spec after another. Run:
 ``python benchmarks/proxy_fidelity.py [--random 6] [--pairs mobilenet-v1,...] [--out FILE]``.
 
-``--inherit`` adds a fourth column: the proxy started from a dense model of the space's base
-pretrained on the search data (``condconv-nas train`` with the proxy recipe for the reference's
-epochs, on the same training split), every candidate upcycled from it (``--init``), and reports
-its tau, error and cost (the pretraining's seconds once, then per candidate) like the others.
+``--reference-seeds N`` trains the reference N times (seeds 0, 1, ...) and scores each spec by
+their mean; with two or more it also prints the reference's own repeatability (Kendall's tau
+between its first two seeds): how well any proxy can rank on this data. ``--reuse FILE`` takes
+the figures of an earlier run's ``--out`` file (the same specs and recipes) and trains only
+what it lacks, such as more reference seeds.
+
+``--inherit`` adds a fourth column, the proxy as a search runs it by default: started from a
+dense model of the space's base trained on the search data (the search's dense start: the recipe's
+``dense_epochs``, else the reference's epochs, on the same training split), every candidate
+upcycled from it; it reports tau, error, noise and cost (the pretraining's seconds once, then per
+candidate) like the others. The ``proxy`` column stays from scratch (``dense_epochs`` unused).
 """
 
 from __future__ import annotations
@@ -29,10 +36,11 @@ from pathlib import Path
 import torch
 from scipy.stats import kendalltau
 
-from condconv_nas import load_spec, train
+from condconv_nas import load_spec
 from condconv_nas.allocator import keep_freed_memory
 from condconv_nas.data import parse_source
 from condconv_nas.nas.space import load_space
+from condconv_nas.nas.warm_start import dense_start
 from condconv_nas.training.engine import proxy_top1
 from condconv_nas.training.recipe import load_recipe
 
@@ -59,11 +67,12 @@ def timed(spec, source, recipe, seed, init=None):
 def pretrain_dense(
     base: str, data: str, recipe: str, epochs: int, folder: Path
 ) -> tuple[str, float]:
-    """A dense model of ``base`` trained on the search data: (its model.pt, seconds)."""
+    """A dense model of ``base`` trained on the search data as a search's dense start is:
+    (its file, seconds)."""
     t0 = time.perf_counter()
-    m = train({"base": base}, trainer=recipe, data=data, epochs=epochs, out=folder, progress=False)
-    print(f"dense {base} pretrained: top-1 {m['top1']:.3f} after {epochs} epochs", flush=True)
-    return str(folder / "model.pt"), time.perf_counter() - t0
+    dense = dense_start(folder, base=base, trainer=recipe, data=data, epochs=epochs)
+    print(f"dense {base} pretrained: top-1 {dense['top1']:.3f} after {epochs} epochs", flush=True)
+    return dense["init"], time.perf_counter() - t0
 
 
 def summary(name, rows, key, ref="reference"):
@@ -104,6 +113,18 @@ def main() -> None:
     p.add_argument("--reference-resolution", type=int, default=40, help="default 40")
     p.add_argument("--out", type=Path, help="also write the per-spec figures as JSON")
     p.add_argument(
+        "--reference-seeds",
+        type=int,
+        default=1,
+        help="trainings of the reference per spec, scored by their mean (default 1)",
+    )
+    p.add_argument(
+        "--reuse", type=Path, help="an earlier run's --out file: train only what it lacks"
+    )
+    p.add_argument(
+        "--dense", help="with --inherit: the dense model.pt to start from (default: pretrain one)"
+    )
+    p.add_argument(
         "--inherit",
         action="store_true",
         help="also train every candidate upcycled from a dense model pretrained on the data",
@@ -133,7 +154,13 @@ def main() -> None:
     if args.inherit:
         base = load_space(args.space).base
         tmp = Path(tempfile.mkdtemp(prefix="proxy-fidelity-"))
-        init, pretrain_s = pretrain_dense(base, args.data, args.recipe, reference.epochs, tmp)
+        init, pretrain_s = (
+            (args.dense, 0.0)
+            if args.dense
+            else pretrain_dense(
+                base, args.data, args.recipe, proxy.dense_epochs or reference.epochs, tmp
+            )
+        )
     print(
         f"{len(specs)} specs on {args.data}; proxy {proxy.epochs} epochs at {proxy.resolution} "
         f"px, reference "
@@ -144,15 +171,32 @@ def main() -> None:
         f"{'spec':<26} {'cc':>2} {'proxy':>6} {'seed+1':>6} {'old':>6} {'ref':>6}   seconds "
         f"(proxy/old/ref)"
     )
+    recipes = {"proxy": proxy.__dict__, "reference": reference.__dict__}
+    earlier = json.loads(args.reuse.read_text()) if args.reuse else {"rows": []}
+    if isinstance(earlier, list):  # written before the recipes were kept: trusted as they are
+        earlier = {"rows": earlier}
+    if earlier.get("recipes", recipes) != json.loads(json.dumps(recipes)):
+        raise SystemExit(f"{args.reuse}: its recipes differ from this run's; rerun without --reuse")
+    known = {r["spec_id"]: r for r in earlier["rows"]}
     rows = []
     for name, spec in specs:
-        r = {"spec": name, "spec_id": spec.id, "condconv": spec.condconv is not None}
-        r["proxy"], r["proxy_s"] = timed(spec, source, proxy, 0)
-        r["seed1"], _ = timed(spec, source, proxy, 1)
-        r["old"], r["old_s"] = timed(spec, source, old, 0)
-        r["reference"], r["reference_s"] = timed(spec, source, reference, 0)
+        r = known.get(spec.id, {})
+        r.update(spec=name, spec_id=spec.id, condconv=spec.condconv is not None)
+        if "proxy" not in r:
+            r["proxy"], r["proxy_s"] = timed(spec, source, proxy, 0)
+            r["seed1"], _ = timed(spec, source, proxy, 1)
+            r["old"], r["old_s"] = timed(spec, source, old, 0)
+        refs = r.setdefault("references", [r["reference"]] if "reference" in r else [])
+        while len(refs) < args.reference_seeds:
+            top1, seconds = timed(spec, source, reference, len(refs))
+            refs.append(top1)
+            r.setdefault("reference_s", seconds)
+        r["reference"] = statistics.mean(refs[: args.reference_seeds])
         if init is not None and spec.base == load_space(args.space).base:
-            r["inherit"], r["inherit_s"] = timed(spec, source, proxy, 0, init)
+            if "inherit" not in r:
+                r["inherit"], r["inherit_s"] = timed(spec, source, proxy, 0, init)
+            if "inherit_seed1" not in r:
+                r["inherit_seed1"], _ = timed(spec, source, proxy, 1, init)
         rows.append(r)
         print(
             f"{name:<26} {'y' if r['condconv'] else 'n':>2} {r['proxy']:6.3f} {r['seed1']:6.3f} "
@@ -163,21 +207,37 @@ def main() -> None:
             ),
             flush=True,
         )
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        if args.out:  # after every spec: a stopped run can be resumed with --reuse
+            args.out.write_text(
+                json.dumps({"recipes": recipes, "rows": rows}, indent=2, default=str) + "\n"
+            )
     print()
+    if args.reference_seeds > 1:
+        a, b = ([r["references"][k] for r in rows] for k in (0, 1))
+        diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+        print(
+            f"reference repeatability, seed 0 against seed 1: tau {kendalltau(a, b).statistic:+.3f}"
+            f", |diff| max {max(diffs):.3f}, mean {statistics.mean(diffs):.3f} (the reference is "
+            f"the mean of {args.reference_seeds} seeds)"
+        )
     summary("proxy", rows, "proxy")
     summary("old proxy", rows, "old")
     inherited = [r for r in rows if "inherit" in r]
     if inherited:
         summary("inherited", inherited, "inherit")
         summary("scratch", inherited, "proxy")  # the same specs, from scratch
-        print(f"  (inherited: plus {pretrain_s:.0f} s once, pretraining the dense model)")
-    seed = [abs(r["proxy"] - r["seed1"]) for r in rows]
-    print(
-        f"proxy noise, the same spec with another seed: |diff| max {max(seed):.3f}, mean "
-        f"{statistics.mean(seed):.3f}"
-    )
+        print(
+            f"  (inherited: plus {pretrain_s:.0f} s once, pretraining the dense model)"
+            if pretrain_s
+            else "  (inherited: plus the pretraining of the dense model, in the run reused)"
+        )
+    for name, a, b in (("proxy", "proxy", "seed1"), ("inherited", "inherit", "inherit_seed1")):
+        seed = [abs(r[a] - r[b]) for r in rows if b in r]
+        if seed:
+            print(
+                f"{name} noise, the same spec with another seed: |diff| max {max(seed):.3f}, "
+                f"mean {statistics.mean(seed):.3f}"
+            )
     for (
         r
     ) in rows:  # the paper's pairs: does the proxy order static and CondConv as the reference does?

@@ -190,6 +190,7 @@ class Search(Command):
                 latency_budget=args.latency_budget,
                 latency_batch=args.latency_batch,
                 objective=args.objective,
+                latency_device=args.latency_device,
             )
         except SearchInterrupted as e:
             print(

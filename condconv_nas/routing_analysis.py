@@ -189,8 +189,7 @@ def _run(model: nn.Module, loader, routers: dict, cond_layers: dict):
                 if y.numel() and (y.min() < 0 or y.max() >= num_classes):
                     bad = int(y.min()) if y.min() < 0 else int(y.max())
                     raise UsageError(
-                        f"data: label {bad} is not one of the model's "
-                        f"{num_classes} classes"
+                        f"data: label {bad} is not one of the model's {num_classes} classes"
                     )
                 labels.append(y)
                 for name, r in batch.items():  # insertion order: the order the routers ran

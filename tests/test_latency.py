@@ -287,29 +287,9 @@ def _split_budget(files, monkeypatch) -> tuple[str, float]:
 
 def test_search_under_a_latency_budget_never_trains_slow_candidates(files, monkeypatch):
     budget, limit = _split_budget(files, monkeypatch)
-    env = {**ONE_THREAD, table.CACHE_ENV: str(files / "cache")}
 
-    def search(*extra, run="lat"):
-        return run_cli(
-            "search",
-            "--budget",
-            "2G",
-            "--space",
-            files / "split.yaml",
-            "--trainer",
-            files / "tiny.yaml",
-            "--results",
-            files / "results",
-            "--run",
-            run,
-            "--trials",
-            "4",
-            "--seed",
-            "2",
-            "--quiet",
-            *extra,
-            env=env,
-        )
+    def search(*extra):
+        return _search_split(files, *extra, run="lat", cache="cache")
 
     res = search("--latency-budget", budget)
     assert res.returncode == 0, res.stderr
@@ -374,3 +354,105 @@ def test_every_backend_judges_the_latency_budget(files, backend, monkeypatch):
     assert any(over), rows
     for r, slow in zip(rows, over, strict=True):
         assert (r["feasible"] == "False") == slow and (r["top1"] == "") == slow, r
+
+
+def _device_table(files, monkeypatch):
+    """``split.yaml`` in ``files``, this machine's table for it (one thread) and ``device.json``:
+    a copy of it as another machine's, every entry 3 times slower (a slower target device)."""
+    (files / "split.yaml").write_text(SPLIT_SPACE)
+    monkeypatch.setenv(table.CACHE_ENV, str(files / "cache"))
+    monkeypatch.setattr(table, "_open", {})
+    monkeypatch.setattr(table, "_read_only", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mine = build_table(files / "split.yaml")
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(mine.path.read_text())
+    data["key"]["host"] = "edge-device"
+    for entry in data["entries"].values():
+        entry["ms"] *= 3
+    (files / "device.json").write_text(json.dumps(data))
+    return files / "device.json", mine.path
+
+
+def _search_split(files, *extra, run="dev", cache="here"):
+    """A 4-trial search of ``split.yaml`` on one thread, the latency cache in ``files/cache``."""
+    return run_cli(
+        "search",
+        "--budget",
+        "2G",
+        "--space",
+        files / "split.yaml",
+        "--trainer",
+        files / "tiny.yaml",
+        "--results",
+        files / "results",
+        "--run",
+        run,
+        "--trials",
+        "4",
+        "--seed",
+        "2",
+        "--quiet",
+        *extra,
+        env={**ONE_THREAD, table.CACHE_ENV: str(files / cache)},
+    )
+
+
+def test_search_predicts_with_the_named_device_table(files, monkeypatch):
+    """--latency-device: every prediction comes from the target machine's table file, nothing is
+    measured on the machine that searches, and the run records whose latencies they are."""
+    import itertools
+
+    from condconv_nas.nas.space import load_space
+
+    device, mine = _device_table(files, monkeypatch)
+    space = load_space(files / "split.yaml")
+    points = [
+        dict(zip(space.searched, v, strict=True))
+        for v in itertools.product(*space.searched.values())
+    ]
+    on_device = {round(predict_latency(space.to_spec(p), table=device), 3) for p in points}
+    here = {round(predict_latency(space.to_spec(p), table=mine), 3) for p in points}
+    assert min(on_device) > 2 * min(here)  # the device's figures, not this machine's
+    fast, slow = sorted(on_device)[0], sorted(on_device)[-1]
+    limit = round((fast * slow) ** 0.5, 3)
+    # another cache ("here"): were anything predicted or measured with this machine's own
+    # table, it would be filled
+    res = _search_split(files, "--latency-budget", f"{limit}ms", "--latency-device", device)
+    assert res.returncode == 0, res.stderr
+    run = files / "results" / "dev"
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 4 and {float(r["latency_ms"]) for r in rows} <= on_device
+    assert all((r["status"] == "over_budget") == (float(r["latency_ms"]) > limit) for r in rows)
+    config = json.loads((run / "config.json").read_text())
+    assert config["latency_device"] == str(device.resolve())
+    assert config["latency_table"]["host"] == "edge-device"
+    front = json.loads((run / "pareto.json").read_text())
+    assert front and all(p["measured_ms"] is None for p in front)  # not this machine's to measure
+    assert not (run / "measured.json").exists() and not (files / "here").exists()
+
+
+@pytest.mark.parametrize(
+    "change,args,message",
+    [
+        (lambda d: d["entries"].clear(), ["--latency-budget", "50ms"], "lacks"),
+        (lambda d: d, ["--latency-budget", "50ms", "--latency-batch", "2"], "not 2"),
+        (lambda d: d.pop("key"), ["--latency-budget", "50ms"], "not a latency table"),
+        (lambda d: d, [], "needs --latency-budget"),
+    ],
+    ids=["lacks-parts", "other-batch", "not-a-table", "no-latency-in-use"],
+)
+def test_a_device_table_that_cannot_serve_is_refused_before_writing(
+    files, monkeypatch, change, args, message
+):
+    device, _ = _device_table(files, monkeypatch)
+    data = json.loads(device.read_text())
+    change(data)
+    device.write_text(json.dumps(data))
+    res = _search_split(files, *args, "--latency-device", device)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (files / "results").exists()

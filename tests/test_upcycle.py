@@ -319,3 +319,40 @@ def test_our_exports_as_sources(tmp_path):
     again = served(upcycle(cond.spec, tmp_path / "c.pt")).eval()
     with torch.no_grad():
         assert torch.equal(again(x), served(load_exported(tmp_path / "c.pt"))(x))
+
+
+def test_search_trains_its_dense_start_once_and_upcycles_every_candidate(files, cli):
+    """A recipe with dense_epochs: the space's base is trained first, every trained candidate
+    starts from it (inherited > 0), and a resumed run reuses it instead of training again."""
+    from helpers import TINY_RECIPE
+
+    from condconv_nas import load_exported
+
+    (files / "dense.yaml").write_text(TINY_RECIPE + "dense_epochs: 2\n")
+
+    def search(trials):
+        return cli(
+            "search", "--budget", "2G", "--space", files / "space.yaml", "--trainer",
+            files / "dense.yaml", "--results", files / "results", "--run", "d", "--trials",
+            trials, "--seed", "1",
+        )  # fmt: skip
+
+    res = search(3)
+    assert res.returncode == 0, res.stderr
+    assert "training the dense start first: mobilenet_v2, 2 epochs" in res.stderr
+    run = files / "results" / "d"
+    dense = run / "dense.pt"
+    spec = load_exported(dense).spec
+    assert spec.base == "mobilenet_v2" and spec.condconv is None and spec.width_multiplier == 1.0
+    config = json.loads((run / "config.json").read_text())
+    assert config["dense_start"]["init"] == str(dense.resolve())
+    assert config["dense_start"]["epochs"] == 2 and 0 < config["dense_start"]["top1"] <= 1
+    assert "init" not in config and not list(run.glob(".dense-*"))
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    trained = [r for r in rows if r["status"] in ("trained", "untrained")]
+    assert trained and all(float(r["inherited"]) > 0.2 for r in trained), rows
+    stamp = dense.stat().st_mtime_ns
+    res = search(4)
+    assert res.returncode == 0, res.stderr
+    assert "dense start" not in res.stderr and dense.stat().st_mtime_ns == stamp
+    assert len(list(csv.DictReader((run / "trials.csv").open()))) == 4

@@ -59,12 +59,15 @@ def _median_ms(times: list[float]) -> float:
 def whole_ms(
     models: list[nn.Module], inputs: list[torch.Tensor], rounds: Rounds = WHOLE
 ) -> list[float]:
-    """Median forward time of each model on its input, in ms; the models run one after another
-    in every round, so all of them see the same machine."""
+    """Median forward time of each model on its input, in ms; the models take turns in every
+    round, so all of them see the same machine. Each turn runs its model twice and times the
+    second run: a served network meets the caches its previous request left, not another
+    network's (timing the first run, a network after a large CondConv one measured 20% slower)."""
     times: list[list[float]] = [[] for _ in models]
 
     def step():
         for k, (model, x) in enumerate(zip(models, inputs, strict=True)):
+            model(x)
             t0 = clock()
             model(x)
             times[k].append(clock() - t0)

@@ -68,9 +68,10 @@ def _time_routers(table: LatencyTable, items: list[tuple[Router, Part]]) -> None
         )
 
 
-def _fill(spec: ArchSpec, p: Plan, table: LatencyTable) -> None:
+def _fill(spec: ArchSpec, p: Plan, table: LatencyTable, *, again: bool = False) -> None:
     """Measure what ``spec``'s prediction lacks: its routers on their own; its units in place
-    (and a calibration sample) when a unit's entry or the base's overhead is missing."""
+    (and a calibration sample) when a unit's entry or the base's overhead is missing, or
+    ``again``: then each of its units keeps the smaller of the two timings."""
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(0)
         model = _build(spec)
@@ -81,7 +82,7 @@ def _fill(spec: ArchSpec, p: Plan, table: LatencyTable) -> None:
             for router, part in zip(routers(module), parts, strict=True)
         ]
         _time_routers(table, items)
-        if not table.missing(p.units) and table.overhead_ms(p.base) is not None:
+        if not again and not table.missing(p.units) and table.overhead_ms(p.base) is not None:
             return
         x = torch.randn(p.units[0].shape)
         timed = in_place_ms(model, x)
@@ -91,6 +92,8 @@ def _fill(spec: ArchSpec, p: Plan, table: LatencyTable) -> None:
         }
         # the sample compares the network with the entries its prediction will use: for a unit
         # the table held already (timed in another network), that entry, not this timing
+        if again:
+            table.add(bodies, lower=True)
         parts = sum(
             table.ms(q.key) if table.ms(q.key) is not None else bodies[q.key]["ms"]
             for q in p.parts()
@@ -98,14 +101,45 @@ def _fill(spec: ArchSpec, p: Plan, table: LatencyTable) -> None:
         table.add(bodies, (p.base, parts, timed.whole))
 
 
-def predict_latency(spec, batch: int = 1) -> float:
+def device_table(path, batch: int) -> LatencyTable:
+    """The latency table of another machine (a file ``condconv-nas latency --space`` wrote there),
+    checked to be of ``batch``; `UsageError` naming the file otherwise."""
+    table = LatencyTable.from_file(path)
+    if table.key["batch"] != batch:
+        raise UsageError(
+            f"latency table {table.path} is of batch {table.key['batch']}, not {batch}: fill one "
+            f"for batch {batch} on that machine (`condconv-nas latency --space NAME --batch "
+            f"{batch}`)"
+        )
+    return table
+
+
+def predict_latency(spec, batch: int = 1, *, table=None) -> float:
     """``spec``'s predicted forward latency on this machine in milliseconds (inference mode, the
     process's torch threads, ``batch`` images at the spec's resolution).
 
-    Parts missing from this machine's table are measured first (seconds, once per machine)."""
+    Parts missing from this machine's table are measured first (seconds, once per machine).
+    ``table``: instead, the table file of another machine (the target device, filled there with
+    ``condconv-nas latency --space``); nothing is measured, and a part it lacks is a
+    `UsageError`."""
     spec = load_spec(spec)
     batch = check_batch(batch)
     p = plan_of(spec, batch)
+    if table is not None:
+        table = device_table(table, batch)
+        overhead = table.overhead_ms(p.base)
+        lacking = table.missing(p.parts())
+        if lacking or overhead is None:
+            what = (
+                f"{len(lacking)} part(s) of spec {spec.id}"
+                if lacking
+                else f"a calibration of base {p.base}"
+            )
+            raise UsageError(
+                f"latency table {table.path} ({table.describe()}) lacks {what}: fill it for "
+                "the space on that machine (`condconv-nas latency --space NAME`)"
+            )
+        return _sum_ms(table, p) + overhead
     table = LatencyTable.for_batch(batch)
     if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
         table.reload()  # another process may have measured them
@@ -196,10 +230,19 @@ def build_table(
         _time_routers(table, items)
     if progress is not None:
         progress(1, total)
+    timed = []
     for k, spec in enumerate(built, start=2):
+        if table.missing(plan_of(spec, batch).units):
+            timed.append(spec)
         predict_latency(spec, batch)
         if progress is not None:
             progress(k, total)
+    # the networks timed now, a second time once the first pass is over: a unit timed while the
+    # machine was busy (two builds' figures differed by up to 25%) keeps the quieter timing
+    for k, spec in enumerate(timed, start=total + 1):
+        _fill(spec, plan_of(spec, batch), table, again=True)
+        if progress is not None:
+            progress(k, total + len(timed))
     return table
 
 
@@ -219,6 +262,7 @@ __all__ = [
     "build_table",
     "check_batch",
     "covering_specs",
+    "device_table",
     "measure_latencies",
     "measure_latency",
     "plan_of",

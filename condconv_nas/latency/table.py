@@ -4,11 +4,15 @@ threads, batch), cached on disk and shared by every process of the machine.
 It maps each part's key (``units.Part``) to its median time in milliseconds, and keeps, per base
 network, samples of (sum of the network's entries, the network's own time measured in place, see
 ``measure.InPlace.whole``) from which the per-model overhead is calibrated. Entries are added,
-never changed; the overhead moves only when another network is measured.
+and only lowered when ``build_table`` times a network a second time; the overhead moves only
+when another network is measured.
 Files live in ``$CONDCONV_NAS_CACHE`` if set, else ``$XDG_CACHE_HOME/condconv-nas`` (by default
 ``~/.cache/condconv-nas``). Each write merges the file's current contents and replaces it
 atomically, so the file is never half-written; two processes adding at the same instant may lose
 one side's new entries (there is no lock), which are then measured again when next needed.
+
+A table file copied from another machine (the target device) is opened with ``from_file``: it is
+read only, and its key says which machine, threads and batch its figures are of.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..errors import UsageError
 from ..files import write_atomic
 
 FORMAT = 1
@@ -72,8 +77,8 @@ def key_id(key: dict) -> str:
 class LatencyTable:
     """One machine's table for one batch size (see the module's documentation)."""
 
-    def __init__(self, key: dict, path: Path) -> None:
-        self.key, self.path = key, path
+    def __init__(self, key: dict, path: Path, *, read_only: bool = False) -> None:
+        self.key, self.path, self.read_only = key, path, read_only
         self.entries: dict[str, dict] = {}  # part key -> {"ms": ..., "what": ...}
         self.calibration: dict[str, list[list[float]]] = {}  # base -> [[parts_ms, whole_ms]]
         self.reload()
@@ -87,6 +92,36 @@ class LatencyTable:
         if table is None or table.key != key:
             table = _open[path] = cls(key, path)
         return table
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LatencyTable:
+        """The table in ``path``, written on another machine (read only); `UsageError` if the
+        file is not a latency table."""
+        path = Path(path).resolve()
+        if path in _read_only:
+            return _read_only[path]
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"latency table {path}: {str(e).splitlines()[0]}") from None
+        key = data.get("key") if isinstance(data, dict) else None
+        if (
+            not isinstance(key, dict)
+            or data.get("format") != FORMAT
+            or not isinstance(data.get("entries"), dict)
+            or not isinstance(key.get("batch"), int)
+        ):
+            raise UsageError(
+                f"latency table {path}: not a latency table of this version (write one on the "
+                "target machine with `condconv-nas latency --space NAME`)"
+            )
+        table = _read_only[path] = cls(key, path, read_only=True)
+        return table
+
+    def describe(self) -> str:
+        """Which machine, threads and batch the figures are of, for messages."""
+        k = self.key
+        return f"{k.get('host')} ({k.get('cpu')}), {k.get('threads')} threads, batch {k['batch']}"
 
     def _read(self) -> tuple[dict, dict]:
         """The file's entries and calibration; a file that is not a table of this key is
@@ -138,13 +173,22 @@ class LatencyTable:
         return statistics.median(whole - parts for parts, whole in samples)
 
     def add(
-        self, entries: dict[str, dict], calibration: tuple[str, float, float] | None = None
+        self,
+        entries: dict[str, dict],
+        calibration: tuple[str, float, float] | None = None,
+        *,
+        lower: bool = False,
     ) -> None:
-        """Add entries (those present stay as they are) and a calibration sample ``(base,
-        parts_ms, whole_ms)``, and write the file (merged with what other processes wrote)."""
+        """Add entries (those present stay as they are, or with ``lower`` take the smaller time:
+        other processes only slow a timing down, so the smaller of two medians taken apart in
+        time is the quieter one) and a calibration sample ``(base, parts_ms, whole_ms)``, and
+        write the file (merged with what other processes wrote)."""
+        if self.read_only:  # another machine's figures: this one cannot add to them
+            raise UsageError(f"latency table {self.path} is another machine's: it cannot grow here")
         self.reload()
         for k, v in entries.items():
-            self.entries.setdefault(k, v)
+            if k not in self.entries or (lower and v["ms"] < self.entries[k]["ms"]):
+                self.entries[k] = v
         if calibration is not None:
             base, parts, whole = calibration
             self.calibration.setdefault(base, []).append([round(parts, 4), round(whole, 4)])
@@ -157,4 +201,5 @@ class LatencyTable:
         write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-_open: dict[Path, LatencyTable] = {}
+_open: dict[Path, LatencyTable] = {}  # this machine's tables
+_read_only: dict[Path, LatencyTable] = {}  # other machines' (``from_file``)

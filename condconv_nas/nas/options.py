@@ -85,6 +85,14 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         help="batch size the latency is predicted and measured at (default: 1)",
     )
     p.add_argument(
+        "--latency-device",
+        default=None,
+        metavar="TABLE",
+        help="predict latency with the target machine's table file (written there by "
+        "`condconv-nas latency --space NAME`) instead of this machine's (default: this machine, "
+        "the driver's on Ray)",
+    )
+    p.add_argument(
         "--objective",
         choices=OBJECTIVES,
         default="madds",

@@ -51,6 +51,7 @@ def prepare(
     latency_budget: float | None = None,
     latency_batch: int = 1,
     objective: str = "madds",
+    latency_device: str | None = None,
 ):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
     if not _is_int(seed) or not 0 <= seed < 2**32:
@@ -67,6 +68,12 @@ def prepare(
     check_data(source, holdout=recipe.holdout, seed=seed)
     if init is not None:
         init = check_init(init, space_.base)
+    if latency_device is not None:
+        if latency_budget is None and objective != "latency":
+            raise UsageError("--latency-device needs --latency-budget or --objective latency")
+        from ..latency.predict import device_table  # noqa: PLC0415
+
+        latency_device = str(device_table(latency_device, latency_batch).path)
     task = SearchTask(
         space=space_,
         budget=budget,
@@ -77,6 +84,7 @@ def prepare(
         latency_budget=latency_budget,
         latency_batch=latency_batch,
         objective=objective,
+        latency_device=latency_device,
     )
     total = trials or recipe.trials
     run = run or f"{space_.name}-{format_madds(budget)}"
@@ -95,6 +103,7 @@ def prepare(
         "latency_budget": latency_budget,
         "latency_batch": latency_batch,
         "objective": objective,
+        **({"latency_device": latency_device} if latency_device is not None else {}),
     }
     return task, Path(results) / run, config, total
 
@@ -119,6 +128,7 @@ SAME_RUN = {
     "latency_budget": None,
     "latency_batch": 1,
     "objective": "madds",
+    "latency_device": None,
     "init": None,
 }
 
@@ -169,8 +179,9 @@ def check_budget(task: SearchTask) -> None:
     if task.latency_budget is not None:
         latency = task.latency(cheapest)
         if latency > task.latency_budget:
+            where = "this machine" if task.latency_device is None else task.latency_device
             raise UsageError(
-                f"latency budget {task.latency_budget:g} ms is impossible on this machine: the "
+                f"latency budget {task.latency_budget:g} ms is impossible on {where}: the "
                 f"cheapest candidate of space {task.space.name!r} is predicted at {latency:.1f} ms "
                 f"(batch {task.latency_batch})"
             )
@@ -321,6 +332,9 @@ class Reporter:
     def epoch(self, trial: int, epoch: int, epochs: int) -> None:
         """A trial in training finished an epoch (the Optuna backend reports these)."""
 
+    def note(self, line: str) -> None:
+        """Work before the trials (the dense start)."""
+
     def close(self) -> None:
         pass
 
@@ -330,6 +344,9 @@ class LineReporter(Reporter):
 
     def start(self, header, total, done):
         print(header, file=sys.stderr)
+
+    def note(self, line):
+        print(line, file=sys.stderr)
 
     def trial(self, line, best_top1):
         print(line, file=sys.stderr)
@@ -384,6 +401,7 @@ def search(
     latency_budget: str | float | None = None,
     latency_batch: int = 1,
     objective: str = "madds",
+    latency_device: str | Path | None = None,
     progress: bool | Reporter = True,
     **backend_options: Any,
 ) -> SearchResult:
@@ -406,6 +424,10 @@ def search(
     recorded and never trained. ``objective``: ``"madds"`` or ``"latency"``, what the front trades
     top-1 against. With either, every candidate's latency is predicted (``latency_ms``) and the
     front's networks are measured once the search ends (``measured_ms``): see docs/latency.md.
+    ``latency_device``: the latency table file of the target machine (``condconv-nas latency
+    --space`` writes it there): every worker predicts from it, and the front is not measured here.
+    Without ``init``, a recipe with ``dense_epochs`` first trains the space's base once per run
+    (``dense.pt`` in the run folder, see ``warm_start``) and every candidate starts from it.
     """
     if latency_budget is not None:
         try:
@@ -441,6 +463,7 @@ def search(
         latency_budget=latency_budget,
         latency_batch=latency_batch,
         objective=objective,
+        latency_device=None if latency_device is None else str(latency_device),
     )
     old = check_resume(run_dir, config)
     own = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run's own study, by default
@@ -477,9 +500,30 @@ def search(
         updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     if task.uses_latency:  # the machine (and software, threads, batch) the latencies are of
-        from ..latency.table import table_key  # noqa: PLC0415
+        from ..latency.table import LatencyTable, table_key  # noqa: PLC0415
 
-        config["latency_table"] = table_key(task.latency_batch)
+        config["latency_table"] = (
+            table_key(task.latency_batch)
+            if task.latency_device is None
+            else LatencyTable.from_file(task.latency_device).key
+        )
+    if task.init is None and task.recipe.dense_epochs:
+        from .warm_start import dense_start  # noqa: PLC0415
+
+        if not (run_dir / "dense.pt").is_file():
+            reporter.note(
+                f"training the dense start first: {task.space.base}, "
+                f"{task.recipe.dense_epochs} epochs on {task.data} (once per run)"
+            )
+        dense = dense_start(
+            run_dir,
+            base=task.space.base,
+            trainer=trainer,
+            data=str(task.data),
+            epochs=task.recipe.dense_epochs,
+        )
+        task.init = dense["init"]
+        config["dense_start"] = dense
     write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
 
     eng.enqueue_presets(
@@ -541,7 +585,8 @@ def search(
             )
         finally:
             reporter.close()
-        if task.uses_latency:  # the front's networks, measured on this machine (once each)
+        # the front's networks, measured on this machine (once each) when it is the device
+        if task.uses_latency and task.latency_device is None:
             measure_front(task, run_dir, write(study).front)
     except KeyboardInterrupt:
         raise SearchInterrupted(write(study)) from None

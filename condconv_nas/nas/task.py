@@ -24,6 +24,7 @@ class SearchTask:
     latency_budget: float | None = None  # hard budget of predicted latency, ms (None: none)
     latency_batch: int = 1  # the batch the latency is predicted at
     objective: str = "madds"  # the front's cost: madds or latency
+    latency_device: str | None = None  # another machine's latency table file (None: this one's)
     _counts: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     _latencies: dict[str, float] = field(default_factory=dict, repr=False)
 
@@ -33,12 +34,14 @@ class SearchTask:
         return self.latency_budget is not None or self.objective == "latency"
 
     def latency(self, spec) -> float:
-        """Predicted forward latency of a full-size spec on this machine in ms, cached by spec id
-        (see ``condconv_nas.latency``)."""
+        """Predicted forward latency of a full-size spec in ms, on this machine or the device whose
+        table the search names, cached by spec id (see ``condconv_nas.latency``)."""
         if spec.id not in self._latencies:
             from ..latency import predict_latency  # noqa: PLC0415
 
-            self._latencies[spec.id] = predict_latency(spec, batch=self.latency_batch)
+            self._latencies[spec.id] = predict_latency(
+                spec, batch=self.latency_batch, table=self.latency_device
+            )
         return self._latencies[spec.id]
 
     def within_budgets(self, madds: int, latency_ms: float | None) -> bool:

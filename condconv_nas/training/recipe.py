@@ -56,6 +56,9 @@ class Recipe:
     workers: Annotated[StrictInt, Field(ge=0, le=1024)] = 0  # data loader worker processes
     # proxy only: trainings from different seeds whose mean top-1 scores a candidate
     repeats: Annotated[StrictInt, Field(ge=1, le=100)] = 1
+    # search only, without --init: the space's base is first trained this many epochs on the
+    # search's training split and every candidate starts from it (0: every one from scratch)
+    dense_epochs: Annotated[StrictInt, Field(ge=0, le=100000)] = 0
     trials: Annotated[StrictInt, Field(ge=1)] = 16  # default --trials of a search with this recipe
     # per-base changes: {base: {key: value}}, each checked as the recipe with it applied
     overrides: dict[StrictStr, dict[StrictStr, Any]] = dataclasses.field(default_factory=dict)
