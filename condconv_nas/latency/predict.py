@@ -68,10 +68,10 @@ def _time_routers(table: LatencyTable, items: list[tuple[Router, Part]]) -> None
         )
 
 
-def _fill(spec: ArchSpec, p: Plan, table: LatencyTable, *, again: bool = False) -> None:
+def _fill(spec: ArchSpec, p: Plan, table: LatencyTable, *, again: set[str] = frozenset()) -> None:
     """Measure what ``spec``'s prediction lacks: its routers on their own; its units in place
-    (and a calibration sample) when a unit's entry or the base's overhead is missing, or
-    ``again``: then each of its units keeps the smaller of the two timings."""
+    (and a calibration sample) when a unit's entry or the base's overhead is missing, or when
+    ``again`` names units to time a second time: those keep the smaller of the two timings."""
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(0)
         model = _build(spec)
@@ -93,7 +93,7 @@ def _fill(spec: ArchSpec, p: Plan, table: LatencyTable, *, again: bool = False) 
         # the sample compares the network with the entries its prediction will use: for a unit
         # the table held already (timed in another network), that entry, not this timing
         if again:
-            table.add(bodies, lower=True)
+            table.add({k: v for k, v in bodies.items() if k in again}, lower=True)
         parts = sum(
             table.ms(q.key) if table.ms(q.key) is not None else bodies[q.key]["ms"]
             for q in p.parts()
@@ -150,7 +150,8 @@ def predict_latency(spec, batch: int = 1, *, table=None) -> float:
 
 def measure_latencies(specs: list, batch: int = 1) -> list[float]:
     """The measured forward latency of each spec on this machine in milliseconds: the median over
-    rounds in which every spec's network runs once (inference mode, the process's threads)."""
+    rounds in which every spec's network takes a turn (two runs, the second timed; inference
+    mode, the process's threads)."""
     specs = [load_spec(s) for s in specs]
     batch = check_batch(batch)
     with torch.random.fork_rng(devices=[]):
@@ -198,6 +199,44 @@ def covering_specs(space) -> tuple[list[ArchSpec], list[ArchSpec]]:
     return built, planned
 
 
+def space_parts(space, batch: int) -> tuple[list[ArchSpec], list[tuple[Router, Part]]]:
+    """What every candidate of ``space`` needs from a table: ``(built, routers)``, networks whose
+    units cover every candidate's units (``covering_specs``), and every router (with its part)
+    the space's routing choices can put at every place a router can be."""
+    built, planned = covering_specs(space)
+    d = space.decisions
+    variants = [
+        dict(hidden=h, activation=a) for h in d["routing_hidden"] for a in d["routing_activation"]
+    ]
+    items = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for spec in planned:
+            n = spec.condconv.num_experts
+            prevs = (0, n) if True in d["routing_hierarchical"] else (0,)
+            for part in (part for group in plan_of(spec, batch).routers for part in group):
+                for v in variants:
+                    for prev in prevs:
+                        router = Router(part.shape[1], n, prev_features=prev, **v)
+                        items.append((router, router_part(router, part.shape)))
+    return built, items
+
+
+def check_covers(table: LatencyTable, space, batch: int) -> None:
+    """`UsageError` unless ``table`` holds every part of every candidate of ``space`` (for a
+    table from another machine, which cannot be filled here)."""
+    built, items = space_parts(space, batch)
+    parts = [part for _, part in items] + [u for s in built for u in plan_of(s, batch).units]
+    lacking = table.missing(parts)
+    if lacking or table.overhead_ms(space.base) is None:
+        what = f"{len(lacking)} part(s)" if lacking else f"a calibration of base {space.base}"
+        raise UsageError(
+            f"latency table {table.path} ({table.describe()}) lacks {what} of space "
+            f"{space.name!r}'s candidates: fill it on that machine (`condconv-nas latency "
+            f"--space {space.name} --batch {batch}`)"
+        )
+
+
 def build_table(
     space="efficientnet_b0", batch: int = 1, *, progress: Callable[[int, int], None] | None = None
 ) -> LatencyTable:
@@ -209,40 +248,27 @@ def build_table(
 
     space = load_space(space)
     batch = check_batch(batch)
-    built, planned = covering_specs(space)
     table = LatencyTable.for_batch(batch)
-    d = space.decisions
-    variants = [
-        dict(hidden=h, activation=a) for h in d["routing_hidden"] for a in d["routing_activation"]
-    ]
-    total = len(built) + 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        items = []
-        for spec in planned:
-            n = spec.condconv.num_experts
-            prevs = (0, n) if True in d["routing_hierarchical"] else (0,)
-            for part in (part for group in plan_of(spec, batch).routers for part in group):
-                for v in variants:
-                    for prev in prevs:
-                        router = Router(part.shape[1], n, prev_features=prev, **v)
-                        items.append((router, router_part(router, part.shape)))
-        _time_routers(table, items)
+    built, items = space_parts(space, batch)
+    _time_routers(table, items)
+    own = {}  # spec id -> the units first timed in that network
+    for spec in built:
+        own[spec.id] = {part.key for part in table.missing(plan_of(spec, batch).units)}
+    total = 1 + len(built) + sum(1 for keys in own.values() if keys)
     if progress is not None:
         progress(1, total)
-    timed = []
     for k, spec in enumerate(built, start=2):
-        if table.missing(plan_of(spec, batch).units):
-            timed.append(spec)
         predict_latency(spec, batch)
         if progress is not None:
             progress(k, total)
     # the networks timed now, a second time once the first pass is over: a unit timed while the
-    # machine was busy (two builds' figures differed by up to 25%) keeps the quieter timing
-    for k, spec in enumerate(timed, start=total + 1):
-        _fill(spec, plan_of(spec, batch), table, again=True)
+    # machine was busy (two builds' figures differed by up to 25%) keeps the quieter of the two
+    # timings taken in its own network
+    again = [spec for spec in built if own[spec.id]]
+    for k, spec in enumerate(again, start=len(built) + 2):
+        _fill(spec, plan_of(spec, batch), table, again=own[spec.id])
         if progress is not None:
-            progress(k, total + len(timed))
+            progress(k, total)
     return table
 
 
@@ -261,11 +287,13 @@ def table_info(batch: int = 1) -> dict:
 __all__ = [
     "build_table",
     "check_batch",
+    "check_covers",
     "covering_specs",
     "device_table",
     "measure_latencies",
     "measure_latency",
     "plan_of",
     "predict_latency",
+    "space_parts",
     "table_info",
 ]

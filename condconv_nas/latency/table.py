@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -115,6 +116,9 @@ class LatencyTable:
                 f"latency table {path}: not a latency table of this version (write one on the "
                 "target machine with `condconv-nas latency --space NAME`)"
             )
+        bad = _malformed(data)
+        if bad:
+            raise UsageError(f"latency table {path}: {bad}")
         table = _read_only[path] = cls(key, path, read_only=True)
         return table
 
@@ -145,8 +149,9 @@ class LatencyTable:
     def reload(self) -> None:
         """Take in what other processes added to the file."""
         entries, calibration = self._read()
-        for k, v in entries.items():
-            self.entries.setdefault(k, v)
+        for k, v in entries.items():  # the smaller timing, if another process lowered one
+            if k not in self.entries or v["ms"] < self.entries[k]["ms"]:
+                self.entries[k] = v
         for base, samples in calibration.items():
             mine = self.calibration.setdefault(base, [])
             mine.extend(s for s in samples if s not in mine)
@@ -199,6 +204,26 @@ class LatencyTable:
             "calibration": self.calibration,
         }
         write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _malformed(data: dict) -> str | None:
+    """What is wrong with a table file's entries or calibration, if anything (for messages)."""
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    for k, v in data["entries"].items():
+        if not isinstance(v, dict) or not number(v.get("ms")) or v["ms"] < 0:
+            return f"entry {k!r} has no time in ms"
+    calibration = data.get("calibration", {})
+    if not isinstance(calibration, dict):
+        return "calibration is not an object"
+    for base, samples in calibration.items():
+        if not isinstance(samples, list) or not all(
+            isinstance(x, list) and len(x) == 2 and all(map(number, x)) for x in samples
+        ):
+            return f"calibration of {base!r} is not a list of [parts_ms, whole_ms] pairs"
+    return None
 
 
 _open: dict[Path, LatencyTable] = {}  # this machine's tables

@@ -71,9 +71,11 @@ def prepare(
     if latency_device is not None:
         if latency_budget is None and objective != "latency":
             raise UsageError("--latency-device needs --latency-budget or --objective latency")
-        from ..latency.predict import device_table  # noqa: PLC0415
+        from ..latency.predict import check_covers, device_table  # noqa: PLC0415
 
-        latency_device = str(device_table(latency_device, latency_batch).path)
+        table = device_table(latency_device, latency_batch)
+        check_covers(table, space_, latency_batch)  # it cannot be filled here: all of it, now
+        latency_device = str(table.path)
     task = SearchTask(
         space=space_,
         budget=budget,
@@ -145,8 +147,14 @@ def check_resume(run_dir: Path, config: dict) -> dict | None:
         raise UsageError(f"{path}: not a run's config.json ({str(e).splitlines()[0]})") from None
     if not isinstance(old, dict):
         raise UsageError(f"{path}: not a run's config.json (not a JSON object)")
+    from ..training.recipe import Recipe  # noqa: PLC0415
+
+    fields = Recipe().__dict__  # a recipe field added since the run began stands at its default
     for key, default in SAME_RUN.items():
-        if old.get(key, default) != config.get(key, default):
+        before, now = old.get(key, default), config.get(key, default)
+        if key == "recipe" and isinstance(before, dict) and isinstance(now, dict):
+            before, now = {**fields, **before}, {**fields, **now}
+        if before != now:
             raise UsageError(
                 f"run folder {run_dir} holds a run with a different {key} "
                 f"({old.get(key)!r}); pick another --run or --results"
@@ -509,6 +517,9 @@ def search(
         )
     if task.init is None and task.recipe.dense_epochs:
         from .warm_start import dense_start  # noqa: PLC0415
+
+        # the run is claimed before the minutes of training: a rerun with other settings is refused
+        write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
 
         if not (run_dir / "dense.pt").is_file():
             reporter.note(

@@ -44,11 +44,14 @@ def dense_start(run_dir: Path, *, base: str, trainer: str, data: str, epochs: in
             )
             record = {"top1": metrics["top1"], "epochs": epochs, "base": base}
             (tmp / "dense.json").write_text(json.dumps(record, indent=2) + "\n")
-            try:  # the first process to finish wins; a link never leaves a half-written file
-                os.link(tmp / "model.pt", final)
-                os.link(tmp / "dense.json", info)
-            except FileExistsError:
-                pass
+            # the first process to finish wins; a link never leaves a half-written file. Each
+            # link is tried on its own, so the model is in place when this returns (two
+            # processes finishing at once may leave one's record with the other's model)
+            for src, dst in ((tmp / "dense.json", info), (tmp / "model.pt", final)):
+                try:
+                    os.link(src, dst)
+                except FileExistsError:
+                    pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     record = json.loads(info.read_text()) if info.is_file() else {}
