@@ -68,10 +68,9 @@ def _time_routers(table: LatencyTable, items: list[tuple[Router, Part]]) -> None
         )
 
 
-def _fill(spec: ArchSpec, p: Plan, table: LatencyTable, *, again: set[str] = frozenset()) -> None:
+def _fill(spec: ArchSpec, p: Plan, table: LatencyTable) -> None:
     """Measure what ``spec``'s prediction lacks: its routers on their own; its units in place
-    (and a calibration sample) when a unit's entry or the base's overhead is missing, or when
-    ``again`` names units to time a second time: those keep the smaller of the two timings."""
+    (and a calibration sample) when a unit's entry or the base's overhead is missing."""
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(0)
         model = _build(spec)
@@ -82,7 +81,7 @@ def _fill(spec: ArchSpec, p: Plan, table: LatencyTable, *, again: set[str] = fro
             for router, part in zip(routers(module), parts, strict=True)
         ]
         _time_routers(table, items)
-        if not again and not table.missing(p.units) and table.overhead_ms(p.base) is not None:
+        if not table.missing(p.units) and table.overhead_ms(p.base) is not None:
             return
         x = torch.randn(p.units[0].shape)
         timed = in_place_ms(model, x)
@@ -92,8 +91,6 @@ def _fill(spec: ArchSpec, p: Plan, table: LatencyTable, *, again: set[str] = fro
         }
         # the sample compares the network with the entries its prediction will use: for a unit
         # the table held already (timed in another network), that entry, not this timing
-        if again:
-            table.add({k: v for k, v in bodies.items() if k in again}, lower=True)
         parts = sum(
             table.ms(q.key) if table.ms(q.key) is not None else bodies[q.key]["ms"]
             for q in p.parts()
@@ -251,24 +248,12 @@ def build_table(
     table = LatencyTable.for_batch(batch)
     built, items = space_parts(space, batch)
     _time_routers(table, items)
-    own = {}  # spec id -> the units first timed in that network
-    for spec in built:
-        own[spec.id] = {part.key for part in table.missing(plan_of(spec, batch).units)}
-    total = 1 + len(built) + sum(1 for keys in own.values() if keys)
     if progress is not None:
-        progress(1, total)
+        progress(1, len(built) + 1)
     for k, spec in enumerate(built, start=2):
         predict_latency(spec, batch)
         if progress is not None:
-            progress(k, total)
-    # the networks timed now, a second time once the first pass is over: a unit timed while the
-    # machine was busy (two builds' figures differed by up to 25%) keeps the quieter of the two
-    # timings taken in its own network
-    again = [spec for spec in built if own[spec.id]]
-    for k, spec in enumerate(again, start=len(built) + 2):
-        _fill(spec, plan_of(spec, batch), table, again=own[spec.id])
-        if progress is not None:
-            progress(k, total)
+            progress(k, len(built) + 1)
     return table
 
 

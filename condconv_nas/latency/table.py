@@ -4,8 +4,7 @@ threads, batch), cached on disk and shared by every process of the machine.
 It maps each part's key (``units.Part``) to its median time in milliseconds, and keeps, per base
 network, samples of (sum of the network's entries, the network's own time measured in place, see
 ``measure.InPlace.whole``) from which the per-model overhead is calibrated. Entries are added,
-and only lowered when ``build_table`` times a network a second time; the overhead moves only
-when another network is measured.
+never changed; the overhead moves only when another network is measured.
 Files live in ``$CONDCONV_NAS_CACHE`` if set, else ``$XDG_CACHE_HOME/condconv-nas`` (by default
 ``~/.cache/condconv-nas``). Each write merges the file's current contents and replaces it
 atomically, so the file is never half-written; two processes adding at the same instant may lose
@@ -149,9 +148,8 @@ class LatencyTable:
     def reload(self) -> None:
         """Take in what other processes added to the file."""
         entries, calibration = self._read()
-        for k, v in entries.items():  # the smaller timing, if another process lowered one
-            if k not in self.entries or v["ms"] < self.entries[k]["ms"]:
-                self.entries[k] = v
+        for k, v in entries.items():
+            self.entries.setdefault(k, v)
         for base, samples in calibration.items():
             mine = self.calibration.setdefault(base, [])
             mine.extend(s for s in samples if s not in mine)
@@ -178,22 +176,15 @@ class LatencyTable:
         return statistics.median(whole - parts for parts, whole in samples)
 
     def add(
-        self,
-        entries: dict[str, dict],
-        calibration: tuple[str, float, float] | None = None,
-        *,
-        lower: bool = False,
+        self, entries: dict[str, dict], calibration: tuple[str, float, float] | None = None
     ) -> None:
-        """Add entries (those present stay as they are, or with ``lower`` take the smaller time:
-        other processes only slow a timing down, so the smaller of two medians taken apart in
-        time is the quieter one) and a calibration sample ``(base, parts_ms, whole_ms)``, and
-        write the file (merged with what other processes wrote)."""
+        """Add entries (those present stay as they are) and a calibration sample ``(base,
+        parts_ms, whole_ms)``, and write the file (merged with what other processes wrote)."""
         if self.read_only:  # another machine's figures: this one cannot add to them
             raise UsageError(f"latency table {self.path} is another machine's: it cannot grow here")
         self.reload()
         for k, v in entries.items():
-            if k not in self.entries or (lower and v["ms"] < self.entries[k]["ms"]):
-                self.entries[k] = v
+            self.entries.setdefault(k, v)
         if calibration is not None:
             base, parts, whole = calibration
             self.calibration.setdefault(base, []).append([round(parts, 4), round(whole, 4)])

@@ -2,10 +2,10 @@
 training split, from which every candidate is upcycled before the proxy trains it.
 
 Trained from scratch for the proxy's few steps, candidates are scored by how fast they start
-to learn, which ranks them poorly (on digits, Kendall's tau 0.29 against 5x longer training);
-upcycled from a dense model trained on the same images, they are scored by what their
-architecture adds to it (tau 0.64, and no CondConv candidate scored lower than the static ones
-for how it starts). See benchmarks/README.md, "Proxy fidelity".
+to learn: on digits a width-0.5 CondConv candidate scored 0.80 (5x longer training: 0.95) and a
+candidate's score moved by up to 0.033 between seeds. Upcycled from a dense model trained on the
+same images, every candidate scored 0.94 or more, moved by 0.009 at most, and CondConv and
+static candidates were equally far from longer training. See benchmarks/README.md.
 """
 
 from __future__ import annotations
