@@ -1,8 +1,15 @@
 """What several test modules share (their fixtures live in conftest.py)."""
 
 import os
+import signal
 import subprocess
 import sys
+
+
+def ctrl_c_default():
+    """A child's Ctrl-C as at a terminal (``preexec_fn``): a shell that ran the test suite in
+    the background leaves SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args, cwd=None, timeout=900, env=None):

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import ctrl_c_default
 
 RUN_FILES = {
     "trials.csv",
@@ -247,7 +248,9 @@ def ray_processes():
 def test_interrupted_run_leaves_nothing_running_and_resumes_to_the_exact_total(files, backend):
     assert not ray_processes(), "a Ray is already running on this machine"
     cmd = search_cmd(files, "rayint", "--backend", backend, trials=4)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default
+    )
     deadline, lines = time.time() + 300, []
     while time.time() < deadline:  # the first finished trial, then Ctrl-C
         lines.append(proc.stderr.readline())

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import run_cli
+from helpers import ctrl_c_default, run_cli
 
 from condconv_nas import count_madds, load_spec
 from condconv_nas.nas.options import parse_budget
@@ -129,7 +129,9 @@ def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
         "5",
         "--quiet",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default
+    )
     seen = 0
     deadline = time.time() + 300
     lines = []
