@@ -323,30 +323,10 @@ def test_every_backend_judges_the_latency_budget(files, backend, monkeypatch):
     """Ray and NNI judge their points through the same path as Optuna: over the latency budget
     means recorded with its latency, never trained."""
     budget, limit = _split_budget(files, monkeypatch)
-    res = run_cli(
-        "search",
-        "--budget",
-        "2G",
-        "--latency-budget",
-        budget,
-        "--space",
-        files / "split.yaml",
-        "--trainer",
-        files / "tiny.yaml",
-        "--results",
-        files / "results",
-        "--run",
-        backend,
-        "--trials",
-        "4",
-        "--seed",
-        "3",
-        "--quiet",
-        "--backend",
-        backend,
-        env={**ONE_THREAD, table.CACHE_ENV: str(files / "cache")},
-        timeout=1200,
-    )
+    res = _search_split(
+        files, "--latency-budget", budget, "--backend", backend, run=backend, cache="cache",
+        seed=3, timeout=1200,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     rows = list(csv.DictReader((files / "results" / backend / "trials.csv").open()))
     assert rows and all(float(r["latency_ms"]) > 0 for r in rows)
@@ -377,7 +357,7 @@ def _device_table(files, monkeypatch):
     return files / "device.json", mine.path
 
 
-def _search_split(files, *extra, run="dev", cache="here"):
+def _search_split(files, *extra, run="dev", cache="here", seed=2, timeout=900):
     """A 4-trial search of ``split.yaml`` on one thread, the latency cache in ``files/cache``."""
     return run_cli(
         "search",
@@ -394,10 +374,11 @@ def _search_split(files, *extra, run="dev", cache="here"):
         "--trials",
         "4",
         "--seed",
-        "2",
+        seed,
         "--quiet",
         *extra,
         env={**ONE_THREAD, table.CACHE_ENV: str(files / cache)},
+        timeout=timeout,
     )
 
 
