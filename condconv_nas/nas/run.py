@@ -516,12 +516,12 @@ def search(
             else LatencyTable.from_file(task.latency_device).key
         )
     if task.init is None and task.recipe.dense_epochs:
-        from .warm_start import dense_start  # noqa: PLC0415
+        from .warm_start import DENSE, dense_start  # noqa: PLC0415
 
         # the run is claimed before the minutes of training: a rerun with other settings is refused
         write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
 
-        if not (run_dir / "dense.pt").is_file():
+        if not (run_dir / DENSE).is_file():
             reporter.note(
                 f"training the dense start first: {task.space.base}, "
                 f"{task.recipe.dense_epochs} epochs on {task.data} (once per run)"
