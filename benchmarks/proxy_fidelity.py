@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import statistics
 import tempfile
@@ -39,6 +40,7 @@ from scipy.stats import kendalltau
 from condconv_nas import load_spec
 from condconv_nas.allocator import keep_freed_memory
 from condconv_nas.data import parse_source
+from condconv_nas.madds import count_madds
 from condconv_nas.nas.space import load_space
 from condconv_nas.nas.warm_start import dense_start
 from condconv_nas.training.engine import proxy_top1
@@ -48,14 +50,20 @@ HERE = Path(__file__).parent
 PAIRS = "mobilenet-v2,mnasnet-a1,efficientnet-b0"
 
 
-def candidates(space_name: str, n: int, seed: int):
-    """``n`` distinct seeded random points of the space (every searched decision uniform)."""
-    space, rng, seen = load_space(space_name), random.Random(seed), set()
-    while len(seen) < n:  # bounded: the default space has thousands of distinct points
+def candidates(space_name: str, n: int, seed: int, spread: int = 0):
+    """``n`` distinct seeded random points of the space (every searched decision uniform); with
+    ``spread``, ``n`` of ``spread`` such points at evenly spaced MADD ranks, smallest first, so
+    that the specs cover the space's range of sizes rather than its crowded middle."""
+    space, rng, seen = load_space(space_name), random.Random(seed), {}
+    while len(seen) < max(n, spread):  # bounded: the default space has thousands of points
         spec = space.to_spec({k: rng.choice(v) for k, v in space.searched.items()})
-        if spec.id not in seen:
-            seen.add(spec.id)
-            yield f"random-{len(seen)}", spec
+        seen.setdefault(spec.id, spec)
+    specs = list(seen.values())
+    if spread:
+        specs = sorted(specs, key=count_madds)
+        specs = [specs[round(i * (len(specs) - 1) / max(n - 1, 1))] for i in range(n)]
+    for i, spec in enumerate(specs[:n]):
+        yield f"random-{i + 1}", spec
 
 
 def timed(spec, source, recipe, seed, init=None):
@@ -88,6 +96,28 @@ def summary(name, rows, key, ref="reference"):
     )
 
 
+def repeatability(rows, k: int) -> None:
+    """How well the reference ranks itself, and so the best tau any proxy can expect against it.
+
+    Between-spec and seed-to-seed variances (one-way ANOVA) give the reliability of a k-seed mean;
+    a proxy that knew every spec's true score would correlate with it by sqrt(reliability), which
+    for normal scores is Kendall's tau (2 / pi) asin(sqrt(reliability)).
+    """
+    seeds = [r["references"][:k] for r in rows]
+    a, b = ([s[i] for s in seeds] for i in (0, 1))
+    diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+    within = statistics.mean(statistics.variance(s) for s in seeds)
+    between = max(statistics.variance(statistics.mean(s) for s in seeds) - within / k, 0.0)
+    reliability = between / (between + within / k) if between else 0.0
+    print(
+        f"reference repeatability, seed 0 against seed 1: tau {kendalltau(a, b).statistic:+.3f}, "
+        f"|diff| max {max(diffs):.3f}, mean {statistics.mean(diffs):.3f}\n"
+        f"reference spread: specs sd {between**0.5:.4f}, seeds sd {within**0.5:.4f}; the mean of "
+        f"{k} seeds has reliability {reliability:.2f}: a proxy exact to every spec's true score "
+        f"would expect tau {2 / math.pi * math.asin(reliability**0.5):+.2f} against it"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="efficientnet_b0")
@@ -98,6 +128,12 @@ def main() -> None:
         "--pairs", default=PAIRS, help=f"static presets whose CondConv preset joins them ({PAIRS})"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random candidates (default 0)")
+    p.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        help="draw this many random candidates and keep --random of them spread over their MADDs",
+    )
     p.add_argument("--data", default="digits")
     p.add_argument(
         "--recipe",
@@ -149,7 +185,7 @@ def main() -> None:
         if base
         for name in (base, f"condconv-{base}")
     ]
-    specs += list(candidates(args.space, args.random, args.seed))
+    specs += list(candidates(args.space, args.random, args.seed, args.spread))
     init, pretrain_s = None, 0.0
     if args.inherit:
         base = load_space(args.space).base
@@ -213,13 +249,7 @@ def main() -> None:
             )
     print()
     if args.reference_seeds > 1:
-        a, b = ([r["references"][k] for r in rows] for k in (0, 1))
-        diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
-        print(
-            f"reference repeatability, seed 0 against seed 1: tau {kendalltau(a, b).statistic:+.3f}"
-            f", |diff| max {max(diffs):.3f}, mean {statistics.mean(diffs):.3f} (the reference is "
-            f"the mean of {args.reference_seeds} seeds)"
-        )
+        repeatability(rows, args.reference_seeds)
     summary("proxy", rows, "proxy")
     summary("old proxy", rows, "old")
     inherited = [r for r in rows if "inherit" in r]
