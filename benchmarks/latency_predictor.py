@@ -35,12 +35,16 @@ def candidates(space, n: int, seed: int) -> dict:
     specs = {name: space.to_spec(params) for name, params in space.presets().items()}
     rng = random.Random(seed)
     seen = {s.id for s in specs.values()}
-    while len(specs) < len(space.presets()) + n:
+    for _ in range(100 * n):  # bounded: a small space may hold fewer distinct points
+        if len(specs) == len(space.presets()) + n:
+            break
         point = {k: rng.choice(v) for k, v in space.decisions.items()}
         spec = space.to_spec(point)
         if spec.id not in seen:
             seen.add(spec.id)
             specs[f"random-{len(specs) - len(space.presets()) + 1}"] = spec
+    if len(specs) < len(space.presets()) + n:
+        raise SystemExit(f"{space.name}: fewer than {n} distinct random candidates found")
     return specs
 
 

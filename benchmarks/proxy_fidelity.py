@@ -54,10 +54,14 @@ def candidates(space_name: str, n: int, seed: int, spread: int = 0):
     """``n`` distinct seeded random points of the space (every searched decision uniform); with
     ``spread``, ``n`` of ``spread`` such points at evenly spaced MADD ranks, smallest first, so
     that the specs cover the space's range of sizes rather than its crowded middle."""
-    space, rng, seen = load_space(space_name), random.Random(seed), {}
-    while len(seen) < max(n, spread):  # bounded: the default space has thousands of points
+    space, rng, seen, want = load_space(space_name), random.Random(seed), {}, max(n, spread)
+    for _ in range(100 * want):  # bounded: a small space may hold fewer distinct points
         spec = space.to_spec({k: rng.choice(v) for k, v in space.searched.items()})
         seen.setdefault(spec.id, spec)
+        if len(seen) == want:
+            break
+    else:
+        raise SystemExit(f"--space {space_name}: fewer than {want} distinct candidates found")
     specs = list(seen.values())
     if spread:
         specs = sorted(specs, key=count_madds)

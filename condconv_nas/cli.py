@@ -12,7 +12,6 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 from .allocator import keep_freed_memory
 from .errors import UsageError
@@ -166,7 +165,8 @@ class Search(Command):
         add_search_arguments(p)
 
     def take_action(self, args):
-        from .nas.run import BarReporter, LineReporter, SearchInterrupted, search  # noqa: PLC0415
+        from .nas.progress import BarReporter, LineReporter  # noqa: PLC0415
+        from .nas.run import SearchInterrupted, search  # noqa: PLC0415
 
         keep_freed_memory()
         try:
@@ -199,7 +199,13 @@ class Search(Command):
                 file=sys.stderr,
             )
             return 130
-        if result.finished < result.total:
+        if result.running:
+            print(
+                f"{result.running} trial(s) still training in other workers; `condconv-nas show "
+                f"{result.run_dir}` once they finish",
+                file=sys.stderr,
+            )
+        elif result.finished < result.total:
             print(
                 f"the {args.backend} strategy stopped after {result.finished}/{result.total} "
                 "trials (it found no new point to try)",
@@ -271,10 +277,12 @@ class Latency(Command):
     )
 
     def add_arguments(self, p):
-        from .nas.options import _positive  # noqa: PLC0415
+        from .nas.options import positive_int  # noqa: PLC0415
 
         p.add_argument("spec", nargs="?", help="a spec JSON file or a preset name")
-        p.add_argument("--batch", type=_positive, default=1, help="images per forward (default: 1)")
+        p.add_argument(
+            "--batch", type=positive_int, default=1, help="images per forward (default: 1)"
+        )
         p.add_argument(
             "--space",
             default=None,
@@ -347,7 +355,7 @@ class Train(Command):
         add_train_arguments(p)
 
     def take_action(self, args):
-        from .training.run import train  # noqa: PLC0415
+        from .training.run import default_out, train  # noqa: PLC0415
 
         keep_freed_memory()
         metrics = train(
@@ -362,7 +370,7 @@ class Train(Command):
             workers=args.workers,
         )
         if metrics:  # rank 0 (the others return nothing under torchrun)
-            out = args.out or Path("runs") / metrics["spec_id"]  # train()'s default folder
+            out = args.out or default_out(metrics["spec_id"])
             print(
                 json.dumps(metrics, indent=2)
                 if args.format == "json"

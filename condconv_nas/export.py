@@ -93,8 +93,12 @@ def export_onnx(
     in eval mode. Bad input raises `UsageError` before any file is written; the file is written
     atomically (a temporary file, then a rename).
     """
-    if resolution is not None and (not isinstance(resolution, int) or resolution < 8):
-        raise UsageError(f"resolution: must be an int >= 8, got {resolution!r}")
+    if resolution is not None and (
+        not isinstance(resolution, int)
+        or isinstance(resolution, bool)
+        or not 8 <= resolution <= 4096
+    ):
+        raise UsageError(f"resolution: must be an int in [8, 4096], got {resolution!r}")
     if torch.__version__ < "2.6":  # torch.onnx.export(dynamo=True) with dynamic shapes
         raise UsageError(f"ONNX export needs torch >= 2.6, this is {torch.__version__}")
     for module in ("onnx", "onnxscript"):

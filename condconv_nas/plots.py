@@ -156,20 +156,10 @@ def _over(info: FrontPlotInfo) -> list[tuple[list[Point], str, str]]:
 
 
 def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
-    import matplotlib  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: the user's backend stays)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, (ax, strip) = plt.subplots(
-        2,
-        1,
-        sharex=True,
-        figsize=(10, 5.6),
-        dpi=110,
-        layout="constrained",
-        gridspec_kw={"height_ratios": [12, 1]},
-    )
+    fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
+    ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [12, 1]})
 
     def xs(ps):
         return [info.x(p) for p in ps]
@@ -205,9 +195,8 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
             zorder=5,
             label="paper preset (evaluated)",
         )
-        for k, p in enumerate(
-            evaluated
-        ):  # staggered: neighbouring presets never print over each other
+        # staggered: neighbouring presets never print over each other
+        for k, p in enumerate(evaluated):
             ax.annotate(
                 p.label.split(":")[0],
                 (info.x(p), p.top1),
@@ -258,12 +247,10 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     ax.set_title(info.title, fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
     more = strip.get_legend_handles_labels()
-    fig.legend(
-        handles + more[0], labels + more[1], fontsize=8, loc="outside right upper"
-    )  # covers nothing
+    # the legend outside the axes covers no point
+    fig.legend(handles + more[0], labels + more[1], fontsize=8, loc="outside right upper")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     write_atomic(path, buf.getvalue())
 
 

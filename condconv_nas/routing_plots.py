@@ -1,9 +1,10 @@
 """Pictures of `analyze_routing`'s result (``routing.json``), drawn from the dict alone.
 
-Each ``plot_*`` returns a matplotlib figure (Agg backend): the class means per router as small
-heat maps on one colour scale, the class specificity of every router in network order (the
-paper's early-versus-late story in one line), and the distribution of the routing weights per
-router. `draw_routing` renders the three as PNG bytes.
+Each ``plot_*`` returns a matplotlib figure, made without pyplot so that the user's backend is
+left alone: the class means per router as small heat maps on one colour scale, the class
+specificity of every router in network order (the paper's early-versus-late story in one line),
+and the distribution of the routing weights per router. `draw_routing` renders the three as PNG
+bytes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import io
 MAX_CLASS_TICKS = 30  # more classes than this: the class axis is labelled, its ticks are not
 
 
-def _pyplot():
-    import matplotlib  # noqa: PLC0415
+def _subplots(*grid, figsize, dpi=100, **kwargs):
+    """A figure of its own (no pyplot): drawing never switches or touches the user's backend."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def label(layer: dict) -> str:
@@ -34,16 +34,11 @@ def _about(info: dict) -> str:
     return f"{info.get('data')}{split}, {info['num_examples']} examples"
 
 
-def _grid(plt, n: int, width: float, height: float):
+def _grid(n: int, width: float, height: float):
     cols = min(n, 4 if n <= 12 else 6)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(width * cols + 1.2, height * rows + 0.8),
-        dpi=100,
-        layout="constrained",
-        squeeze=False,
+    fig, axes = _subplots(
+        rows, cols, figsize=(width * cols + 1.2, height * rows + 0.8), squeeze=False
     )
     flat = axes.ravel().tolist()
     for ax in flat[n:]:
@@ -53,7 +48,6 @@ def _grid(plt, n: int, width: float, height: float):
 
 def plot_class_means(info: dict):
     """One heat map per router: classes (rows, by name) x experts, the mean routing weight."""
-    plt = _pyplot()
     import numpy as np  # noqa: PLC0415
 
     layers, classes = info["layers"], info["classes"]
@@ -62,7 +56,7 @@ def plot_class_means(info: dict):
         for lay in layers
     ]
     top = max(float(np.nanmax(g)) for g in grids) if any(np.isfinite(g).any() for g in grids) else 1
-    fig, axes = _grid(plt, len(layers), 2.4, 0.6 + 0.16 * min(len(classes), 40))
+    fig, axes = _grid(len(layers), 2.4, 0.6 + 0.16 * min(len(classes), 40))
     image = None
     for ax, lay, g in zip(axes, layers, grids, strict=True):
         image = ax.imshow(g, aspect="auto", cmap="viridis", vmin=0, vmax=top)
@@ -85,10 +79,9 @@ def plot_class_means(info: dict):
 
 def plot_specificity(info: dict):
     """Class specificity of every router, in network order: do late layers route by class?"""
-    plt = _pyplot()
     layers = info["layers"]
     values = [lay["class_specificity"] for lay in layers]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4.2), layout="constrained")
+    fig, ax = _subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4.2))
     ax.plot(range(len(values)), values, marker="o", c="tab:blue", label="class specificity (left)")
     for i, v in enumerate(values):
         ax.annotate(
@@ -116,10 +109,9 @@ def plot_specificity(info: dict):
 
 def plot_distribution(info: dict):
     """Histogram of every router's weights (all experts and examples) over [0, 1]."""
-    plt = _pyplot()
     layers, edges = info["layers"], info["bins"]
     width = edges[1] - edges[0]
-    fig, axes = _grid(plt, len(layers), 2.4, 1.9)
+    fig, axes = _grid(len(layers), 2.4, 1.9)
     for ax, lay in zip(axes, layers, strict=True):
         total = sum(lay["histogram"]) or 1
         ax.bar(edges[:-1], [c / total for c in lay["histogram"]], width=width, align="edge")
@@ -146,12 +138,10 @@ PICTURES = {
 
 def draw_routing(info: dict) -> dict[str, bytes]:
     """The three pictures as PNG bytes, by file name."""
-    plt = _pyplot()
     pictures = {}
     for name, plot in PICTURES.items():
         fig = plot(info)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
-        plt.close(fig)
         pictures[name] = buf.getvalue()
     return pictures

@@ -126,8 +126,8 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
 
     from condconv_nas.data import parse_source
     from condconv_nas.nas.optuna_engine import DIRECTIONS, finished, trial_rows
+    from condconv_nas.nas.progress import trial_line
     from condconv_nas.nas.ray_engine import StudySearch
-    from condconv_nas.nas.run import trial_line
     from condconv_nas.nas.space import load_space
     from condconv_nas.nas.task import SearchTask
     from condconv_nas.training.recipe import load_recipe
@@ -139,10 +139,18 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
         data=parse_source("digits"),
     )
     study = optuna.create_study(study_name="s", directions=DIRECTIONS)
-    reported = []
-    search = StudySearch(task, study, 3, on_trial=lambda s, t: reported.append(t))
+    reported, epochs = [], []
+    search = StudySearch(
+        task,
+        study,
+        3,
+        on_trial=lambda s, t: reported.append(t),
+        on_epoch=lambda *progress: epochs.append(progress),
+    )
     a, b = search.suggest("a"), search.suggest("b")
     assert a["values"] is None and a["madds"] == study.trials[0].user_attrs["madds"]
+    search.on_trial_result("b", {"top1": 0.3, "epoch": 1, "final": False, "madds": b["madds"]})
+    assert epochs == [(1, 1, task.recipe.epochs * task.recipe.repeats)]  # trial 1, epoch 1
     search.on_trial_complete(
         "a", {"top1": 0.25, "epoch": 1, "final": False, "madds": a["madds"]}
     )  # ASHA stop

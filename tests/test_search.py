@@ -375,6 +375,23 @@ def test_plot_data_tells_the_truth():
     assert info.title == "r: budget 400M (2 trained, 1 at chance level, 1 over budget)"
 
 
+def test_drawing_a_run_writes_a_png_and_leaves_matplotlibs_backend_alone(tmp_path):
+    """A library that draws must not switch the user's backend (a notebook's inline one)."""
+    import matplotlib
+
+    from condconv_nas.plots import draw_run
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for whatever the user chose
+    try:
+        rows = [dict(trial=0, state="COMPLETE", feasible=True, madds=200_000_000, top1=0.9)]
+        draw_run(tmp_path, rows, pareto_front(rows), budget=400_000_000, presets={})
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_two_workers_started_together_with_different_seeds_share_the_run(files):
     """Two workers on one new run, started at the same instant with different --seed: both succeed,
     the run holds exactly --trials trials, and no architecture was trained twice."""

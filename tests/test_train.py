@@ -60,6 +60,17 @@ def test_train_then_resume_continues(tmp_path, recipe, cli):
         res = cli("train", *args, "--epochs", "4", "--out", out, "--resume")
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and word in lines[0], res.stderr
+    # fewer epochs than last.pt holds: refused; as many: nothing trained, the same answer
+    res = cli(
+        "train", "mobilenet-v1", "--trainer", recipe, "--epochs", "2", "--out", out, "--resume"
+    )
+    assert res.returncode == 2 and "has trained 3 epochs" in res.stderr, res.stderr
+    res = cli(
+        "train", "mobilenet-v1", "--trainer", recipe, "--epochs", "3", "--out", out, "--resume",
+        "--format", "json",
+    )  # fmt: skip
+    assert res.returncode == 0 and "epoch 3/3" not in res.stderr, res.stderr
+    assert json.loads(res.stdout) == m3
     assert (out / "last.pt").read_bytes() == before
 
 

@@ -157,10 +157,15 @@ def router_ms(items: list[tuple[Router, tuple[int, ...]]], rounds: Rounds = ROUT
     """Median time of each router on a random input of its shape (and previous routing weights
     when it is hierarchical), in ms; all routers run in every round."""
     args = []
+    g = torch.Generator().manual_seed(0)  # the caller's random state is left as it was
     for router, shape in items:
         router.eval()
-        prev = torch.rand(shape[0], router.prev_features) if router.prev_features else None
-        args.append((torch.randn(shape), prev))
+        prev = (
+            torch.rand(shape[0], router.prev_features, generator=g)
+            if router.prev_features
+            else None
+        )
+        args.append((torch.randn(shape, generator=g), prev))
     times: list[list[float]] = [[] for _ in items]
 
     def step():

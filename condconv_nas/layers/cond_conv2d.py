@@ -1,7 +1,7 @@
 """CondConv2d: a convolution whose kernel is mixed per example from `num_experts` experts.
 
 For every example b the layer convolves x[b] once with `sum_i r[b, i] * W_i`, which equals the
-mixture `sum_i r[b, i] * conv(x[b], W_i)` (Yang et al., 2019). Two execution forms give that
+mixture `sum_i r[b, i] * conv(x[b], W_i)` (Yang et al., 2019). Four execution forms give that
 result; which one runs is chosen per call (see `strategy`):
 
 - ``kernel``: build the per-example kernels (one matmul), then one grouped convolution over the
@@ -89,8 +89,9 @@ class CondConv2d(nn.Module):
     ``weight`` has shape ``(num_experts, out_channels, in_channels // groups, kH, kW)``; ``bias``
     ``(num_experts, out_channels)`` or None. ``padding=None`` means ``dilation * (k - 1) // 2``;
     ``padding="same"`` is TensorFlow's 'SAME' (as timm's ``Conv2dSame``), worked out per input size.
-    ``strategy`` is ``"auto"`` (measured per shape, see ``layers.strategy``), ``"kernel"`` or
-    ``"mixture"``; every choice gives the same result.
+    ``strategy`` is ``"auto"`` (measured per shape, see ``layers.strategy``) or one of the forms
+    above: ``"kernel"``, ``"mixture"``, ``"expand"`` or ``"bmm"``. Every choice gives the same
+    result.
     """
 
     def __init__(

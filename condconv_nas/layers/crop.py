@@ -50,9 +50,8 @@ def _plan(
         q = p - a * d
         taps.append(slice(0, k))
         for s2 in (1, s) if out == 1 and s > 1 else (s,):
-            if (
-                q >= 0 and (n + 2 * q - d * (b - a) - 1) // s2 + 1 == out
-            ):  # the same output positions
+            # the same output positions
+            if q >= 0 and (n + 2 * q - d * (b - a) - 1) // s2 + 1 == out:
                 taps[dim], new_stride[dim], new_pad[dim] = slice(a, b + 1), s2, q
                 break
     plan = tuple(taps), tuple(new_stride), tuple(new_pad)
@@ -96,9 +95,8 @@ class CroppingConv2d(nn.Conv2d):
         weight, stride, padding = crop(
             self.weight, x.shape[-2:], self.stride, self.padding, self.dilation
         )
-        if (
-            weight is self.weight
-        ):  # `crop` hands back the layer's own weight only when nothing changes
+        # `crop` hands back the layer's own weight only when nothing changes
+        if weight is self.weight:
             return super().forward(x)
         return F.conv2d(x, weight, self.bias, stride, padding, self.dilation, self.groups)
 

@@ -107,8 +107,14 @@ def choose_strategy(layer, x: torch.Tensor) -> str:
         forms = layer.forms(x)
         # Time on detached copies so that no gradient reaches the layer's parameters.
         copy = lambda t: None if t is None else t.detach().clone().requires_grad_(grad)  # noqa: E731
-        r = torch.rand(
-            x.shape[0], layer.num_experts, dtype=x.dtype, device=x.device, requires_grad=grad
+        # Constant routing weights: timing needs no values, and a random draw here would shift
+        # the caller's random stream depending on which shapes were timed before.
+        r = torch.full(
+            (x.shape[0], layer.num_experts),
+            1.0 / layer.num_experts,
+            dtype=x.dtype,
+            device=x.device,
+            requires_grad=grad,
         )
         args = (copy(x), r, copy(layer.weight), copy(layer.bias))
         times = measure_forms(layer, forms, args, grad)

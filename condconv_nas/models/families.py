@@ -6,12 +6,12 @@ from functools import partial
 
 import torch.nn as nn
 from timm.layers import get_act_layer, make_divisible
-from timm.models._efficientnet_builder import (
+from timm.models.efficientnet import (
+    EfficientNet,
     decode_arch_def,
     efficientnet_init_weights,
     round_channels,
 )
-from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..archs import EFFICIENTNET_ARCHS, stage_depths

@@ -133,9 +133,8 @@ def from_module(model: nn.Module, name: str | None = None) -> WeightSource:
         name = cfg.get("architecture") or (f"spec {spec.id}" if spec else type(model).__name__)
     state = dict(model.state_dict())
     for mod_name, m in model.named_modules():
-        if isinstance(
-            m, TimmCondConv2d
-        ):  # timm keeps each expert flattened: (n, out * in * kh * kw)
+        # timm keeps each expert flattened: (n, out * in * kh * kw)
+        if isinstance(m, TimmCondConv2d):
             key = f"{mod_name}.weight"
             state[key] = state[key].reshape(m.num_experts, *m.weight_shape)
     state = canonical_state(state)

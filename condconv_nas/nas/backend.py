@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import math
 import shutil
 import sys
 import tempfile
@@ -45,10 +46,14 @@ class BackendOptions:
     nni_strategy: str = "evolution"  # NNI: evolution, random or tpe
 
     def __post_init__(self) -> None:
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+        resources = (self.cpus_per_trial, self.gpus_per_trial)
+        if not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r)
+            for r in resources
+        ) or (self.cpus_per_trial <= 0 or self.gpus_per_trial < 0):
             raise UsageError(
                 f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
-                f"{self.cpus_per_trial} and {self.gpus_per_trial}"
+                f"{self.cpus_per_trial!r} and {self.gpus_per_trial!r}"
             )
         if self.nni_strategy not in NNI_STRATEGIES:
             raise UsageError(

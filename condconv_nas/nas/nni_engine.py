@@ -60,9 +60,15 @@ class Judge:
     """
 
     def __init__(
-        self, task: SearchTask, study: optuna.Study, total: int, on_trial: Callable | None
+        self,
+        task: SearchTask,
+        study: optuna.Study,
+        total: int,
+        on_trial: Callable | None,
+        on_epoch: Callable | None = None,
     ) -> None:
         self.task, self.study, self.total, self.on_trial = task, study, total, on_trial
+        self.on_epoch = on_epoch
         self.distributions = {
             n: CategoricalDistribution(list(c)) for n, c in task.space.searched.items()
         }
@@ -70,9 +76,8 @@ class Judge:
 
     def _ask(self, params: dict) -> optuna.Trial:
         base = self.study.sampler
-        with (
-            warnings.catch_warnings()
-        ):  # PartialFixedSampler is "experimental"; no heartbeat outside optimize()
+        # PartialFixedSampler is "experimental"; no heartbeat outside optimize()
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.study.sampler = optuna.samplers.PartialFixedSampler(params, base)
             try:
@@ -86,9 +91,8 @@ class Judge:
     def keep(self, model) -> bool:
         if counted(self.study) >= self.total:
             return False
-        params = self.task.space.active(
-            dict(model.sample)
-        )  # NNI samples every decision; record those that matter
+        # NNI samples every decision; record those that matter
+        params = self.task.space.active(dict(model.sample))
         trial = self._ask(params)
         values = judge(self.task, self.study, trial, params)
         if values is not None and not trial.user_attrs["feasible"]:
@@ -101,7 +105,9 @@ class Judge:
         trial, values = self.pending.pop(_key(self.task.space.active(model.point)))
         try:
             if values is None:
-                values = record(trial, self.task.evaluate(model.point))
+                on_epoch = self.on_epoch
+                progress = None if on_epoch is None else lambda e, n: on_epoch(trial.number, e, n)
+                values = record(trial, self.task.evaluate(model.point, on_epoch=progress))
         except KeyboardInterrupt:
             abandon(self.study, trial)
             raise
@@ -150,6 +156,7 @@ class NNISearcher(Searcher):
             strategy=self.options.nni_strategy,
             seed=self.seed,
             on_trial=callbacks.on_trial,
+            on_epoch=callbacks.on_epoch,
         )
 
 
@@ -161,14 +168,15 @@ def run_nni(
     strategy: str = "evolution",
     seed: int = 0,
     on_trial: Callable | None = None,
+    on_epoch: Callable | None = None,
 ) -> None:
     """Evaluate the enqueued presets, then run NNI's strategy until the study holds ``total``
     counted trials."""
-    run_waiting(task, study, total, on_trial=on_trial)
+    run_waiting(task, study, total, on_trial=on_trial, on_epoch=on_epoch)
     if counted(study) >= total:
         return
     silence_stdout()  # NNI's own log handlers write to stdout, which carries our table or JSON
-    judge_ = Judge(task, study, total, on_trial)
+    judge_ = Judge(task, study, total, on_trial, on_epoch)
     space = PointSpace(task.space.searched)
     evaluator = FunctionalEvaluator(judge_.evaluate)
     chain = Chain(make_strategy(strategy, seed, total), TotalFilter(judge_))

@@ -58,7 +58,7 @@ def _budget(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -80,7 +80,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--latency-batch",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="batch size the latency is predicted and measured at (default: 1)",
     )
@@ -106,7 +106,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--trials",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="total trials of the run, across restarts and workers (default: the trainer's)",
     )

@@ -46,9 +46,12 @@ def counting_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def _retried(trials) -> set:
     """Numbers of the trials evaluated again by a later trial (Optuna's heartbeat retry, or
     ours)."""
-    return {t.system_attrs.get("failed_trial") for t in trials} | {
-        t.user_attrs.get("retry_of") for t in trials
-    }
+    with warnings.catch_warnings():  # retried_trial_number is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        heartbeat = {
+            optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) for t in trials
+        }
+    return heartbeat | {t.user_attrs.get("retry_of") for t in trials}
 
 
 def _retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
@@ -227,9 +230,8 @@ def wait_for_twin(study: optuna.Study, spec_id: str, number: int, poll: float = 
         if not twins:
             return
         time.sleep(poll)
-        optuna.storages.fail_stale_trials(
-            study
-        )  # a dead worker elsewhere: after its heartbeat's grace period
+        # a dead worker elsewhere: after its heartbeat's grace period
+        optuna.storages.fail_stale_trials(study)
 
 
 def record(trial: optuna.Trial, result: dict) -> tuple[float, float]:
@@ -352,11 +354,15 @@ def trial_rows(study: optuna.Study, decisions: list[str]) -> list[dict]:
     return rows
 
 
-def run_waiting(task: SearchTask, study: optuna.Study, total: int, *, on_trial=None) -> None:
+def run_waiting(
+    task: SearchTask, study: optuna.Study, total: int, *, on_trial=None, on_epoch=None
+) -> None:
     """Evaluate the enqueued trials (presets that fit, interrupted trials) before another engine
     (NNI) proposes points of its own."""
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    run_optuna(task, study, min(total, counted(study) + waiting), on_trial=on_trial)
+    run_optuna(
+        task, study, min(total, counted(study) + waiting), on_trial=on_trial, on_epoch=on_epoch
+    )
 
 
 def run_optuna(

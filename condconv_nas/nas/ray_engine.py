@@ -19,11 +19,10 @@ import optuna
 import ray
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune import search as ray_search
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-from ray.tune.search import Searcher
 
-from .backend import Callbacks, scratch_dir, stdout_to_stderr
-from .backend import Searcher as Backend
+from .backend import Callbacks, Searcher, scratch_dir, stdout_to_stderr
 from .optuna_engine import abandon, counted, finished, judge, record, tell
 from .task import SearchTask
 
@@ -81,22 +80,29 @@ class BandedASHA(FIFOScheduler):
         return f"BandedASHA: {len(self._asha)} MADD bands"
 
 
-class StudySearch(Searcher):
+class StudySearch(ray_search.Searcher):
     """Ray's search-algorithm interface over the run's study: the study's own sampler proposes each
     point (ask-and-tell, the same define-by-run space as the Optuna engine), and every point is
     judged on the driver before Ray runs it."""
 
     def __init__(
-        self, task: SearchTask, study: optuna.Study, total: int, *, on_trial: Callable | None = None
+        self,
+        task: SearchTask,
+        study: optuna.Study,
+        total: int,
+        *,
+        on_trial: Callable | None = None,
+        on_epoch: Callable | None = None,
     ) -> None:
         super().__init__(metric="top1", mode="max")
         self.task, self.study, self.total, self.on_trial = task, study, total, on_trial
+        self.on_epoch = on_epoch
         self.trials: dict[str, optuna.Trial] = {}  # Ray's trial id -> the study's trial
         self.done: set[str] = set()
 
     def suggest(self, trial_id: str) -> dict | None:
         if counted(self.study) >= self.total:
-            return Searcher.FINISHED
+            return ray_search.Searcher.FINISHED
         trial = self.trials[trial_id] = self.study.ask()
         point = self.task.space.sample(
             lambda name, choices: trial.suggest_categorical(name, list(choices))
@@ -108,7 +114,13 @@ class StudySearch(Searcher):
         pass  # the study in Optuna storage is the state; Ray's experiment folder is thrown away
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass  # intermediate results go to the scheduler, not to the multi-objective study
+        # Intermediate results go to the scheduler, not to the multi-objective study; progress
+        # hears of the epochs a trial reports (those of its first training, which ASHA compares).
+        if self.on_epoch is not None and trial_id in self.trials and not result.get("final"):
+            recipe = self.task.recipe
+            self.on_epoch(
+                self.trials[trial_id].number, result["epoch"], recipe.epochs * recipe.repeats
+            )
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -186,7 +198,7 @@ def ray_trial(config: dict, task: SearchTask, threads: int) -> None:
     )
 
 
-class RaySearcher(Backend):
+class RaySearcher(Searcher):
     """Ray Tune schedules the trials, locally or on the cluster at ``options.address``."""
 
     def search(
@@ -200,6 +212,7 @@ class RaySearcher(Backend):
             cpus_per_trial=self.options.cpus_per_trial,
             gpus_per_trial=self.options.gpus_per_trial,
             on_trial=callbacks.on_trial,
+            on_epoch=callbacks.on_epoch,
         )
 
 
@@ -212,6 +225,7 @@ def run_ray(
     cpus_per_trial: float = 1.0,
     gpus_per_trial: float = 0.0,
     on_trial=None,
+    on_epoch=None,
 ) -> None:
     """Run trials on Ray until the study holds ``total`` counted trials; Ray is shut down after."""
     if counted(study) >= total:
@@ -224,7 +238,7 @@ def run_ray(
         logging_level=logging.ERROR,
         configure_logging=True,
     )
-    searcher = StudySearch(task, study, total, on_trial=on_trial)
+    searcher = StudySearch(task, study, total, on_trial=on_trial, on_epoch=on_epoch)
     try:
         with scratch_dir("ray") as storage:
             trainable = tune.with_resources(

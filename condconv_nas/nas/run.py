@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from ..files import check_writable_folder
 from ..training.recipe import load_recipe
 from .backend import BackendOptions, Callbacks, check_backend, make_searcher
 from .options import OBJECTIVES, parse_budget, parse_latency
+from .progress import BarReporter, Reporter, trial_line
 from .space import load_space
 from .task import SearchTask
 
@@ -248,9 +249,8 @@ def open_storage(url: str, name: str, seed: int, *, heartbeat: bool):
 
     from .optuna_engine import open_study  # noqa: PLC0415
 
-    for attempt in range(
-        3
-    ):  # workers started together race to create the tables: the loser tries again
+    # workers started together race to create the tables: the loser tries again
+    for attempt in range(3):
         try:
             return open_study(url, name, seed, heartbeat=heartbeat)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
@@ -271,38 +271,6 @@ def _storage_error(url: str, e: Exception) -> UsageError:
     return UsageError(f"--storage {url}: cannot open it ({reason})")
 
 
-def trial_line(trial) -> str | None:
-    """The progress line of a finished trial; None for trials that do not count (surplus,
-    Ctrl-C)."""
-    ua = trial.user_attrs
-    if ua.get("surplus") or ua.get("interrupted"):
-        return None
-    madds = f"{ua['madds'] / 1e6:.1f}M" if "madds" in ua else "?"
-    # the predicted latency, when the search uses it, in a column of its own after the MADDs
-    lat = f" {ua['latency_ms']:7.1f} ms" if ua.get("latency_ms") is not None else ""
-    if trial.state.name == "FAIL":
-        return f"trial {trial.number:>3}  FAIL      {madds:>9}{lat}  (failed; the search goes on)"
-    if not ua.get("feasible"):
-        if ua.get("over") == ["latency"]:
-            return f"trial {trial.number:>3}  over latency {madds:>6}{lat}  not trained"
-        return f"trial {trial.number:>3}  over budget {madds:>7}{lat}  not trained"
-    if ua.get("stopped_early"):
-        return (
-            f"trial {trial.number:>3}  STOPPED   {madds:>9}{lat}  top-1 "
-            f"{ua.get('top1_at_stop') or 0:.4f} after epoch "
-            f"{ua.get('epochs_at_stop')} (ASHA within its MADD band)"
-        )
-    return (
-        f"trial {trial.number:>3}  COMPLETE  {madds:>9}{lat}  top-1 {trial.values[0]:.4f}"
-        + (
-            "  untrained: not clearly above chance, kept off the front"
-            if ua.get("untrained")
-            else ""
-        )
-        + (f"  ({ua['preset']})" if ua.get("preset") else "")
-    )
-
-
 @dataclass
 class SearchResult:
     """What a search left in its run folder."""
@@ -312,6 +280,7 @@ class SearchResult:
     trials: list[dict]  # every trial, as in trials.csv
     finished: int  # finished trials that count toward the total
     total: int  # the run's total (--trials)
+    running: int = 0  # trials other workers were still training when this one stopped
 
     @property
     def untrained(self) -> int:
@@ -327,72 +296,21 @@ class SearchInterrupted(KeyboardInterrupt):
         self.result = result
 
 
-class Reporter:
-    """Progress of a search. This one says nothing; `LineReporter` and `BarReporter` write to
-    stderr."""
+@contextlib.contextmanager
+def _optuna_warnings_only():
+    """Optuna's INFO line per trial would interleave with the search's own; the caller's level
+    comes back afterwards."""
+    import optuna  # noqa: PLC0415
 
-    def start(self, header: str, total: int, done: int) -> None:
-        pass
-
-    def trial(self, line: str, best_top1: float | None) -> None:
-        pass
-
-    def epoch(self, trial: int, epoch: int, epochs: int) -> None:
-        """A trial in training finished an epoch (the Optuna backend reports these)."""
-
-    def note(self, line: str) -> None:
-        """Work before the trials (the dense start)."""
-
-    def close(self) -> None:
-        pass
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
-class LineReporter(Reporter):
-    """A line on stderr per finished trial."""
-
-    def start(self, header, total, done):
-        print(header, file=sys.stderr)
-
-    def note(self, line):
-        print(line, file=sys.stderr)
-
-    def trial(self, line, best_top1):
-        print(line, file=sys.stderr)
-
-
-class BarReporter(LineReporter):
-    """A tqdm bar on stderr, with a line per finished trial above it."""
-
-    def start(self, header, total, done):
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
-        super().start(header, total, done)
-        self.bar = tqdm(
-            total=total,
-            initial=done,
-            desc="trials",
-            unit="trial",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        self.best = ""
-
-    def trial(self, line, best_top1):
-        self.bar.update(1)
-        if best_top1 is not None:
-            self.best = f"best top-1 {best_top1:.4f}"
-            self.bar.set_postfix_str(self.best)
-        self.bar.write(line)
-
-    def epoch(self, trial, epoch, epochs):
-        self.bar.set_postfix_str(
-            f"trial {trial}: epoch {epoch}/{epochs}" + (f", {self.best}" if self.best else "")
-        )
-
-    def close(self):
-        self.bar.close()
-
-
+@_optuna_warnings_only()
 def search(
     *,
     budget: int | str,
@@ -484,21 +402,18 @@ def search(
     reporter = (
         progress if isinstance(progress, Reporter) else BarReporter() if progress else Reporter()
     )
-    import optuna  # noqa: PLC0415
 
     from ..files import write_atomic  # noqa: PLC0415
     from ..plots import draw_run  # noqa: PLC0415
     from ..results import trained_rows, write_run  # noqa: PLC0415
     from . import optuna_engine as eng  # noqa: PLC0415
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage is None:  # the run's own SQLite file: its folder first
         run_dir.mkdir(parents=True, exist_ok=True)
         storage = own
     study = open_storage(storage, run_dir.name, seed, heartbeat=backend == "optuna")
-    run_dir.mkdir(
-        parents=True, exist_ok=True
-    )  # a user's --storage was reached before anything was written
+    # a user's --storage was reached before anything was written
+    run_dir.mkdir(parents=True, exist_ok=True)
     config.update(
         run=run_dir.name,
         backend=backend,
@@ -571,15 +486,15 @@ def search(
             latency_budget=task.latency_budget,
             preset_latency={n: p["latency_ms"] for n, p in presets.items() if "latency_ms" in p},
         )
-        return SearchResult(run_dir, front, rows, eng.finished(study), total)
+        done = eng.finished(study)
+        return SearchResult(run_dir, front, rows, done, total, eng.counted(study) - done)
 
     def on_trial(study, trial):
         line = trial_line(trial)
         if line is None:
             return
-        result = write(
-            study
-        )  # the run folder holds every finished trial, whatever happens to this process next
+        # the run folder holds every finished trial, whatever happens to this process next
+        result = write(study)
         reporter.trial(line, max((r["top1"] for r in trained_rows(result.trials)), default=None))
 
     reporter.start(

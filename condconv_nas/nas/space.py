@@ -222,8 +222,9 @@ class SearchSpace:
             "begin_offset": max(self.decisions["begin_offset"]),
             "num_experts": pick("num_experts", int),
             "classifier": pick("classifier", int),
-            "routing_share": pick("routing_share", ("single", "pair", "block", "layer").index),
-            "routing_hidden": pick("routing_hidden", ("none", "small", "medium", "large").index),
+            # the most shared routing (fewest routers) and the smallest hidden layer
+            "routing_share": pick("routing_share", SHARES[::-1].index),
+            "routing_hidden": pick("routing_hidden", HIDDENS.index),
             "routing_hierarchical": pick("routing_hierarchical", int),
         }
         return self.to_spec(p)

@@ -3,7 +3,9 @@ schedulers, mixup and EMA; plain PyTorch otherwise)."""
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +16,20 @@ from .recipe import Recipe
 
 # every batch norm with running statistics (timm's BatchNormAct2d is a BatchNorm2d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def own_random_state(fn):
+    """Run ``fn`` on a fork of torch's random state: a training seeds its own stream and leaves the
+    caller's as it was (the caller may be a search, a notebook or another training)."""
+
+    @functools.wraps(fn)
+    def forked(*args, **kwargs):
+        # the CPU stream and this process's GPU (torchrun's LOCAL_RANK), not every GPU's context
+        gpu = [int(os.environ.get("LOCAL_RANK", "0"))] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=gpu):
+            return fn(*args, **kwargs)
+
+    return forked
 
 
 def zero_classifier(model: nn.Module) -> nn.Module:
@@ -180,9 +196,8 @@ def setup_training(
         else {}
     )
     groups = param_groups(model, recipe.weight_decay, recipe.expert_lr, recipe.router_lr)
-    if (
-        recipe.schedule == "none"
-    ):  # timm's schedulers apply lr_scale (from their first update); without one, here
+    # timm's schedulers apply lr_scale (from their first update); without one, here
+    if recipe.schedule == "none":
         groups = [{**g, "lr": lr * g.pop("lr_scale")} if "lr_scale" in g else g for g in groups]
     optimizer = create_optimizer_v2(
         groups, opt=recipe.optimizer, lr=lr, weight_decay=recipe.weight_decay, **kw
@@ -359,6 +374,7 @@ def proxy_top1(
     }
 
 
+@own_random_state
 def _train_once(
     spec, train_ds, val_ds, recipe: Recipe, *, seed: int, report, on_epoch, init
 ) -> dict:

@@ -16,7 +16,13 @@ from ..errors import UsageError
 from ..files import check_writable_folder, write_atomic
 from ..spec import load_spec
 from . import checkpoint
+from .engine import own_random_state
 from .recipe import load_recipe
+
+
+def default_out(spec_id: str) -> Path:
+    """Where `train` writes when no ``out`` is given: ``runs/<spec id>``."""
+    return Path("runs") / spec_id
 
 
 def _dist():
@@ -28,6 +34,7 @@ def _dist():
     return world, rank
 
 
+@own_random_state
 def train(
     spec,
     *,
@@ -75,13 +82,20 @@ def train(
     if batch < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch}")
     recipe.check_optimizer()
-    out = Path(out or Path("runs") / given_id)
+    out = Path(out or default_out(given_id))
     check_writable_folder(out, "--out")
     if resume and not (out / "last.pt").is_file():
         raise UsageError(f"--resume: no checkpoint {out / 'last.pt'}")
     state = checkpoint.load(out / "last.pt") if resume else None
     if state is not None:
         checkpoint.check_resumable(state, out / "last.pt", spec=spec, recipe=recipe)
+        if state["epoch"] > epochs:
+            raise UsageError(
+                f"--epochs {epochs}: {out / 'last.pt'} has trained {state['epoch']} epochs already;"
+                " ask for more epochs to go on"
+            )
+        if state["epoch"] == epochs:  # finished already: nothing to train, the same answer
+            return state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
 
     from ..madds import count_madds, count_params  # noqa: PLC0415
     from .engine import build_for_training, evaluate, make_loader, setup_training, train_epoch  # noqa: PLC0415

@@ -1,0 +1,107 @@
+"""What a search says while it runs: a line per finished trial, optionally under a tqdm bar.
+
+The library calls a `Reporter`; the CLI picks `BarReporter` (or `LineReporter` with ``--quiet``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def trial_line(trial) -> str | None:
+    """The progress line of a finished trial; None for trials that do not count (surplus,
+    Ctrl-C)."""
+    ua = trial.user_attrs
+    if ua.get("surplus") or ua.get("interrupted"):
+        return None
+    madds = f"{ua['madds'] / 1e6:.1f}M" if "madds" in ua else "?"
+    # the predicted latency, when the search uses it, in a column of its own after the MADDs
+    lat = f" {ua['latency_ms']:7.1f} ms" if ua.get("latency_ms") is not None else ""
+    if trial.state.name == "FAIL":
+        return f"trial {trial.number:>3}  FAIL      {madds:>9}{lat}  (failed; the search goes on)"
+    if not ua.get("feasible"):
+        if ua.get("over") == ["latency"]:
+            return f"trial {trial.number:>3}  over latency {madds:>6}{lat}  not trained"
+        return f"trial {trial.number:>3}  over budget {madds:>7}{lat}  not trained"
+    if ua.get("stopped_early"):
+        return (
+            f"trial {trial.number:>3}  STOPPED   {madds:>9}{lat}  top-1 "
+            f"{ua.get('top1_at_stop') or 0:.4f} after epoch "
+            f"{ua.get('epochs_at_stop')} (ASHA within its MADD band)"
+        )
+    return (
+        f"trial {trial.number:>3}  COMPLETE  {madds:>9}{lat}  top-1 {trial.values[0]:.4f}"
+        + (
+            "  untrained: not clearly above chance, kept off the front"
+            if ua.get("untrained")
+            else ""
+        )
+        + (f"  ({ua['preset']})" if ua.get("preset") else "")
+    )
+
+
+class Reporter:
+    """Progress of a search. This one says nothing; `LineReporter` and `BarReporter` write to
+    stderr."""
+
+    def start(self, header: str, total: int, done: int) -> None:
+        pass
+
+    def trial(self, line: str, best_top1: float | None) -> None:
+        pass
+
+    def epoch(self, trial: int, epoch: int, epochs: int) -> None:
+        """A trial in training finished an epoch (with Ray, only the epochs of its first training:
+        those its workers report to ASHA)."""
+
+    def note(self, line: str) -> None:
+        """Work before the trials (the dense start)."""
+
+    def close(self) -> None:
+        pass
+
+
+class LineReporter(Reporter):
+    """A line on stderr per finished trial."""
+
+    def start(self, header, total, done):
+        print(header, file=sys.stderr)
+
+    def note(self, line):
+        print(line, file=sys.stderr)
+
+    def trial(self, line, best_top1):
+        print(line, file=sys.stderr)
+
+
+class BarReporter(LineReporter):
+    """A tqdm bar on stderr, with a line per finished trial above it."""
+
+    def start(self, header, total, done):
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        super().start(header, total, done)
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            desc="trials",
+            unit="trial",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.best = ""
+
+    def trial(self, line, best_top1):
+        self.bar.update(1)
+        if best_top1 is not None:
+            self.best = f"best top-1 {best_top1:.4f}"
+            self.bar.set_postfix_str(self.best)
+        self.bar.write(line)
+
+    def epoch(self, trial, epoch, epochs):
+        self.bar.set_postfix_str(
+            f"trial {trial}: epoch {epoch}/{epochs}" + (f", {self.best}" if self.best else "")
+        )
+
+    def close(self):
+        self.bar.close()
