@@ -9,9 +9,11 @@ error against the reference for static and for CondConv specs (and their gap), t
 and the cost per candidate. Everything runs in this process, one spec after another. Run:
 ``python benchmarks/proxy_fidelity.py [--random 6] [--pairs mobilenet-v1,...] [--out FILE]``.
 
-``--reference-seeds N`` trains the reference N times (seeds 0, 1, ...) and scores each spec by
-their mean; with two or more it also prints the reference's own repeatability (Kendall's tau
-between its first two seeds): how well any proxy can rank on this data. ``--reuse FILE`` takes
+``--spread N`` draws N random candidates and keeps ``--random`` of them at evenly spaced MADD
+ranks. ``--reference-seeds N`` trains the reference N times (seeds 0, 1, ...) and scores each
+spec by their mean; with two or more it also prints the reference's own repeatability (Kendall's
+tau between its first two seeds, and the tau a perfect proxy would expect against the mean): how
+well any proxy can rank on this data. ``--reuse FILE`` takes
 the figures of an earlier run's ``--out`` file (the same specs and recipes) and trains only
 what it lacks, such as more reference seeds.
 
