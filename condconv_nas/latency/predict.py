@@ -124,19 +124,14 @@ def predict_latency(spec, batch: int = 1, *, table=None) -> float:
     p = plan_of(spec, batch)
     if table is not None:
         table = device_table(table, batch)
-        overhead = table.overhead_ms(p.base)
-        lacking = table.missing(p.parts())
-        if lacking or overhead is None:
-            what = (
-                f"{len(lacking)} part(s) of spec {spec.id}"
-                if lacking
-                else f"a calibration of base {p.base}"
-            )
-            raise UsageError(
-                f"latency table {table.path} ({table.describe()}) lacks {what}: fill it for "
-                "the space on that machine (`condconv-nas latency --space NAME`)"
-            )
-        return _sum_ms(table, p) + overhead
+        _require(
+            table,
+            p.parts(),
+            p.base,
+            of=f"spec {spec.id}",
+            fill="for the space on that machine (`condconv-nas latency --space NAME`)",
+        )
+        return _sum_ms(table, p) + table.overhead_ms(p.base)
     table = LatencyTable.for_batch(batch)
     if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
         table.reload()  # another process may have measured them
@@ -224,13 +219,24 @@ def check_covers(table: LatencyTable, space, batch: int) -> None:
     table from another machine, which cannot be filled here)."""
     built, items = space_parts(space, batch)
     parts = [part for _, part in items] + [u for s in built for u in plan_of(s, batch).units]
+    _require(
+        table,
+        parts,
+        space.base,
+        of=f"space {space.name!r}'s candidates",
+        fill=f"on that machine (`condconv-nas latency --space {space.name} --batch {batch}`)",
+    )
+
+
+def _require(table: LatencyTable, parts, base: str, *, of: str, fill: str) -> None:
+    """`UsageError` unless ``table`` (another machine's: it cannot be filled here) holds ``parts``
+    and a calibration of ``base``; the message names what lacks them (``of``) and how to fill
+    it (``fill``)."""
     lacking = table.missing(parts)
-    if lacking or table.overhead_ms(space.base) is None:
-        what = f"{len(lacking)} part(s)" if lacking else f"a calibration of base {space.base}"
+    if lacking or table.overhead_ms(base) is None:
+        what = f"{len(lacking)} part(s)" if lacking else f"a calibration of base {base}"
         raise UsageError(
-            f"latency table {table.path} ({table.describe()}) lacks {what} of space "
-            f"{space.name!r}'s candidates: fill it on that machine (`condconv-nas latency "
-            f"--space {space.name} --batch {batch}`)"
+            f"latency table {table.path} ({table.describe()}) lacks {what} of {of}: fill it {fill}"
         )
 
 

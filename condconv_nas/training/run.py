@@ -16,7 +16,14 @@ from ..errors import UsageError
 from ..files import check_writable_folder, write_atomic
 from ..spec import load_spec
 from . import checkpoint
-from .engine import own_random_state
+from .engine import (
+    build_for_training,
+    evaluate,
+    make_loader,
+    own_random_state,
+    setup_training,
+    train_epoch,
+)
 from .recipe import load_recipe
 
 
@@ -98,7 +105,6 @@ def train(
             return state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
 
     from ..madds import count_madds, count_params  # noqa: PLC0415
-    from .engine import build_for_training, evaluate, make_loader, setup_training, train_epoch  # noqa: PLC0415
 
     world, rank = _dist()
     device = torch.device(
@@ -279,7 +285,6 @@ def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: i
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     obj = checkpoint.load(path)
     model = checkpoint.model_from(obj, path)
-    from .engine import evaluate, make_loader  # noqa: PLC0415
 
     recipe = obj.get("recipe") or {}
     _, val_ds, num_classes = make_datasets(
