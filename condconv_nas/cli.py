@@ -12,9 +12,11 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from .allocator import keep_freed_memory
 from .errors import UsageError
+from .training.options import DATA_HELP
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:
@@ -49,7 +51,7 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         default="digits",
-        help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
+        help=DATA_HELP,
     )
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: 64)")
 
@@ -60,6 +62,7 @@ class Command(abc.ABC):
     name: str = ""
     help: str = ""
     formats = ("table", "json")
+    threads = False  # whether the command computes, and so takes --threads
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:  # noqa: B027  (optional)
         """Declare the command's options (none by default)."""
@@ -158,6 +161,7 @@ class Search(Command):
         "search",
         "search CondConv architectures under a MADD budget (Pareto front of top-1 vs MADDs)",
     )
+    threads = True
 
     def add_arguments(self, p):
         from .nas.options import add_search_arguments  # noqa: PLC0415
@@ -242,10 +246,18 @@ class Show(Command):
 
     def add_arguments(self, p):
         p.add_argument("run_dir", help="a run folder written by `condconv-nas search`")
+        p.add_argument(
+            "--best",
+            action="store_true",
+            help="print only the path of the most accurate front spec (to pass to `train`)",
+        )
 
     def take_action(self, args):
-        from .results import count_untrained, load_front  # noqa: PLC0415
+        from .results import best_spec_path, count_untrained, load_front  # noqa: PLC0415
 
+        if args.best:
+            print(best_spec_path(args.run_dir))
+            return 0
         front = load_front(args.run_dir)
         untrained = count_untrained(args.run_dir)
         if untrained:
@@ -261,7 +273,7 @@ class Show(Command):
                 **latency_columns(r),
                 "params_M": round(r["params"] / 1e6, 2),
                 "top1": round(r["top1"], 4),
-                "spec": f"specs/{r['trial']}.json",
+                "spec": str(Path(args.run_dir) / "specs" / f"{r['trial']}.json"),
             }
             for r in front
         ]
@@ -275,6 +287,7 @@ class Latency(Command):
         "a spec's predicted and measured forward latency on this machine (or, with --space, fill "
         "this machine's latency table for every candidate of a space)",
     )
+    threads = True
 
     def add_arguments(self, p):
         from .nas.options import positive_int  # noqa: PLC0415
@@ -348,6 +361,7 @@ class Latency(Command):
 
 class Train(Command):
     name, help = "train", "train a spec (a file from a run's specs/, or a preset) with a recipe"
+    threads = True
 
     def add_arguments(self, p):
         from .training.options import add_train_arguments  # noqa: PLC0415
@@ -368,6 +382,7 @@ class Train(Command):
             init=args.init,
             batch_size=args.batch_size,
             workers=args.workers,
+            seed=args.seed,
         )
         if metrics:  # rank 0 (the others return nothing under torchrun)
             out = args.out or default_out(metrics["spec_id"])
@@ -382,6 +397,7 @@ class Train(Command):
 
 class Evaluate(Command):
     name, help = "evaluate", "evaluate a checkpoint or an exported model on a data set"
+    threads = True
 
     def add_arguments(self, p):
         add_evaluation_arguments(p)
@@ -536,6 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
                 default="table",
                 help="output format (default: table)",
             )
+        if cmd.threads:
+            p.add_argument(
+                "--threads",
+                type=int,
+                default=None,
+                help="intra-op threads (default: the cores this process may use that are idle "
+                "now, or OMP_NUM_THREADS)",
+            )
         p.set_defaults(handler=cmd)
     return parser
 
@@ -550,6 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.handler.threads:
+            from .threads import use_threads  # noqa: PLC0415
+
+            use_threads(args.threads)
         return args.handler.take_action(args)
     except UsageError as e:
         message = " ".join(str(e).split())  # one line, whatever the message carried

@@ -141,6 +141,23 @@ def load_front(run_dir) -> list[dict]:
     return data
 
 
+def best_point(front: Sequence[dict]) -> dict:
+    """The most accurate point of a front (the cheaper of equals)."""
+    return max(front, key=lambda r: (r["top1"], -r["madds"], -r["trial"]))
+
+
+def best_spec_path(run_dir) -> Path:
+    """``RUN/specs/<trial>.json`` of the run's most accurate front point; `UsageError` for a
+    folder that is no run, or a run with no trained trial yet."""
+    front = load_front(run_dir)
+    if not front:
+        raise UsageError(f"{run_dir}: no trained trial on the front yet")
+    path = Path(run_dir) / "specs" / f"{best_point(front)['trial']}.json"
+    if not path.is_file():  # specs/ is rewritten with the front: a lost file is rewritten here
+        ArchSpec.from_dict(best_point(front)["spec"]).save(path)
+    return path
+
+
 _Count = Annotated[StrictInt, Field(ge=0)]
 
 

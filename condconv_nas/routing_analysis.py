@@ -45,8 +45,9 @@ def analyze_routing(
 
     ``model``: a built model (`build_model`, `load_exported`) or the path of a checkpoint or
     exported model; the model runs in evaluation mode and is left in the mode it was in.
-    ``data``: a source (``digits``, ``imagefolder:PATH``, ``cifar10:PATH``, ``cifar100:PATH``),
-    whose ``split`` (``val``: the held-out split training scored on; ``train``) is read with the
+    ``data``: a source (``digits``, ``fashion-mnist``, ``imagefolder:PATH``, ... as ``--data``),
+    whose ``split`` (``val``: the images ``train`` scored on, the test images where the source
+    has them; ``train``) is read with the
     evaluation transforms at ``resolution`` with ``holdout`` and ``seed`` (for a checkpoint, by
     default its recipe's, as ``evaluate`` does; for a model, its spec's resolution, 0.2 and 0);
     or a ``Dataset`` or ``DataLoader`` of ``(image, label)`` batches, used as given (class names
@@ -95,6 +96,7 @@ def analyze_routing(
             holdout=holdout if holdout is not None else recipe.get("holdout", 0.2),
             seed=seed if seed is not None else recipe.get("seed", 0),
             augment=False,
+            split="final",  # the images `train` scored on: the test images where there are some
         )
         if spec is not None and num_classes != spec.num_classes:
             raise UsageError(

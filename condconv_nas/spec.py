@@ -177,8 +177,8 @@ PRESETS: dict[str, dict] = {
 
 
 def load_spec(path_or_name: str | os.PathLike | ArchSpec | dict) -> ArchSpec:
-    """A spec from a preset name, a JSON file, a dict or an ArchSpec; raises `SpecError` if
-    invalid."""
+    """A spec from a preset name, a JSON file, a run folder (its most accurate front spec), a
+    dict or an ArchSpec; raises `SpecError` if invalid."""
     if isinstance(path_or_name, ArchSpec):
         return path_or_name
     if isinstance(path_or_name, dict):
@@ -187,6 +187,10 @@ def load_spec(path_or_name: str | os.PathLike | ArchSpec | dict) -> ArchSpec:
     if key in PRESETS:
         return ArchSpec.from_dict(PRESETS[key])
     path = Path(key)
+    if path.is_dir() and (path / "pareto.json").is_file():
+        from .results import best_spec_path  # noqa: PLC0415  (results reads specs: import late)
+
+        path = best_spec_path(path)
     if not path.is_file():
         raise SpecError(
             f"{key}: no such spec file, and not a preset (presets: {', '.join(PRESETS)})"

@@ -97,6 +97,15 @@ def test_end_to_end_search_writes_every_file(files):
         text=True,
     )
     assert shown.returncode == 0 and json.loads(shown.stdout) == front
+    # the best spec, named: a path that works from here, and the run folder itself as a spec
+    best = max(front, key=lambda p: p["top1"])
+    named = run_cli("show", run, "--best")
+    assert named.returncode == 0 and named.stdout.strip() == str(
+        run / "specs" / f"{best['trial']}.json"
+    )
+    assert load_spec(named.stdout.strip()) == load_spec(run) == load_spec(best["spec"])
+    table = run_cli("show", run).stdout
+    assert str(run / "specs" / f"{best['trial']}.json") in table
 
 
 def test_over_budget_candidates_are_never_trained(files):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from ..training.options import DATA_HELP
 from .backend import BACKENDS, NNI_STRATEGIES
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
@@ -113,7 +114,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         default="digits",
-        help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH (default: digits)",
+        help=DATA_HELP,
     )
     p.add_argument(
         "--trainer",

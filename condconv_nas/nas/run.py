@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import __version__
 from ..data import check_data, parse_source
 from ..errors import UsageError
@@ -63,10 +65,10 @@ def prepare(
         raise UsageError(f"--run {run!r}: use letters, digits, '.', '_' and '-' only")
     check_backend(backend, options)
     space_ = load_space(space)
-    recipe = load_recipe(trainer)
-    recipe.check_optimizer()
     source = parse_source(data)
-    check_data(source, holdout=recipe.holdout, seed=seed)
+    recipe = load_recipe(trainer).for_data(source.kind)
+    recipe.check_optimizer()
+    _, scored_on = check_data(source, holdout=recipe.holdout, seed=recipe.seed)
     if init is not None:
         init = check_init(init, space_.base)
     if latency_device is not None:
@@ -100,6 +102,8 @@ def prepare(
         "trainer": trainer,
         "recipe": recipe.__dict__,
         "data": str(source),
+        "scored_on": scored_on,
+        "threads": torch.get_num_threads(),
         "seed": seed,
         "trials": total,
         **({"init": init} if init is not None else {}),

@@ -41,6 +41,7 @@ def dense_start(run_dir: Path, *, base: str, trainer: str, data: str, epochs: in
                 epochs=epochs,
                 out=tmp,
                 progress=False,
+                split="search",
             )
             record = {"top1": metrics["top1"], "epochs": epochs, "base": base}
             (tmp / "dense.json").write_text(json.dumps(record, indent=2) + "\n")

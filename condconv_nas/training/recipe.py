@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..files import find_yaml
 from ..validation import FORBID_EXTRA, Float, StrictBool, StrictInt, StrictStr, parse, read_yaml
 
+DATA_KINDS = ("digits", "fashion-mnist", "mnist", "imagefolder", "cifar10", "cifar100")
 _Count = Annotated[StrictInt, Field(ge=0)]
 _Fraction = Annotated[Float, Field(ge=0, lt=1)]  # a probability or a smoothing factor
 
@@ -62,10 +63,18 @@ class Recipe:
     trials: Annotated[StrictInt, Field(ge=1)] = 16  # default --trials of a search with this recipe
     # per-base changes: {base: {key: value}}, each checked as the recipe with it applied
     overrides: dict[StrictStr, dict[StrictStr, Any]] = dataclasses.field(default_factory=dict)
+    # per-data changes: {source kind (digits, fashion-mnist, cifar10, ...): {key: value}}, applied
+    # before the per-base ones (a proxy for 60,000 images is not one for 1,797)
+    data_overrides: dict[StrictStr, dict[StrictStr, Any]] = dataclasses.field(default_factory=dict)
 
     def for_base(self, base: str) -> Recipe:
         """The recipe with the per-family overrides for ``base`` applied."""
         return dataclasses.replace(self, **self.overrides.get(base, {}), overrides={})
+
+    def for_data(self, kind: str) -> Recipe:
+        """The recipe with the changes for the data source ``kind`` applied (once: the result has
+        no per-data changes left)."""
+        return dataclasses.replace(self, **self.data_overrides.get(kind, {}), data_overrides={})
 
     def check_optimizer(self) -> None:
         """`UsageError` unless timm knows the optimizer (imports timm: called before training)."""
@@ -90,6 +99,14 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
         if "overrides" in changes:
             raise UsageError(f"{where}: overrides.{base}: unknown field overrides")
         parse(Recipe, {**data, "overrides": {}, **changes}, f"{where}: overrides.{base}")
+    for kind, changes in recipe.data_overrides.items():
+        if kind not in DATA_KINDS:
+            raise UsageError(
+                f"{where}: data_overrides: unknown data source {kind!r} ({', '.join(DATA_KINDS)})"
+            )
+        if {"overrides", "data_overrides"} & set(changes):
+            raise UsageError(f"{where}: data_overrides.{kind}: only recipe keys may change")
+        parse(Recipe, {**data, "data_overrides": {}, **changes}, f"{where}: data_overrides.{kind}")
     return recipe
 
 

@@ -3,6 +3,7 @@ process or under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU; only rank 0 writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import check_datasets, make_datasets, parse_source
+from ..data import check_datasets, describe_split, make_datasets, parse_source
 from ..errors import UsageError
 from ..files import check_writable_folder, write_atomic
 from ..spec import load_spec
@@ -54,6 +55,8 @@ def train(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    split: str = "final",
+    seed: int | None = None,
 ) -> dict:
     """Train ``spec`` (an ArchSpec, a spec file or a preset name) with a recipe; returns
     ``metrics.json``.
@@ -65,6 +68,10 @@ def train(
     base's timm model, one of our ``model.pt``, ``timm:NAME``; see ``models.upcycle.inherit``):
     what matches is taken, metrics.json records the share of parameters ``inherited``.
     Under ``torchrun`` every process trains (DDP) and rank 0 writes.
+    ``split``: ``final`` learns from all training images and scores on the data's test images;
+    ``search`` (the search's dense start) holds a part of the training images out to score on
+    (`data.make_datasets`). metrics.json says how many ``images`` were scored.
+    ``seed``: the recipe's ``seed`` (model init and data order) replaced.
     ``progress``: epoch lines and a bar on stderr. Bad input raises `UsageError` before any work
     or any file.
     """
@@ -76,8 +83,12 @@ def train(
         source = load_source(init)
         check_base(source, spec.base)
     given_id = spec.id  # names the default output folder, and metrics.json's spec_id
-    recipe = load_recipe(trainer).for_base(spec.base)
     data = parse_source(data)
+    recipe = load_recipe(trainer).for_data(data.kind).for_base(spec.base)
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            raise UsageError(f"--seed must be in [0, 2**32), got {seed!r}")
+        recipe = dataclasses.replace(recipe, seed=seed)
     epochs = epochs if epochs is not None else recipe.epochs
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
@@ -112,7 +123,12 @@ def train(
     )
     res = recipe.resolution or spec.resolution
     train_ds, val_ds, num_classes = make_datasets(
-        data, res, holdout=recipe.holdout, seed=recipe.seed, autoaugment=recipe.autoaugment
+        data,
+        res,
+        holdout=recipe.holdout,
+        seed=recipe.seed,
+        autoaugment=recipe.autoaugment,
+        split=split,
     )
     check_datasets(data, train_ds, val_ds, num_classes)
     if spec.num_classes != num_classes:
@@ -219,6 +235,8 @@ def train(
             "spec_id": given_id,
             "model_spec_id": spec.id,
             "data": str(data),
+            "images": len(val_ds),
+            "scored_on": describe_split(data, val_ds, train_ds, split),
             "world_size": world,
             **inherited,
         }
@@ -278,8 +296,8 @@ def _inherit(model, source, *, note: bool) -> dict:
 
 
 def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: int = 64) -> dict:
-    """top-1, top-5 and loss of a checkpoint or exported model (ours) on ``data``'s held-out
-    split."""
+    """top-1, top-5, loss and the number of ``images`` scored, of a checkpoint or exported model
+    (ours) on ``data``'s test images (its held-out part where it has no test split)."""
     data = parse_source(data)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
@@ -292,7 +310,11 @@ def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: i
         checkpoint.resolution(obj),
         holdout=recipe.get("holdout", 0.2),
         seed=recipe.get("seed", 0),
+        split="final",
     )
     if num_classes != model.spec.num_classes:
         raise UsageError(f"{path} has {model.spec.num_classes} classes, {data} has {num_classes}")
-    return evaluate(model, make_loader(val_ds, batch_size, train=False, seed=0))
+    return {
+        **evaluate(model, make_loader(val_ds, batch_size, train=False, seed=0)),
+        "images": len(val_ds),
+    }

@@ -1,0 +1,134 @@
+"""The paper's Figure 2 in miniature: does CondConv-MobileNetV1 gain accuracy with more experts?
+
+Trains MobileNetV1 at each ``--widths`` with each ``--experts`` (1 expert is the static network;
+n > 1 is the paper's CondConv-MobileNetV1: CondConv from the 6th separable block on and in the
+classifier, one router per block) with one recipe (``--trainer``, default ``fashion``) and each
+``--seeds`` on ``--data`` (default Fashion-MNIST): all training images, scored on the test
+images. Prints a table of test top-1 (mean over seeds, and each seed) against MADDs at 224 px,
+writes it with a plot to ``--out`` (``docs/figure2.md``, ``docs/figure2.png``).
+
+Resumable: every training writes under ``--runs`` (``runs/figure2/<w>-<n>e-s<seed>/``) after each
+epoch; a rerun takes the finished ones as they are and resumes the unfinished, so the figure can
+be filled across sittings (``--only-table`` draws what is finished, trains nothing). Run:
+``python benchmarks/figure2.py [--widths 0.25,0.5] [--experts 1,2,4,8] [--seeds 0,1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from condconv_nas import count_madds, load_spec, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spec_for(width: float, experts: int):
+    """MobileNetV1 at ``width``; with ``experts`` > 1 the paper's CondConv placement."""
+    name = "mobilenet-v1" if experts == 1 else "condconv-mobilenet-v1"
+    spec = load_spec(name).replace(width_multiplier=width)
+    if experts > 1:
+        spec = spec.replace(condconv={**spec.to_dict()["condconv"], "num_experts": experts})
+    return spec
+
+
+def run_one(spec, out: Path, args, seed: int) -> dict | None:
+    """The metrics of one finished training (trained or resumed here unless ``only_table``)."""
+    done = out / "metrics.json"
+    if done.is_file():
+        metrics = json.loads(done.read_text())
+        if metrics.get("epoch") == args.epochs:
+            return metrics
+    if args.only_table:
+        return None
+    t0 = time.perf_counter()
+    metrics = train(
+        spec,
+        trainer=args.trainer,
+        data=args.data,
+        epochs=args.epochs,
+        out=out,
+        resume=(out / "last.pt").is_file(),
+        seed=seed,
+        progress=False,
+    )
+    print(f"  {out.name}: top-1 {metrics['top1']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    return metrics
+
+
+def draw(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for width in sorted({r["width"] for r in rows}):
+        pts = sorted((r for r in rows if r["width"] == width), key=lambda r: r["madds_M"])
+        ax.plot([r["madds_M"] for r in pts], [r["top1"] for r in pts], "-o", label=f"{width}x")
+        for r in pts:
+            ax.annotate(
+                f"{r['experts']}",
+                (r["madds_M"], r["top1"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+            )
+            for s in r["seeds"]:
+                ax.plot(r["madds_M"], s, ".", color="grey", alpha=0.5)
+    ax.set_xlabel("MADDs at 224 px (millions)")
+    ax.set_ylabel("test top-1")
+    ax.set_title(title, fontsize=10)
+    ax.legend(title="width (labels: experts)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", default="0.25,0.5")
+    p.add_argument("--experts", default="1,2,4,8")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--trainer", default="fashion")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "figure2")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "figure2")
+    p.add_argument("--only-table", action="store_true", help="draw what is finished; train nothing")
+    args = p.parse_args()
+    rows = []
+    for width in map(float, args.widths.split(",")):
+        for experts in map(int, args.experts.split(",")):
+            spec = spec_for(width, experts)
+            seeds = []
+            for seed in map(int, args.seeds.split(",")):
+                m = run_one(spec, args.runs / f"{width}-{experts}e-s{seed}", args, seed)
+                if m is not None:
+                    seeds.append(m["top1"])
+            if seeds:
+                rows.append(
+                    {
+                        "width": width,
+                        "experts": experts,
+                        "madds_M": round(count_madds(spec) / 1e6, 1),
+                        "top1": round(statistics.mean(seeds), 4),
+                        "seeds": [round(s, 4) for s in seeds],
+                    }
+                )
+    from tabulate import tabulate
+
+    table = tabulate(rows, headers="keys", tablefmt="github")
+    print(table)
+    if rows:
+        title = f"MobileNetV1 on {args.data}, {args.trainer} recipe, {args.epochs} epochs"
+        draw(rows, args.out.with_suffix(".png"), title)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
