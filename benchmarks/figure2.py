@@ -101,25 +101,27 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "figure2")
     p.add_argument("--only-table", action="store_true", help="draw what is finished; train nothing")
     args = p.parse_args()
-    rows = []
-    for width in map(float, args.widths.split(",")):
-        for experts in map(int, args.experts.split(",")):
-            spec = spec_for(width, experts)
-            seeds = []
-            for seed in map(int, args.seeds.split(",")):
-                m = run_one(spec, args.runs / f"{width}-{experts}e-s{seed}", args, seed)
+    widths = [float(w) for w in args.widths.split(",")]
+    experts_ = [int(e) for e in args.experts.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    done = {}  # seed-major: a whole curve per seed first, so a partial fill still draws one
+    for seed in seeds:
+        for width in widths:
+            for experts in experts_:
+                out = args.runs / f"{width}-{experts}e-s{seed}"
+                m = run_one(spec_for(width, experts), out, args, seed)
                 if m is not None:
-                    seeds.append(m["top1"])
-            if seeds:
-                rows.append(
-                    {
-                        "width": width,
-                        "experts": experts,
-                        "madds_M": round(count_madds(spec) / 1e6, 1),
-                        "top1": round(statistics.mean(seeds), 4),
-                        "seeds": [round(s, 4) for s in seeds],
-                    }
-                )
+                    done.setdefault((width, experts), []).append(m["top1"])
+    rows = [
+        {
+            "width": width,
+            "experts": experts,
+            "madds_M": round(count_madds(spec_for(width, experts)) / 1e6, 1),
+            "top1": round(statistics.mean(top1s), 4),
+            "seeds": [round(t, 4) for t in top1s],
+        }
+        for (width, experts), top1s in done.items()
+    ]
     from tabulate import tabulate
 
     table = tabulate(rows, headers="keys", tablefmt="github")

@@ -175,9 +175,9 @@ def main() -> None:
     keep_freed_memory()
     torch.set_num_threads(torch.get_num_threads())
     source = parse_source(args.data)
-    proxy = load_recipe(args.recipe)
+    proxy = load_recipe(args.recipe).for_data(source.kind)  # as a search on this data runs it
     old = dataclasses.replace(
-        load_recipe(str(HERE / "proxy_v1.yaml")), holdout=proxy.holdout
+        load_recipe(str(HERE / "proxy_v1.yaml")).for_data(source.kind), holdout=proxy.holdout
     )  # the same split
     reference = dataclasses.replace(  # one long training, whatever the proxy's repeats
         proxy,

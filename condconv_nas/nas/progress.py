@@ -44,6 +44,8 @@ class Reporter:
     """Progress of a search. This one says nothing; `LineReporter` and `BarReporter` write to
     stderr."""
 
+    shows = False  # whether it writes to stderr (then trainings before the trials show theirs)
+
     def start(self, header: str, total: int, done: int) -> None:
         pass
 
@@ -63,6 +65,8 @@ class Reporter:
 
 class LineReporter(Reporter):
     """A line on stderr per finished trial."""
+
+    shows = True
 
     def start(self, header, total, done):
         print(header, file=sys.stderr)

@@ -451,6 +451,8 @@ def search(
             trainer=trainer,
             data=str(task.data),
             epochs=task.recipe.dense_epochs,
+            progress=reporter.shows,
+            note=reporter.note,
         )
         task.init = dense["init"]
         config["dense_start"] = dense

@@ -243,8 +243,8 @@ def train(
         if progress:
             print(
                 f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 "
-                f"{m['top5']:.4f}  "
-                f"({seconds:.1f}s)",
+                f"{m['top5']:.4f}  ({seconds:.1f}s; about "
+                f"{_duration(seconds * (epochs - epoch - 1))} left)",
                 file=sys.stderr,
             )
         for k in ("top1", "top5", "loss"):
@@ -276,6 +276,14 @@ def train(
     if world > 1:
         torch.distributed.destroy_process_group()
     return metrics if rank == 0 else {}
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``7 min``, ``2 h 05 min``: time left, to a reader's precision."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _inherit(model, source, *, note: bool) -> dict:
