@@ -191,6 +191,7 @@ class Search(Command):
                 cpus_per_trial=args.cpus_per_trial,
                 gpus_per_trial=args.gpus_per_trial,
                 nni_strategy=args.nni_strategy,
+                sampler=args.sampler,
                 latency_budget=args.latency_budget,
                 latency_batch=args.latency_batch,
                 objective=args.objective,

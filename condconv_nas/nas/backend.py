@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .task import SearchTask
 
 NNI_STRATEGIES = ("evolution", "random", "tpe")
+SAMPLERS = ("tpe", "random")  # the study's sampler, which the Optuna and Ray backends ask
 
 
 @dataclass(frozen=True)

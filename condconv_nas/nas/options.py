@@ -6,7 +6,7 @@ import argparse
 import re
 
 from ..training.options import DATA_HELP
-from .backend import BACKENDS, NNI_STRATEGIES
+from .backend import BACKENDS, NNI_STRATEGIES, SAMPLERS
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 OBJECTIVES = ("madds", "latency")  # what the front trades top-1 against
@@ -144,6 +144,13 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (default: 0)"
+    )
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="how the Optuna and Ray backends propose candidates after the presets: tpe "
+        "(Optuna's multi-objective TPE, random for its first 8 trials) or random (default: tpe)",
     )
     p.add_argument(
         "--nni-strategy",

@@ -73,7 +73,9 @@ def finished(study: optuna.Study) -> int:
     return sum(1 for t in counting_trials(study) if t.state != TrialState.RUNNING)
 
 
-def open_study(storage_url: str, name: str, seed: int, *, heartbeat: bool = True) -> optuna.Study:
+def open_study(
+    storage_url: str, name: str, seed: int, *, heartbeat: bool = True, sampler: str = "tpe"
+) -> optuna.Study:
     """The run's study. With ``heartbeat`` (Optuna workers), a worker that died mid-trial has its
     trial failed and retried once; Ray and NNI drive the study by ask-and-tell, without
     heartbeats."""
@@ -89,8 +91,12 @@ def open_study(storage_url: str, name: str, seed: int, *, heartbeat: bool = True
         storage = optuna.storages.RDBStorage(storage_url, **(beat if heartbeat else {}))
         # group=True: TPE models the conditional space (CondConv decisions only when CondConv is on)
         # per group
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, n_startup_trials=8
+        sampler = (
+            optuna.samplers.RandomSampler(seed=seed)
+            if sampler == "random"
+            else optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, n_startup_trials=8
+            )
         )
     return optuna.create_study(
         study_name=name,

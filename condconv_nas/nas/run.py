@@ -18,7 +18,7 @@ from ..data import check_data, parse_source
 from ..errors import UsageError
 from ..files import check_writable_folder
 from ..training.recipe import load_recipe
-from .backend import BackendOptions, Callbacks, check_backend, make_searcher
+from .backend import SAMPLERS, BackendOptions, Callbacks, check_backend, make_searcher
 from .options import OBJECTIVES, parse_budget, parse_latency
 from .progress import BarReporter, Reporter, trial_line
 from .space import load_space
@@ -247,7 +247,7 @@ def read_measured(run_dir: Path) -> dict:
     return data
 
 
-def open_storage(url: str, name: str, seed: int, *, heartbeat: bool):
+def open_storage(url: str, name: str, seed: int, *, heartbeat: bool, sampler: str = "tpe"):
     """The run's study in ``url``; a URL that cannot be used is a usage error naming it."""
     import sqlalchemy.exc  # noqa: PLC0415
 
@@ -256,7 +256,7 @@ def open_storage(url: str, name: str, seed: int, *, heartbeat: bool):
     # workers started together race to create the tables: the loser tries again
     for attempt in range(3):
         try:
-            return open_study(url, name, seed, heartbeat=heartbeat)
+            return open_study(url, name, seed, heartbeat=heartbeat, sampler=sampler)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
             if attempt == 2 or not re.search(r"UNIQUE|already exists|locked", str(e)):
                 raise _storage_error(url, e) from None
@@ -333,6 +333,7 @@ def search(
     objective: str = "madds",
     latency_device: str | Path | None = None,
     progress: bool | Reporter = True,
+    sampler: str = "tpe",
     **backend_options: Any,
 ) -> SearchResult:
     """Search ``space`` for the Pareto front of proxy top-1 against MADDs under a hard MADD
@@ -342,7 +343,8 @@ def search(
     what it holds. ``budget``: an int or the CLI's forms (``"400M"``, ``"0.4G"``). ``trials``: the
     run's total across restarts and workers (default: the recipe's). ``progress``: True for a bar on
     stderr, False for silence, or a `Reporter`. ``backend_options``: ``address``,
-    ``cpus_per_trial``, ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). Bad input raises
+    ``cpus_per_trial``, ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). ``sampler``: ``tpe``
+    or ``random``, the study's sampler (Optuna and Ray backends). Bad input raises
     `UsageError` before anything is written; Ctrl-C raises `SearchInterrupted` after the run
     folder is written.
 
@@ -359,6 +361,8 @@ def search(
     Without ``init``, a recipe with ``dense_epochs`` first trains the space's base once per run
     (``dense.pt`` in the run folder, see ``warm_start``) and every candidate starts from it.
     """
+    if sampler not in SAMPLERS:
+        raise UsageError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
     if latency_budget is not None:
         try:
             latency_budget = parse_latency(latency_budget)
@@ -415,12 +419,15 @@ def search(
     if storage is None:  # the run's own SQLite file: its folder first
         run_dir.mkdir(parents=True, exist_ok=True)
         storage = own
-    study = open_storage(storage, run_dir.name, seed, heartbeat=backend == "optuna")
+    study = open_storage(
+        storage, run_dir.name, seed, heartbeat=backend == "optuna", sampler=sampler
+    )
     # a user's --storage was reached before anything was written
     run_dir.mkdir(parents=True, exist_ok=True)
     config.update(
         run=run_dir.name,
         backend=backend,
+        sampler=sampler,
         storage=storage,
         presets=presets,
         versions={"condconv_nas": __version__, "python": platform.python_version()},
