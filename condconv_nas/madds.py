@@ -10,19 +10,23 @@ might carry weights that would go uncounted: `count_madds` raises rather than un
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import torch
 import torch.nn as nn
-from fvcore.nn.jit_analysis import JitModelAnalysis
-from fvcore.nn.jit_handles import (
-    addmm_flop_jit,
-    bmm_flop_jit,
-    conv_flop_jit,
-    einsum_flop_jit,
-    linear_flop_jit,
-    matmul_flop_jit,
-)
+
+with warnings.catch_warnings():  # fvcore scripts its focal loss on import: torch now warns on that
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=FutureWarning)
+    from fvcore.nn.jit_analysis import JitModelAnalysis
+    from fvcore.nn.jit_handles import (
+        addmm_flop_jit,
+        bmm_flop_jit,
+        conv_flop_jit,
+        einsum_flop_jit,
+        linear_flop_jit,
+        matmul_flop_jit,
+    )
 
 from .layers import CondConv2d, CondLinear
 from .spec import ArchSpec, load_spec
