@@ -10,6 +10,7 @@ MADD budget is still marked, on the trials over it.
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: the user's backend stays)
 
     fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
-    ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [12, 1]})
+    ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [12, 1.8]})
 
     def xs(ps):
         return [info.x(p) for p in ps]
@@ -220,12 +221,14 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
             zorder=5,
             label="paper preset (not evaluated)",
         )
-        for k, p in enumerate(missing):
+        for p in missing:  # above its star, clear of the over-budget ticks beside it
             strip.annotate(
                 p.label.split(":")[0],
                 (info.x(p), 0),
                 textcoords="offset points",
-                xytext=(6, 4 - 9 * (k % 2)),
+                xytext=(0, 7),
+                ha="center",
+                va="bottom",
                 fontsize=7,
                 color="tab:orange",
             )
@@ -239,12 +242,13 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     if everything:
         pad = 0.05 * (max(everything) - min(everything) or 1.0)
         ax.set_xlim(min(everything) - pad, max(everything) + pad)
-    strip.set_ylim(-1, 1)
+    strip.set_ylim(-1, 2.2)  # room above the markers for the presets' labels
     strip.set_yticks([])
     strip.set_ylabel("not\ntrained", fontsize=7, rotation=0, ha="right", va="center")
     strip.set_xlabel(info.xlabel)
     ax.set_ylabel("proxy top-1 (held out)")
-    ax.set_title(info.title, fontsize=9)
+    # wrapped: a run's title names its data path, which may be longer than the axes are wide
+    ax.set_title(textwrap.fill(info.title, 90), fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
     more = strip.get_legend_handles_labels()
     # the legend outside the axes covers no point
