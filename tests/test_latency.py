@@ -280,7 +280,7 @@ def _split_budget(files, monkeypatch) -> tuple[str, float]:
         slow = predict_latency(space.to_spec({"width_multiplier": 1.0}))
     finally:
         torch.set_num_threads(threads)
-    assert slow > 3 * fast
+    assert slow > 2 * fast  # the budget between them (their geometric mean) is 1.4x from each
     budget = f"{(fast * slow) ** 0.5:.3f}ms"
     return budget, float(budget[:-2])
 
