@@ -45,6 +45,7 @@ SOURCES = (
     "digits, fashion-mnist[:PATH], mnist:PATH, imagefolder:PATH, cifar10:PATH or cifar100:PATH"
 )
 IDX_KINDS = ("fashion-mnist", "mnist")
+KINDS = ("digits", *IDX_KINDS, "imagefolder", "cifar10", "cifar100")  # every --data kind
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def parse_source(text: str) -> DataSource:
         path = str(idx.DEBIAN_FASHION_MNIST)
         if not idx.DEBIAN_FASHION_MNIST.is_dir():
             raise UsageError(f"--data fashion-mnist: no folder {path}; {idx.HOW_TO_GET}")
-    if kind not in ("imagefolder", "cifar10", "cifar100", *IDX_KINDS) or not path:
+    if kind not in KINDS or kind == "digits" or not path:
         raise UsageError(f"--data {text!r}: expected {SOURCES}")
     p = Path(path).expanduser()
     if not p.is_dir():
@@ -315,13 +316,13 @@ def make_datasets(
 
 def describe_split(source: DataSource, val: Dataset, train: Dataset, split: str) -> str:
     """Which images score a model, in words (a run's ``config.json`` records it)."""
-    if split == "final" and source.has_test_split:
+    if not source.has_test_split:
+        return f"{len(val)} images held out of the {len(val) + len(train)} images of {source}"
+    if split == "final":
         return f"the {len(val)} test images of {source}"
     return (
         f"{len(val)} images held out of the {len(val) + len(train)} training images of {source} "
         f"(never its test images)"
-        if source.has_test_split
-        else f"{len(val)} images held out of the {len(val) + len(train)} images of {source}"
     )
 
 

@@ -152,9 +152,10 @@ def best_spec_path(run_dir) -> Path:
     front = load_front(run_dir)
     if not front:
         raise UsageError(f"{run_dir}: no trained trial on the front yet")
-    path = Path(run_dir) / "specs" / f"{best_point(front)['trial']}.json"
+    best = best_point(front)
+    path = Path(run_dir) / "specs" / f"{best['trial']}.json"
     if not path.is_file():  # specs/ is rewritten with the front: a lost file is rewritten here
-        ArchSpec.from_dict(best_point(front)["spec"]).save(path)
+        ArchSpec.from_dict(best["spec"]).save(path)
     return path
 
 

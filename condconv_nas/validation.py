@@ -55,6 +55,14 @@ def parse(cls: type[T], data: Any, where: str = "", error: type[UsageError] = Us
         raise error(f"{where}: {describe(e)}" if where else describe(e)) from None
 
 
+def check_seed(seed: Any) -> int:
+    """``--seed``: an integer in [0, 2**32) (what torch and Optuna seed with); `UsageError`
+    otherwise."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {seed!r}")
+    return seed
+
+
 def read_yaml(path: Path, where: str) -> Any:
     """A YAML file's data; unreadable, non-UTF-8 or malformed files are one-line usage errors."""
     import yaml  # noqa: PLC0415

@@ -18,6 +18,7 @@ from ..data import check_data, parse_source
 from ..errors import UsageError
 from ..files import check_writable_folder
 from ..training.recipe import load_recipe
+from ..validation import check_seed
 from .backend import SAMPLERS, BackendOptions, Callbacks, check_backend, make_searcher
 from .options import OBJECTIVES, parse_budget, parse_latency
 from .progress import BarReporter, Reporter, trial_line
@@ -57,8 +58,7 @@ def prepare(
     latency_device: str | None = None,
 ):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
-    if not _is_int(seed) or not 0 <= seed < 2**32:
-        raise UsageError(f"--seed must be in [0, 2**32), got {seed!r}")
+    check_seed(seed)
     if trials is not None and (not _is_int(trials) or not 1 <= trials <= 10**6):
         raise UsageError(f"--trials must be in [1, 1000000], got {trials!r}")
     if run is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run):

@@ -13,7 +13,6 @@ from ..errors import UsageError
 from ..files import find_yaml
 from ..validation import FORBID_EXTRA, Float, StrictBool, StrictInt, StrictStr, parse, read_yaml
 
-DATA_KINDS = ("digits", "fashion-mnist", "mnist", "imagefolder", "cifar10", "cifar100")
 _Count = Annotated[StrictInt, Field(ge=0)]
 _Fraction = Annotated[Float, Field(ge=0, lt=1)]  # a probability or a smoothing factor
 
@@ -99,10 +98,12 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
         if "overrides" in changes:
             raise UsageError(f"{where}: overrides.{base}: unknown field overrides")
         parse(Recipe, {**data, "overrides": {}, **changes}, f"{where}: overrides.{base}")
+    from ..data import KINDS  # noqa: PLC0415
+
     for kind, changes in recipe.data_overrides.items():
-        if kind not in DATA_KINDS:
+        if kind not in KINDS:
             raise UsageError(
-                f"{where}: data_overrides: unknown data source {kind!r} ({', '.join(DATA_KINDS)})"
+                f"{where}: data_overrides: unknown data source {kind!r} ({', '.join(KINDS)})"
             )
         if {"overrides", "data_overrides"} & set(changes):
             raise UsageError(f"{where}: data_overrides.{kind}: only recipe keys may change")

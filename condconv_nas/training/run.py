@@ -16,6 +16,7 @@ from ..data import check_datasets, describe_split, make_datasets, parse_source
 from ..errors import UsageError
 from ..files import check_writable_folder, write_atomic
 from ..spec import load_spec
+from ..validation import check_seed
 from . import checkpoint
 from .engine import (
     build_for_training,
@@ -86,9 +87,7 @@ def train(
     data = parse_source(data)
     recipe = load_recipe(trainer).for_data(data.kind).for_base(spec.base)
     if seed is not None:
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-            raise UsageError(f"--seed must be in [0, 2**32), got {seed!r}")
-        recipe = dataclasses.replace(recipe, seed=seed)
+        recipe = dataclasses.replace(recipe, seed=check_seed(seed))
     epochs = epochs if epochs is not None else recipe.epochs
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
