@@ -156,8 +156,9 @@ def _over(info: FrontPlotInfo) -> list[tuple[list[Point], str, str]]:
     return [g for g in groups if g[0]]
 
 
-def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
-    from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: the user's backend stays)
+def front_figure(info: FrontPlotInfo):
+    """The PNG's matplotlib figure (no pyplot: the user's backend stays)."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
     fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
     ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [12, 1.8]})
@@ -165,7 +166,8 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     def xs(ps):
         return [info.x(p) for p in ps]
 
-    ax.scatter(xs(info.trials), [p.top1 for p in info.trials], s=22, c="0.6", label="trials")
+    if info.trials:  # an empty scatter would still put "trials" in the legend
+        ax.scatter(xs(info.trials), [p.top1 for p in info.trials], s=22, c="0.6", label="trials")
     if info.untrained:
         ax.scatter(
             xs(info.untrained),
@@ -183,7 +185,7 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
             c="tab:blue",
             s=40,
             label="Pareto front",
-            zorder=4,
+            zorder=5,  # over the presets' stars: a preset on the front shows both
         )
     evaluated = [p for p in info.presets if p.top1 is not None]
     if evaluated:
@@ -191,9 +193,9 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
             xs(evaluated),
             [p.top1 for p in evaluated],
             marker="*",
-            s=140,
+            s=220,
             c="tab:orange",
-            zorder=5,
+            zorder=4,
             label="paper preset (evaluated)",
         )
         # staggered: neighbouring presets never print over each other
@@ -246,6 +248,7 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     strip.set_yticks([])
     strip.set_ylabel("not\ntrained", fontsize=7, rotation=0, ha="right", va="center")
     strip.set_xlabel(info.xlabel)
+    ax.margins(y=0.08)  # room for the stars at the top and bottom points
     ax.set_ylabel("proxy top-1 (held out)")
     # wrapped: a run's title names its data path, which may be longer than the axes are wide
     ax.set_title(textwrap.fill(info.title, 90), fontsize=9)
@@ -253,12 +256,17 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     more = strip.get_legend_handles_labels()
     # the legend outside the axes covers no point
     fig.legend(handles + more[0], labels + more[1], fontsize=8, loc="outside right upper")
+    return fig
+
+
+def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    front_figure(info).savefig(buf, format="png")
     write_atomic(path, buf.getvalue())
 
 
-def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
+def front_html_figure(info: FrontPlotInfo):
+    """The HTML's plotly figure; traces are drawn in order, so later ones lie on top."""
     import plotly.graph_objects as go  # noqa: PLC0415
 
     fig = go.Figure()
@@ -283,13 +291,6 @@ def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
         mode="markers",
         marker=dict(color="gray", symbol="circle-open"),
     )
-    trace(
-        info.front,
-        "Pareto front",
-        mode="lines+markers",
-        line_shape="hv",
-        marker=dict(color="royalblue"),
-    )
     evaluated = [p for p in info.presets if p.top1 is not None]
     trace(
         evaluated,
@@ -297,7 +298,15 @@ def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
         mode="markers+text",
         text=[p.label.split(":")[0] for p in evaluated],
         textposition="bottom right",
-        marker=dict(symbol="star", size=13, color="orange"),
+        marker=dict(symbol="star", size=20, color="orange"),
+    )
+    # after the presets' stars, so that a preset on the front shows the front's dot inside it
+    trace(
+        info.front,
+        "Pareto front",
+        mode="lines+markers",
+        line_shape="hv",
+        marker=dict(color="royalblue"),
     )
     # Not trained: on a strip of its own below the accuracy axis (y2), never at top-1 0.
     strip = dict(yaxis="y2", mode="markers")
@@ -342,6 +351,11 @@ def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
             title="not trained",
         ),
     )
+    return fig
+
+
+def plot_front_html(path: Path, info: FrontPlotInfo) -> None:
+    fig = front_html_figure(info)
     write_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 

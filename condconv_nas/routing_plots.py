@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 MAX_CLASS_TICKS = 30  # more classes than this: the class axis is labelled, its ticks are not
+MIN_WIDTH = 6.4  # inches: a grid of one router still holds its two-line title
 
 
 def _subplots(*grid, figsize, dpi=100, **kwargs):
@@ -38,7 +39,7 @@ def _grid(n: int, width: float, height: float):
     cols = min(n, 4 if n <= 12 else 6)
     rows = -(-n // cols)
     fig, axes = _subplots(
-        rows, cols, figsize=(width * cols + 1.2, height * rows + 0.8), squeeze=False
+        rows, cols, figsize=(max(width * cols + 1.2, MIN_WIDTH), height * rows + 0.8), squeeze=False
     )
     flat = axes.ravel().tolist()
     for ax in flat[n:]:
@@ -82,7 +83,9 @@ def plot_specificity(info: dict):
     layers = info["layers"]
     values = [lay["class_specificity"] for lay in layers]
     fig, ax = _subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4.2))
-    ax.plot(range(len(values)), values, marker="o", c="tab:blue", label="class specificity (left)")
+    ax.plot(
+        range(len(values)), values, marker="o", ms=6, c="tab:blue", label="class specificity (left)"
+    )
     for i, v in enumerate(values):
         ax.annotate(
             f"{v:.2f}", (i, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7
@@ -95,9 +98,16 @@ def plot_specificity(info: dict):
     # A router whose weights barely move can still be "specific" in tiny differences: the spread
     # in routing-weight units tells whether the class changes the kernel by much.
     spread = [lay["class_spread"] for lay in layers]
-    right = ax.twinx()
+    right = ax.twinx()  # drawn after ax: its open squares frame the dots they fall on
     right.plot(
-        range(len(spread)), spread, ls="--", marker=".", c="0.45", label="class spread (right)"
+        range(len(spread)),
+        spread,
+        ls="--",
+        marker="s",
+        ms=10,
+        mfc="none",
+        c="0.45",
+        label="class spread (right)",
     )
     right.set_ylim(0, max(0.02, 1.15 * max(spread)))
     right.set_ylabel("class spread (RMS of class mean - mean)", c="0.35", fontsize=9)

@@ -186,3 +186,35 @@ def test_static_model_and_foreign_files_exit_2(tmp_path, cli):
     res = cli("analyze", tmp_path / "other.pt", "--data", "digits")
     assert res.returncode == 2 and "no spec" in res.stderr
     assert not (tmp_path / "routing").exists()
+
+
+def _overflow(fig) -> list[float]:
+    """How far (inches) what the figure draws reaches past its left, bottom, right and top edges:
+    matplotlib's tight box holds every drawn text, title and tick label."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)  # the constrained layout is made while drawing
+    drawn, page = fig.get_tightbbox(renderer), fig.bbox_inches
+    return [page.x0 - drawn.x0, page.y0 - drawn.y0, drawn.x1 - page.x1, drawn.y1 - page.y1]
+
+
+def test_pictures_of_one_router_keep_their_titles_and_show_both_specificity_marks():
+    """One router (routing shared by every CondConv layer): every title fits inside its picture,
+    and in the specificity picture the class-spread mark (drawn on the twin axis, above) is an open
+    marker larger than the specificity dot it may fall on, so neither hides the other."""
+    from condconv_nas.routing_plots import PICTURES
+
+    torch.manual_seed(0)
+    model = build_model(tiny(5, share="single")).eval()
+    _, val, _ = make_datasets(parse_source("digits"), 16, holdout=0.2, seed=0)
+    info = analyze_routing(model, DataLoader(Subset(val, range(64)), batch_size=16))
+    assert len(info["layers"]) == 1
+    for name, plot in PICTURES.items():
+        assert max(_overflow(plot(info))) <= 0.01, name
+    fig = PICTURES["routing_specificity.png"](info)
+    left, right = fig.axes[:2]
+    (dots,), (squares,) = left.get_lines(), right.get_lines()
+    assert fig.axes.index(right) > fig.axes.index(left) and right.zorder >= left.zorder
+    assert squares.get_markerfacecolor() == "none"
+    assert squares.get_markersize() > dots.get_markersize()

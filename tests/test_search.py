@@ -384,6 +384,38 @@ def test_plot_data_tells_the_truth():
     assert info.title == "r: budget 400M (2 trained, 1 at chance level, 1 over budget)"
 
 
+def test_pictures_draw_the_front_over_the_presets_and_list_only_what_they_draw():
+    """A preset on the front (the usual case: EfficientNet-B0 is the best) shows the front's dot
+    inside its star in both pictures, and no legend names a kind of point that is not drawn."""
+    from condconv_nas.plots import front_figure, front_html_figure, front_plot_info
+
+    rows = [
+        dict(trial=0, state="COMPLETE", feasible=True, madds=385_800_000, top1=0.95,
+             preset="efficientnet-b0"),
+        dict(trial=1, state="COMPLETE", feasible=True, madds=200_000_000, top1=0.91),
+    ]  # fmt: skip
+    info = front_plot_info(
+        rows, pareto_front(rows), budget=400_000_000, presets={"efficientnet-b0": 385_800_000}
+    )
+    assert not info.trials and len(info.front) == 2
+    fig = front_figure(info)
+    ax = fig.axes[0]
+    drawn = {c.get_label(): c for c in ax.collections}
+    front, star = drawn["Pareto front"], drawn["paper preset (evaluated)"]
+    assert (385.8, 0.95) in [tuple(o) for o in front.get_offsets().tolist()]
+    assert front.get_zorder() > star.get_zorder()
+    assert star.get_sizes()[0] > front.get_sizes()[0]  # the star rims the dot
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "trials" not in legend and "Pareto front" in legend
+    names = [t.name for t in front_html_figure(info).data]
+    assert "trials" not in names
+    assert names.index("Pareto front") > names.index("paper preset (evaluated)")
+    traces = {t.name: t for t in front_html_figure(info).data}
+    assert traces["paper preset (evaluated)"].marker.size > (
+        traces["Pareto front"].marker.size or 6
+    )
+
+
 def test_drawing_a_run_writes_a_png_and_leaves_matplotlibs_backend_alone(tmp_path):
     """A library that draws must not switch the user's backend (a notebook's inline one)."""
     import matplotlib
