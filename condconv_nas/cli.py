@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .allocator import keep_freed_memory
-from .errors import UsageError
+from .errors import NasWarning, UsageError
 from .training.options import DATA_HELP
 
 
@@ -565,7 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, *args, _python=warnings.formatwarning, **kwargs) -> str:
+    """The project's own warnings in one line, as its errors are; others as Python prints them."""
+    if issubclass(category, NasWarning):
+        return f"condconv-nas: warning: {message}\n"
+    return _python(message, category, *args, **kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.formatwarning = _warning_line
     warnings.filterwarnings(
         "ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning
     )

@@ -3,3 +3,11 @@
 
 class UsageError(ValueError):
     """Bad usage or bad input (a malformed spec, a missing data path, an impossible budget...)."""
+
+
+class NasWarning(UserWarning):
+    """Something a user should know that does not stop the work; the CLI prints it in one line."""
+
+
+class StaleTableWarning(NasWarning):
+    """A cached latency table disagreed with a measurement made now and was set aside."""

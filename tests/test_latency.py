@@ -7,7 +7,9 @@ well predictions match measurement is for benchmarks/latency_predictor.py."""
 import csv
 import dataclasses
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,6 +217,36 @@ def test_latency_command_prints_predicted_and_measured(tmp_path):
         res = run_cli(*args, "--format", "json", env=env)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and word in lines[0], res.stderr
+
+
+def test_a_cached_table_far_from_a_measurement_now_is_set_aside_with_a_warning(tmp_path):
+    """A table measured under another load (here: every figure made 5 times slower, as a table
+    built while another job held a core was) is checked against one quick measurement when a
+    later process first uses it: set aside, saying how far off it was, and refilled from now."""
+    spec = _spec("mobilenet-v1", resolution=32, width_multiplier=0.25)
+    path = spec.save(tmp_path / "spec.json")
+    env = {**ONE_THREAD, table.CACHE_ENV: str(tmp_path / "cache")}
+    first = run_cli("latency", path, "--format", "json", env=env)
+    assert first.returncode == 0 and "warning" not in first.stderr, first.stderr
+    file = Path(json.loads(first.stdout)["table"])
+    data = json.loads(file.read_text())
+    for entry in data["entries"].values():
+        entry["ms"] *= 5
+    data["calibration"] = {
+        base: [[5 * a, 5 * b] for a, b in samples] for base, samples in data["calibration"].items()
+    }
+    file.write_text(json.dumps(data))
+    res = run_cli("latency", path, "--format", "json", env=env)
+    assert res.returncode == 0, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    ratio = float(re.search(r", ([\d.]+)x the ", line).group(1))
+    assert line.startswith("condconv-nas: warning: latency table") and 3 < ratio < 8, line
+    (stale,) = file.parent.glob("*.stale-*.json")
+    assert json.loads(stale.read_text()) == data  # kept as it was, for a look
+    out = json.loads(res.stdout)
+    assert 0.5 < out["predicted_ms"] / out["measured_ms"] < 2  # refilled from measurements now
+    again = run_cli("latency", path, "--format", "json", env=env)
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
 
 
 def test_pareto_front_by_latency():

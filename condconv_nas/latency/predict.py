@@ -10,19 +10,24 @@ prediction takes a fraction of a second.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 
-from ..errors import UsageError
+from ..errors import StaleTableWarning, UsageError
 from ..layers import Router
 from ..spec import ArchSpec, load_spec
-from .measure import in_place_ms, router_ms, whole_ms
+from .measure import Rounds, in_place_ms, router_ms, whole_ms
 from .table import LatencyTable
 from .units import Part, Plan, plan, router_part, routers, units
 
 _plans: dict[tuple[str, int], Plan] = {}
 ROUTER_CHUNK = 256  # routers timed together (interleaved); bounds the memory they take
+# A table built while another job held a core predicted 2.5 to 10 times what the idle machine
+# measured: a cached table further than this from a measurement now is not trusted.
+STALE_RATIO = 1.5
+PROBE = Rounds(warmup=2, min_rounds=7, seconds=0.5, max_rounds=50)  # a quick whole-network check
 
 
 def check_batch(batch) -> int:
@@ -133,11 +138,38 @@ def predict_latency(spec, batch: int = 1, *, table=None) -> float:
         )
         return _sum_ms(table, p) + table.overhead_ms(p.base)
     table = LatencyTable.for_batch(batch)
+    if not table.trusted:
+        _check_cached(table, spec, p, batch)
     if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
         table.reload()  # another process may have measured them
     if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
         _fill(spec, p, table)
     return _sum_ms(table, p) + table.overhead_ms(p.base)
+
+
+def _check_cached(table: LatencyTable, spec: ArchSpec, p: Plan, batch: int) -> None:
+    """Before a process first predicts from a table an earlier process measured, time ``spec``'s
+    network now; if the table's prediction is more than `STALE_RATIO` off, set the table aside
+    (it is refilled from measurements made now) and warn, saying by how much it was off."""
+    table.trusted = True
+    if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
+        return  # nothing to compare: this network's parts are measured now anyway
+    predicted = _sum_ms(table, p) + table.overhead_ms(p.base)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, spec.resolution, spec.resolution)
+        measured = whole_ms([_build(spec)], [x], PROBE)[0]
+    ratio = predicted / measured
+    if 1 / STALE_RATIO <= ratio <= STALE_RATIO:
+        return
+    stale = table.set_aside()
+    warnings.warn(
+        f"latency table {table.path} predicted {predicted:.1f} ms for spec {spec.id}, "
+        f"{ratio:.2f}x the {measured:.1f} ms measured now (it was built under another load): "
+        f"set aside as {stale.name}, measuring afresh",
+        StaleTableWarning,
+        stacklevel=3,
+    )
 
 
 def measure_latencies(specs: list, batch: int = 1) -> list[float]:

@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import statistics
+import time
 from functools import cache
 from pathlib import Path
 
@@ -82,6 +83,8 @@ class LatencyTable:
         self.entries: dict[str, dict] = {}  # part key -> {"ms": ..., "what": ...}
         self.calibration: dict[str, list[list[float]]] = {}  # base -> [[parts_ms, whole_ms]]
         self.reload()
+        # figures another process measured, maybe under another load: checked before first use
+        self.trusted = read_only or not self.entries
 
     @classmethod
     def for_batch(cls, batch: int) -> LatencyTable:
@@ -153,6 +156,14 @@ class LatencyTable:
         for base, samples in calibration.items():
             mine = self.calibration.setdefault(base, [])
             mine.extend(s for s in samples if s not in mine)
+
+    def set_aside(self) -> Path:
+        """Move the file out of the way (kept beside it, for a look) and start empty."""
+        stale = self.path.with_suffix(f".stale-{int(time.time())}.json")
+        if self.path.exists():
+            os.replace(self.path, stale)
+        self.entries, self.calibration, self.trusted = {}, {}, True
+        return stale
 
     def ms(self, key: str) -> float | None:
         entry = self.entries.get(key)
