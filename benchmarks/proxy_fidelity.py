@@ -89,6 +89,11 @@ def pretrain_dense(
     return dense["init"], time.perf_counter() - t0
 
 
+def _f(r: dict, key: str, digits: int = 3) -> str:
+    """A figure of the table, or a dash where it was not trained."""
+    return "-".center(6) if r.get(key) is None else f"{r[key]:6.{digits}f}"
+
+
 def summary(name, rows, key, ref="reference"):
     tau = kendalltau([r[key] for r in rows], [r[ref] for r in rows]).statistic
     err = {cc: [r[key] - r[ref] for r in rows if r["condconv"] == cc] for cc in (False, True)}
@@ -152,7 +157,19 @@ def main() -> None:
         default=5,
         help="epochs of the reference / proxy's (default 5)",
     )
+    p.add_argument(
+        "--reference-epochs",
+        type=int,
+        default=0,
+        help="the reference's epochs, instead of --reference-scale times the proxy's",
+    )
     p.add_argument("--reference-resolution", type=int, default=40, help="default 40")
+    p.add_argument(
+        "--inherited-only",
+        action="store_true",
+        help="with --inherit: train only the inherited proxy and the reference (the search's "
+        "proxy; no from-scratch or old-proxy columns)",
+    )
     p.add_argument("--out", type=Path, help="also write the per-spec figures as JSON")
     p.add_argument(
         "--reference-seeds",
@@ -179,11 +196,12 @@ def main() -> None:
     old = dataclasses.replace(
         load_recipe(str(HERE / "proxy_v1.yaml")).for_data(source.kind), holdout=proxy.holdout
     )  # the same split
-    reference = dataclasses.replace(  # one long training, whatever the proxy's repeats
+    reference = dataclasses.replace(  # one long training on every image, whatever the proxy's
         proxy,
-        epochs=proxy.epochs * args.reference_scale,
+        epochs=args.reference_epochs or proxy.epochs * args.reference_scale,
         resolution=args.reference_resolution,
         repeats=1,
+        train_subset=1.0,
     )
     specs = [
         (name, load_spec(name))
@@ -191,7 +209,9 @@ def main() -> None:
         if base
         for name in (base, f"condconv-{base}")
     ]
-    specs += list(candidates(args.space, args.random, args.seed, args.spread))
+    specs += (
+        list(candidates(args.space, args.random, args.seed, args.spread)) if args.random else []
+    )
     init, pretrain_s = None, 0.0
     if args.inherit:
         base = load_space(args.space).base
@@ -224,7 +244,7 @@ def main() -> None:
     for name, spec in specs:
         r = known.get(spec.id, {})
         r.update(spec=name, spec_id=spec.id, condconv=spec.condconv is not None)
-        if "proxy" not in r:
+        if "proxy" not in r and not args.inherited_only:
             r["proxy"], r["proxy_s"] = timed(spec, source, proxy, 0)
             r["seed1"], _ = timed(spec, source, proxy, 1)
             r["old"], r["old_s"] = timed(spec, source, old, 0)
@@ -241,9 +261,9 @@ def main() -> None:
                 r["inherit_seed1"], _ = timed(spec, source, proxy, 1, init)
         rows.append(r)
         print(
-            f"{name:<26} {'y' if r['condconv'] else 'n':>2} {r['proxy']:6.3f} {r['seed1']:6.3f} "
-            f"{r['old']:6.3f} {r['reference']:6.3f}   "
-            f"{r['proxy_s']:.1f}/{r['old_s']:.1f}/{r['reference_s']:.1f}"
+            f"{name:<26} {'y' if r['condconv'] else 'n':>2} {_f(r, 'proxy')} {_f(r, 'seed1')} "
+            f"{_f(r, 'old')} {r['reference']:6.3f}   "
+            f"{_f(r, 'proxy_s', 1)}/{_f(r, 'old_s', 1)}/{r['reference_s']:.1f}"
             + (
                 f"  inherited {r['inherit']:.3f} ({r['inherit_s']:.1f} s)" if "inherit" in r else ""
             ),
@@ -256,12 +276,14 @@ def main() -> None:
     print()
     if args.reference_seeds > 1:
         repeatability(rows, args.reference_seeds)
-    summary("proxy", rows, "proxy")
-    summary("old proxy", rows, "old")
+    if not args.inherited_only:
+        summary("proxy", rows, "proxy")
+        summary("old proxy", rows, "old")
     inherited = [r for r in rows if "inherit" in r]
     if inherited:
         summary("inherited", inherited, "inherit")
-        summary("scratch", inherited, "proxy")  # the same specs, from scratch
+        if not args.inherited_only:
+            summary("scratch", inherited, "proxy")  # the same specs, from scratch
         print(
             f"  (inherited: plus {pretrain_s:.0f} s once, pretraining the dense model)"
             if pretrain_s
@@ -274,15 +296,16 @@ def main() -> None:
                 f"{name} noise, the same spec with another seed: |diff| max {max(seed):.3f}, "
                 f"mean {statistics.mean(seed):.3f}"
             )
-    for (
-        r
-    ) in rows:  # the paper's pairs: does the proxy order static and CondConv as the reference does?
-        if not r["condconv"] and f"condconv-{r['spec']}" in {x["spec"] for x in rows}:
-            c = next(x for x in rows if x["spec"] == f"condconv-{r['spec']}")
-            print(
-                f"pair {r['spec']:<16} CondConv - static: proxy {c['proxy'] - r['proxy']:+.3f}, "
-                f"old {c['old'] - r['old']:+.3f}, reference {c['reference'] - r['reference']:+.3f}"
+    # the paper's pairs: does each proxy order static and CondConv as the reference does?
+    for r in rows:
+        c = next((x for x in rows if x["spec"] == f"condconv-{r['spec']}"), None)
+        if c is not None:
+            gaps = ", ".join(
+                f"{key} {c[key] - r[key]:+.3f}"
+                for key in ("proxy", "old", "inherit", "reference")
+                if c.get(key) is not None and r.get(key) is not None
             )
+            print(f"pair {r['spec']:<16} CondConv - static: {gaps}")
 
 
 if __name__ == "__main__":
