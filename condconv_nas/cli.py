@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import errno
 import json
 import sys
 import warnings
@@ -89,13 +90,14 @@ class Madds(Command):
         )
 
     def take_action(self, args):
-        from .spec import load_spec  # noqa: PLC0415  (validate before the heavy imports)
+        from .spec import load_spec  # validate before the heavy imports
+        from .validation import check_int
 
-        if args.resolution is not None and not 8 <= args.resolution <= 4096:
-            raise UsageError(f"--resolution: must be in [8, 4096], got {args.resolution}")
+        if args.resolution is not None:  # argparse makes `--resolution=--` an empty list
+            check_int(args.resolution, "--resolution", 8, 4096)
         spec = load_spec(args.spec)
-        from .madds import count_madds, count_params  # noqa: PLC0415
-        from .models import build_model  # noqa: PLC0415
+        from .madds import count_madds, count_params
+        from .models import build_model
 
         model = build_model(spec)
         res = args.resolution or spec.resolution
@@ -125,7 +127,7 @@ class Table1(Command):
     name, help = "table1", "the paper's Table 1 MADDs side by side with ours"
 
     def take_action(self, args):
-        from .table1 import table1  # noqa: PLC0415
+        from .table1 import table1
 
         self.out(args, table1())
         return 0
@@ -135,7 +137,7 @@ class Presets(Command):
     name, help = "presets", "list the named preset specs"
 
     def take_action(self, args):
-        from .spec import PRESETS, load_spec  # noqa: PLC0415
+        from .spec import PRESETS, load_spec
 
         rows = []
         for name in PRESETS:
@@ -164,13 +166,13 @@ class Search(Command):
     threads = True
 
     def add_arguments(self, p):
-        from .nas.options import add_search_arguments  # noqa: PLC0415
+        from .nas.options import add_search_arguments
 
         add_search_arguments(p)
 
     def take_action(self, args):
-        from .nas.progress import BarReporter, LineReporter  # noqa: PLC0415
-        from .nas.run import SearchInterrupted, search  # noqa: PLC0415
+        from .nas.progress import BarReporter, LineReporter
+        from .nas.run import SearchInterrupted, search
 
         keep_freed_memory()
         try:
@@ -254,7 +256,7 @@ class Show(Command):
         )
 
     def take_action(self, args):
-        from .results import best_spec_path, count_untrained, load_front  # noqa: PLC0415
+        from .results import best_spec_path, count_untrained, load_front
 
         if args.best:
             print(best_spec_path(args.run_dir))
@@ -291,7 +293,7 @@ class Latency(Command):
     threads = True
 
     def add_arguments(self, p):
-        from .nas.options import positive_int  # noqa: PLC0415
+        from .nas.options import positive_int
 
         p.add_argument("spec", nargs="?", help="a spec JSON file or a preset name")
         p.add_argument(
@@ -305,19 +307,19 @@ class Latency(Command):
         )
 
     def take_action(self, args):
-        from .latency import check_batch  # noqa: PLC0415
+        from .latency import check_batch
 
         if (args.spec is None) == (args.space is None):
             raise UsageError("give a SPEC, or --space to fill the table for a space (not both)")
         check_batch(args.batch)
         if args.space is not None:
             return self.fill(args)
-        from .spec import load_spec  # noqa: PLC0415
+        from .spec import load_spec
 
         spec = load_spec(args.spec)
-        import torch  # noqa: PLC0415
+        import torch
 
-        from .latency import measure_latency, predict_latency, table_info  # noqa: PLC0415
+        from .latency import measure_latency, predict_latency, table_info
 
         keep_freed_memory()  # as `search` runs
         predicted = predict_latency(spec, batch=args.batch)
@@ -336,12 +338,12 @@ class Latency(Command):
         return 0
 
     def fill(self, args) -> int:
-        import time  # noqa: PLC0415
+        import time
 
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.auto import tqdm
 
-        from .latency import build_table, table_info  # noqa: PLC0415
-        from .nas.space import load_space  # noqa: PLC0415
+        from .latency import build_table, table_info
+        from .nas.space import load_space
 
         load_space(args.space)  # a bad space is refused before any measuring
         keep_freed_memory()
@@ -365,12 +367,12 @@ class Train(Command):
     threads = True
 
     def add_arguments(self, p):
-        from .training.options import add_train_arguments  # noqa: PLC0415
+        from .training.options import add_train_arguments
 
         add_train_arguments(p)
 
     def take_action(self, args):
-        from .training.run import default_out, train  # noqa: PLC0415
+        from .training.run import default_out, train
 
         keep_freed_memory()
         metrics = train(
@@ -404,7 +406,7 @@ class Evaluate(Command):
         add_evaluation_arguments(p)
 
     def take_action(self, args):
-        from .training.run import evaluate_checkpoint  # noqa: PLC0415
+        from .training.run import evaluate_checkpoint
 
         m = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size)
         print(
@@ -434,7 +436,7 @@ class Analyze(Command):
         )
 
     def take_action(self, args):
-        from .routing_analysis import (  # noqa: PLC0415
+        from .routing_analysis import (
             analyze_routing,
             routing_folder,
             write_routing,
@@ -451,7 +453,7 @@ class Analyze(Command):
             + f" in {out}",
             file=sys.stderr,
         )
-        from .routing_plots import label  # noqa: PLC0415
+        from .routing_plots import label
 
         def used(lay, pick):  # the expert with the highest (lowest) mean weight, and that mean
             e = pick(range(lay["num_experts"]), key=lay["mean"].__getitem__)
@@ -499,7 +501,7 @@ class Export(Command):
         p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
 
     def take_action(self, args):
-        from .export import FORMATS, export_onnx  # noqa: PLC0415
+        from .export import FORMATS, export_onnx
 
         if args.format not in FORMATS:
             raise UsageError(f"--format: {args.format!r} is not one of {', '.join(FORMATS)}")
@@ -533,7 +535,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__  # noqa: PLC0415
+    from . import __version__
 
     parser = Parser(
         prog="condconv-nas",
@@ -584,13 +586,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.handler.threads:
-            from .threads import use_threads  # noqa: PLC0415
+            from .threads import use_threads
 
             use_threads(args.threads)
         return args.handler.take_action(args)
     except UsageError as e:
         message = " ".join(str(e).split())  # one line, whatever the message carried
         print(f"condconv-nas {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a name no file system takes: bad input too, wherever it was looked up
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        from .validation import short_repr
+
+        print(
+            f"condconv-nas {args.command}: error: file name too long: {short_repr(e.filename)}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"condconv-nas {args.command}: interrupted", file=sys.stderr)

@@ -99,7 +99,7 @@ def parse_source(text: str) -> DataSource:
 def load_rgb(path: str):
     """Open an image of any mode as RGB (palette/RGBA through RGBA, so transparency becomes
     black)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     with Image.open(path) as im:
         im.load()
@@ -117,7 +117,7 @@ class RobustImageFolder(Dataset):
     """torchvision's ImageFolder that skips unreadable images (with a warning naming the file)."""
 
     def __init__(self, root: Path, transform=None) -> None:
-        from torchvision.datasets import ImageFolder  # noqa: PLC0415
+        from torchvision.datasets import ImageFolder
 
         try:
             self.folder = ImageFolder(str(root), loader=load_rgb, is_valid_file=is_image_file)
@@ -135,7 +135,7 @@ class RobustImageFolder(Dataset):
             path, target = self.folder.samples[(index + attempt) % len(self)]
             try:
                 img = load_rgb(path)
-            except Exception as e:  # noqa: BLE001  (PIL raises many kinds for corrupt files)
+            except Exception as e:  # PIL raises many kinds for corrupt files
                 warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
                 continue
             return (self.transform(img) if self.transform else img), target
@@ -189,7 +189,7 @@ class Transformed(Dataset):
 def image_transforms(
     resolution: int, *, train: bool, autoaugment: bool = False, crop_pct: float = 0.875
 ):
-    from torchvision import transforms as T  # noqa: PLC0415
+    from torchvision import transforms as T
 
     if train:
         ops = [T.RandomResizedCrop(resolution), T.RandomHorizontalFlip()]
@@ -209,7 +209,7 @@ def _split(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
 
 
 def _digits(resolution: int, holdout: float, seed: int) -> tuple[Dataset, Dataset, int]:
-    from sklearn.datasets import load_digits  # noqa: PLC0415  (shipped with scikit-learn)
+    from sklearn.datasets import load_digits  # shipped with scikit-learn
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -243,7 +243,7 @@ def _idx(
 
 
 def _cifar(source: DataSource, train_tf, val_tf, holdout: float, seed: int, *, final: bool):
-    from torchvision import datasets  # noqa: PLC0415
+    from torchvision import datasets
 
     cls = datasets.CIFAR10 if source.kind == "cifar10" else datasets.CIFAR100
     try:
@@ -252,7 +252,7 @@ def _cifar(source: DataSource, train_tf, val_tf, holdout: float, seed: int, *, f
             val = cls(str(source.path), train=False, download=False, transform=val_tf)
             return train, val, len(train.classes)
         base = cls(str(source.path), train=True, download=False)
-    except Exception:  # noqa: BLE001  (a corrupt batch file fails in pickle, numpy, ...)
+    except Exception:  # a corrupt batch file fails in pickle, numpy, ...
         # torchvision's message suggests download=True; we never download
         raise UsageError(
             f"--data {source}: not a readable CIFAR folder (torchvision's python version, "

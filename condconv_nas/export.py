@@ -10,7 +10,6 @@ elsewhere, both with the batch as a tensor dimension.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 import torch
 
 from .errors import UsageError
-from .files import unwritable, write_atomic
+from .extras import load, require
+from .files import too_long, unwritable, write_atomic
 
 FORMATS = ("onnx",)
 EXPORT_FORMS = ("bmm", "mixture")  # the CondConv forms whose graph holds for any batch size
@@ -43,9 +43,9 @@ def _is_json(path: Path) -> bool:
 
 def _source(source: Any) -> tuple[torch.nn.Module, int | None, Path | None]:
     """``(model, training resolution or None, default output path or None)`` of what to export."""
-    from .models import build_model  # noqa: PLC0415
-    from .spec import PRESETS, ArchSpec, load_spec  # noqa: PLC0415
-    from .training import checkpoint  # noqa: PLC0415
+    from .models import build_model
+    from .spec import PRESETS, ArchSpec, load_spec
+    from .training import checkpoint
 
     if isinstance(source, torch.nn.Module):
         spec = getattr(source, "spec", None)
@@ -64,11 +64,14 @@ def _source(source: Any) -> tuple[torch.nn.Module, int | None, Path | None]:
         return build_model(spec), spec.resolution, Path(f"{spec.id}.onnx")
     obj = checkpoint.load(path)
     model = checkpoint.model_from(obj, path)
-    return model, checkpoint.resolution(obj), path.with_suffix(".onnx")
+    return model, checkpoint.resolution(obj, path), path.with_suffix(".onnx")
 
 
 def _check_writable(path: Path) -> None:
     """Refuse an output path that is a directory or cannot be created, before any work."""
+    problem = too_long(path)
+    if problem:
+        raise UsageError(f"{path}: cannot be written ({problem})")
     if path.is_dir():
         raise UsageError(f"{path}: is a directory (give a file name, e.g. {path / 'model.onnx'})")
     problem = unwritable(path.parent)  # the folders write_atomic would create
@@ -101,10 +104,8 @@ def export_onnx(
         raise UsageError(f"resolution: must be an int in [8, 4096], got {resolution!r}")
     if torch.__version__ < "2.6":  # torch.onnx.export(dynamo=True) with dynamic shapes
         raise UsageError(f"ONNX export needs torch >= 2.6, this is {torch.__version__}")
-    for module in ("onnx", "onnxscript"):
-        if importlib.util.find_spec(module) is None:
-            raise UsageError(f"ONNX export needs {module}: pip install 'condconv-nas[export]'")
-    import onnx  # noqa: PLC0415
+    require("onnxscript", needed_for="ONNX export")  # torch.onnx's exporter imports it
+    onnx = load("onnx", needed_for="ONNX export")
 
     # Below 18 torch.onnx keeps 18 with a warning; above onnx's newest there is no such opset.
     newest = onnx.defs.onnx_opset_version()
@@ -122,7 +123,7 @@ def export_onnx(
         Path(model_or_checkpoint).resolve()
     ):
         raise UsageError(f"{path}: is the file being exported (give another output path)")
-    from .layers import CondConv2d  # noqa: PLC0415
+    from .layers import CondConv2d
 
     for name, m in model.named_modules():
         if isinstance(m, CondConv2d) and m.strategy == "kernel":
@@ -134,7 +135,7 @@ def export_onnx(
     if size > _MAX_BYTES:
         raise UsageError(f"the model's weights take {size / 2**30:.1f} GB; an ONNX file holds 2 GB")
 
-    from .layers.strategy import fixed_forms  # noqa: PLC0415
+    from .layers.strategy import fixed_forms
 
     param = next(model.parameters(), None)
     # Batch 2, not 1: torch.export would take a size-1 dimension for a constant. Zeros: tracing

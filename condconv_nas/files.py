@@ -19,7 +19,8 @@ def write_atomic(path: Path, data) -> None:
     """Write text or bytes to ``path`` through a temporary file of its own and a rename: never
     half-written, even with several workers writing one run folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the temporary name stays short: any name the file system takes for ``path`` works
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # as an ordinary write would (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
@@ -33,6 +34,9 @@ def write_atomic(path: Path, data) -> None:
 def check_writable_folder(path: Path, flag: str) -> None:
     """`UsageError` unless ``path`` is a folder we can write in, or one we can create."""
     path = Path(path)
+    problem = too_long(path)  # before any look at it: the look itself would fail
+    if problem:
+        raise UsageError(f"{flag} {path}: {problem}")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path}: exists and is not a folder")
     problem = unwritable(path)
@@ -40,9 +44,23 @@ def check_writable_folder(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: {problem}")
 
 
+def too_long(path: Path) -> str | None:
+    """Why no file system takes the name ``path`` (a name in it over 255 bytes, or all of it over
+    4096), or None: a folder of that name could not be created, not even its first parts."""
+    path = Path(path)
+    if max((len(os.fsencode(p)) for p in path.parts), default=0) > 255 or (
+        len(os.fsencode(str(path.absolute()))) >= 4096
+    ):
+        return "a name too long for a file system (255 bytes a name, 4096 in all)"
+    return None
+
+
 def unwritable(path: Path) -> str | None:
-    """Why a folder ``path`` could not be created or written in (its nearest existing ancestor is
-    no writable folder), or None."""
+    """Why a folder ``path`` could not be created or written in (a name in it too long for the
+    file system, its nearest existing ancestor no writable folder), or None."""
+    problem = too_long(path)
+    if problem:
+        return problem
     parent = Path(path)
     while not parent.exists():
         parent = parent.parent

@@ -72,7 +72,7 @@ def count_params(model_or_spec) -> int:
 
 
 def _build(spec):
-    from .models import build_model  # noqa: PLC0415  (models import timm)
+    from .models import build_model  # models import timm
 
     return build_model(spec)
 

@@ -158,7 +158,7 @@ def _over(info: FrontPlotInfo) -> list[tuple[list[Point], str, str]]:
 
 def front_figure(info: FrontPlotInfo):
     """The PNG's matplotlib figure (no pyplot: the user's backend stays)."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
     ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [12, 1.8]})
@@ -267,7 +267,7 @@ def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
 
 def front_html_figure(info: FrontPlotInfo):
     """The HTML's plotly figure; traces are drawn in order, so later ones lie on top."""
-    import plotly.graph_objects as go  # noqa: PLC0415
+    import plotly.graph_objects as go
 
     fig = go.Figure()
 

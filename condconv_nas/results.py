@@ -14,8 +14,9 @@ from pydantic import Field
 
 from .errors import UsageError
 from .files import write_atomic
+from .nas.options import MAX_MADDS
 from .spec import ArchSpec
-from .validation import FORBID_EXTRA, Float, StrictInt, parse
+from .validation import FORBID_EXTRA, Float, StrictInt, parse, read_json
 
 
 def trained_rows(rows: Sequence[dict]) -> list[dict]:
@@ -117,8 +118,11 @@ def count_untrained(run_dir) -> int:
     path = Path(run_dir) / "trials.csv"
     if not path.is_file():
         return 0
-    with path.open(newline="") as f:
-        return sum(1 for r in csv.DictReader(f) if r.get("untrained") == "True")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return sum(1 for r in csv.DictReader(f) if r.get("untrained") == "True")
+    except (csv.Error, UnicodeDecodeError) as e:  # a field over csv's limit, not text
+        raise UsageError(f"{path}: not a run's trials.csv ({str(e).splitlines()[0]})") from None
 
 
 def load_front(run_dir) -> list[dict]:
@@ -128,10 +132,7 @@ def load_front(run_dir) -> list[dict]:
         raise UsageError(
             f"{run_dir}: not a run folder (no pareto.json); run `condconv-nas search` first"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    data = read_json(path, str(path))
     front = parse(list[FrontPoint], data, str(path))
     for point in front:  # every spec on the front must still be one
         try:
@@ -159,7 +160,8 @@ def best_spec_path(run_dir) -> Path:
     return path
 
 
-_Count = Annotated[StrictInt, Field(ge=0)]
+# a count no larger than any budget's MADDs (numbers beyond would not even convert to floats)
+_Count = Annotated[StrictInt, Field(ge=0, le=MAX_MADDS)]
 
 
 @dataclass(frozen=True)

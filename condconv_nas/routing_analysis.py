@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import UsageError
+from .validation import check_batch_size
 
 SPLITS = ("val", "train")
 BINS = 20  # histogram bins over [0, 1], where sigmoid and softmax weights both lie
@@ -56,11 +57,10 @@ def analyze_routing(
     """
     if split not in SPLITS:
         raise UsageError(f"--split: must be one of {', '.join(SPLITS)}, got {split!r}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     source = None
     if isinstance(data, str):
-        from .data import parse_source  # noqa: PLC0415
+        from .data import parse_source
 
         source = parse_source(data)
     elif not isinstance(data, (Dataset, DataLoader)):
@@ -69,13 +69,13 @@ def analyze_routing(
         )
     checkpoint_path, recipe = None, {}
     if not isinstance(model, nn.Module):
-        from .training import checkpoint  # noqa: PLC0415
+        from .training import checkpoint
 
         checkpoint_path = str(model)
         obj = checkpoint.load(model)
         model = checkpoint.model_from(obj, model)
-        recipe = obj.get("recipe") or {}
-    from .layers import CondConv2d, CondLinear, Router  # noqa: PLC0415
+        recipe = checkpoint.recipe_of(obj, checkpoint_path)
+    from .layers import CondConv2d, CondLinear, Router
 
     routers = {n: m for n, m in model.named_modules() if isinstance(m, Router)}
     if not routers:
@@ -85,7 +85,7 @@ def analyze_routing(
 
     meta: dict = {"checkpoint": checkpoint_path, "spec_id": spec.id if spec else None}
     if source is not None:
-        from .data import class_names, make_datasets  # noqa: PLC0415
+        from .data import class_names, make_datasets
 
         res = resolution or recipe.get("resolution") or (spec.resolution if spec else None)
         if res is None:
@@ -120,7 +120,7 @@ def analyze_routing(
     }
     weights, labels, num_classes = _run(model, loader, routers, cond_layers)
     if names is None:
-        from .data import class_names  # noqa: PLC0415
+        from .data import class_names
 
         names = class_names(loader.dataset, num_classes)
     numbers = _layer_numbers(model)
@@ -248,7 +248,7 @@ def _layer_numbers(model: nn.Module) -> dict[int, int]:
     spec, net = getattr(model, "spec", None), getattr(model, "net", None)
     if spec is None or net is None:
         return {}
-    from .models import FAMILIES  # noqa: PLC0415
+    from .models import FAMILIES
 
     family = FAMILIES[spec.base]
     units = [(1, getattr(net, family.stem))]
@@ -259,9 +259,10 @@ def _layer_numbers(model: nn.Module) -> dict[int, int]:
 
 def routing_folder(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """The folder ``analyze`` writes to (default ``routing/`` beside the checkpoint), checked."""
+    from .files import check_writable_folder
+
     out = Path(out) if out is not None else Path(checkpoint).parent / "routing"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
+    check_writable_folder(out, "--out")
     return out
 
 
@@ -271,8 +272,8 @@ def write_routing(info: dict, out: str | os.PathLike) -> list[Path]:
     Everything is drawn before anything is written, and each file is written atomically.
     """
     out = routing_folder("", out)
-    from .files import write_atomic  # noqa: PLC0415
-    from .routing_plots import draw_routing  # noqa: PLC0415
+    from .files import write_atomic
+    from .routing_plots import draw_routing
 
     files = {"routing.json": json.dumps(info, indent=2) + "\n", **draw_routing(info)}
     for name, content in files.items():

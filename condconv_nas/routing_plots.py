@@ -17,7 +17,7 @@ MIN_WIDTH = 6.4  # inches: a grid of one router still holds its two-line title
 
 def _subplots(*grid, figsize, dpi=100, **kwargs):
     """A figure of its own (no pyplot): drawing never switches or touches the user's backend."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     return fig, fig.subplots(*grid, **kwargs)
@@ -49,7 +49,7 @@ def _grid(n: int, width: float, height: float):
 
 def plot_class_means(info: dict):
     """One heat map per router: classes (rows, by name) x experts, the mean routing weight."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     layers, classes = info["layers"], info["classes"]
     grids = [

@@ -22,7 +22,7 @@ from pydantic import Field
 from .archs import BASES, num_blocks
 from .errors import UsageError
 from .files import write_atomic
-from .validation import FORBID_EXTRA, Float, StrictBool, StrictInt, parse
+from .validation import FORBID_EXTRA, Float, StrictBool, StrictInt, parse, read_json
 
 SCHEMA_VERSION = 1
 SHARES = ("layer", "block", "pair", "single")
@@ -58,7 +58,7 @@ class CondConvSpec:
     __pydantic_config__ = FORBID_EXTRA
 
     # 1 = stem, 2..B+1 = blocks, B+2 = classifier only (docs/method.md)
-    begin_layer: Annotated[StrictInt, Field(ge=1)]
+    begin_layer: Annotated[StrictInt, Field(ge=1, le=10_000)]
     num_experts: Annotated[StrictInt, Field(ge=1, le=1024)] = 8  # experts per CondConv layer
     classifier: StrictBool = False  # the final FC is a CondConv (CondLinear) layer
     routing: RoutingSpec = field(default_factory=RoutingSpec)
@@ -78,7 +78,10 @@ class ArchSpec:
     # batch-norm epsilon (timm's tf_ models: 1e-3)
     bn_eps: Annotated[Float, Field(gt=0, lt=1)] = 1e-5
     condconv: CondConvSpec | None = None  # None: a static model
-    schema_version: Literal[SCHEMA_VERSION] = SCHEMA_VERSION
+    # an integer (a Literal would take 1.0 and true)
+    schema_version: Annotated[StrictInt, Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)] = (
+        SCHEMA_VERSION
+    )
 
     # -- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -188,17 +191,14 @@ def load_spec(path_or_name: str | os.PathLike | ArchSpec | dict) -> ArchSpec:
         return ArchSpec.from_dict(PRESETS[key])
     path = Path(key)
     if path.is_dir() and (path / "pareto.json").is_file():
-        from .results import best_spec_path  # noqa: PLC0415  (results reads specs: import late)
+        from .results import best_spec_path  # results reads specs: import late
 
         path = best_spec_path(path)
     if not path.is_file():
         raise SpecError(
             f"{key}: no such spec file, and not a preset (presets: {', '.join(PRESETS)})"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpecError(f"{key}: not valid JSON ({e})") from None
+    data = read_json(path, key, SpecError)
     try:
         return ArchSpec.from_dict(data)
     except SpecError as e:

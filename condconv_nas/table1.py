@@ -16,8 +16,8 @@ PAPER_TABLE1 = [
 def table1() -> list[dict]:
     """One row per (family, baseline|condconv): paper MADDs, ours, the difference in %, our
     params."""
-    from .madds import count_madds, count_params  # noqa: PLC0415
-    from .models import build_model  # noqa: PLC0415
+    from .madds import count_madds, count_params
+    from .models import build_model
 
     rows = []
     for family, base, cond, paper_base, paper_cond, top1_base, top1_cond in PAPER_TABLE1:

@@ -68,7 +68,7 @@ def check_threads(threads) -> int:
 def use_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads to ``threads`` (checked), or to `default_threads`; returns
     the number set."""
-    import torch  # noqa: PLC0415  (the CLI parses options before loading torch)
+    import torch  # the CLI parses options before loading torch
 
     n = default_threads() if threads is None else check_threads(threads)
     torch.set_num_threads(n)

@@ -44,6 +44,28 @@ def bad(tmp_path_factory):
     (d / "stage.yaml").write_text(space.format("begin_stage: [3, 99]"))
     (d / "decision.yaml").write_text(space.format("kernel_size: [3, 5]"))
     (d / "nonutf8.json").write_bytes(b'{"base": "\xff"}')
+    # pathological files: nested past Python's recursion, numbers too long, "billion laughs"
+    (d / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (d / "deep_object.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    (d / "long_number.json").write_text(
+        '{"base": "mobilenet_v1", "num_classes": 9' + "9" * 5000 + "}"
+    )
+    (d / "schema_true.json").write_text('{"base": "mobilenet_v1", "schema_version": true}')
+    (d / "deep.yaml").write_text("base: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (d / "deep_block.yaml").write_text("- " * 5000 + "1\n")
+    (d / "long_number.yaml").write_text("epochs: 9" + "9" * 5000 + "\n")
+    (d / "bad_date.yaml").write_text("epochs: 2020-99-99\n")
+    laughs = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    (d / "laughs.yaml").write_text("\n".join([*laughs, "optimizer: *a9"]) + "\n")
+    (d / "huge_seed.yaml").write_text("seed: 1" + "0" * 30 + "\n")
+    (d / "huge_trials.yaml").write_text("trials: 1" + "0" * 30 + "\n")
+    (d / "huge_offset.yaml").write_text(
+        space.format("begin_stage: [3]\n  begin_offset: [1" + "0" * 30 + "]")
+    )
+    (d / "many_choices.yaml").write_text(
+        space.format("num_experts: [" + ", ".join(["4"] * 101) + "]")
+    )
     # image folders the proxy cannot use
     _image(d / "empty_class/a/1.png")
     (d / "empty_class/b").mkdir()
@@ -76,6 +98,20 @@ def bad(tmp_path_factory):
     ):
         (d / "runs" / name).mkdir(parents=True)
         (d / "runs" / name / "pareto.json").write_text(text)
+    for name, text in (
+        ("deep", "[" * 100_000 + "]" * 100_000),
+        (
+            "madds",
+            json.dumps([{"trial": 1, "madds": 10**400, "params": 1, "top1": 0.5, "spec": {}}]),
+        ),
+    ):
+        (d / "runs" / name).mkdir(parents=True)
+        (d / "runs" / name / "pareto.json").write_text(text)
+    (d / "runs" / "csv").mkdir()
+    (d / "runs" / "csv" / "pareto.json").write_text("[]")
+    (d / "runs" / "csv" / "trials.csv").write_text("trial,untrained\n1," + "x" * 200_000 + "\n")
+    (d / "runs" / "deepconfig").mkdir()
+    (d / "runs" / "deepconfig" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     (d / "runs" / "broken").mkdir()
     (d / "runs" / "broken" / "config.json").write_text("{not json")
     (d / "runs" / "nonutf8").mkdir()
@@ -149,6 +185,43 @@ CASES = {  # name: (argv, a word the message must contain)
     "latency unknown preset": (["latency", "mobilenet-v9"], "mobilenet-v9"),
     "latency unknown space": (["latency", "--space", "nope"], "nope"),
     "unknown command": (["fly"], "fly"),
+    # numbers far beyond any range, pathological files (the fuzzed kinds of tests/test_fuzz.py)
+    "search budget beyond a float": (["search", "--budget", "9" * 400 + "G"], "budget"),
+    "search budget past 10**18": (["search", "--budget", "1000000000000000001"], "budget"),
+    "search ray cpus 1e308": (S + ["--backend", "ray", "--cpus-per-trial", "1e308"], "--cpus"),
+    "search ray gpus 1e308": (S + ["--backend", "ray", "--gpus-per-trial", "1e308"], "--gpus"),
+    "search run name too long": (S + ["--run", "r" * 300], "--run"),
+    "search results name too long": (S + ["--results", "x/" + "r" * 300], "--results"),
+    "search space nested deeply": (S + ["--space", "deep.yaml"], "nested too deeply"),
+    "search space block nested deeply": (S + ["--space", "deep_block.yaml"], "deep_block.yaml"),
+    "search space huge offset": (S + ["--space", "huge_offset.yaml"], "begin_offset"),
+    "search space 101 choices": (S + ["--space", "many_choices.yaml"], "num_experts"),
+    "search recipe number too long": (S + ["--trainer", "long_number.yaml"], "long_number"),
+    "search recipe bad date": (S + ["--trainer", "bad_date.yaml"], "bad_date.yaml"),
+    "search recipe billion laughs": (S + ["--trainer", "laughs.yaml"], "optimizer"),
+    "search recipe seed huge": (S + ["--trainer", "huge_seed.yaml"], "seed"),
+    "search recipe trials huge": (S + ["--trainer", "huge_trials.yaml"], "trials"),
+    "search config nested deeply": (S + ["--results", "runs", "--run", "deepconfig"], "config"),
+    "search latency table nested deeply": (
+        S + ["--latency-budget", "20ms", "--latency-device", "deep.json"],
+        "nested too deeply",
+    ),
+    "train epochs huge": (T + ["--epochs", "1" + "0" * 30], "--epochs"),
+    "train batch huge": (T + ["--batch-size", "1" + "0" * 30], "--batch-size"),
+    "train workers huge": (T + ["--workers", "100000"], "--workers"),
+    "train out name too long": (["train", "mobilenet-v1", "--out", "x/" + "o" * 300], "--out"),
+    "train spec nested deeply": (["train", "deep.json", "--out", "out"], "nested too deeply"),
+    "evaluate batch huge": (["evaluate", "tensor.pt", "--batch-size", "1" + "0" * 30], "batch"),
+    "analyze batch huge": (["analyze", "tensor.pt", "--batch-size", "1" + "0" * 30], "batch"),
+    "show front nested deeply": (["show", "runs/deep"], "nested too deeply"),
+    "show madds beyond a float": (["show", "runs/madds"], "madds"),
+    "show trials.csv field too large": (["show", "runs/csv"], "trials.csv"),
+    "madds spec object nested deeply": (["madds", "deep_object.json"], "nested too deeply"),
+    "madds spec number too long": (["madds", "long_number.json"], "too long"),
+    "madds schema_version true": (["madds", "schema_true.json"], "schema_version"),
+    "madds resolution --": (["madds", "mobilenet-v1", "--resolution=--"], "--resolution"),
+    "madds file name too long": (["madds", "s" * 300], "too long"),
+    "latency spec nested deeply": (["latency", "deep.json"], "nested too deeply"),
 }
 
 

@@ -31,6 +31,7 @@ import torch
 from .. import __version__
 from ..errors import UsageError
 from ..files import write_atomic
+from ..validation import read_json
 
 FORMAT = 1
 CACHE_ENV = "CONDCONV_NAS_CACHE"
@@ -103,10 +104,7 @@ class LatencyTable:
         path = Path(path).resolve()
         if path in _read_only:
             return _read_only[path]
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise UsageError(f"latency table {path}: {str(e).splitlines()[0]}") from None
+        data = read_json(path, f"latency table {path}")
         key = data.get("key") if isinstance(data, dict) else None
         if (
             not isinstance(key, dict)
@@ -134,7 +132,7 @@ class LatencyTable:
         ignored (it is a cache: it will be measured again and replaced)."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # a broken cache: measured again
             return {}, {}
         if (
             not isinstance(data, dict)

@@ -35,10 +35,10 @@ def _not_ours(model: nn.Module, why: str) -> UsageError:
 
 def timm_spec(model: nn.Module) -> ArchSpec:
     """The spec of a timm CondConv-EfficientNet, read from the model itself."""
-    from timm.layers import CondConv2d as TimmCondConv2d  # noqa: PLC0415
-    from timm.models.efficientnet import EfficientNet  # noqa: PLC0415
+    from timm.layers import CondConv2d as TimmCondConv2d
+    from timm.models.efficientnet import EfficientNet
 
-    from .sources import padding_of  # noqa: PLC0415
+    from .sources import padding_of
 
     if not isinstance(model, EfficientNet):
         raise _not_ours(model, "is not timm's EfficientNet")
@@ -87,7 +87,7 @@ def from_timm(model: nn.Module) -> tuple[ArchSpec, nn.Module]:
     ``spec.save(path)`` then makes it trainable from the command line:
     ``condconv-nas train PATH --init timm:NAME``.
     """
-    from . import build_model  # noqa: PLC0415
+    from . import build_model
 
     spec = timm_spec(model)
     ours = build_model(spec)

@@ -85,7 +85,7 @@ def _same_layout(a: dict[str, frozenset], b: dict[str, frozenset]) -> bool:
 @functools.cache
 def base_layout(base: str) -> dict[str, frozenset]:
     """The layout of our static model of ``base`` (width and depth 1)."""
-    from . import build_model  # noqa: PLC0415
+    from . import build_model
 
     return layout(canonical_state(build_model({"base": base}).state_dict()))
 
@@ -107,10 +107,10 @@ def check_base(source: WeightSource, base: str) -> None:
 
 def padding_of(model: nn.Module) -> str:
     """``same`` if any convolution of ``model`` pads as TensorFlow's 'SAME', else ``symmetric``."""
-    from timm.layers import CondConv2d as TimmCondConv2d  # noqa: PLC0415
-    from timm.layers import Conv2dSame  # noqa: PLC0415
+    from timm.layers import CondConv2d as TimmCondConv2d
+    from timm.layers import Conv2dSame
 
-    from ..layers import CondConv2d  # noqa: PLC0415
+    from ..layers import CondConv2d
 
     same = any(
         isinstance(m, Conv2dSame)
@@ -123,9 +123,9 @@ def padding_of(model: nn.Module) -> str:
 
 def from_module(model: nn.Module, name: str | None = None) -> WeightSource:
     """A source from a timm model or one of ours (its weights, padding and batch-norm epsilon)."""
-    from timm.layers import CondConv2d as TimmCondConv2d  # noqa: PLC0415
+    from timm.layers import CondConv2d as TimmCondConv2d
 
-    from . import CondConvNet  # noqa: PLC0415
+    from . import CondConvNet
 
     spec = model.spec if isinstance(model, CondConvNet) else None
     if name is None:
@@ -156,8 +156,8 @@ def from_state(state: dict, name: str = "a state dict") -> WeightSource:
 
 
 def _from_file(path: str) -> WeightSource:
-    from ..spec import ArchSpec  # noqa: PLC0415
-    from ..training import checkpoint  # noqa: PLC0415
+    from ..spec import ArchSpec
+    from ..training import checkpoint
 
     obj = checkpoint.load(path, ours=False)
     if "spec" in obj and "model" in obj:  # one of our exports or checkpoints: EMA weights first
@@ -171,14 +171,14 @@ def _from_file(path: str) -> WeightSource:
 
 
 def _from_timm(text: str) -> WeightSource:
-    import timm  # noqa: PLC0415
+    import timm
 
     name = text[len("timm:") :]
     if not timm.is_model(name):
         raise UsageError(f"--init {text}: timm has no model {name!r}")
     try:
         model = timm.create_model(name, pretrained=True)
-    except Exception as e:  # noqa: BLE001  (no network, no such weights: many kinds)
+    except Exception as e:  # no network, no such weights: many kinds
         raise UsageError(
             f"--init {text}: cannot load timm's pretrained weights ({type(e).__name__}: {e})"
         ) from None

@@ -109,7 +109,7 @@ def inherit(model: nn.Module, source, *, strict: bool = False, noise: float = 0.
     to each dense kernel's standard deviation (0: exact copies). A source of another base is a
     `UsageError` naming both.
     """
-    from ..layers import CondConv2d, CondLinear, Router  # noqa: PLC0415
+    from ..layers import CondConv2d, CondLinear, Router
 
     if isinstance(noise, bool) or not (isinstance(noise, (int, float)) and 0 <= noise < 1):
         raise UsageError(f"noise must be in [0, 1), got {noise!r}")
@@ -195,7 +195,7 @@ def upcycle(spec, dense, *, strict: bool = True, noise: float = 0.01) -> nn.Modu
     moves routers and experts apart. A classifier of another class count starts afresh.
     ``strict=False`` takes what matches from a source of other widths or depths.
     """
-    from . import build_model  # noqa: PLC0415
+    from . import build_model
 
     model = build_model(spec)
     inherit(model, dense, strict=strict, noise=noise)

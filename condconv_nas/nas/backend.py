@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
-import math
 import shutil
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..extras import require
 
 if TYPE_CHECKING:
     import optuna
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 NNI_STRATEGIES = ("evolution", "random", "tpe")
 SAMPLERS = ("tpe", "random")  # the study's sampler, which the Optuna and Ray backends ask
+MAX_PER_TRIAL = 1024  # Ray: the most CPUs or GPUs one trial may ask for
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,14 @@ class BackendOptions:
     nni_strategy: str = "evolution"  # NNI: evolution, random or tpe
 
     def __post_init__(self) -> None:
-        resources = (self.cpus_per_trial, self.gpus_per_trial)
-        if not all(
-            isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r)
-            for r in resources
-        ) or (self.cpus_per_trial <= 0 or self.gpus_per_trial < 0):
-            raise UsageError(
-                f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
-                f"{self.cpus_per_trial!r} and {self.gpus_per_trial!r}"
-            )
+        def number(v) -> bool:  # nan and inf fail the ranges below
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        cpus, gpus, most = self.cpus_per_trial, self.gpus_per_trial, MAX_PER_TRIAL
+        if not number(cpus) or not 0 < cpus <= most:
+            raise UsageError(f"--cpus-per-trial must be in (0, {most}], got {cpus!r}")
+        if not number(gpus) or not 0 <= gpus <= most:
+            raise UsageError(f"--gpus-per-trial must be in [0, {most}], got {gpus!r}")
         if self.nni_strategy not in NNI_STRATEGIES:
             raise UsageError(
                 f"--nni-strategy {self.nni_strategy!r}: expected one of {', '.join(NNI_STRATEGIES)}"
@@ -139,14 +139,7 @@ def check_backend(name: str, options: BackendOptions) -> Backend:
             f"it needs --backend {owner}"
         )
     if backend.extra is not None:
-        try:  # the top package only: finding "ray.tune" would import ray
-            found = importlib.util.find_spec(backend.extra.partition(".")[0]) is not None
-        except Exception:  # noqa: BLE001  (a broken install raises many kinds)
-            found = False
-        if not found:
-            raise UsageError(
-                f"--backend {name} needs the {name} extra: pip install 'condconv-nas[{name}]'"
-            )
+        require(backend.extra, needed_for=f"--backend {name}")
     return backend
 
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import re
+from decimal import Decimal
+from reprlib import repr as _shown  # a value in a message, a line's worth of it at most
 
 from ..training.options import DATA_HELP
 from .backend import BACKENDS, NNI_STRATEGIES, SAMPLERS
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+# The largest budget: far beyond any network of the spec's ranges (ResNet-50, 8 times as wide and
+# deep, at 4096 pixels, is about 10**15), and its run name stays short.
+MAX_MADDS = 10**18
+MAX_TRIALS = 10**6  # of a run (--trials, a recipe's trials)
 OBJECTIVES = ("madds", "latency")  # what the front trades top-1 against
 
 
@@ -18,13 +24,15 @@ def parse_budget(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*", str(text))
     if not m:
         raise ValueError(
-            f"budget {text!r} is not a number with an optional K/M/G suffix (e.g. 400M, 0.4G, "
-            f"413000000)"
+            f"budget {_shown(text)} is not a number with an optional K/M/G suffix (e.g. 400M, "
+            f"0.4G, 413000000)"
         )
-    value = round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
-    if value <= 0:
-        raise ValueError(f"budget {text!r} must be positive")
-    return value
+    value = Decimal(m.group(1)) * _SUFFIX[m.group(2).upper()]  # exact, as a float is not
+    if value > MAX_MADDS:
+        raise ValueError(f"budget {_shown(text)} must be at most 1000000000G ({MAX_MADDS} MADDs)")
+    if round(value) <= 0:
+        raise ValueError(f"budget {_shown(text)} must be positive")
+    return round(value)
 
 
 def parse_latency(value) -> float:
@@ -36,12 +44,12 @@ def parse_latency(value) -> float:
         m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*", str(value), re.IGNORECASE)
         if not m:
             raise ValueError(
-                f"latency budget {value!r} is not a time: a number of milliseconds, or with a unit "
-                f"(e.g. 20ms, 0.02s)"
+                f"latency budget {_shown(value)} is not a time: a number of milliseconds, or with "
+                f"a unit (e.g. 20ms, 0.02s)"
             )
         ms = float(m.group(1)) * (1000.0 if (m.group(2) or "").lower() == "s" else 1.0)
     if not 0 < ms <= 3.6e6:
-        raise ValueError(f"latency budget {value!r} must be positive and at most an hour")
+        raise ValueError(f"latency budget {_shown(value)} must be positive and at most an hour")
     return ms
 
 
@@ -65,7 +73,7 @@ def positive_int(text: str) -> int:
     except ValueError:
         v = 0
     if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a positive integer")
     return v
 
 

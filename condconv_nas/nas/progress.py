@@ -82,7 +82,7 @@ class BarReporter(LineReporter):
     """A tqdm bar on stderr, with a line per finished trial above it."""
 
     def start(self, header, total, done):
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.auto import tqdm
 
         super().start(header, total, done)
         self.bar = tqdm(

@@ -152,9 +152,9 @@ class StudySearch(ray_search.Searcher):
 
 def ray_trial(config: dict, task: SearchTask, threads: int) -> None:
     """One Ray trial: report the judged values, or train the proxy reporting top-1 every epoch."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from ..allocator import keep_freed_memory  # noqa: PLC0415
+    from ..allocator import keep_freed_memory
 
     keep_freed_memory()  # as the CLI does for its own process
     torch.set_num_threads(threads)

@@ -16,11 +16,12 @@ import torch
 from .. import __version__
 from ..data import check_data, parse_source
 from ..errors import UsageError
+from ..extras import EXTRAS
 from ..files import check_writable_folder
 from ..training.recipe import load_recipe
-from ..validation import check_seed
+from ..validation import check_seed, read_json, short_repr
 from .backend import SAMPLERS, BackendOptions, Callbacks, check_backend, make_searcher
-from .options import OBJECTIVES, parse_budget, parse_latency
+from .options import MAX_MADDS, MAX_TRIALS, OBJECTIVES, parse_budget, parse_latency
 from .progress import BarReporter, Reporter, trial_line
 from .space import load_space
 from .task import SearchTask
@@ -59,10 +60,12 @@ def prepare(
 ):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
     check_seed(seed)
-    if trials is not None and (not _is_int(trials) or not 1 <= trials <= 10**6):
-        raise UsageError(f"--trials must be in [1, 1000000], got {trials!r}")
-    if run is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run):
-        raise UsageError(f"--run {run!r}: use letters, digits, '.', '_' and '-' only")
+    if trials is not None and (not _is_int(trials) or not 1 <= trials <= MAX_TRIALS):
+        raise UsageError(f"--trials must be in [1, {MAX_TRIALS}], got {short_repr(trials)}")
+    if run is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", str(run)):
+        raise UsageError(
+            f"--run {short_repr(run)}: use letters, digits, '.', '_' and '-' only, at most 128"
+        )
     check_backend(backend, options)
     space_ = load_space(space)
     source = parse_source(data)
@@ -74,7 +77,7 @@ def prepare(
     if latency_device is not None:
         if latency_budget is None and objective != "latency":
             raise UsageError("--latency-device needs --latency-budget or --objective latency")
-        from ..latency.predict import check_covers, device_table  # noqa: PLC0415
+        from ..latency.predict import check_covers, device_table
 
         table = device_table(latency_device, latency_batch)
         check_covers(table, space_, latency_batch)  # it cannot be filled here: all of it, now
@@ -118,7 +121,7 @@ def prepare(
 def check_init(init: str, base: str) -> str:
     """The ``--init`` source, read and checked against the space's base; a file as an absolute
     path (workers elsewhere read it too)."""
-    from ..models.sources import check_base, load_source  # noqa: PLC0415
+    from ..models.sources import check_base, load_source
 
     check_base(load_source(init), base)
     return init if init.startswith("timm:") else str(Path(init).resolve())
@@ -146,13 +149,10 @@ def check_resume(run_dir: Path, config: dict) -> dict | None:
     path = run_dir / "config.json"
     if not path.is_file():
         return None
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: not a run's config.json ({str(e).splitlines()[0]})") from None
+    old = read_json(path, str(path))
     if not isinstance(old, dict):
         raise UsageError(f"{path}: not a run's config.json (not a JSON object)")
-    from ..training.recipe import Recipe  # noqa: PLC0415
+    from ..training.recipe import Recipe
 
     fields = Recipe().__dict__  # a recipe field added since the run began stands at its default
     for key, default in SAME_RUN.items():
@@ -162,7 +162,7 @@ def check_resume(run_dir: Path, config: dict) -> dict | None:
         if before != now:
             raise UsageError(
                 f"run folder {run_dir} holds a run with a different {key} "
-                f"({old.get(key)!r}); pick another --run or --results"
+                f"({short_repr(old.get(key))}); pick another --run or --results"
             )
     return old
 
@@ -215,10 +215,10 @@ def measure_presets(task: SearchTask) -> dict[str, dict]:
 def measure_front(task: SearchTask, run_dir: Path, front: list[dict]) -> dict[str, float]:
     """Measure the front's networks not measured yet on this machine (interleaved, once each) and
     keep the figures in the run folder's ``measured.json``: spec id -> milliseconds."""
-    from ..files import write_atomic  # noqa: PLC0415
-    from ..latency import measure_latencies  # noqa: PLC0415
-    from ..latency.table import table_key  # noqa: PLC0415
-    from ..spec import ArchSpec  # noqa: PLC0415
+    from ..files import write_atomic
+    from ..latency import measure_latencies
+    from ..latency.table import table_key
+    from ..spec import ArchSpec
 
     measured = read_measured(run_dir)
     key = table_key(task.latency_batch)
@@ -240,7 +240,7 @@ def read_measured(run_dir: Path) -> dict:
     """The run folder's measured latencies (``measured.json``), or an empty record."""
     try:
         data = json.loads((run_dir / "measured.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("measured_ms"), dict):
         return {"measured_ms": {}}
@@ -249,9 +249,9 @@ def read_measured(run_dir: Path) -> dict:
 
 def open_storage(url: str, name: str, seed: int, *, heartbeat: bool, sampler: str = "tpe"):
     """The run's study in ``url``; a URL that cannot be used is a usage error naming it."""
-    import sqlalchemy.exc  # noqa: PLC0415
+    import sqlalchemy.exc
 
-    from .optuna_engine import open_study  # noqa: PLC0415
+    from .optuna_engine import open_study
 
     # workers started together race to create the tables: the loser tries again
     for attempt in range(3):
@@ -269,7 +269,7 @@ def _storage_error(url: str, e: Exception) -> UsageError:
     if isinstance(e, ImportError):
         return UsageError(
             f"--storage {url}: no database driver for it ({e}); for PostgreSQL: "
-            "pip install 'condconv-nas[postgres]'"
+            f"pip install 'condconv-nas[{EXTRAS['psycopg']}]'"
         )
     reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
     return UsageError(f"--storage {url}: cannot open it ({reason})")
@@ -304,7 +304,7 @@ class SearchInterrupted(KeyboardInterrupt):
 def _optuna_warnings_only():
     """Optuna's INFO line per trial would interleave with the search's own; the caller's level
     comes back afterwards."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -379,8 +379,11 @@ def search(
             budget = parse_budget(budget)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-        raise UsageError(f"budget must be a positive number of MADDs, got {budget!r}")
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= MAX_MADDS:
+        raise UsageError(
+            f"budget must be a positive number of MADDs, at most {MAX_MADDS}, got "
+            f"{short_repr(budget)}"
+        )
     options = BackendOptions.of(backend_options)
     task, run_dir, config, total = prepare(
         budget=budget,
@@ -411,10 +414,10 @@ def search(
         progress if isinstance(progress, Reporter) else BarReporter() if progress else Reporter()
     )
 
-    from ..files import write_atomic  # noqa: PLC0415
-    from ..plots import draw_run  # noqa: PLC0415
-    from ..results import trained_rows, write_run  # noqa: PLC0415
-    from . import optuna_engine as eng  # noqa: PLC0415
+    from ..files import write_atomic
+    from ..plots import draw_run
+    from ..results import trained_rows, write_run
+    from . import optuna_engine as eng
 
     if storage is None:  # the run's own SQLite file: its folder first
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -434,7 +437,7 @@ def search(
         updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     if task.uses_latency:  # the machine (and software, threads, batch) the latencies are of
-        from ..latency.table import LatencyTable, table_key  # noqa: PLC0415
+        from ..latency.table import LatencyTable, table_key
 
         config["latency_table"] = (
             table_key(task.latency_batch)
@@ -442,7 +445,7 @@ def search(
             else LatencyTable.from_file(task.latency_device).key
         )
     if task.init is None and task.recipe.dense_epochs:
-        from .warm_start import DENSE, dense_start  # noqa: PLC0415
+        from .warm_start import DENSE, dense_start
 
         # the run is claimed before the minutes of training: a rerun with other settings is refused
         write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")

@@ -25,9 +25,12 @@ from ..validation import FORBID_EXTRA, Float, StrictBool, StrictInt, parse, read
 _Multiplier = Annotated[Float, Field(gt=0, le=8)]  # as the spec allows
 
 
+MAX_CHOICES = 100  # of one decision (a sampler's categorical; presets are matched over them all)
+
+
 def _choices(item: Any) -> Any:
-    """A non-empty list of ``item`` choices."""
-    return Annotated[list[item], Field(min_length=1)]
+    """A non-empty list of ``item`` choices, at most `MAX_CHOICES`."""
+    return Annotated[list[item], Field(min_length=1, max_length=MAX_CHOICES)]
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,11 @@ class Decisions:
     width_multiplier: _choices(_Multiplier) = (1.0,)
     depth_multiplier: _choices(_Multiplier) = (1.0,)
     # the stage (1 = the first block stage) where CondConv begins; none = no CondConv block
-    begin_stage: _choices(Literal["none"] | Annotated[StrictInt, Field(ge=1)]) = ("none",)
+    begin_stage: _choices(Literal["none"] | Annotated[StrictInt, Field(ge=1, le=10_000)]) = (
+        "none",
+    )
     # blocks into that stage (beyond the stage's last block: its last block)
-    begin_offset: _choices(Annotated[StrictInt, Field(ge=0)]) = (0,)
+    begin_offset: _choices(Annotated[StrictInt, Field(ge=0, le=10_000)]) = (0,)
     num_experts: _choices(Annotated[StrictInt, Field(ge=1, le=1024)]) = (8,)
     classifier: _choices(StrictBool) = (False,)
     routing_share: _choices(Literal[SHARES]) = ("block",)

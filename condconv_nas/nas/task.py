@@ -37,7 +37,7 @@ class SearchTask:
         """Predicted forward latency of a full-size spec in ms, on this machine or the device whose
         table the search names, cached by spec id (see ``condconv_nas.latency``)."""
         if spec.id not in self._latencies:
-            from ..latency import predict_latency  # noqa: PLC0415
+            from ..latency import predict_latency
 
             self._latencies[spec.id] = predict_latency(
                 spec, batch=self.latency_batch, table=self.latency_device
@@ -54,8 +54,8 @@ class SearchTask:
     def count(self, spec) -> tuple[int, int]:
         """(MADDs, parameters) of a full-size spec, cached by spec id."""
         if spec.id not in self._counts:
-            from ..madds import count_madds, count_params  # noqa: PLC0415
-            from ..models import build_model  # noqa: PLC0415
+            from ..madds import count_madds, count_params
+            from ..models import build_model
 
             model = build_model(spec)
             self._counts[spec.id] = (count_madds(model), count_params(model))
@@ -85,7 +85,7 @@ class SearchTask:
             "untrained": False,
         }
         if result["feasible"]:
-            from ..training.engine import proxy_top1  # noqa: PLC0415  (raises Diverged on a NaN/inf loss)
+            from ..training.engine import proxy_top1  # raises Diverged on a NaN/inf loss
 
             metrics = proxy_top1(
                 spec,

@@ -96,7 +96,7 @@ def dense_start(
 
 
 def _train(work: Path, final: Path, info: Path, *, base, trainer, data, epochs, progress, note):
-    from ..training.run import train  # noqa: PLC0415  (training loads torch and timm)
+    from ..training.run import train  # training loads torch and timm
 
     try:
         resume = (work / "last.pt").is_file()

@@ -32,7 +32,7 @@ def load(path, *, ours: bool = True) -> dict[str, Any]:
         with warnings.catch_warnings():  # a foreign pickle also warns about its protocol
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (corrupt or foreign files raise many kinds)
+    except Exception as e:  # corrupt or foreign files raise many kinds
         # torch's own message suggests weights_only=False, which must never be followed
         if "Weights only load failed" in str(e):
             reason = "it holds Python objects, which are never loaded: only tensors and plain data"
@@ -55,14 +55,19 @@ RESUMABLE_CHANGES = ("epochs", "workers", "trials", "overrides")
 def check_resumable(state: dict[str, Any], path, *, spec, recipe) -> None:
     """`UsageError` unless the checkpoint ``state`` trained ``spec`` (up to its class count, which
     the data sets) with ``recipe``: resuming another run would mix two trainings."""
-    from ..spec import ArchSpec  # noqa: PLC0415
+    from ..spec import ArchSpec
 
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise UsageError(f"--resume: {path} is no training checkpoint (no count of epochs)")
+    if not isinstance(state.get("metrics"), dict):
+        raise UsageError(f"--resume: {path} is no training checkpoint (no metrics)")
     trained = ArchSpec.from_dict(state["spec"])
     if trained.replace(num_classes=spec.num_classes).id != spec.id:
         raise UsageError(
             f"--resume: {path} trained spec {trained.id}, not {spec.id}; use another --out"
         )
-    old, new = state.get("recipe") or {}, recipe.__dict__
+    old, new = recipe_of(state, path), recipe.__dict__
     for key in new:
         if key not in RESUMABLE_CHANGES and old.get(key) != new[key]:
             raise UsageError(
@@ -80,8 +85,8 @@ def load_exported(path):
 def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
     """The model a loaded checkpoint or export holds (EMA weights when it has them), in eval
     mode."""
-    from ..models import build_model  # noqa: PLC0415
-    from ..spec import ArchSpec  # noqa: PLC0415
+    from ..models import build_model
+    from ..spec import ArchSpec
 
     if not isinstance(obj, dict) or "spec" not in obj or "model" not in obj:
         raise UsageError(f"{path}: holds no spec and model weights")
@@ -102,6 +107,25 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def resolution(obj: dict[str, Any]) -> int:
+def recipe_of(obj: dict[str, Any], path) -> dict[str, Any]:
+    """A loaded checkpoint's recipe (``{}`` if it has none), its ``resolution``, ``holdout`` and
+    ``seed`` (what evaluating it reads) checked as a recipe's; `UsageError` naming ``path``."""
+    from ..validation import parse
+    from .recipe import Recipe
+
+    recipe = obj.get("recipe") or {}
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{path}: not a condconv-nas checkpoint (its recipe is no mapping)")
+    parse(
+        Recipe,
+        {k: recipe[k] for k in ("resolution", "holdout", "seed") if k in recipe},
+        f"{path}: recipe",
+    )
+    return recipe
+
+
+def resolution(obj: dict[str, Any], path="checkpoint") -> int:
     """The image size a loaded checkpoint's model was trained at: its recipe's, else its spec's."""
-    return (obj.get("recipe") or {}).get("resolution") or obj["spec"]["resolution"]
+    from ..spec import ArchSpec
+
+    return recipe_of(obj, path).get("resolution") or ArchSpec.from_dict(obj["spec"]).resolution

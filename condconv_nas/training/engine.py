@@ -69,7 +69,7 @@ def zero_init_residual(model: nn.Module) -> nn.Module:
 def build_for_training(spec, recipe: Recipe) -> nn.Module:
     """``build_model`` with the recipe's regularisers and initialisation, weights stored
     channels-last."""
-    from ..models import build_model  # noqa: PLC0415
+    from ..models import build_model
 
     model = build_model(
         spec,
@@ -96,9 +96,9 @@ def param_groups(
     ``1/sqrt(n)`` gives CondConv layers the static layers' relative step. timm's schedulers
     multiply each group's lr by its ``lr_scale``.
     """
-    from timm.optim import param_groups_weight_decay  # noqa: PLC0415
+    from timm.optim import param_groups_weight_decay
 
-    from ..layers import CondConv2d, CondLinear, Router  # noqa: PLC0415
+    from ..layers import CondConv2d, CondLinear, Router
 
     groups = param_groups_weight_decay(model, weight_decay)
     scale = {}
@@ -184,10 +184,10 @@ def setup_training(
     epochs: int,
     world_size: int = 1,
 ) -> Training:
-    from timm.loss import SoftTargetCrossEntropy  # noqa: PLC0415
-    from timm.optim import create_optimizer_v2  # noqa: PLC0415
-    from timm.scheduler import create_scheduler_v2  # noqa: PLC0415
-    from timm.utils import ModelEmaV3  # noqa: PLC0415
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
 
     lr = recipe.lr * world_size
     kw = (
@@ -217,7 +217,7 @@ def setup_training(
         )
     mixup = None
     if recipe.mixup_alpha > 0:
-        from timm.data import Mixup  # noqa: PLC0415
+        from timm.data import Mixup
 
         mixup = Mixup(
             mixup_alpha=recipe.mixup_alpha,
@@ -338,7 +338,7 @@ def proxy_top1(
     ``init``: a weight source (``models.sources.load_source``) the candidate starts from, taking
     what matches (``models.upcycle.inherit``); the metrics then say which share it ``inherited``.
     """
-    from ..data import make_datasets, subset  # noqa: PLC0415
+    from ..data import make_datasets, subset
 
     recipe = recipe.for_base(spec.base)
     res = recipe.resolution or spec.resolution
@@ -383,7 +383,7 @@ def _train_once(
     model = build_for_training(spec, recipe)
     inherited = {}
     if init is not None:
-        from ..models.upcycle import inherit  # noqa: PLC0415
+        from ..models.upcycle import inherit
 
         inherited["inherited"] = round(inherit(model, init).fraction, 4)
     train_loader = make_loader(

@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..files import find_yaml
 from ..validation import FORBID_EXTRA, Float, StrictBool, StrictInt, StrictStr, parse, read_yaml
 
-_Count = Annotated[StrictInt, Field(ge=0)]
+_Epochs = Annotated[StrictInt, Field(ge=0, le=100_000)]  # a number of epochs, as `epochs` allows
 _Fraction = Annotated[Float, Field(ge=0, lt=1)]  # a probability or a smoothing factor
 
 
@@ -31,8 +31,9 @@ class Recipe:
     momentum: Annotated[Float, Field(ge=0, le=1)] = 0.9  # optimizer momentum
     weight_decay: Annotated[Float, Field(ge=0, le=1)] = 1e-5  # L2 / decoupled weight decay
     schedule: Literal["cosine", "step", "none"] = "cosine"  # timm scheduler
-    warmup_epochs: _Count = 0  # linear warm-up
-    decay_epochs: Annotated[Float, Field(gt=0)] = 2.4  # step schedule: decay every this many epochs
+    warmup_epochs: _Epochs = 0  # linear warm-up
+    # step schedule: decay every this many epochs
+    decay_epochs: Annotated[Float, Field(gt=0, le=100_000)] = 2.4
     decay_rate: Annotated[Float, Field(gt=0, le=1)] = 0.97  # step schedule: by this factor
     label_smoothing: _Fraction = 0.0  # cross-entropy label smoothing
     dropout: _Fraction = 0.0  # dropout before the classifier (1 - keep prob)
@@ -49,17 +50,19 @@ class Recipe:
     expert_lr: Literal["same", "rsqrt"] = "same"
     router_lr: Literal["same", "rsqrt"] = "same"  # routing FCs' lr: same, or lr / sqrt(fan-in)
     # batches of training data that re-estimate BN statistics before evaluation
-    bn_recalibrate: _Count = 0
+    bn_recalibrate: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 0
     train_subset: Annotated[Float, Field(gt=0, le=1)] = 1.0  # fraction of the training split used
     holdout: Annotated[Float, Field(gt=0, le=0.9)] = 0.2  # held-out fraction without a val split
-    seed: _Count = 0  # seeds the model init, the data order and the split
+    # seeds the model init, the data order and the split (as --seed: [0, 2**32))
+    seed: Annotated[StrictInt, Field(ge=0, lt=2**32)] = 0
     workers: Annotated[StrictInt, Field(ge=0, le=1024)] = 0  # data loader worker processes
     # proxy only: trainings from different seeds whose mean top-1 scores a candidate
     repeats: Annotated[StrictInt, Field(ge=1, le=100)] = 1
     # search only, without --init: the space's base is first trained this many epochs on the
     # search's training split and every candidate starts from it (0: every one from scratch)
-    dense_epochs: Annotated[StrictInt, Field(ge=0, le=100000)] = 0
-    trials: Annotated[StrictInt, Field(ge=1)] = 16  # default --trials of a search with this recipe
+    dense_epochs: _Epochs = 0
+    # default --trials of a search with this recipe (as --trials: at most 1000000)
+    trials: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 16
     # per-base changes: {base: {key: value}}, each checked as the recipe with it applied
     overrides: dict[StrictStr, dict[StrictStr, Any]] = dataclasses.field(default_factory=dict)
     # per-data changes: {source kind (digits, fashion-mnist, cifar10, ...): {key: value}}, applied
@@ -77,7 +80,7 @@ class Recipe:
 
     def check_optimizer(self) -> None:
         """`UsageError` unless timm knows the optimizer (imports timm: called before training)."""
-        from timm.optim import list_optimizers  # noqa: PLC0415
+        from timm.optim import list_optimizers
 
         names = list_optimizers()
         for r in [self, *(self.for_base(b) for b in self.overrides)]:
@@ -90,7 +93,7 @@ class Recipe:
 
 def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
     recipe = parse(Recipe, data, where)
-    from ..archs import BASES  # noqa: PLC0415
+    from ..archs import BASES
 
     for base, changes in recipe.overrides.items():
         if base not in BASES:
@@ -98,7 +101,7 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
         if "overrides" in changes:
             raise UsageError(f"{where}: overrides.{base}: unknown field overrides")
         parse(Recipe, {**data, "overrides": {}, **changes}, f"{where}: overrides.{base}")
-    from ..data import KINDS  # noqa: PLC0415
+    from ..data import KINDS
 
     for kind, changes in recipe.data_overrides.items():
         if kind not in KINDS:

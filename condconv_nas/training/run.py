@@ -16,7 +16,7 @@ from ..data import check_datasets, describe_split, make_datasets, parse_source
 from ..errors import UsageError
 from ..files import check_writable_folder, write_atomic
 from ..spec import load_spec
-from ..validation import check_seed
+from ..validation import check_batch_size, check_int, check_seed
 from . import checkpoint
 from .engine import (
     build_for_training,
@@ -79,7 +79,7 @@ def train(
     spec = load_spec(spec)
     source = None
     if init is not None:  # read and checked before anything is written
-        from ..models.sources import check_base, load_source  # noqa: PLC0415
+        from ..models.sources import check_base, load_source
 
         source = load_source(init)
         check_base(source, spec.base)
@@ -88,16 +88,12 @@ def train(
     recipe = load_recipe(trainer).for_data(data.kind).for_base(spec.base)
     if seed is not None:
         recipe = dataclasses.replace(recipe, seed=check_seed(seed))
-    epochs = epochs if epochs is not None else recipe.epochs
-    if epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {epochs}")
-    batch = recipe.batch_size if batch_size is None else batch_size
+    # the recipe's ranges (training.recipe.Recipe)
+    epochs = check_int(epochs if epochs is not None else recipe.epochs, "--epochs", 1, 100_000)
+    batch = check_batch_size(recipe.batch_size if batch_size is None else batch_size)
     if workers is None:  # the recipe's, but no more loader processes than this machine has cores
         workers = min(recipe.workers, os.cpu_count() or 1)
-    if workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {workers}")
-    if batch < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch}")
+    check_int(workers, "--workers", 0, 1024)
     recipe.check_optimizer()
     out = Path(out or default_out(given_id))
     check_writable_folder(out, "--out")
@@ -114,7 +110,7 @@ def train(
         if state["epoch"] == epochs:  # finished already: nothing to train, the same answer
             return state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
 
-    from ..madds import count_madds, count_params  # noqa: PLC0415
+    from ..madds import count_madds, count_params
 
     world, rank = _dist()
     device = torch.device(
@@ -196,7 +192,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     writer = None
     if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+        from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
     metrics = {}
@@ -205,7 +201,7 @@ def train(
             sampler.set_epoch(epoch)
         bar = None
         if rank == 0 and progress:
-            from tqdm.auto import tqdm  # noqa: PLC0415
+            from tqdm.auto import tqdm
 
             bar = tqdm(
                 total=len(train_loader),
@@ -287,7 +283,7 @@ def _duration(seconds: float) -> str:
 
 def _inherit(model, source, *, note: bool) -> dict:
     """Start ``model`` from ``source`` (what matches); what metrics.json records of it."""
-    from ..models.upcycle import inherit  # noqa: PLC0415
+    from ..models.upcycle import inherit
 
     got = inherit(model, source)
     if note:
@@ -306,15 +302,14 @@ def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: i
     """top-1, top-5, loss and the number of ``images`` scored, of a checkpoint or exported model
     (ours) on ``data``'s test images (its held-out part where it has no test split)."""
     data = parse_source(data)
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     obj = checkpoint.load(path)
     model = checkpoint.model_from(obj, path)
 
-    recipe = obj.get("recipe") or {}
+    recipe = checkpoint.recipe_of(obj, path)
     _, val_ds, num_classes = make_datasets(
         data,
-        checkpoint.resolution(obj),
+        checkpoint.resolution(obj, path),
         holdout=recipe.get("holdout", 0.2),
         seed=recipe.get("seed", 0),
         split="final",
