@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from .errors import UsageError
+from .validation import check_int
 
 
 def usable_cores() -> int:
@@ -60,9 +60,7 @@ def default_threads() -> int:
 
 def check_threads(threads) -> int:
     """``--threads``: a positive integer no larger than 1024; `UsageError` otherwise."""
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024:
-        raise UsageError(f"--threads must be an integer in [1, 1024], got {threads!r}")
-    return threads
+    return check_int(threads, "--threads", 1, 1024)
 
 
 def use_threads(threads: int | None = None) -> int:

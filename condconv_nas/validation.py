@@ -105,9 +105,7 @@ def check_batch_size(batch_size: Any) -> int:
 def check_seed(seed: Any) -> int:
     """``--seed``: an integer in [0, 2**32) (what torch and Optuna seed with); `UsageError`
     otherwise."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise UsageError(f"--seed must be in [0, 2**32), got {short_repr(seed)}")
-    return seed
+    return check_int(seed, "--seed", 0, 2**32 - 1)
 
 
 def _read_text(path: Path, where: str, error: type[UsageError], what: str) -> str:

@@ -407,10 +407,10 @@ def test_pictures_draw_the_front_over_the_presets_and_list_only_what_they_draw()
     assert star.get_sizes()[0] > front.get_sizes()[0]  # the star rims the dot
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "trials" not in legend and "Pareto front" in legend
-    names = [t.name for t in front_html_figure(info).data]
+    traces = {t.name: t for t in front_html_figure(info).data}  # in drawing order
+    names = list(traces)
     assert "trials" not in names
     assert names.index("Pareto front") > names.index("paper preset (evaluated)")
-    traces = {t.name: t for t in front_html_figure(info).data}
     assert traces["paper preset (evaluated)"].marker.size > (
         traces["Pareto front"].marker.size or 6
     )

@@ -18,6 +18,7 @@ import torch
 from ..errors import StaleTableWarning, UsageError
 from ..layers import Router
 from ..spec import ArchSpec, load_spec
+from ..validation import check_int
 from .measure import Rounds, in_place_ms, router_ms, whole_ms
 from .table import LatencyTable
 from .units import Part, Plan, plan, router_part, routers, units
@@ -31,9 +32,7 @@ PROBE = Rounds(warmup=2, min_rounds=7, seconds=0.5, max_rounds=50)  # a quick wh
 
 
 def check_batch(batch) -> int:
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
-        raise UsageError(f"batch must be an integer in [1, 4096], got {batch!r}")
-    return batch
+    return check_int(batch, "batch", 1, 4096)
 
 
 def _build(spec: ArchSpec, *, meta: bool = False):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 from decimal import Decimal
-from reprlib import repr as _shown  # a value in a message, a line's worth of it at most
 
 from ..training.options import DATA_HELP
+from ..validation import short_repr
 from .backend import BACKENDS, NNI_STRATEGIES, SAMPLERS
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
@@ -24,14 +24,16 @@ def parse_budget(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*", str(text))
     if not m:
         raise ValueError(
-            f"budget {_shown(text)} is not a number with an optional K/M/G suffix (e.g. 400M, "
+            f"budget {short_repr(text)} is not a number with an optional K/M/G suffix (e.g. 400M, "
             f"0.4G, 413000000)"
         )
     value = Decimal(m.group(1)) * _SUFFIX[m.group(2).upper()]  # exact, as a float is not
     if value > MAX_MADDS:
-        raise ValueError(f"budget {_shown(text)} must be at most 1000000000G ({MAX_MADDS} MADDs)")
+        raise ValueError(
+            f"budget {short_repr(text)} must be at most 1000000000G ({MAX_MADDS} MADDs)"
+        )
     if round(value) <= 0:
-        raise ValueError(f"budget {_shown(text)} must be positive")
+        raise ValueError(f"budget {short_repr(text)} must be positive")
     return round(value)
 
 
@@ -44,12 +46,12 @@ def parse_latency(value) -> float:
         m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*", str(value), re.IGNORECASE)
         if not m:
             raise ValueError(
-                f"latency budget {_shown(value)} is not a time: a number of milliseconds, or with "
-                f"a unit (e.g. 20ms, 0.02s)"
+                f"latency budget {short_repr(value)} is not a time: a number of milliseconds, or "
+                f"with a unit (e.g. 20ms, 0.02s)"
             )
         ms = float(m.group(1)) * (1000.0 if (m.group(2) or "").lower() == "s" else 1.0)
     if not 0 < ms <= 3.6e6:
-        raise ValueError(f"latency budget {_shown(value)} must be positive and at most an hour")
+        raise ValueError(f"latency budget {short_repr(value)} must be positive and at most an hour")
     return ms
 
 
@@ -73,7 +75,7 @@ def positive_int(text: str) -> int:
     except ValueError:
         v = 0
     if v < 1:
-        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a positive integer")
+        raise argparse.ArgumentTypeError(f"{short_repr(text)} is not a positive integer")
     return v
 
 

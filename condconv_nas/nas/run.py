@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..extras import EXTRAS
 from ..files import check_writable_folder
 from ..training.recipe import load_recipe
-from ..validation import check_seed, read_json, short_repr
+from ..validation import check_int, check_seed, read_json, short_repr
 from .backend import SAMPLERS, BackendOptions, Callbacks, check_backend, make_searcher
 from .options import MAX_MADDS, MAX_TRIALS, OBJECTIVES, parse_budget, parse_latency
 from .progress import BarReporter, Reporter, trial_line
@@ -34,10 +34,6 @@ def format_madds(n: int) -> str:
             whole, frac = divmod(n, scale)
             return f"{whole}.{frac * 1000 // scale:03d}".rstrip("0").rstrip(".") + suffix
     return str(n)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def prepare(
@@ -60,8 +56,8 @@ def prepare(
 ):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
     check_seed(seed)
-    if trials is not None and (not _is_int(trials) or not 1 <= trials <= MAX_TRIALS):
-        raise UsageError(f"--trials must be in [1, {MAX_TRIALS}], got {short_repr(trials)}")
+    if trials is not None:
+        check_int(trials, "--trials", 1, MAX_TRIALS)
     if run is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", str(run)):
         raise UsageError(
             f"--run {short_repr(run)}: use letters, digits, '.', '_' and '-' only, at most 128"
@@ -368,10 +364,7 @@ def search(
             latency_budget = parse_latency(latency_budget)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    if isinstance(latency_batch, bool) or not isinstance(latency_batch, int):
-        raise UsageError(f"--latency-batch must be a positive integer, got {latency_batch!r}")
-    if not 1 <= latency_batch <= 4096:
-        raise UsageError(f"--latency-batch must be in [1, 4096], got {latency_batch}")
+    check_int(latency_batch, "--latency-batch", 1, 4096)
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
     if isinstance(budget, str):

@@ -309,7 +309,7 @@ def evaluate_checkpoint(path: str | Path, *, data: str = "digits", batch_size: i
     recipe = checkpoint.recipe_of(obj, path)
     _, val_ds, num_classes = make_datasets(
         data,
-        checkpoint.resolution(obj, path),
+        recipe.get("resolution") or model.spec.resolution,  # checkpoint.resolution, read once
         holdout=recipe.get("holdout", 0.2),
         seed=recipe.get("seed", 0),
         split="final",
