@@ -80,6 +80,7 @@ def write_run(
         "spec_id",
         "preset",
         "seconds",
+        "workers",
     ]
     if any(r.get("inherited") is not None for r in rows):  # a run started from --init weights
         columns.insert(columns.index("untrained") + 1, "inherited")

@@ -4,7 +4,10 @@ import pytest
 import torch
 from helpers import TINY_RECIPE, TINY_SPACE, run_cli
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest-xdist runs two tests at a time (setup.cfg): one thread each, so that they do not fight
+# over the cores; alone, two.
+XDIST = "PYTEST_XDIST_WORKER" in os.environ
+torch.set_num_threads(1 if XDIST else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture

@@ -162,13 +162,34 @@ def float_outside(low, high, *, low_open):
 
 
 @pytest.mark.parametrize(
-    "option,low_open", [("--cpus-per-trial", True), ("--gpus-per-trial", False)]
+    "option,low_open",
+    [
+        ("--cpus-per-trial", True),
+        ("--gpus-per-trial", False),
+        ("--cpus-per-worker", True),
+        ("--gpus-per-worker", False),
+    ],
 )
 @FUZZ
 @given(data=st.data())
 def test_ray_resources_out_of_range(here, option, low_open, data):
     value = data.draw(float_outside(0, 1024, low_open=low_open), label="value")
     refused(here, [*SEARCH, "--backend", "ray", f"{option}={value}"], option)
+
+
+@FUZZ
+@given(
+    value=st.one_of(
+        st.integers(max_value=0).map(str),
+        st.integers(min_value=1025).map(str),
+        st.floats(allow_nan=True).map(repr),
+        st.text(alphabet="abc -_.", min_size=0, max_size=5),
+    )
+)
+def test_workers_per_trial_out_of_range(here, value):
+    refused(
+        here, [*SEARCH, "--backend", "ray", f"--workers-per-trial={value}"], "workers-per-trial"
+    )
 
 
 NO_DIGIT = st.characters(blacklist_categories=("Nd", "Cs"), blacklist_characters="\x00")

@@ -291,7 +291,7 @@ def test_plot_data_by_latency_marks_both_budgets():
 # A space whose two widths are far apart in latency: a budget between them splits the candidates.
 SPLIT_SPACE = """
 base: mobilenet_v1
-resolution: 96
+resolution: 160
 num_classes: 1000
 decisions:
   width_multiplier: [0.25, 1.0]
@@ -316,7 +316,9 @@ def _split_budget(files, monkeypatch) -> tuple[str, float]:
         slow = predict_latency(space.to_spec({"width_multiplier": 1.0}))
     finally:
         torch.set_num_threads(threads)
-    assert slow > 2 * fast  # the budget between them (their geometric mean) is 1.4x from each
+    # At batch 1 on a loaded machine per-layer overheads compress the ratio (3.6x idle, 1.6x seen
+    # under load at 96 px); 1.5x puts the budget (their geometric mean) 1.2x from each.
+    assert slow > 1.5 * fast, (fast, slow)
     budget = f"{(fast * slow) ** 0.5:.3f}ms"
     return budget, float(budget[:-2])
 
@@ -354,7 +356,9 @@ def test_search_under_a_latency_budget_never_trains_slow_candidates(files, monke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["ray", "nni"])
+@pytest.mark.parametrize(
+    "backend", [pytest.param("ray", marks=pytest.mark.xdist_group("ray")), "nni"]
+)
 def test_every_backend_judges_the_latency_budget(files, backend, monkeypatch):
     """Ray and NNI judge their points through the same path as Optuna: over the latency budget
     means recorded with its latency, never trained."""

@@ -47,9 +47,10 @@ MANY_EXPERTS = {
     "spec", ["mobilenet-v2", MANY_EXPERTS], ids=["mobilenet-v2", "16-experts-hierarchical"]
 )
 def test_proxy_learns_well_above_chance(spec):
-    """Goal 0.9 on digits (chance 0.1); the proxy of 0.1 reached 0.40 (mobilenet-v2) and 0.1 to
-    0.25 here."""
-    metrics = proxy_top1(load_spec(spec), parse_source("digits"), load_recipe("proxy"))
+    """From scratch with the proxy a search on digits runs (6 epochs, 1 training): about 0.89 on
+    one core (chance 0.1); the proxy of 0.1 reached 0.40 (mobilenet-v2) and 0.1 to 0.25 here."""
+    recipe = load_recipe("proxy").for_data("digits")
+    metrics = proxy_top1(load_spec(spec), parse_source("digits"), recipe)
     assert metrics["top1"] >= 0.8, metrics
     assert metrics["top1"] > metrics["chance_threshold"] + 0.5
 

@@ -21,6 +21,9 @@ from types import SimpleNamespace
 import pytest
 from helpers import ctrl_c_default
 
+# Tests that start Ray, or check that none runs, never run beside each other (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("ray")
+
 RUN_FILES = {
     "trials.csv",
     "pareto.csv",
@@ -219,19 +222,24 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_ray_backend_on_a_real_local_cluster(files, ray_head):
+def test_ray_backend_on_a_real_local_cluster_trains_each_trial_on_two_workers(files, ray_head):
     address, env = ray_head
     t0 = time.time()
     res = subprocess.run(
-        search_cmd(files, "ray", "--backend", "ray", "--address", address),
+        search_cmd(
+            files, "ray", "--backend", "ray", "--address", address, "--workers-per-trial", "2"
+        ),
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    print(f"ray backend, 3 trials on a 2-CPU cluster: {time.time() - t0:.1f} s")
+    print(f"ray backend, 3 trials of 2 workers on a 2-CPU cluster: {time.time() - t0:.1f} s")
     rows = check_run_folder(files / "results" / "ray", 3)
+    trained = [r for r in rows if r["status"] in ("trained", "untrained")]
+    assert trained and all(r["workers"] == "2" for r in trained), rows
+    assert all(r["workers"] == "" for r in rows if r not in trained)
     assert json.loads(res.stdout)  # stdout is the front as JSON (Ray's own output kept off it)
     config = json.loads((files / "results" / "ray" / "config.json").read_text())
     assert config["backend"] == "ray" and config["storage"].startswith("sqlite:///")
@@ -273,6 +281,58 @@ def test_interrupted_run_leaves_nothing_running_and_resumes_to_the_exact_total(f
     assert res.returncode == 0, res.stderr[-2000:]
     check_run_folder(files / "results" / "rayint", 4)
     assert not ray_processes()
+
+
+@pytest.mark.slow
+def test_a_training_worker_killed_mid_trial_fails_that_trial_and_the_search_reaches_its_total(
+    files,
+):
+    import psutil  # a Ray dependency
+
+    assert not ray_processes(), "a Ray is already running on this machine"
+    cmd = search_cmd(files, "kill", "--backend", "ray", "--workers-per-trial", "2", trials=2)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = None, time.time() + 300
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        workers = [p for p in ray_processes() if "RayTrainWorker" in " ".join(p.cmdline())]
+        # mid-training: both workers up, and the first has trained for some seconds
+        if len(workers) == 2 and workers[0].cpu_times().user > 8:
+            killed = workers[0]
+            killed.send_signal(signal.SIGKILL)
+        time.sleep(0.5)
+    out, err = proc.communicate(timeout=600)
+    assert killed is not None and proc.returncode == 0, err[-3000:]
+    rows = rows_of(files / "results" / "kill")
+    assert len(rows) == 2 and len({r["trial"] for r in rows}) == 2  # the total, none twice
+    assert [r["status"] for r in rows].count("failed") == 1, rows
+    assert all(r["workers"] == "2" for r in rows if r["status"] == "trained"), rows
+    assert json.loads(out) and not psutil.pid_exists(killed.pid)
+    time.sleep(2)
+    assert not ray_processes()
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--workers-per-trial", "0"], "not a positive integer"),
+        (["--workers-per-trial", "two"], "not a positive integer"),
+        (["--workers-per-trial", "2"], "needs --backend ray"),
+        (["--backend", "ray", "--cpus-per-worker", "2"], "needs --workers-per-trial"),
+        (["--backend", "ray", "--workers-per-trial", "2", "--cpus-per-trial", "2"], "per-worker"),
+        (["--backend", "ray", "--workers-per-trial", "2", "--gpus-per-worker", "1"], "0 GPU"),
+        (["--backend", "ray", "--workers-per-trial", "CORES"], "CPU"),
+        # 3 workers of half a CPU fit; the tiny recipe's batch of 32 does not split in 3
+        (["--backend", "ray", "--workers-per-trial", "3", "--cpus-per-worker", "0.5"], "evenly"),
+    ],
+)
+def test_workers_per_trial_refused_with_one_line_before_anything_is_written(files, extra, says):
+    cores = str((os.cpu_count() or 1) + 1)  # one worker more than a local Ray has CPUs
+    extra = [cores if e == "CORES" else e for e in extra]
+    res = subprocess.run(search_cmd(files, "w", *extra), capture_output=True, text=True)
+    assert res.returncode == 2 and says in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 2
+    assert not (files / "results").exists()
+    assert not ray_processes()  # refused before a local Ray was started
 
 
 def test_address_needs_the_ray_backend(files):

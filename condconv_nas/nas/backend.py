@@ -45,17 +45,35 @@ class BackendOptions:
     address: str | None = None  # Ray: the cluster to join
     cpus_per_trial: float = 1.0  # Ray: CPUs per trial
     gpus_per_trial: float = 0.0  # Ray: GPUs per trial
+    workers_per_trial: int = 1  # Ray: data-parallel training workers per trained trial
+    cpus_per_worker: float = 1.0  # Ray: CPUs per training worker (with workers_per_trial > 1)
+    gpus_per_worker: float = 0.0  # Ray: GPUs per training worker (with workers_per_trial > 1)
     nni_strategy: str = "evolution"  # NNI: evolution, random or tpe
 
     def __post_init__(self) -> None:
-        def number(v) -> bool:  # nan and inf fail the ranges below
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        cpus, gpus, most = self.cpus_per_trial, self.gpus_per_trial, MAX_PER_TRIAL
-        if not number(cpus) or not 0 < cpus <= most:
-            raise UsageError(f"--cpus-per-trial must be in (0, {most}], got {cpus!r}")
-        if not number(gpus) or not 0 <= gpus <= most:
-            raise UsageError(f"--gpus-per-trial must be in [0, {most}], got {gpus!r}")
+        _check_range(self.cpus_per_trial, "--cpus-per-trial", low_open=True)
+        _check_range(self.gpus_per_trial, "--gpus-per-trial")
+        _check_range(self.cpus_per_worker, "--cpus-per-worker", low_open=True)
+        _check_range(self.gpus_per_worker, "--gpus-per-worker")
+        n = self.workers_per_trial
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PER_TRIAL:
+            raise UsageError(
+                f"--workers-per-trial must be a whole number in [1, {MAX_PER_TRIAL}], got {n!r}"
+            )
+        # one process per trial asks for --cpus/--gpus-per-trial; N workers ask per worker
+        for name in (
+            ("cpus_per_worker", "gpus_per_worker")
+            if n == 1
+            else ("cpus_per_trial", "gpus_per_trial")
+        ):
+            if getattr(self, name) == BackendOptions.__dataclass_fields__[name].default:
+                continue
+            if n == 1:
+                raise UsageError(f"{_flag(name)} needs --workers-per-trial N with N > 1")
+            raise UsageError(
+                f"{_flag(name)}: a trial of {n} workers asks for its workers' resources; use "
+                f"{_flag(name.replace('trial', 'worker'))}"
+            )
         if self.nni_strategy not in NNI_STRATEGIES:
             raise UsageError(
                 f"--nni-strategy {self.nni_strategy!r}: expected one of {', '.join(NNI_STRATEGIES)}"
@@ -67,6 +85,19 @@ class BackendOptions:
         if unknown:
             raise UsageError(f"unknown backend option(s) {', '.join(unknown)}")
         return cls(**options)
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _check_range(value, flag: str, *, low_open: bool = False) -> None:
+    """A number of CPUs or GPUs in (0, MAX_PER_TRIAL] (``low_open``) or [0, MAX_PER_TRIAL]."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)  # nan, inf fail below
+    low = 0 < value if low_open and number else number and 0 <= value
+    if not (number and low and value <= MAX_PER_TRIAL):
+        bracket = "(" if low_open else "["
+        raise UsageError(f"{flag} must be in {bracket}0, {MAX_PER_TRIAL}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +117,11 @@ class Searcher(abc.ABC):
 
     def __init__(self, options: BackendOptions, seed: int = 0) -> None:
         self.options, self.seed = options, seed
+
+    def check(self, task: SearchTask) -> None:
+        """`UsageError` if the task cannot run here (for example: more than the cluster holds);
+        called before anything is written. Every input is fine by default."""
+        return None
 
     @abc.abstractmethod
     def search(
@@ -111,7 +147,14 @@ BACKENDS: dict[str, Backend] = {
             "ray",
             "condconv_nas.nas.ray_engine:RaySearcher",
             extra="ray.tune",
-            options=("address", "cpus_per_trial", "gpus_per_trial"),
+            options=(
+                "address",
+                "cpus_per_trial",
+                "gpus_per_trial",
+                "workers_per_trial",
+                "cpus_per_worker",
+                "gpus_per_worker",
+            ),
         ),
         Backend(
             "nni", "condconv_nas.nas.nni_engine:NNISearcher", extra="nni", options=("nni_strategy",)
@@ -133,7 +176,7 @@ def check_backend(name: str, options: BackendOptions) -> Backend:
         ):
             continue
         owner = next(b.name for b in BACKENDS.values() if field.name in b.options)
-        flag = "--" + field.name.replace("_", "-")
+        flag = _flag(field.name)
         raise UsageError(
             f"{flag} {getattr(options, field.name)!r} is an option of the {owner} backend: "
             f"it needs --backend {owner}"

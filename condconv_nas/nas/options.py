@@ -156,6 +156,25 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (default: 0)"
     )
     p.add_argument(
+        "--workers-per-trial",
+        type=positive_int,
+        default=1,
+        help="Ray: train each candidate data-parallel on N workers that Ray Train places on the "
+        "cluster; the recipe's batch is split among them (default: 1, in the trial's process)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="Ray: CPUs per training worker, with --workers-per-trial (default: 1)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="Ray: GPUs per training worker, with --workers-per-trial (default: 0)",
+    )
+    p.add_argument(
         "--sampler",
         choices=SAMPLERS,
         default="tpe",

@@ -247,6 +247,7 @@ def record(trial: optuna.Trial, result: dict) -> tuple[float, float]:
     trial.set_user_attr("top1", result["top1"])
     trial.set_user_attr("top5", result.get("top5"))
     trial.set_user_attr("untrained", bool(result.get("untrained")))
+    trial.set_user_attr("workers", result.get("workers", 1))  # processes it trained on
     if result.get("inherited") is not None:  # the share of parameters taken from --init
         trial.set_user_attr("inherited", result["inherited"])
     return result["top1"], float(result["madds"])
@@ -353,6 +354,7 @@ def trial_rows(study: optuna.Study, decisions: list[str]) -> list[dict]:
                 "spec_id": ua.get("spec_id"),
                 "preset": ua.get("preset"),
                 "seconds": None if seconds is None else round(seconds, 1),
+                "workers": ua.get("workers"),
                 "spec": ua.get("spec"),
                 **{d: t.params.get(d) for d in decisions},
             }

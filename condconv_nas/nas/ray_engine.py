@@ -14,6 +14,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import optuna
 import ray
@@ -22,6 +23,7 @@ from ray import tune
 from ray.tune import search as ray_search
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from ..errors import UsageError
 from .backend import Callbacks, Searcher, scratch_dir, stdout_to_stderr
 from .optuna_engine import abandon, counted, finished, judge, record, tell
 from .task import SearchTask
@@ -66,8 +68,8 @@ class BandedASHA(FIFOScheduler):
         self._scheduler(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if trial.config.get("values") is not None:  # judged, not trained: nothing to compare
-            return self.CONTINUE
+        if trial.config.get("values") is not None or result.get("final"):
+            return self.CONTINUE  # judged, not trained, or done: nothing to compare or stop
         return self._scheduler(trial).on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
@@ -150,85 +152,180 @@ class StudySearch(ray_search.Searcher):
                 self.done.add(trial_id)
 
 
-def ray_trial(config: dict, task: SearchTask, threads: int) -> None:
-    """One Ray trial: report the judged values, or train the proxy reporting top-1 every epoch."""
+def _final(result: dict, madds: int, epochs: int, workers: int) -> dict:
+    """The last report of a trained trial: what the study records of it."""
+    inherited = result.get("inherited")
+    return {
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "untrained": result["untrained"],
+        "madds": madds,
+        "epoch": epochs,
+        "final": True,
+        "workers": workers,
+        **({"inherited": inherited} if inherited is not None else {}),
+    }
+
+
+def _epoch(madds: int, epoch: int, metrics: dict) -> dict:
+    """An intermediate report: the held-out metrics after ``epoch`` (what ASHA compares)."""
+    return {
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+        "madds": madds,
+        "epoch": epoch,
+        "final": False,
+    }
+
+
+def ray_trial(config: dict, task: SearchTask, threads: int, workers: Workers | None) -> None:
+    """One Ray trial: report the judged values, or train the proxy reporting top-1 every epoch
+    (here, or data-parallel on ``workers`` that Ray Train places across the cluster)."""
     import torch
 
     from ..allocator import keep_freed_memory
 
-    keep_freed_memory()  # as the CLI does for its own process
-    torch.set_num_threads(threads)
-    epochs = task.recipe.epochs
+    epochs, madds = task.recipe.epochs, config["madds"]
     if config["values"] is not None:
         top1, madds = config["values"]
+        values = config["values"]
         tune.report(
-            {
-                "top1": top1,
-                "madds": madds,
-                "epoch": epochs,
-                "final": True,
-                "values": config["values"],
-            }
+            {"top1": top1, "madds": madds, "epoch": epochs, "final": True, "values": values}
         )
         return
-    madds = config["madds"]
-
-    def report(epoch: int, metrics: dict) -> None:
-        tune.report(
-            {
-                "top1": metrics["top1"],
-                "top5": metrics["top5"],
-                "madds": madds,
-                "epoch": epoch,
-                "final": False,
-            }
-        )
-
-    result = task.evaluate(config["point"], report=report)
-    tune.report(
-        {
-            "top1": result["top1"],
-            "top5": result["top5"],
-            "untrained": result["untrained"],
-            "madds": madds,
-            "epoch": epochs,
-            "final": True,
-            **({"inherited": result["inherited"]} if result.get("inherited") is not None else {}),
-        }
+    if workers is not None:
+        workers.train(config, task)
+        return
+    keep_freed_memory()  # as the CLI does for its own process
+    torch.set_num_threads(threads)
+    result = task.evaluate(
+        config["point"], report=lambda epoch, m: tune.report(_epoch(madds, epoch, m))
     )
+    tune.report(_final(result, madds, epochs, workers=1))
+
+
+def train_worker(config: dict) -> None:
+    """One Ray Train worker of a trial's data-parallel proxy training: Ray has joined it to the
+    trial's process group, and every worker reports each epoch (Ray passes rank 0's on to Tune)."""
+    import torch
+    from ray import train
+
+    from ..allocator import keep_freed_memory
+    from ..training.engine import world
+
+    keep_freed_memory()
+    torch.set_num_threads(config["threads"])
+    task, madds = config["task"], config["madds"]
+    result = task.evaluate(
+        config["point"], report=lambda epoch, m: train.report(_epoch(madds, epoch, m))
+    )
+    train.report(_final(result, madds, task.recipe.epochs, workers=world()[0]))
+
+
+@dataclass(frozen=True)
+class Workers:
+    """A trained trial's data-parallel workers: how many, and what each asks of the cluster."""
+
+    count: int
+    cpus: float
+    gpus: float
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+
+    def train(self, config: dict, task: SearchTask) -> None:
+        """Train the proxy on these workers with Ray Train (its TorchTrainer: one process group,
+        gloo on CPU, NCCL on GPU); the workers' reports reach Tune as the trial's."""
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={
+                "task": task,
+                "point": config["point"],
+                "madds": config["madds"],
+                "threads": max(1, int(self.cpus)),
+            },
+            scaling_config=ScalingConfig(
+                num_workers=self.count, use_gpu=self.gpus > 0, resources_per_worker=self.resources
+            ),
+            run_config=RunConfig(
+                name="train",
+                storage_path=tune.get_context().get_trial_dir(),
+                callbacks=[TuneReportCallback()],
+                failure_config=FailureConfig(max_failures=0),
+            ),
+        )
+        trainer.fit()
+
+    def concurrent(self, cluster: dict, where: str = "the cluster") -> int:
+        """How many trials' workers the cluster's resources hold at once; `UsageError` if not
+        even one trial's."""
+        fits = [cluster.get(k, 0) / (self.count * v) for k, v in self.resources.items() if v]
+        if min(fits) < 1:
+            have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in self.resources)
+            raise UsageError(
+                f"--workers-per-trial {self.count}: {self.count} workers of "
+                f"{self._asks()} each need {self._asks(self.count)}; {where} has {have}"
+            )
+        return int(min(fits))
+
+    def _asks(self, times: int = 1) -> str:
+        return " and ".join(f"{v * times:g} {k}" for k, v in self.resources.items())
 
 
 class RaySearcher(Searcher):
-    """Ray Tune schedules the trials, locally or on the cluster at ``options.address``."""
+    """Ray Tune schedules the trials, locally or on the cluster at ``options.address``; with
+    ``options.workers_per_trial`` > 1 each trained trial is a Ray Train data-parallel training."""
+
+    @property
+    def workers(self) -> Workers | None:
+        o = self.options
+        if o.workers_per_trial == 1:
+            return None
+        return Workers(o.workers_per_trial, o.cpus_per_worker, o.gpus_per_worker)
+
+    def check(self, task: SearchTask) -> None:
+        """The recipe's batch splits evenly over the workers, and the cluster holds one trial's
+        workers (a local Ray: this machine's cores and GPUs; a cluster: joined to ask it)."""
+        workers = self.workers
+        if workers is None:
+            return
+        where = "this machine (a local Ray)" if self.options.address is None else "the cluster"
+        workers.concurrent(self._cluster(), where=where)
+        batch = task.recipe.for_base(task.space.base).batch_size
+        if batch % workers.count:
+            raise UsageError(
+                f"--workers-per-trial {workers.count}: the recipe's batch of {batch} does not "
+                f"split evenly over {workers.count} workers (the global batch stays the recipe's)"
+            )
+
+    def _cluster(self) -> dict[str, float]:
+        if self.options.address is None:
+            import torch
+
+            return {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+        _init(self.options.address)
+        return ray.cluster_resources()
 
     def search(
         self, task: SearchTask, study: optuna.Study, total: int, callbacks: Callbacks
     ) -> None:
-        run_ray(
-            task,
-            study,
-            total,
-            address=self.options.address,
-            cpus_per_trial=self.options.cpus_per_trial,
-            gpus_per_trial=self.options.gpus_per_trial,
-            on_trial=callbacks.on_trial,
-            on_epoch=callbacks.on_epoch,
-        )
+        if counted(study) >= total:
+            return
+        _init(self.options.address)
+        try:
+            _tune(task, study, total, self.options, self.workers, callbacks)
+        finally:
+            ray.shutdown()
 
 
-def run_ray(
-    task: SearchTask,
-    study: optuna.Study,
-    total: int,
-    *,
-    address: str | None = None,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
-    on_trial=None,
-    on_epoch=None,
-) -> None:
-    """Run trials on Ray until the study holds ``total`` counted trials; Ray is shut down after."""
-    if counted(study) >= total:
+def _init(address: str | None) -> None:
+    """Start a local Ray (all of this machine's cores) or join the cluster at ``address``."""
+    if ray.is_initialized():
         return
     ray.init(
         address=address or "local",
@@ -238,12 +335,30 @@ def run_ray(
         logging_level=logging.ERROR,
         configure_logging=True,
     )
-    searcher = StudySearch(task, study, total, on_trial=on_trial, on_epoch=on_epoch)
+
+
+def _tune(task, study, total, options, workers: Workers | None, callbacks: Callbacks) -> None:
+    """Run trials on Ray until the study holds ``total`` counted trials."""
+    searcher = StudySearch(
+        task, study, total, on_trial=callbacks.on_trial, on_epoch=callbacks.on_epoch
+    )
+    if workers is None:
+        threads, resources = (
+            max(1, int(options.cpus_per_trial)),
+            {
+                "cpu": options.cpus_per_trial,
+                "gpu": options.gpus_per_trial,
+            },
+        )
+        at_once = 0  # as many as the trials' resources allow
+    else:  # the trial only waits on its workers, who ask for the resources
+        threads, resources = 0, {"cpu": 0, "memory": 2**20}  # Tune needs some request
+        at_once = workers.concurrent(ray.cluster_resources())
     try:
         with scratch_dir("ray") as storage:
             trainable = tune.with_resources(
-                tune.with_parameters(ray_trial, task=task, threads=max(1, int(cpus_per_trial))),
-                {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+                tune.with_parameters(ray_trial, task=task, threads=threads, workers=workers),
+                resources,
             )
             tuner = tune.Tuner(
                 trainable,
@@ -251,6 +366,7 @@ def run_ray(
                     search_alg=searcher,
                     num_samples=max(1, total - counted(study)),
                     scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs),
+                    max_concurrent_trials=at_once,
                 ),
                 run_config=tune.RunConfig(
                     name="search",
@@ -267,4 +383,3 @@ def run_ray(
             raise KeyboardInterrupt
     finally:
         searcher.abandon_unfinished()
-        ray.shutdown()

@@ -339,7 +339,8 @@ def search(
     what it holds. ``budget``: an int or the CLI's forms (``"400M"``, ``"0.4G"``). ``trials``: the
     run's total across restarts and workers (default: the recipe's). ``progress``: True for a bar on
     stderr, False for silence, or a `Reporter`. ``backend_options``: ``address``,
-    ``cpus_per_trial``, ``gpus_per_trial`` (Ray), ``nni_strategy`` (NNI). ``sampler``: ``tpe``
+    ``cpus_per_trial``, ``gpus_per_trial``, ``workers_per_trial``, ``cpus_per_worker``,
+    ``gpus_per_worker`` (Ray: see docs/scaling.md), ``nni_strategy`` (NNI). ``sampler``: ``tpe``
     or ``random``, the study's sampler (Optuna and Ray backends). Bad input raises
     `UsageError` before anything is written; Ctrl-C raises `SearchInterrupted` after the run
     folder is written.
@@ -395,6 +396,8 @@ def search(
         objective=objective,
         latency_device=None if latency_device is None else str(latency_device),
     )
+    searcher = make_searcher(backend, options, seed)
+    searcher.check(task)
     old = check_resume(run_dir, config)
     own = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run's own study, by default
     check_storage(run_dir, old, storage or own)
@@ -512,7 +515,6 @@ def search(
         total,
         eng.finished(study),
     )
-    searcher = make_searcher(backend, options, seed)
     try:
         try:
             searcher.search(

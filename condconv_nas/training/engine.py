@@ -137,6 +137,11 @@ def param_groups(
     return [g for g in out if g["params"]]
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (EMA averages the weights, not it)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -227,7 +232,7 @@ def setup_training(
         loss_fn: nn.Module = SoftTargetCrossEntropy()
     else:
         loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay > 0 else None
+    ema = ModelEmaV3(unwrap(model), decay=recipe.ema_decay) if recipe.ema_decay > 0 else None
     return Training(model, optimizer, scheduler, ema, loss_fn, mixup, steps_per_epoch)
 
 
@@ -254,7 +259,7 @@ def train_epoch(
             loss.backward()
             t.optimizer.step()
         if t.ema is not None:
-            t.ema.update(t.model)
+            t.ema.update(unwrap(t.model))
         if t.scheduler is not None:
             t.scheduler.step_update(epoch * t.steps_per_epoch + step + 1)
         total += loss.item() * x.shape[0]
@@ -267,9 +272,27 @@ def train_epoch(
     return total / max(count, 1)
 
 
+def world() -> tuple[int, int]:
+    """(world size, rank) of the process group this process trains in; (1, 0) outside one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _sum_over_workers(*values: float) -> list[float]:
+    """Each value summed over the process group's workers (every worker calls this)."""
+    total = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return total.tolist()
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, device="cpu") -> dict[str, float]:
-    """top-1 and top-5 accuracy (fractions) and the mean loss."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, *, device="cpu", shared: bool = False
+) -> dict[str, float]:
+    """top-1 and top-5 accuracy (fractions) and the mean loss. ``shared``: every worker of the
+    process group scores its own shard of the images, and the figures are over all of them."""
     model.eval()
     correct1 = correct5 = n = 0
     loss = 0.0
@@ -281,7 +304,21 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device="cpu") -> dict[str,
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         n += y.numel()
+    if shared:
+        correct1, correct5, loss, n = _sum_over_workers(correct1, correct5, loss, n)
     return {"top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1), "loss": loss / max(n, 1)}
+
+
+@torch.no_grad()
+def average_bn_stats(model: nn.Module) -> None:
+    """Every BatchNorm's running statistics averaged over the process group's workers: each
+    estimated them on its own shard, and the mean is the estimate over all of the images."""
+    size = torch.distributed.get_world_size()
+    for m in model.modules():
+        if isinstance(m, BATCH_NORMS) and m.track_running_stats:
+            for stat in (m.running_mean, m.running_var):
+                torch.distributed.all_reduce(stat)
+                stat /= size
 
 
 @torch.no_grad()
@@ -378,7 +415,12 @@ def proxy_top1(
 def _train_once(
     spec, train_ds, val_ds, recipe: Recipe, *, seed: int, report, on_epoch, init
 ) -> dict:
-    """One proxy training from ``seed``: held-out metrics and the last epoch's training loss."""
+    """One proxy training from ``seed``: held-out metrics and the last epoch's training loss.
+
+    Inside a process group (Ray Train's workers) it trains data-parallel: the recipe's batch is
+    the global one, split evenly (so the score does not depend on the number of workers), each
+    worker reads its shard of the training images and scores its shard of the held-out ones."""
+    size, rank = world()
     torch.manual_seed(seed)
     model = build_for_training(spec, recipe)
     inherited = {}
@@ -386,17 +428,27 @@ def _train_once(
         from ..models.upcycle import inherit
 
         inherited["inherited"] = round(inherit(model, init).fraction, 4)
+    sampler = None
+    if size > 1:
+        from torch.utils.data import Subset
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, num_replicas=size, rank=rank, seed=seed)
+        val_ds = Subset(val_ds, range(rank, len(val_ds), size))
     train_loader = make_loader(
         train_ds,
-        recipe.batch_size,
+        recipe.batch_size // size,
         train=True,
         seed=seed,
         workers=recipe.workers,
+        sampler=sampler,
         drop_last=recipe.mixup_alpha > 0,
     )
     val_loader = make_loader(val_ds, 256, train=False, seed=0, workers=recipe.workers)
+    # DDP averages the workers' gradients: the global batch's gradient, at the recipe's lr
+    trained = model if size == 1 else nn.parallel.DistributedDataParallel(model)
     t = setup_training(
-        model,
+        trained,
         recipe,
         num_classes=spec.num_classes,
         steps_per_epoch=len(train_loader),
@@ -405,11 +457,16 @@ def _train_once(
     evaluated = t.ema.module if t.ema is not None else model
     loss = math.nan
     for epoch in range(recipe.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         loss = train_epoch(t, train_loader, epoch)
         if on_epoch is not None:
             on_epoch(epoch + 1, recipe.epochs)
         if report is not None and epoch + 1 < recipe.epochs:
-            report(epoch + 1, evaluate(evaluated, val_loader))
+            report(epoch + 1, evaluate(evaluated, val_loader, shared=size > 1))
     if recipe.bn_recalibrate:
         recalibrate_bn(evaluated, train_loader, recipe.bn_recalibrate)
-    return {**evaluate(evaluated, val_loader), "train_loss": loss, **inherited}
+    if size > 1:
+        average_bn_stats(evaluated)
+        loss = _sum_over_workers(loss)[0] / size
+    return {**evaluate(evaluated, val_loader, shared=size > 1), "train_loss": loss, **inherited}
