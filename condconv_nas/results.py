@@ -14,9 +14,8 @@ from pydantic import Field
 
 from .errors import UsageError
 from .files import write_atomic
-from .nas.options import MAX_MADDS
 from .spec import ArchSpec
-from .validation import FORBID_EXTRA, Float, StrictInt, parse, read_json
+from .validation import FORBID_EXTRA, MAX_MADDS, Float, StrictInt, parse, read_json
 
 
 def trained_rows(rows: Sequence[dict]) -> list[dict]:

@@ -21,6 +21,11 @@ from .errors import UsageError
 
 T = TypeVar("T")
 
+# The largest budget: far beyond any network of the spec's ranges (ResNet-50, 8 times as wide and
+# deep, at 4096 pixels, is about 10**15), and its run name stays short.
+MAX_MADDS = 10**18
+MAX_TRIALS = 10**6  # of a run (--trials, a recipe's trials)
+
 # The config every checked dataclass carries: unknown keys are errors.
 FORBID_EXTRA = ConfigDict(extra="forbid")
 

@@ -121,6 +121,11 @@ def test_banded_asha_compares_trials_only_within_their_madd_band():
         TrialScheduler.STOP,
         TrialScheduler.CONTINUE,
     ]
+    # Trials trained by Ray Train workers are told to stop, and Tune lets them end by themselves.
+    told = []
+    stops = SimpleNamespace(add=SimpleNamespace(remote=told.append))
+    assert decisions(BandedASHA(budget=100, max_t=2, stops=stops)) == [TrialScheduler.CONTINUE] * 3
+    assert told == ["big2"]
 
 
 @pytest.mark.slow

@@ -54,12 +54,21 @@ def _key(layer, x: torch.Tensor, grad: bool) -> tuple:
     )
 
 
+def _sync(x: torch.Tensor) -> None:
+    """Wait for the GPU's queued work: its kernels run asynchronously, and a clock read without
+    this times only their launch."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def _once(layer, form: str, args: tuple, grad: bool) -> float:
+    _sync(args[0])
     t0 = time.perf_counter()
     with torch.set_grad_enabled(grad):
         out = layer.run(form, *args)
         if grad:
             out.backward(torch.ones_like(out))
+    _sync(args[0])
     return time.perf_counter() - t0
 
 

@@ -7,14 +7,10 @@ import re
 from decimal import Decimal
 
 from ..training.options import DATA_HELP
-from ..validation import short_repr
+from ..validation import MAX_MADDS, short_repr
 from .backend import BACKENDS, NNI_STRATEGIES, SAMPLERS
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
-# The largest budget: far beyond any network of the spec's ranges (ResNet-50, 8 times as wide and
-# deep, at 4096 pixels, is about 10**15), and its run name stays short.
-MAX_MADDS = 10**18
-MAX_TRIALS = 10**6  # of a run (--trials, a recipe's trials)
 OBJECTIVES = ("madds", "latency")  # what the front trades top-1 against
 
 

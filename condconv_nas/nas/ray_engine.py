@@ -41,10 +41,16 @@ class BandedASHA(FIFOScheduler):
     is in the lower half of the trials of its own band that reached that rung."""
 
     def __init__(
-        self, *, budget: int, max_t: int, grace_period: int = 1, reduction_factor: float = 2
+        self,
+        *,
+        budget: int,
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: float = 2,
+        stops: StopRequests | None = None,
     ) -> None:
         super().__init__()
-        self.budget = budget
+        self.budget, self.stops, self._stopping = budget, stops, set()
         self._asha = defaultdict(
             lambda: AsyncHyperBandScheduler(
                 time_attr="epoch",
@@ -70,7 +76,17 @@ class BandedASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if trial.config.get("values") is not None or result.get("final"):
             return self.CONTINUE  # judged, not trained, or done: nothing to compare or stop
-        return self._scheduler(trial).on_trial_result(tune_controller, trial, result)
+        if trial.trial_id in self._stopping:
+            return self.CONTINUE  # told to stop, and stopping
+        decision = self._scheduler(trial).on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP and self.stops is not None:
+            # Ray Train's workers are told to stop and end their training themselves: stopped by
+            # Tune, they would leave their resources held (Ray Train frees them through the
+            # dashboard's state API, which a cluster may not run)
+            self._stopping.add(trial.trial_id)
+            self.stops.add.remote(trial.trial_id)
+            return self.CONTINUE
+        return decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._scheduler(trial).on_trial_complete(tune_controller, trial, result)
@@ -80,6 +96,37 @@ class BandedASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"BandedASHA: {len(self._asha)} MADD bands"
+
+
+@ray.remote(num_cpus=0)
+class StopRequests:
+    """The trials ASHA stopped whose training runs on Ray Train workers (they ask each epoch)."""
+
+    def __init__(self) -> None:
+        self.trials: set[str] = set()
+
+    def add(self, trial_id: str) -> None:
+        self.trials.add(trial_id)
+
+    def has(self, trial_id: str) -> bool:
+        return trial_id in self.trials
+
+
+class Stopped(Exception):
+    """ASHA stopped this trial: its workers end their training."""
+
+
+def told_to_stop(stops, trial_id: str) -> bool:
+    """Whether ASHA stopped the trial, as rank 0 heard it: the same answer on every worker (they
+    must stop after the same epoch)."""
+    import torch
+
+    from ..training.engine import world
+
+    asked = world()[1] == 0 and ray.get(stops.has.remote(trial_id))
+    flag = torch.tensor([1.0 if asked else 0.0])
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 class StudySearch(ray_search.Searcher):
@@ -178,7 +225,9 @@ def _epoch(madds: int, epoch: int, metrics: dict) -> dict:
     }
 
 
-def ray_trial(config: dict, task: SearchTask, threads: int, workers: Workers | None) -> None:
+def ray_trial(
+    config: dict, task: SearchTask, threads: int, workers: Workers | None, stops=None
+) -> None:
     """One Ray trial: report the judged values, or train the proxy reporting top-1 every epoch
     (here, or data-parallel on ``workers`` that Ray Train places across the cluster)."""
     import torch
@@ -194,7 +243,7 @@ def ray_trial(config: dict, task: SearchTask, threads: int, workers: Workers | N
         )
         return
     if workers is not None:
-        workers.train(config, task)
+        workers.train(config, task, stops)
         return
     keep_freed_memory()  # as the CLI does for its own process
     torch.set_num_threads(threads)
@@ -216,9 +265,16 @@ def train_worker(config: dict) -> None:
     keep_freed_memory()
     torch.set_num_threads(config["threads"])
     task, madds = config["task"], config["madds"]
-    result = task.evaluate(
-        config["point"], report=lambda epoch, m: train.report(_epoch(madds, epoch, m))
-    )
+
+    def report(epoch: int, metrics: dict) -> None:
+        train.report(_epoch(madds, epoch, metrics))
+        if told_to_stop(config["stops"], config["trial_id"]):
+            raise Stopped
+
+    try:
+        result = task.evaluate(config["point"], report=report)
+    except Stopped:
+        return  # the last report stands: Tune records the trial stopped early
     train.report(_final(result, madds, task.recipe.epochs, workers=world()[0]))
 
 
@@ -234,7 +290,7 @@ class Workers:
     def resources(self) -> dict[str, float]:
         return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
 
-    def train(self, config: dict, task: SearchTask) -> None:
+    def train(self, config: dict, task: SearchTask, stops) -> None:
         """Train the proxy on these workers with Ray Train (its TorchTrainer: one process group,
         gloo on CPU, NCCL on GPU); the workers' reports reach Tune as the trial's."""
         from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -248,6 +304,8 @@ class Workers:
                 "point": config["point"],
                 "madds": config["madds"],
                 "threads": max(1, int(self.cpus)),
+                "stops": stops,
+                "trial_id": tune.get_context().get_trial_id(),
             },
             scaling_config=ScalingConfig(
                 num_workers=self.count, use_gpu=self.gpus > 0, resources_per_worker=self.resources
@@ -342,6 +400,7 @@ def _tune(task, study, total, options, workers: Workers | None, callbacks: Callb
     searcher = StudySearch(
         task, study, total, on_trial=callbacks.on_trial, on_epoch=callbacks.on_epoch
     )
+    stops = None
     if workers is None:
         threads, resources = (
             max(1, int(options.cpus_per_trial)),
@@ -354,10 +413,13 @@ def _tune(task, study, total, options, workers: Workers | None, callbacks: Callb
     else:  # the trial only waits on its workers, who ask for the resources
         threads, resources = 0, {"cpu": 0, "memory": 2**20}  # Tune needs some request
         at_once = workers.concurrent(ray.cluster_resources())
+        stops = StopRequests.remote()
     try:
         with scratch_dir("ray") as storage:
             trainable = tune.with_resources(
-                tune.with_parameters(ray_trial, task=task, threads=threads, workers=workers),
+                tune.with_parameters(
+                    ray_trial, task=task, threads=threads, workers=workers, stops=stops
+                ),
                 resources,
             )
             tuner = tune.Tuner(
@@ -365,7 +427,7 @@ def _tune(task, study, total, options, workers: Workers | None, callbacks: Callb
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
                     num_samples=max(1, total - counted(study)),
-                    scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs),
+                    scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs, stops=stops),
                     max_concurrent_trials=at_once,
                 ),
                 run_config=tune.RunConfig(

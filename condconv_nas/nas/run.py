@@ -19,9 +19,9 @@ from ..errors import UsageError
 from ..extras import EXTRAS
 from ..files import check_writable_folder
 from ..training.recipe import load_recipe
-from ..validation import check_int, check_seed, read_json, short_repr
+from ..validation import MAX_MADDS, MAX_TRIALS, check_int, check_seed, read_json, short_repr
 from .backend import SAMPLERS, BackendOptions, Callbacks, check_backend, make_searcher
-from .options import MAX_MADDS, MAX_TRIALS, OBJECTIVES, parse_budget, parse_latency
+from .options import OBJECTIVES, parse_budget, parse_latency
 from .progress import BarReporter, Reporter, trial_line
 from .space import load_space
 from .task import SearchTask

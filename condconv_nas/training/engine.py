@@ -177,7 +177,33 @@ def make_loader(
         num_workers=workers,
         drop_last=drop_last,
         persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU asynchronously
     )
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """Where a training runs and in what precision: float32 on CPU; on a GPU, autocast to bfloat16
+    where the card has it, else float16 with a gradient scaler."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None  # autocast's dtype; None: float32 throughout
+    scaler: object | None = None  # torch.amp.GradScaler for float16, else None
+
+    @classmethod
+    def pick(cls, local_rank: int = 0) -> Accelerator:
+        """This process's GPU (``local_rank``: its index among the visible ones) if there is one,
+        else the CPU."""
+        if not torch.cuda.is_available():
+            return cls(torch.device("cpu"))
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        if torch.cuda.is_bf16_supported():
+            return cls(device, torch.bfloat16)
+        return cls(device, torch.float16, torch.amp.GradScaler("cuda"))
+
+
+CPU = Accelerator(torch.device("cpu"))
 
 
 def setup_training(
@@ -237,16 +263,17 @@ def setup_training(
 
 
 def train_epoch(
-    t: Training, loader: DataLoader, epoch: int, *, device="cpu", scaler=None, progress=None
+    t: Training, loader: DataLoader, epoch: int, *, acc: Accelerator = CPU, progress=None
 ) -> float:
     """One epoch; returns the mean loss. Raises `Diverged` on a NaN/inf loss."""
     t.model.train()
     total, count = 0.0, 0
+    scaler = acc.scaler
     for step, (x, y) in enumerate(loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
         if t.mixup is not None:
             x, y = t.mixup(x, y)
-        with torch.autocast(device_type="cuda", enabled=scaler is not None):
+        with torch.autocast(acc.device.type, dtype=acc.dtype, enabled=acc.dtype is not None):
             loss = t.loss_fn(t.model(x), y)
         if not torch.isfinite(loss):
             raise Diverged(f"loss is {loss.item()} at epoch {epoch}, step {step}")
@@ -421,6 +448,7 @@ def _train_once(
     the global one, split evenly (so the score does not depend on the number of workers), each
     worker reads its shard of the training images and scores its shard of the held-out ones."""
     size, rank = world()
+    acc = Accelerator.pick(int(os.environ.get("LOCAL_RANK", "0")))
     torch.manual_seed(seed)
     model = build_for_training(spec, recipe)
     inherited = {}
@@ -428,6 +456,7 @@ def _train_once(
         from ..models.upcycle import inherit
 
         inherited["inherited"] = round(inherit(model, init).fraction, 4)
+    model = model.to(acc.device)
     sampler = None
     if size > 1:
         from torch.utils.data import Subset
@@ -445,8 +474,7 @@ def _train_once(
         drop_last=recipe.mixup_alpha > 0,
     )
     val_loader = make_loader(val_ds, 256, train=False, seed=0, workers=recipe.workers)
-    # DDP averages the workers' gradients: the global batch's gradient, at the recipe's lr
-    trained = model if size == 1 else nn.parallel.DistributedDataParallel(model)
+    trained = model if size == 1 else data_parallel(model, acc)
     t = setup_training(
         trained,
         recipe,
@@ -459,14 +487,28 @@ def _train_once(
     for epoch in range(recipe.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        loss = train_epoch(t, train_loader, epoch)
+        loss = train_epoch(t, train_loader, epoch, acc=acc)
         if on_epoch is not None:
             on_epoch(epoch + 1, recipe.epochs)
         if report is not None and epoch + 1 < recipe.epochs:
-            report(epoch + 1, evaluate(evaluated, val_loader, shared=size > 1))
+            report(epoch + 1, evaluate(evaluated, val_loader, device=acc.device, shared=size > 1))
     if recipe.bn_recalibrate:
-        recalibrate_bn(evaluated, train_loader, recipe.bn_recalibrate)
+        recalibrate_bn(evaluated, train_loader, recipe.bn_recalibrate, device=acc.device)
     if size > 1:
         average_bn_stats(evaluated)
         loss = _sum_over_workers(loss)[0] / size
-    return {**evaluate(evaluated, val_loader, shared=size > 1), "train_loss": loss, **inherited}
+    scored = evaluate(evaluated, val_loader, device=acc.device, shared=size > 1)
+    return {**scored, "train_loss": loss, **inherited}
+
+
+def data_parallel(model: nn.Module, acc: Accelerator) -> nn.Module:
+    """``model`` wrapped for DDP, which averages the workers' gradients: the global batch's
+    gradient, at the recipe's learning rate. On GPUs BatchNorm normalises over the global batch
+    (timm's SyncBatchNorm, which keeps its activations); PyTorch's needs a GPU, so on CPU each
+    worker normalises over its own part of the batch."""
+    if acc.device.type == "cpu":
+        return nn.parallel.DistributedDataParallel(model)
+    from timm.layers import convert_sync_batchnorm
+
+    model = convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[acc.device])

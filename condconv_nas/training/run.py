@@ -19,6 +19,7 @@ from ..spec import load_spec
 from ..validation import check_batch_size, check_int, check_seed
 from . import checkpoint
 from .engine import (
+    Accelerator,
     build_for_training,
     evaluate,
     make_loader,
@@ -113,9 +114,8 @@ def train(
     from ..madds import count_madds, count_params
 
     world, rank = _dist()
-    device = torch.device(
-        f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    )
+    acc = Accelerator.pick(int(os.environ.get("LOCAL_RANK", "0")))
+    device = acc.device
     res = recipe.resolution or spec.resolution
     train_ds, val_ds, num_classes = make_datasets(
         data,
@@ -189,7 +189,6 @@ def train(
         start = state["epoch"]
         if rank == 0 and progress:
             print(f"resuming {out} after epoch {start}", file=sys.stderr)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -210,7 +209,7 @@ def train(
                 leave=False,
             )
         t0 = time.time()
-        loss = train_epoch(t, train_loader, epoch, device=device, scaler=scaler, progress=bar)
+        loss = train_epoch(t, train_loader, epoch, acc=acc, progress=bar)
         seconds = time.time() - t0
         if bar is not None:
             bar.close()
