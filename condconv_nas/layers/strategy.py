@@ -54,21 +54,21 @@ def _key(layer, x: torch.Tensor, grad: bool) -> tuple:
     )
 
 
-def _sync(x: torch.Tensor) -> None:
+def _sync(args: tuple) -> None:
     """Wait for the GPU's queued work: its kernels run asynchronously, and a clock read without
     this times only their launch."""
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
+    if args and isinstance(args[0], torch.Tensor) and args[0].is_cuda:
+        torch.cuda.synchronize(args[0].device)
 
 
 def _once(layer, form: str, args: tuple, grad: bool) -> float:
-    _sync(args[0])
+    _sync(args)
     t0 = time.perf_counter()
     with torch.set_grad_enabled(grad):
         out = layer.run(form, *args)
         if grad:
             out.backward(torch.ones_like(out))
-    _sync(args[0])
+    _sync(args)
     return time.perf_counter() - t0
 
 
