@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 
 from condconv_nas import load_spec
 from condconv_nas.data import parse_source
+from condconv_nas.files import write_atomic
 from condconv_nas.training.engine import proxy_top1
 from condconv_nas.training.recipe import load_recipe
 
@@ -91,14 +92,14 @@ def main() -> None:
         tops = {1: [], 2: []}
         for seed in seeds:
             job = {"spec": name, "data": args.data, "trainer": args.trainer, "seed": seed}
-            job["threads"] = 1
+            job["threads"] = 1  # per worker; one process gets two
             row = []
             for workers in (1, 2):
                 key = f"{args.data}/{args.trainer}/{name}/{seed}/{workers}"
                 if key not in done:
                     done[key] = train(job, workers)
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_text(json.dumps(done, indent=1) + "\n")
+                    write_atomic(out, json.dumps(done, indent=1) + "\n")  # a kill loses no row
                 row.append(done[key])
                 tops[workers].append(done[key][0])
             (a, ta), (b, tb) = row
