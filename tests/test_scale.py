@@ -269,12 +269,31 @@ def no_ray_left(seconds: float = 30) -> bool:
 def ray_processes():
     import psutil  # a Ray dependency
 
-    names = ("raylet", "gcs_server", "ray::")
+    # a worker names itself ray::... only once started; before that it is Ray's own script
+    names = ("raylet", "gcs_server", "ray::", f"{os.sep}ray{os.sep}")
     return [
         p
         for p in psutil.process_iter(["cmdline"])
         if any(n in " ".join(p.info["cmdline"] or []) for n in names)
     ]
+
+
+def test_what_a_local_ray_leaves_running_after_shutdown_is_killed():
+    import psutil
+
+    from condconv_nas.nas.ray_engine import _end
+
+    # a process that ignores SIGTERM, as a worker busy importing would outlive its raylet
+    stray = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)",
+        ]
+    )
+    t0 = time.time()
+    _end([psutil.Process(stray.pid)], seconds=1)
+    assert stray.wait(timeout=10) == -signal.SIGKILL and time.time() - t0 < 10
 
 
 @pytest.mark.slow

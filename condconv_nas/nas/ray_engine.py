@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+import psutil
 import ray
 from optuna.trial import TrialState
 from ray import tune
@@ -378,7 +379,10 @@ class RaySearcher(Searcher):
         try:
             _tune(task, study, total, self.options, self.workers, callbacks)
         finally:
+            # a local Ray's servers are our children, its workers their children
+            ours = psutil.Process().children(recursive=True) if self.options.address is None else []
             ray.shutdown()
+            _end(ours)
 
 
 def _init(address: str | None) -> None:
@@ -393,6 +397,16 @@ def _init(address: str | None) -> None:
         logging_level=logging.ERROR,
         configure_logging=True,
     )
+
+
+def _end(processes: list[psutil.Process], seconds: float = 10) -> None:
+    """Kill what a local Ray left running after ``ray.shutdown()``: a worker still starting when
+    its raylet went (after Ctrl-C, say) can outlive it by minutes."""
+    for p in psutil.wait_procs(processes, timeout=seconds)[1]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _tune(task, study, total, options, workers: Workers | None, callbacks: Callbacks) -> None:
