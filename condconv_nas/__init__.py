@@ -27,6 +27,7 @@ _API = {
     "load_exported": "condconv_nas.training.checkpoint",
     "search": "condconv_nas.nas.run",
     "SearchResult": "condconv_nas.nas.run",
+    "SearchConfig": "condconv_nas.nas.options",
     "train": "condconv_nas.training.run",
     "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
     "analyze_routing": "condconv_nas.routing_analysis",

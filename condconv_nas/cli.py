@@ -13,6 +13,7 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from .allocator import keep_freed_memory
@@ -171,36 +172,15 @@ class Search(Command):
         add_search_arguments(p)
 
     def take_action(self, args):
+        from .nas.options import SearchConfig
         from .nas.progress import BarReporter, LineReporter
         from .nas.run import SearchInterrupted, search
 
         keep_freed_memory()
         try:
             result = search(
-                budget=args.budget,
-                space=args.space,
-                trials=args.trials,
-                data=args.data,
-                trainer=args.trainer,
-                backend=args.backend,
-                run=args.run,
-                results=args.results,
-                storage=args.storage,
-                seed=args.seed,
-                init=args.init,
+                SearchConfig(**{f.name: getattr(args, f.name) for f in fields(SearchConfig)}),
                 progress=LineReporter() if args.quiet else BarReporter(),
-                address=args.address,
-                cpus_per_trial=args.cpus_per_trial,
-                gpus_per_trial=args.gpus_per_trial,
-                workers_per_trial=args.workers_per_trial,
-                cpus_per_worker=args.cpus_per_worker,
-                gpus_per_worker=args.gpus_per_worker,
-                nni_strategy=args.nni_strategy,
-                sampler=args.sampler,
-                latency_budget=args.latency_budget,
-                latency_batch=args.latency_batch,
-                objective=args.objective,
-                latency_device=args.latency_device,
             )
         except SearchInterrupted as e:
             print(

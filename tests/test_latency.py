@@ -356,9 +356,8 @@ def test_search_under_a_latency_budget_never_trains_slow_candidates(files, monke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "backend", [pytest.param("ray", marks=pytest.mark.xdist_group("ray")), "nni"]
-)
+# ray: in test_scale.py, with every test that starts Ray
+@pytest.mark.parametrize("backend", ["nni"])
 def test_every_backend_judges_the_latency_budget(files, backend, monkeypatch):
     """Ray and NNI judge their points through the same path as Optuna: over the latency budget
     means recorded with its latency, never trained."""

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import pytest
 from helpers import ctrl_c_default
 
-# Tests that start Ray, or check that none runs, never run beside each other (pytest-xdist).
-pytestmark = pytest.mark.xdist_group("ray")
+# Every test that starts Ray, or checks that none runs, lives in this file: pytest-xdist runs a
+# file's tests one after another (setup.cfg: --dist loadfile), so they never run beside each other.
 
 RUN_FILES = {
     "trials.csv",
@@ -504,3 +504,12 @@ def test_postgresql_storage_with_two_workers(files, postgres):
 
     study = optuna.load_study(study_name="pg", storage=postgres)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
+
+
+@pytest.mark.slow
+def test_the_ray_backend_judges_the_latency_budget(files, monkeypatch):
+    import test_latency
+
+    assert no_ray_left(), "a Ray is already running on this machine"
+    test_latency.test_every_backend_judges_the_latency_budget(files, "ray", monkeypatch)
+    assert no_ray_left()

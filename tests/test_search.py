@@ -1,6 +1,7 @@
 """End-to-end search through the CLI, on the embedded digits data with a tiny proxy recipe."""
 
 import csv
+import dataclasses
 import json
 import signal
 import subprocess
@@ -10,7 +11,9 @@ import time
 import pytest
 from helpers import ctrl_c_default, run_cli
 
+import condconv_nas
 from condconv_nas import count_madds, load_spec
+from condconv_nas.errors import UsageError
 from condconv_nas.nas.options import parse_budget
 from condconv_nas.nas.space import load_space
 from condconv_nas.results import pareto_front
@@ -502,6 +505,36 @@ def test_library_search_returns_the_run_and_prints_nothing(files, capsys):
         with pytest.raises(UsageError, match=message):
             condconv_nas.search(results=files / "refused", progress=False, **kwargs)
     assert not (files / "refused").exists()
+
+
+def test_one_search_config_serves_the_cli_the_library_and_every_backend(files):
+    """The CLI's options are SearchConfig's settings, with their defaults; a config resumes the
+    run its keywords started; every registered backend is a choice of --backend."""
+    import argparse
+
+    from condconv_nas.nas.backend import BACKENDS
+    from condconv_nas.nas.options import SearchConfig, add_search_arguments
+
+    parser = argparse.ArgumentParser()
+    add_search_arguments(parser)
+    args = vars(parser.parse_args(["--budget", "0.2G"]))
+    assert set(args) - {"quiet"} == {f.name for f in dataclasses.fields(SearchConfig)}
+    assert SearchConfig(**{k: v for k, v in args.items() if k != "quiet"}) == SearchConfig(
+        budget="200M"
+    )
+    assert tuple(BACKENDS) == SearchConfig.__dataclass_fields__["backend"].metadata["choices"]
+
+    settings = dict(
+        space=str(files / "space.yaml"), trainer=str(files / "tiny.yaml"), run="cfg", trials=1
+    )
+    first = condconv_nas.search(budget="2G", results=files / "r", progress=False, **settings)
+    config = SearchConfig(budget=2 * 10**9, results=str(files / "r"), **{**settings, "trials": 2})
+    again = condconv_nas.search(config, progress=False)
+    assert again.run_dir == first.run_dir and again.finished == 2
+    with pytest.raises(UsageError, match="not both"):
+        condconv_nas.search(config, budget="1G")
+    with pytest.raises(UsageError, match="a different latency_batch"):
+        condconv_nas.search(dataclasses.replace(config, latency_batch=2), progress=False)
 
 
 def test_condconv_decisions_are_sampled_only_when_condconv_is_on():

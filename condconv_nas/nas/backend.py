@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
 import importlib
 import importlib.util
 import shutil
@@ -26,78 +25,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..extras import require
+from .options import SearchConfig, flag
 
 if TYPE_CHECKING:
     import optuna
 
     from .task import SearchTask
-
-NNI_STRATEGIES = ("evolution", "random", "tpe")
-SAMPLERS = ("tpe", "random")  # the study's sampler, which the Optuna and Ray backends ask
-MAX_PER_TRIAL = 1024  # Ray: the most CPUs or GPUs one trial may ask for
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """Options of the backends; each backend reads its own (``Backend.options``), the others must
-    stay at their defaults."""
-
-    address: str | None = None  # Ray: the cluster to join
-    cpus_per_trial: float = 1.0  # Ray: CPUs per trial
-    gpus_per_trial: float = 0.0  # Ray: GPUs per trial
-    workers_per_trial: int = 1  # Ray: data-parallel training workers per trained trial
-    cpus_per_worker: float = 1.0  # Ray: CPUs per training worker (with workers_per_trial > 1)
-    gpus_per_worker: float = 0.0  # Ray: GPUs per training worker (with workers_per_trial > 1)
-    nni_strategy: str = "evolution"  # NNI: evolution, random or tpe
-
-    def __post_init__(self) -> None:
-        _check_range(self.cpus_per_trial, "--cpus-per-trial", low_open=True)
-        _check_range(self.gpus_per_trial, "--gpus-per-trial")
-        _check_range(self.cpus_per_worker, "--cpus-per-worker", low_open=True)
-        _check_range(self.gpus_per_worker, "--gpus-per-worker")
-        n = self.workers_per_trial
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PER_TRIAL:
-            raise UsageError(
-                f"--workers-per-trial must be a whole number in [1, {MAX_PER_TRIAL}], got {n!r}"
-            )
-        # one process per trial asks for --cpus/--gpus-per-trial; N workers ask per worker
-        for name in (
-            ("cpus_per_worker", "gpus_per_worker")
-            if n == 1
-            else ("cpus_per_trial", "gpus_per_trial")
-        ):
-            if getattr(self, name) == BackendOptions.__dataclass_fields__[name].default:
-                continue
-            if n == 1:
-                raise UsageError(f"{_flag(name)} needs --workers-per-trial N with N > 1")
-            raise UsageError(
-                f"{_flag(name)}: a trial of {n} workers asks for its workers' resources; use "
-                f"{_flag(name.replace('trial', 'worker'))}"
-            )
-        if self.nni_strategy not in NNI_STRATEGIES:
-            raise UsageError(
-                f"--nni-strategy {self.nni_strategy!r}: expected one of {', '.join(NNI_STRATEGIES)}"
-            )
-
-    @classmethod
-    def of(cls, options: dict) -> BackendOptions:
-        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise UsageError(f"unknown backend option(s) {', '.join(unknown)}")
-        return cls(**options)
-
-
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-def _check_range(value, flag: str, *, low_open: bool = False) -> None:
-    """A number of CPUs or GPUs in (0, MAX_PER_TRIAL] (``low_open``) or [0, MAX_PER_TRIAL]."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)  # nan, inf fail below
-    low = 0 < value if low_open and number else number and 0 <= value
-    if not (number and low and value <= MAX_PER_TRIAL):
-        bracket = "(" if low_open else "["
-        raise UsageError(f"{flag} must be in {bracket}0, {MAX_PER_TRIAL}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -111,12 +44,12 @@ class Callbacks:
 
 
 class Searcher(abc.ABC):
-    """A search algorithm over the run's study. ``options``: the checked `BackendOptions`;
-    ``seed``: this worker's seed, for an algorithm with random state of its own (the study's
-    sampler has its seed already)."""
+    """A search algorithm over the run's study. ``options``: the search's checked settings (each
+    backend reads its own); ``options.seed``: this worker's seed, for an algorithm with random
+    state of its own (the study's sampler has its seed already)."""
 
-    def __init__(self, options: BackendOptions, seed: int = 0) -> None:
-        self.options, self.seed = options, seed
+    def __init__(self, options: SearchConfig) -> None:
+        self.options = options
 
     def check(self, task: SearchTask) -> None:
         """`UsageError` if the task cannot run here (for example: more than the cluster holds);
@@ -136,7 +69,7 @@ class Backend:
     name: str
     searcher: str  # "module:Class", imported on first use
     extra: str | None = None  # a module the backend's pip extra installs
-    options: tuple[str, ...] = ()  # the BackendOptions fields it reads
+    options: tuple[str, ...] = ()  # the SearchConfig settings only it reads
 
 
 BACKENDS: dict[str, Backend] = {
@@ -163,33 +96,26 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def check_backend(name: str, options: BackendOptions) -> Backend:
-    """The backend called ``name``, after checking that it exists, that no other backend's option
-    was set, and that its extra is installed."""
-    backend = BACKENDS.get(name)
-    if backend is None:
-        raise UsageError(f"--backend {name!r}: expected one of {', '.join(BACKENDS)}")
-    default = BackendOptions()
-    for field in dataclasses.fields(BackendOptions):
-        if field.name in backend.options or getattr(options, field.name) == getattr(
-            default, field.name
-        ):
-            continue
-        owner = next(b.name for b in BACKENDS.values() if field.name in b.options)
-        flag = _flag(field.name)
-        raise UsageError(
-            f"{flag} {getattr(options, field.name)!r} is an option of the {owner} backend: "
-            f"it needs --backend {owner}"
-        )
+def check_backend(options: SearchConfig) -> Backend:
+    """The backend ``options.backend``, after checking that no other backend's option was set and
+    that its extra is installed."""
+    backend = BACKENDS[options.backend]
+    for other in BACKENDS.values():
+        changed = [] if other is backend else options.changed(other.options)
+        if changed:
+            raise UsageError(
+                f"{flag(changed[0])} {getattr(options, changed[0])!r} is an option of the "
+                f"{other.name} backend: it needs --backend {other.name}"
+            )
     if backend.extra is not None:
-        require(backend.extra, needed_for=f"--backend {name}")
+        require(backend.extra, needed_for=f"--backend {backend.name}")
     return backend
 
 
-def make_searcher(name: str, options: BackendOptions, seed: int = 0) -> Searcher:
+def make_searcher(options: SearchConfig) -> Searcher:
     """The checked backend's `Searcher` (imports its module)."""
-    module, _, cls = check_backend(name, options).searcher.partition(":")
-    return getattr(importlib.import_module(module), cls)(options, seed)
+    module, _, cls = check_backend(options).searcher.partition(":")
+    return getattr(importlib.import_module(module), cls)(options)
 
 
 # -- helpers the backends share ---------------------------------------------------------------

@@ -30,7 +30,8 @@ with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it does not
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from .backend import NNI_STRATEGIES, Callbacks, Searcher, scratch_dir, stdout_to_stderr
+from .backend import Callbacks, Searcher, scratch_dir, stdout_to_stderr
+from .options import NNI_STRATEGIES
 from .optuna_engine import abandon, counted, judge, record, run_waiting, tell
 from .task import SearchTask
 
@@ -154,7 +155,7 @@ class NNISearcher(Searcher):
             study,
             total,
             strategy=self.options.nni_strategy,
-            seed=self.seed,
+            seed=self.options.seed,
             on_trial=callbacks.on_trial,
             on_epoch=callbacks.on_epoch,
         )

@@ -1,17 +1,29 @@
-"""Options of ``condconv-nas search`` and the budget syntax (kept apart: no heavy imports here)."""
+"""Every setting of a search, in one validated class (`SearchConfig`): its default, type, range and
+help. The CLI's options, ``search()``'s keywords, the backends' options and the resume check all
+come from it. Kept light: no heavy imports here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+from ..errors import UsageError
 from ..training.options import DATA_HELP
-from ..validation import MAX_MADDS, short_repr
-from .backend import BACKENDS, NNI_STRATEGIES, SAMPLERS
+from ..validation import MAX_MADDS, MAX_TRIALS, check_int, check_seed, short_repr
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 OBJECTIVES = ("madds", "latency")  # what the front trades top-1 against
+BACKEND_NAMES = ("optuna", "ray", "nni")  # nas.backend.BACKENDS says where each one lives
+NNI_STRATEGIES = ("evolution", "random", "tpe")
+SAMPLERS = ("tpe", "random")  # the study's sampler, which the Optuna and Ray backends ask
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # a run folder's name
+MAX_PER_TRIAL = 1024  # Ray: the most CPUs or GPUs one trial (or worker) may ask for
 
 
 def parse_budget(text: str) -> int:
@@ -75,128 +87,244 @@ def positive_int(text: str) -> int:
     return v
 
 
-def add_search_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--budget", type=_budget, required=True, help="hard MADD budget: 400M, 0.4G or 413000000"
+def setting(
+    default: Any,
+    help: str,
+    *,
+    cli: Callable[[str], Any] | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    same_run: bool = False,
+    required: bool = False,
+) -> Any:
+    """A `SearchConfig` field: ``cli`` parses the option's text, ``same_run`` says that a resumed
+    run must keep it (a config written before the setting existed stands for ``default``)."""
+    meta = dict(
+        help=help, cli=cli, choices=choices, metavar=metavar, same_run=same_run, required=required
     )
-    p.add_argument(
-        "--latency-budget",
-        type=_latency,
-        default=None,
-        help="hard budget of predicted forward latency on this machine: 20ms, 0.02s or 20 (ms)",
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """Every setting of a search, checked when made (`UsageError` naming the option)."""
+
+    budget: int = setting(
+        0, "hard MADD budget: 400M, 0.4G or 413000000", cli=_budget, same_run=True, required=True
     )
-    p.add_argument(
-        "--latency-batch",
-        type=positive_int,
-        default=1,
-        help="batch size the latency is predicted and measured at (default: 1)",
+    latency_budget: float | None = setting(
+        None,
+        "hard budget of predicted forward latency on this machine: 20ms, 0.02s or 20 (ms)",
+        cli=_latency,
+        same_run=True,
     )
-    p.add_argument(
-        "--latency-device",
-        default=None,
+    latency_batch: int = setting(
+        1,
+        "batch size the latency is predicted and measured at (default: 1)",
+        cli=positive_int,
+        same_run=True,
+    )
+    latency_device: str | None = setting(
+        None,
+        "predict latency with the target machine's table file (written there by `condconv-nas "
+        "latency --space NAME`) instead of this machine's (default: this machine, the driver's "
+        "on Ray)",
         metavar="TABLE",
-        help="predict latency with the target machine's table file (written there by "
-        "`condconv-nas latency --space NAME`) instead of this machine's (default: this machine, "
-        "the driver's on Ray)",
+        same_run=True,
     )
-    p.add_argument(
-        "--objective",
-        choices=OBJECTIVES,
-        default="madds",
-        help="the cost of the Pareto front and the plots' x axis: madds or latency (predicted on "
+    objective: str = setting(
+        "madds",
+        "the cost of the Pareto front and the plots' x axis: madds or latency (predicted on "
         "this machine) (default: madds)",
+        choices=OBJECTIVES,
+        same_run=True,
     )
-    p.add_argument(
-        "--space",
-        default="efficientnet_b0",
-        help="search space: a shipped name or a YAML file (default: efficientnet_b0)",
+    space: str = setting(
+        "efficientnet_b0",
+        "search space: a shipped name or a YAML file (default: efficientnet_b0)",
+        same_run=True,
     )
-    p.add_argument(
-        "--trials",
-        type=positive_int,
-        default=None,
-        help="total trials of the run, across restarts and workers (default: the trainer's)",
+    trials: int | None = setting(
+        None,
+        "total trials of the run, across restarts and workers (default: the trainer's)",
+        cli=positive_int,
     )
-    p.add_argument(
-        "--data",
-        default="digits",
-        help=DATA_HELP,
+    data: str = setting("digits", DATA_HELP, same_run=True)
+    trainer: str = setting(
+        "proxy", "training recipe for candidates: a shipped name or a YAML file (default: proxy)"
     )
-    p.add_argument(
-        "--trainer",
-        default="proxy",
-        help="training recipe for candidates: a shipped name or a YAML file (default: proxy)",
+    backend: str = setting(
+        "optuna",
+        "optuna (this machine), ray (Ray Tune, local or a cluster) or nni (default: optuna)",
+        choices=BACKEND_NAMES,
     )
-    p.add_argument(
-        "--backend",
-        choices=list(BACKENDS),
-        default="optuna",
-        help="optuna (this machine), ray (Ray Tune, local or a cluster) or nni (default: optuna)",
+    run: str | None = setting(None, "run name (default: <space>-<budget>); the same name resumes")
+    results: str = setting("results", "folder of run folders (default: results)")
+    storage: str | None = setting(None, "Optuna storage URL (default: SQLite in the run folder)")
+    address: str | None = setting(
+        None, "Ray cluster address to join (with --backend ray; default: a local Ray)"
     )
-    p.add_argument(
-        "--run", default=None, help="run name (default: <space>-<budget>); the same name resumes"
-    )
-    p.add_argument("--results", default="results", help="folder of run folders (default: results)")
-    p.add_argument(
-        "--storage", default=None, help="Optuna storage URL (default: SQLite in the run folder)"
-    )
-    p.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster address to join (with --backend ray; default: a local Ray)",
-    )
-    p.add_argument(
-        "--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial (default: 1)"
-    )
-    p.add_argument(
-        "--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (default: 0)"
-    )
-    p.add_argument(
-        "--workers-per-trial",
-        type=positive_int,
-        default=1,
-        help="Ray: train each candidate data-parallel on N workers that Ray Train places on the "
+    cpus_per_trial: float = setting(1.0, "Ray: CPUs per trial (default: 1)", cli=float)
+    gpus_per_trial: float = setting(0.0, "Ray: GPUs per trial (default: 0)", cli=float)
+    workers_per_trial: int = setting(
+        1,
+        "Ray: train each candidate data-parallel on N workers that Ray Train places on the "
         "cluster; the recipe's batch is split among them (default: 1, in the trial's process)",
+        cli=positive_int,
     )
-    p.add_argument(
-        "--cpus-per-worker",
-        type=float,
-        default=1.0,
-        help="Ray: CPUs per training worker, with --workers-per-trial (default: 1)",
+    cpus_per_worker: float = setting(
+        1.0, "Ray: CPUs per training worker, with --workers-per-trial (default: 1)", cli=float
     )
-    p.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=0.0,
-        help="Ray: GPUs per training worker, with --workers-per-trial (default: 0)",
+    gpus_per_worker: float = setting(
+        0.0, "Ray: GPUs per training worker, with --workers-per-trial (default: 0)", cli=float
     )
-    p.add_argument(
-        "--sampler",
+    sampler: str = setting(
+        "tpe",
+        "how the Optuna and Ray backends propose candidates after the presets: tpe (Optuna's "
+        "multi-objective TPE, random for its first 8 trials) or random (default: tpe)",
         choices=SAMPLERS,
-        default="tpe",
-        help="how the Optuna and Ray backends propose candidates after the presets: tpe "
-        "(Optuna's multi-objective TPE, random for its first 8 trials) or random (default: tpe)",
     )
-    p.add_argument(
-        "--nni-strategy",
+    nni_strategy: str = setting(
+        "evolution",
+        "NNI: the search strategy (default: evolution, NNI's regularized evolution)",
         choices=NNI_STRATEGIES,
-        default="evolution",
-        help="NNI: the search strategy (default: evolution, NNI's regularized evolution)",
     )
-    p.add_argument(
-        "--init",
-        default=None,
+    init: str | None = setting(
+        None,
+        "start every candidate from these weights, taking what matches: a state dict file of "
+        "the base's timm model, a model.pt, or timm:NAME (timm's pretrained weights)",
         metavar="SOURCE",
-        help="start every candidate from these weights, taking what matches: a state dict file "
-        "of the base's timm model, a model.pt, or timm:NAME (timm's pretrained weights)",
+        same_run=True,
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of this worker's sampler; a new run's seed also seeds every proxy training "
+    seed: int = setting(
+        0,
+        "seed of this worker's sampler; a new run's seed also seeds every proxy training "
         "(default: 0)",
+        cli=int,
     )
+
+    def __post_init__(self) -> None:
+        self._set("budget", _madds(self.budget))
+        if self.latency_budget is not None:
+            self._set("latency_budget", _checked(parse_latency, self.latency_budget))
+        check_int(self.latency_batch, "--latency-batch", 1, 4096)
+        if self.latency_device is not None:
+            self._set("latency_device", str(self.latency_device))
+        if self.trials is not None:
+            check_int(self.trials, "--trials", 1, MAX_TRIALS)
+        if self.run is not None and not re.fullmatch(
+            r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", str(self.run)
+        ):
+            raise UsageError(
+                f"--run {short_repr(self.run)}: use letters, digits, '.', '_' and '-' only, at "
+                "most 128"
+            )
+        self._set("results", str(self.results))
+        check_seed(self.seed)
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise UsageError(f"{flag(f.name)} {value!r}: expected one of {', '.join(choices)}")
+        self._check_ray()
+
+    def _check_ray(self) -> None:
+        _check_range(self.cpus_per_trial, "--cpus-per-trial", low_open=True)
+        _check_range(self.gpus_per_trial, "--gpus-per-trial")
+        _check_range(self.cpus_per_worker, "--cpus-per-worker", low_open=True)
+        _check_range(self.gpus_per_worker, "--gpus-per-worker")
+        n = self.workers_per_trial
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PER_TRIAL:
+            raise UsageError(
+                f"--workers-per-trial must be a whole number in [1, {MAX_PER_TRIAL}], got {n!r}"
+            )
+        # one process per trial asks for --cpus/--gpus-per-trial; N workers ask per worker
+        asks = (
+            ("cpus_per_worker", "gpus_per_worker")
+            if n == 1
+            else ("cpus_per_trial", "gpus_per_trial")
+        )
+        for name in asks:
+            if getattr(self, name) == default(name):
+                continue
+            if n == 1:
+                raise UsageError(f"{flag(name)} needs --workers-per-trial N with N > 1")
+            raise UsageError(
+                f"{flag(name)}: a trial of {n} workers asks for its workers' resources; use "
+                f"{flag(name.replace('trial', 'worker'))}"
+            )
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # normalising a frozen config as it is made
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> SearchConfig:
+        """The config of ``search()``'s keywords; an unknown one is a `UsageError` naming it."""
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise UsageError(f"unknown search setting(s) {', '.join(unknown)}")
+        if "budget" not in settings:
+            raise UsageError("a search needs a budget (MADDs, e.g. 400M)")
+        return cls(**settings)
+
+    def changed(self, names) -> list[str]:
+        """Which of ``names`` differ from their defaults."""
+        return [n for n in names if getattr(self, n) != default(n)]
+
+
+def same_run_settings() -> dict[str, Any]:
+    """The settings a resumed run must keep, with what a config written before each stands for."""
+    return {f.name: f.default for f in dataclasses.fields(SearchConfig) if f.metadata["same_run"]}
+
+
+def default(name: str) -> Any:
+    return SearchConfig.__dataclass_fields__[name].default
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _madds(budget: Any) -> int:
+    """``search()``'s budget: the CLI's forms (``"400M"``) or a positive int."""
+    if isinstance(budget, str):
+        return _checked(parse_budget, budget)
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= MAX_MADDS:
+        raise UsageError(
+            f"budget must be a positive number of MADDs, at most {MAX_MADDS}, got "
+            f"{short_repr(budget)}"
+        )
+    return budget
+
+
+def _checked(parse: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return parse(value)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_range(value, flag: str, *, low_open: bool = False) -> None:
+    """A number of CPUs or GPUs in (0, MAX_PER_TRIAL] (``low_open``) or [0, MAX_PER_TRIAL]."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)  # nan, inf fail below
+    low = 0 < value if low_open and number else number and 0 <= value
+    if not (number and low and value <= MAX_PER_TRIAL):
+        bracket = "(" if low_open else "["
+        raise UsageError(f"{flag} must be in {bracket}0, {MAX_PER_TRIAL}], got {value!r}")
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    """``condconv-nas search``'s options, one per `SearchConfig` setting, and ``--quiet``."""
+    for f in dataclasses.fields(SearchConfig):
+        meta = f.metadata
+        p.add_argument(
+            flag(f.name),
+            type=meta["cli"],
+            choices=meta["choices"],
+            metavar=meta["metavar"],
+            help=meta["help"],
+            **({"required": True} if meta["required"] else {"default": f.default}),
+        )
     p.add_argument(
         "--quiet",
         action="store_true",

@@ -11,17 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 
 from .. import __version__
 from ..data import check_data, parse_source
 from ..errors import UsageError
 from ..extras import EXTRAS
-from ..files import check_writable_folder
+from ..files import check_writable_folder, write_atomic
+from ..plots import draw_run
+from ..results import trained_rows, write_run
 from ..training.recipe import load_recipe
-from ..validation import MAX_MADDS, MAX_TRIALS, check_int, check_seed, read_json, short_repr
-from .backend import SAMPLERS, BackendOptions, Callbacks, check_backend, make_searcher
-from .options import OBJECTIVES, parse_budget, parse_latency
+from ..validation import read_json, short_repr
+from . import optuna_engine as eng
+from .backend import Callbacks, check_backend, make_searcher
+from .options import SearchConfig, same_run_settings
 from .progress import BarReporter, Reporter, trial_line
 from .space import load_space
 from .task import SearchTask
@@ -36,82 +40,63 @@ def format_madds(n: int) -> str:
     return str(n)
 
 
-def prepare(
-    *,
-    budget: int,
-    space: str,
-    trainer: str,
-    data: str,
-    seed: int,
-    trials: int | None,
-    run: str | None,
-    results: str,
-    backend: str,
-    options: BackendOptions,
-    init: str | None = None,
-    latency_budget: float | None = None,
-    latency_batch: int = 1,
-    objective: str = "madds",
-    latency_device: str | None = None,
-):
+def prepare(options: SearchConfig):
     """Everything checked, nothing written: (task, run_dir, config, total)."""
-    check_seed(seed)
-    if trials is not None:
-        check_int(trials, "--trials", 1, MAX_TRIALS)
-    if run is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", str(run)):
-        raise UsageError(
-            f"--run {short_repr(run)}: use letters, digits, '.', '_' and '-' only, at most 128"
-        )
-    check_backend(backend, options)
-    space_ = load_space(space)
-    source = parse_source(data)
-    recipe = load_recipe(trainer).for_data(source.kind)
+    check_backend(options)
+    space = load_space(options.space)
+    source = parse_source(options.data)
+    recipe = load_recipe(options.trainer).for_data(source.kind)
     recipe.check_optimizer()
     _, scored_on = check_data(source, holdout=recipe.holdout, seed=recipe.seed)
-    if init is not None:
-        init = check_init(init, space_.base)
-    if latency_device is not None:
-        if latency_budget is None and objective != "latency":
-            raise UsageError("--latency-device needs --latency-budget or --objective latency")
-        from ..latency.predict import check_covers, device_table
-
-        table = device_table(latency_device, latency_batch)
-        check_covers(table, space_, latency_batch)  # it cannot be filled here: all of it, now
-        latency_device = str(table.path)
+    init = None if options.init is None else check_init(options.init, space.base)
     task = SearchTask(
-        space=space_,
-        budget=budget,
+        space=space,
+        budget=options.budget,
         recipe=recipe,
         data=source,
-        seed=seed,
+        seed=options.seed,
         init=init,
-        latency_budget=latency_budget,
-        latency_batch=latency_batch,
-        objective=objective,
-        latency_device=latency_device,
+        latency_budget=options.latency_budget,
+        latency_batch=options.latency_batch,
+        objective=options.objective,
+        latency_device=_latency_device(options, space),
     )
-    total = trials or recipe.trials
-    run = run or f"{space_.name}-{format_madds(budget)}"
-    check_writable_folder(Path(results) / run, "--results")
+    total = options.trials or recipe.trials
+    run_dir = Path(options.results) / (options.run or f"{space.name}-{format_madds(task.budget)}")
+    check_writable_folder(run_dir, "--results")
     config = {
-        "budget": budget,
-        "space": space_.name,
-        "decisions": {k: list(v) for k, v in space_.decisions.items()},
-        "base": space_.base,
-        "trainer": trainer,
+        "budget": task.budget,
+        "space": space.name,
+        "decisions": {k: list(v) for k, v in space.decisions.items()},
+        "base": space.base,
+        "trainer": options.trainer,
         "recipe": recipe.__dict__,
         "data": str(source),
         "scored_on": scored_on,
         "threads": torch.get_num_threads(),
-        "seed": seed,
+        "seed": options.seed,
         "trials": total,
         **({"init": init} if init is not None else {}),
-        "latency_budget": latency_budget,
-        "latency_batch": latency_batch,
-        "objective": objective,
-        **({"latency_device": latency_device} if latency_device is not None else {}),
+        "latency_budget": task.latency_budget,
+        "latency_batch": task.latency_batch,
+        "objective": task.objective,
+        **({"latency_device": task.latency_device} if task.latency_device is not None else {}),
     }
-    return task, Path(results) / run, config, total
+    return task, run_dir, config, total
+
+
+def _latency_device(options: SearchConfig, space) -> str | None:
+    """The target machine's latency table file, checked to cover the whole space (it cannot be
+    filled here)."""
+    if options.latency_device is None:
+        return None
+    if options.latency_budget is None and options.objective != "latency":
+        raise UsageError("--latency-device needs --latency-budget or --objective latency")
+    from ..latency.predict import check_covers, device_table
+
+    table = device_table(options.latency_device, options.latency_batch)
+    check_covers(table, space, options.latency_batch)
+    return str(table.path)
 
 
 def check_init(init: str, base: str) -> str:
@@ -125,18 +110,7 @@ def check_init(init: str, base: str) -> str:
 
 # What a resumed run must share with the run in its folder, and the value a config written before
 # the key existed stands for (--seed may differ: it seeds each worker's sampler).
-SAME_RUN = {
-    "budget": None,
-    "space": None,
-    "decisions": None,
-    "data": None,
-    "recipe": None,
-    "latency_budget": None,
-    "latency_batch": 1,
-    "objective": "madds",
-    "latency_device": None,
-    "init": None,
-}
+SAME_RUN = {**same_run_settings(), "decisions": None, "recipe": None}
 
 
 def check_resume(run_dir: Path, config: dict) -> dict | None:
@@ -283,6 +257,11 @@ class SearchResult:
     running: int = 0  # trials other workers were still training when this one stopped
 
     @property
+    def best(self) -> float | None:
+        """The best top-1 of a trained trial so far."""
+        return max((r["top1"] for r in trained_rows(self.trials)), default=None)
+
+    @property
     def untrained(self) -> int:
         """Trials that trained to no better than chance (kept off the front)."""
         return sum(1 for r in self.trials if r.get("untrained"))
@@ -300,8 +279,6 @@ class SearchInterrupted(KeyboardInterrupt):
 def _optuna_warnings_only():
     """Optuna's INFO line per trial would interleave with the search's own; the caller's level
     comes back afterwards."""
-    import optuna
-
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -312,121 +289,102 @@ def _optuna_warnings_only():
 
 @_optuna_warnings_only()
 def search(
-    *,
-    budget: int | str,
-    space: str = "efficientnet_b0",
-    trials: int | None = None,
-    data: str = "digits",
-    trainer: str = "proxy",
-    backend: str = "optuna",
-    run: str | None = None,
-    results: str | Path = "results",
-    storage: str | None = None,
-    seed: int = 0,
-    init: str | None = None,
-    latency_budget: str | float | None = None,
-    latency_batch: int = 1,
-    objective: str = "madds",
-    latency_device: str | Path | None = None,
-    progress: bool | Reporter = True,
-    sampler: str = "tpe",
-    **backend_options: Any,
+    options: SearchConfig | None = None, /, *, progress: bool | Reporter = True, **settings: Any
 ) -> SearchResult:
-    """Search ``space`` for the Pareto front of proxy top-1 against MADDs under a hard MADD
-    ``budget``.
+    """Search a space for the Pareto front of proxy top-1 against MADDs under a hard MADD budget.
 
     Writes (or resumes) the run folder ``results/run`` as ``condconv-nas search`` does and returns
-    what it holds. ``budget``: an int or the CLI's forms (``"400M"``, ``"0.4G"``). ``trials``: the
-    run's total across restarts and workers (default: the recipe's). ``progress``: True for a bar on
-    stderr, False for silence, or a `Reporter`. ``backend_options``: ``address``,
-    ``cpus_per_trial``, ``gpus_per_trial``, ``workers_per_trial``, ``cpus_per_worker``,
-    ``gpus_per_worker`` (Ray: see docs/scaling.md), ``nni_strategy`` (NNI). ``sampler``: ``tpe``
-    or ``random``, the study's sampler (Optuna and Ray backends). Bad input raises
-    `UsageError` before anything is written; Ctrl-C raises `SearchInterrupted` after the run
-    folder is written.
+    what it holds. The settings are `SearchConfig`'s (the CLI's options, with ``_`` for ``-``),
+    given as keywords or as a config: ``budget`` (required: an int or the CLI's forms, ``"400M"``,
+    ``"0.4G"``), ``space="efficientnet_b0"``, ``trials`` (the run's total across restarts and
+    workers; default: the recipe's), ``data="digits"``, ``trainer="proxy"``, ``backend="optuna"``,
+    ``run``, ``results="results"``, ``storage``, ``seed=0``, ``init``, ``latency_budget``,
+    ``latency_batch=1``, ``objective="madds"``, ``latency_device``, ``sampler="tpe"``, and the
+    backends' own (Ray: ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
+    ``workers_per_trial``, ``cpus_per_worker``, ``gpus_per_worker``, see docs/scaling.md; NNI:
+    ``nni_strategy``). ``progress``: True for a bar on stderr, False for silence, or a
+    `Reporter`. Bad input raises `UsageError` before anything is written; Ctrl-C raises
+    `SearchInterrupted` after the run folder is written.
 
     ``init``: weights every candidate starts from (a state dict file of the base's timm model, a
     ``model.pt``, or ``timm:NAME``), taking what matches; trials.csv's ``inherited`` is the share
     of each candidate's parameters taken. ``latency_budget``: a hard budget of forward latency
     predicted on this machine (``"20ms"``, ``"0.02s"`` or a number of milliseconds) at
-    ``latency_batch`` images; a candidate over it is
-    recorded and never trained. ``objective``: ``"madds"`` or ``"latency"``, what the front trades
-    top-1 against. With either, every candidate's latency is predicted (``latency_ms``) and the
-    front's networks are measured once the search ends (``measured_ms``): see docs/latency.md.
-    ``latency_device``: the latency table file of the target machine (``condconv-nas latency
-    --space`` writes it there): every worker predicts from it, and the front is not measured here.
-    Without ``init``, a recipe with ``dense_epochs`` first trains the space's base once per run
-    (``dense.pt`` in the run folder, see ``warm_start``) and every candidate starts from it.
+    ``latency_batch`` images; a candidate over it is recorded and never trained. ``objective``:
+    ``"madds"`` or ``"latency"``, what the front trades top-1 against. With either, every
+    candidate's latency is predicted (``latency_ms``) and the front's networks are measured once
+    the search ends (``measured_ms``): see docs/latency.md. ``latency_device``: the latency table
+    file of the target machine (``condconv-nas latency --space`` writes it there): every worker
+    predicts from it, and the front is not measured here. Without ``init``, a recipe with
+    ``dense_epochs`` first trains the space's base once per run (``dense.pt`` in the run folder,
+    see ``warm_start``) and every candidate starts from it.
     """
-    if sampler not in SAMPLERS:
-        raise UsageError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
-    if latency_budget is not None:
-        try:
-            latency_budget = parse_latency(latency_budget)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    check_int(latency_batch, "--latency-batch", 1, 4096)
-    if objective not in OBJECTIVES:
-        raise UsageError(f"--objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
-    if isinstance(budget, str):
-        try:
-            budget = parse_budget(budget)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= MAX_MADDS:
-        raise UsageError(
-            f"budget must be a positive number of MADDs, at most {MAX_MADDS}, got "
-            f"{short_repr(budget)}"
-        )
-    options = BackendOptions.of(backend_options)
-    task, run_dir, config, total = prepare(
-        budget=budget,
-        space=space,
-        trainer=trainer,
-        data=data,
-        seed=seed,
-        trials=trials,
-        run=run,
-        results=str(results),
-        backend=backend,
-        options=options,
-        init=init,
-        latency_budget=latency_budget,
-        latency_batch=latency_batch,
-        objective=objective,
-        latency_device=None if latency_device is None else str(latency_device),
-    )
-    searcher = make_searcher(backend, options, seed)
+    if options is None:
+        options = SearchConfig.of(settings)
+    elif settings:
+        raise UsageError("pass a SearchConfig or keyword settings, not both")
+    task, run_dir, config, total = prepare(options)
+    searcher = make_searcher(options)
     searcher.check(task)
     old = check_resume(run_dir, config)
     own = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run's own study, by default
-    check_storage(run_dir, old, storage or own)
+    storage = options.storage or own
+    check_storage(run_dir, old, storage)
     if old is None:  # a resumed run was checked when it started
         check_budget(task)
     else:  # the run's seed trains every candidate; this worker's --seed seeds its sampler only
-        task.seed = config["seed"] = old.get("seed", seed)
+        task.seed = config["seed"] = old.get("seed", options.seed)
     presets = old["presets"] if old and "presets" in old else measure_presets(task)
     reporter = (
         progress if isinstance(progress, Reporter) else BarReporter() if progress else Reporter()
     )
 
-    from ..files import write_atomic
-    from ..plots import draw_run
-    from ..results import trained_rows, write_run
-    from . import optuna_engine as eng
+    study = _open_run(options, task, run_dir, config, storage, presets, reporter)
+    folder = _RunFolder(task, run_dir, presets, total)
+    reporter.start(
+        f"search {run_dir.name}: space {task.space.name}, {folder.budgets}, "
+        f"{eng.finished(study)}/{total} trials done, backend {options.backend}, data {task.data}",
+        total,
+        eng.finished(study),
+    )
 
-    if storage is None:  # the run's own SQLite file: its folder first
+    def on_trial(study, trial):
+        line = trial_line(trial)
+        if line is not None:  # the run folder holds every finished trial, whatever happens next
+            reporter.trial(line, folder.write(study).best)
+
+    try:
+        try:
+            searcher.search(
+                task, study, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch)
+            )
+        finally:
+            reporter.close()
+        # the front's networks, measured on this machine (once each) when it is the device
+        if task.uses_latency and task.latency_device is None:
+            measure_front(task, run_dir, folder.write(study).front)
+    except KeyboardInterrupt:
+        raise SearchInterrupted(folder.write(study)) from None
+    return folder.write(study)
+
+
+def _open_run(options, task, run_dir, config, storage, presets, reporter) -> optuna.Study:
+    """The run's study, its folder's ``config.json`` and dense start, and the presets queued."""
+    if options.storage is None:  # the run's own SQLite file: its folder first
         run_dir.mkdir(parents=True, exist_ok=True)
-        storage = own
     study = open_storage(
-        storage, run_dir.name, seed, heartbeat=backend == "optuna", sampler=sampler
+        storage,
+        run_dir.name,
+        options.seed,
+        heartbeat=options.backend == "optuna",
+        sampler=options.sampler,
     )
     # a user's --storage was reached before anything was written
     run_dir.mkdir(parents=True, exist_ok=True)
     config.update(
         run=run_dir.name,
-        backend=backend,
-        sampler=sampler,
+        backend=options.backend,
+        sampler=options.sampler,
         storage=storage,
         presets=presets,
         versions={"condconv_nas": __version__, "python": platform.python_version()},
@@ -441,29 +399,11 @@ def search(
             else LatencyTable.from_file(task.latency_device).key
         )
     if task.init is None and task.recipe.dense_epochs:
-        from .warm_start import DENSE, dense_start
-
         # the run is claimed before the minutes of training: a rerun with other settings is refused
-        write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
-
-        if not (run_dir / DENSE).is_file():
-            reporter.note(
-                f"training the dense start first: {task.space.base}, "
-                f"{task.recipe.dense_epochs} epochs on {task.data} (once per run)"
-            )
-        dense = dense_start(
-            run_dir,
-            base=task.space.base,
-            trainer=trainer,
-            data=str(task.data),
-            epochs=task.recipe.dense_epochs,
-            progress=reporter.shows,
-            note=reporter.note,
-        )
-        task.init = dense["init"]
-        config["dense_start"] = dense
-    write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
-
+        _write_config(run_dir, config)
+        config["dense_start"] = _dense_start(options, task, run_dir, reporter)
+        task.init = config["dense_start"]["init"]
+    _write_config(run_dir, config)
     eng.enqueue_presets(
         study,
         {
@@ -474,57 +414,60 @@ def search(
     )
     eng.recover_killed(study)
     eng.requeue_interrupted(study)
-    decisions = list(task.space.searched)
+    return study
 
-    budgets = f"budget {format_madds(task.budget)}" + (
-        f" and {task.latency_budget:g} ms" if task.latency_budget is not None else ""
+
+def _write_config(run_dir: Path, config: dict) -> None:
+    write_atomic(run_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
+
+
+def _dense_start(options, task, run_dir: Path, reporter) -> dict:
+    from .warm_start import DENSE, dense_start
+
+    if not (run_dir / DENSE).is_file():
+        reporter.note(
+            f"training the dense start first: {task.space.base}, "
+            f"{task.recipe.dense_epochs} epochs on {task.data} (once per run)"
+        )
+    return dense_start(
+        run_dir,
+        base=task.space.base,
+        trainer=options.trainer,
+        data=str(task.data),
+        epochs=task.recipe.dense_epochs,
+        progress=reporter.shows,
+        note=reporter.note,
     )
 
-    def write(study) -> SearchResult:
-        rows = eng.trial_rows(study, decisions)
+
+class _RunFolder:
+    """The run folder's tables, front and pictures, rewritten from the study after each trial."""
+
+    def __init__(self, task, run_dir: Path, presets: dict, total: int) -> None:
+        self.task, self.run_dir, self.presets, self.total = task, run_dir, presets, total
+        self.decisions = list(task.space.searched)
+        self.budgets = f"budget {format_madds(task.budget)}" + (
+            f" and {task.latency_budget:g} ms" if task.latency_budget is not None else ""
+        )
+
+    def write(self, study) -> SearchResult:
+        task, presets = self.task, self.presets
+        rows = eng.trial_rows(study, self.decisions)
         if task.uses_latency:
-            measured = read_measured(run_dir)["measured_ms"]
+            measured = read_measured(self.run_dir)["measured_ms"]
             for r in rows:
                 r["measured_ms"] = measured.get(r["spec_id"])
-        front = write_run(run_dir, rows, decisions, objective=task.objective)
+        front = write_run(self.run_dir, rows, self.decisions, objective=task.objective)
         draw_run(
-            run_dir,
+            self.run_dir,
             rows,
             front,
             budget=task.budget,
             presets={n: p["madds"] for n, p in presets.items()},
-            title=f"{run_dir.name}: {budgets}, data {task.data}",
+            title=f"{self.run_dir.name}: {self.budgets}, data {task.data}",
             objective=task.objective,
             latency_budget=task.latency_budget,
             preset_latency={n: p["latency_ms"] for n, p in presets.items() if "latency_ms" in p},
         )
         done = eng.finished(study)
-        return SearchResult(run_dir, front, rows, done, total, eng.counted(study) - done)
-
-    def on_trial(study, trial):
-        line = trial_line(trial)
-        if line is None:
-            return
-        # the run folder holds every finished trial, whatever happens to this process next
-        result = write(study)
-        reporter.trial(line, max((r["top1"] for r in trained_rows(result.trials)), default=None))
-
-    reporter.start(
-        f"search {run_dir.name}: space {task.space.name}, {budgets}, "
-        f"{eng.finished(study)}/{total} trials done, backend {backend}, data {task.data}",
-        total,
-        eng.finished(study),
-    )
-    try:
-        try:
-            searcher.search(
-                task, study, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch)
-            )
-        finally:
-            reporter.close()
-        # the front's networks, measured on this machine (once each) when it is the device
-        if task.uses_latency and task.latency_device is None:
-            measure_front(task, run_dir, write(study).front)
-    except KeyboardInterrupt:
-        raise SearchInterrupted(write(study)) from None
-    return write(study)
+        return SearchResult(self.run_dir, front, rows, done, self.total, eng.counted(study) - done)

@@ -12,6 +12,7 @@ for ``dense.pt``, or take over when the holder on this machine has died.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -96,15 +97,21 @@ def dense_start(
 
 
 def _train(work: Path, final: Path, info: Path, *, base, trainer, data, epochs, progress, note):
+    from ..data import parse_source
+    from ..training.recipe import load_recipe
     from ..training.run import train  # training loads torch and timm
 
+    # the base learns from all of the search's training images, with the running statistics it
+    # trained with: subsets and re-estimated statistics are the candidates' short trainings'
+    recipe = load_recipe(trainer).for_data(parse_source(data).kind)
+    recipe = dataclasses.replace(recipe, train_subset=1.0, bn_recalibrate=0)
     try:
         resume = (work / "last.pt").is_file()
         if resume and note is not None:
             note(f"resuming the dense start from {work / 'last.pt'}")
         metrics = train(
             {"base": base},
-            trainer=trainer,
+            trainer=recipe,
             data=data,
             epochs=epochs,
             out=work,

@@ -307,7 +307,7 @@ def world() -> tuple[int, int]:
     return 1, 0
 
 
-def _sum_over_workers(*values: float) -> list[float]:
+def sum_over_workers(*values: float) -> list[float]:
     """Each value summed over the process group's workers (every worker calls this)."""
     total = torch.tensor(values, dtype=torch.float64)
     torch.distributed.all_reduce(total)
@@ -332,7 +332,7 @@ def evaluate(
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         n += y.numel()
     if shared:
-        correct1, correct5, loss, n = _sum_over_workers(correct1, correct5, loss, n)
+        correct1, correct5, loss, n = sum_over_workers(correct1, correct5, loss, n)
     return {"top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1), "loss": loss / max(n, 1)}
 
 
@@ -402,14 +402,13 @@ def proxy_top1(
     ``init``: a weight source (``models.sources.load_source``) the candidate starts from, taking
     what matches (``models.upcycle.inherit``); the metrics then say which share it ``inherited``.
     """
-    from ..data import make_datasets, subset
+    from ..data import make_datasets
 
     recipe = recipe.for_base(spec.base)
     res = recipe.resolution or spec.resolution
     train_ds, val_ds, num_classes = make_datasets(
         source, res, holdout=recipe.holdout, seed=recipe.seed
     )
-    train_ds = subset(train_ds, recipe.train_subset, recipe.seed)
     total = recipe.epochs * recipe.repeats
     runs = []
     for r in range(recipe.repeats):
@@ -445,9 +444,10 @@ def _train_once(
     """One proxy training from ``seed``: held-out metrics and the last epoch's training loss.
 
     Inside a process group (Ray Train's workers) it trains data-parallel: the recipe's batch is
-    the global one, split evenly (so the score does not depend on the number of workers), each
-    worker reads its shard of the training images and scores its shard of the held-out ones."""
-    size, rank = world()
+    the global one, split evenly, so the score does not depend on the number of workers."""
+    from .fit import Hooks, fit
+
+    size, _ = world()
     acc = Accelerator.pick(int(os.environ.get("LOCAL_RANK", "0")))
     torch.manual_seed(seed)
     model = build_for_training(spec, recipe)
@@ -456,49 +456,27 @@ def _train_once(
         from ..models.upcycle import inherit
 
         inherited["inherited"] = round(inherit(model, init).fraction, 4)
-    model = model.to(acc.device)
-    sampler = None
-    if size > 1:
-        from torch.utils.data import Subset
-        from torch.utils.data.distributed import DistributedSampler
 
-        sampler = DistributedSampler(train_ds, num_replicas=size, rank=rank, seed=seed)
-        val_ds = Subset(val_ds, range(rank, len(val_ds), size))
-    train_loader = make_loader(
-        train_ds,
-        recipe.batch_size // size,
-        train=True,
-        seed=seed,
-        workers=recipe.workers,
-        sampler=sampler,
-        drop_last=recipe.mixup_alpha > 0,
-    )
-    val_loader = make_loader(val_ds, 256, train=False, seed=0, workers=recipe.workers)
-    trained = model if size == 1 else data_parallel(model, acc)
-    t = setup_training(
-        trained,
-        recipe,
-        num_classes=spec.num_classes,
-        steps_per_epoch=len(train_loader),
-        epochs=recipe.epochs,
-    )
-    evaluated = t.ema.module if t.ema is not None else model
-    loss = math.nan
-    for epoch in range(recipe.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loss = train_epoch(t, train_loader, epoch, acc=acc)
+    def told(end) -> None:
         if on_epoch is not None:
-            on_epoch(epoch + 1, recipe.epochs)
-        if report is not None and epoch + 1 < recipe.epochs:
-            report(epoch + 1, evaluate(evaluated, val_loader, device=acc.device, shared=size > 1))
-    if recipe.bn_recalibrate:
-        recalibrate_bn(evaluated, train_loader, recipe.bn_recalibrate, device=acc.device)
-    if size > 1:
-        average_bn_stats(evaluated)
-        loss = _sum_over_workers(loss)[0] / size
-    scored = evaluate(evaluated, val_loader, device=acc.device, shared=size > 1)
-    return {**scored, "train_loss": loss, **inherited}
+            on_epoch(end.epoch, end.epochs)
+        if report is not None and end.epoch < end.epochs:
+            report(end.epoch, end.metrics)
+
+    end = fit(
+        model,
+        recipe,
+        train_ds,
+        val_ds,
+        epochs=recipe.epochs,
+        seed=seed,
+        batch=recipe.batch_size // size,
+        num_classes=spec.num_classes,
+        acc=acc,
+        workers=recipe.workers,
+        hooks=Hooks(on_epoch=told, every_epoch=report is not None),
+    )
+    return {**end.metrics, "train_loss": end.loss, **inherited}
 
 
 def data_parallel(model: nn.Module, acc: Accelerator) -> nn.Module:

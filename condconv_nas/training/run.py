@@ -7,27 +7,20 @@ import dataclasses
 import json
 import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..data import check_datasets, describe_split, make_datasets, parse_source
+from ..data import DataSource, check_datasets, describe_split, make_datasets, parse_source
 from ..errors import UsageError
 from ..files import check_writable_folder, write_atomic
-from ..spec import load_spec
+from ..spec import ArchSpec, load_spec
 from ..validation import check_batch_size, check_int, check_seed
 from . import checkpoint
-from .engine import (
-    Accelerator,
-    build_for_training,
-    evaluate,
-    make_loader,
-    own_random_state,
-    setup_training,
-    train_epoch,
-)
-from .recipe import load_recipe
+from .engine import Accelerator, build_for_training, evaluate, make_loader, own_random_state, unwrap
+from .fit import Hooks, fit
+from .recipe import Recipe, load_recipe
 
 
 def default_out(spec_id: str) -> Path:
@@ -48,7 +41,7 @@ def _dist():
 def train(
     spec,
     *,
-    trainer: str = "proxy",
+    trainer: str | Recipe = "proxy",
     data: str = "digits",
     epochs: int | None = None,
     out: str | Path | None = None,
@@ -77,16 +70,112 @@ def train(
     ``progress``: epoch lines and a bar on stderr. Bad input raises `UsageError` before any work
     or any file.
     """
+    a = _check_inputs(
+        spec, trainer, data, epochs, out, resume, init, batch_size, workers, seed=seed
+    )
+    if a.state is not None and a.state["epoch"] == a.epochs:  # finished: the same answer
+        return a.state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
+    world, rank = _dist()
+    recipe, data, spec = a.recipe, a.data, a.spec
+    train_ds, val_ds, num_classes = make_datasets(
+        data,
+        recipe.resolution or spec.resolution,
+        holdout=recipe.holdout,
+        seed=recipe.seed,
+        autoaugment=recipe.autoaugment,
+        split=split,
+    )
+    check_datasets(data, train_ds, val_ds, num_classes)
+    note = _notes(rank == 0 and progress)
+    if spec.num_classes != num_classes:
+        note(
+            f"note: {data} has {num_classes} classes; the classifier is built for {num_classes} "
+            f"(the spec says {spec.num_classes})"
+        )
+        spec = spec.replace(num_classes=num_classes)
+    torch.manual_seed(recipe.seed)
+    model = build_for_training(spec, recipe)
+    if a.state is not None:  # a resumed run's weights come from its checkpoint
+        inherited = {k: v for k, v in a.state["metrics"].items() if k in ("init", "inherited")}
+        note(f"resuming {a.out} after epoch {a.state['epoch']}")
+    elif a.source is not None:
+        inherited = _inherit(model, a.source, note=note)
+    else:
+        inherited = {}
+    from ..madds import count_madds, count_params
+
+    folder = _Writer(a.out, spec, recipe, note=note)
+    folder.fixed = {
+        "madds": count_madds(model),
+        "params": count_params(model),
+        "spec_id": a.given_id,
+        "model_spec_id": spec.id,
+        "data": str(data),
+        "images": len(val_ds),
+        "scored_on": describe_split(data, val_ds, train_ds, split),
+        "world_size": world,
+        **inherited,
+    }
+    try:
+        fit(
+            model,
+            recipe,
+            train_ds,
+            val_ds,
+            epochs=a.epochs,
+            seed=recipe.seed,
+            batch=a.batch,
+            num_classes=num_classes,
+            acc=Accelerator.pick(int(os.environ.get("LOCAL_RANK", "0"))),
+            lr_scale=world,
+            workers=a.workers,
+            val_batch=a.batch,
+            restore=a.state,
+            hooks=Hooks(
+                bar=_bar if rank == 0 and progress else None,
+                on_epoch=folder.epoch if rank == 0 else None,
+                every_epoch=True,
+            ),
+        )
+    except UsageError as e:
+        raise UsageError(f"--data {data}: {e}") from None
+    finally:
+        folder.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return folder.metrics if rank == 0 else {}
+
+
+@dataclass
+class _Inputs:
+    """``train()``'s arguments, checked."""
+
+    spec: ArchSpec
+    given_id: str  # names the default output folder, and metrics.json's spec_id
+    source: object | None  # the --init weights (models.sources.WeightSource)
+    data: DataSource
+    recipe: Recipe
+    epochs: int
+    batch: int
+    workers: int
+    out: Path
+    state: dict | None  # the checkpoint resumed from
+
+
+def _check_inputs(
+    spec, trainer, data, epochs, out, resume, init, batch_size, workers, *, seed
+) -> _Inputs:
+    """Every argument of ``train()`` read and checked, before anything is written."""
     spec = load_spec(spec)
     source = None
-    if init is not None:  # read and checked before anything is written
+    if init is not None:
         from ..models.sources import check_base, load_source
 
         source = load_source(init)
         check_base(source, spec.base)
-    given_id = spec.id  # names the default output folder, and metrics.json's spec_id
     data = parse_source(data)
-    recipe = load_recipe(trainer).for_data(data.kind).for_base(spec.base)
+    recipe = trainer if isinstance(trainer, Recipe) else load_recipe(trainer)
+    recipe = recipe.for_data(data.kind).for_base(spec.base)
     if seed is not None:
         recipe = dataclasses.replace(recipe, seed=check_seed(seed))
     # the recipe's ranges (training.recipe.Recipe)
@@ -96,7 +185,7 @@ def train(
         workers = min(recipe.workers, os.cpu_count() or 1)
     check_int(workers, "--workers", 0, 1024)
     recipe.check_optimizer()
-    out = Path(out or default_out(given_id))
+    out = Path(out or default_out(spec.id))
     check_writable_folder(out, "--out")
     if resume and not (out / "last.pt").is_file():
         raise UsageError(f"--resume: no checkpoint {out / 'last.pt'}")
@@ -108,168 +197,81 @@ def train(
                 f"--epochs {epochs}: {out / 'last.pt'} has trained {state['epoch']} epochs already;"
                 " ask for more epochs to go on"
             )
-        if state["epoch"] == epochs:  # finished already: nothing to train, the same answer
-            return state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
+    return _Inputs(spec, spec.id, source, data, recipe, epochs, batch, workers, out, state)
 
-    from ..madds import count_madds, count_params
 
-    world, rank = _dist()
-    acc = Accelerator.pick(int(os.environ.get("LOCAL_RANK", "0")))
-    device = acc.device
-    res = recipe.resolution or spec.resolution
-    train_ds, val_ds, num_classes = make_datasets(
-        data,
-        res,
-        holdout=recipe.holdout,
-        seed=recipe.seed,
-        autoaugment=recipe.autoaugment,
-        split=split,
-    )
-    check_datasets(data, train_ds, val_ds, num_classes)
-    if spec.num_classes != num_classes:
-        if rank == 0 and progress:
-            print(
-                f"note: {data} has {num_classes} classes; the classifier is built for "
-                f"{num_classes} "
-                f"(the spec says {spec.num_classes})",
-                file=sys.stderr,
-            )
-        spec = spec.replace(num_classes=num_classes)
-    torch.manual_seed(recipe.seed)
-    model = build_for_training(spec, recipe)
-    if state is not None:  # a resumed run's weights come from its checkpoint
-        inherited = {k: v for k, v in state["metrics"].items() if k in ("init", "inherited")}
-    elif source is not None:
-        inherited = _inherit(model, source, note=rank == 0 and progress)
-    else:
-        inherited = {}
-    madds, n_params = count_madds(model), count_params(model)
-    model = model.to(device)
-    sampler = None
-    if world > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            train_ds, seed=recipe.seed, drop_last=True
-        )
-    # mixup needs whole batches; otherwise keep every image (small folders have less than one batch)
-    train_loader = make_loader(
-        train_ds,
-        batch,
-        train=True,
-        seed=recipe.seed,
-        workers=workers,
-        sampler=sampler,
-        drop_last=recipe.mixup_alpha > 0 and len(train_ds) >= batch * world,
-    )
-    if len(train_loader) == 0:
-        raise UsageError(
-            f"--data {data}: {len(train_ds)} training images, fewer than one batch of {batch}"
-        )
-    val_loader = make_loader(val_ds, batch, train=False, seed=0, workers=workers)
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
-        )
-    t = setup_training(
-        train_model,
-        recipe,
-        num_classes=num_classes,
-        steps_per_epoch=len(train_loader),
-        epochs=epochs,
-        world_size=world,
-    )
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        t.optimizer.load_state_dict(state["optimizer"])
-        if t.scheduler is not None and state.get("scheduler"):
-            t.scheduler.load_state_dict(state["scheduler"])
-        if t.ema is not None and state.get("ema"):
-            t.ema.module.load_state_dict(state["ema"])
-        start = state["epoch"]
-        if rank == 0 and progress:
-            print(f"resuming {out} after epoch {start}", file=sys.stderr)
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
+class _Writer:
+    """What ``train()`` writes after each epoch: ``last.pt`` (to resume), ``model.pt`` (to use),
+    ``metrics.json``, TensorBoard's scalars, and a line for the reader."""
 
-        writer = SummaryWriter(str(out / "tb"))
-    metrics = {}
-    for epoch in range(start, epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        bar = None
-        if rank == 0 and progress:
-            from tqdm.auto import tqdm
+    def __init__(self, out: Path, spec, recipe: Recipe, *, note) -> None:
+        self.out, self.spec, self.note = out, spec, note
+        self.recipe = {**recipe.__dict__, "overrides": {}}
+        self.fixed: dict = {}  # what every epoch's metrics.json repeats
+        self.metrics: dict = {}  # the last epoch's metrics.json
+        self.writer = None  # TensorBoard's, opened with the first epoch's files
 
-            bar = tqdm(
-                total=len(train_loader),
-                desc=f"epoch {epoch + 1}/{epochs}",
-                file=sys.stderr,
-                leave=False,
-            )
-        t0 = time.time()
-        loss = train_epoch(t, train_loader, epoch, acc=acc, progress=bar)
-        seconds = time.time() - t0
-        if bar is not None:
-            bar.close()
-        if rank != 0:
-            continue
-        evaluated = t.ema.module if t.ema is not None else model
-        m = evaluate(evaluated, val_loader, device=device)
-        metrics = {
-            "epoch": epoch + 1,
+    def epoch(self, end) -> None:
+        m = end.metrics
+        self.metrics = {
+            "epoch": end.epoch,
             "top1": m["top1"],
             "top5": m["top5"],
             "val_loss": m["loss"],
-            "train_loss": loss,
-            "epoch_seconds": round(seconds, 2),
-            "madds": madds,
-            "params": n_params,
-            "spec_id": given_id,
-            "model_spec_id": spec.id,
-            "data": str(data),
-            "images": len(val_ds),
-            "scored_on": describe_split(data, val_ds, train_ds, split),
-            "world_size": world,
-            **inherited,
+            "train_loss": end.loss,
+            "epoch_seconds": round(end.seconds, 2),
+            **self.fixed,
         }
-        if progress:
-            print(
-                f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  top-1 {m['top1']:.4f}  top-5 "
-                f"{m['top5']:.4f}  ({seconds:.1f}s; about "
-                f"{_duration(seconds * (epochs - epoch - 1))} left)",
-                file=sys.stderr,
-            )
+        left = end.seconds * (end.epochs - end.epoch)
+        self.note(
+            f"epoch {end.epoch}/{end.epochs}  loss {end.loss:.4f}  top-1 {m['top1']:.4f}  top-5 "
+            f"{m['top5']:.4f}  ({end.seconds:.1f}s; about {_duration(left)} left)"
+        )
+        self._scalars(end)
+        self._checkpoints(end)
+        write_atomic(self.out / "metrics.json", json.dumps(self.metrics, indent=2) + "\n")
+
+    def _scalars(self, end) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
         for k in ("top1", "top5", "loss"):
-            writer.add_scalar(f"val/{k}", m[k], epoch + 1)
-        writer.add_scalar("train/loss", loss, epoch + 1)
-        ckpt = {
-            "epoch": epoch + 1,
-            "spec": spec.to_dict(),
-            "recipe": {**recipe.__dict__, "overrides": {}},
-            "model": model.state_dict(),
-            "optimizer": t.optimizer.state_dict(),
-            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
-            "ema": t.ema.module.state_dict() if t.ema is not None else {},
-            "metrics": metrics,
-        }
-        checkpoint.save(ckpt, out / "last.pt")
+            self.writer.add_scalar(f"val/{k}", end.metrics[k], end.epoch)
+        self.writer.add_scalar("train/loss", end.loss, end.epoch)
+
+    def _checkpoints(self, end) -> None:
+        t, spec = end.training, self.spec.to_dict()
         checkpoint.save(
             {
-                "spec": spec.to_dict(),
-                "model": evaluated.state_dict(),
-                "recipe": ckpt["recipe"],
-                "metrics": metrics,
+                "epoch": end.epoch,
+                "spec": spec,
+                "recipe": self.recipe,
+                "model": unwrap(t.model).state_dict(),
+                "optimizer": t.optimizer.state_dict(),
+                "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
+                "ema": t.ema.module.state_dict() if t.ema is not None else {},
+                "metrics": self.metrics,
             },
-            out / "model.pt",
+            self.out / "last.pt",
         )
-        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    if writer is not None:
-        writer.close()
-    if world > 1:
-        torch.distributed.destroy_process_group()
-    return metrics if rank == 0 else {}
+        model = {"spec": spec, "model": end.evaluated.state_dict(), "recipe": self.recipe}
+        checkpoint.save({**model, "metrics": self.metrics}, self.out / "model.pt")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _notes(shown: bool):
+    """Print a note on stderr when ``shown``."""
+    return (lambda text: print(text, file=sys.stderr)) if shown else (lambda text: None)
+
+
+def _bar(epoch: int, epochs: int, steps: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, leave=False)
 
 
 def _duration(seconds: float) -> str:
@@ -280,20 +282,18 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _inherit(model, source, *, note: bool) -> dict:
+def _inherit(model, source, *, note) -> dict:
     """Start ``model`` from ``source`` (what matches); what metrics.json records of it."""
     from ..models.upcycle import inherit
 
     got = inherit(model, source)
-    if note:
-        for diff in got.differences:
-            print(f"note: --init {source.name} has {diff}", file=sys.stderr)
-        if got.not_inherited:
-            print(
-                f"note: --init {source.name}: {len(got.not_inherited)} tensor(s) not or partly "
-                f"inherited (widths or depths differ), e.g. {got.not_inherited[0]}",
-                file=sys.stderr,
-            )
+    for diff in got.differences:
+        note(f"note: --init {source.name} has {diff}")
+    if got.not_inherited:
+        note(
+            f"note: --init {source.name}: {len(got.not_inherited)} tensor(s) not or partly "
+            f"inherited (widths or depths differ), e.g. {got.not_inherited[0]}"
+        )
     return {"init": source.name, "inherited": round(got.fraction, 4)}
 
 
