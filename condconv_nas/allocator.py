@@ -27,11 +27,11 @@ def keep_freed_memory(*, mmap_threshold: int = 1 << 30, trim_threshold: int = 2*
     ``trim_threshold`` bytes of free memory. Returns whether glibc took both settings
     (False on other C libraries and systems, where nothing changes)."""
     global _applied
-    if _applied:
-        return True
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
         if not 0 < value < 2**31:  # mallopt takes a C int
             raise ValueError(f"{name} must be in [1, 2**31 - 1] bytes, got {value}")
+    if _applied:  # checked first: a bad argument is refused however often it was called
+        return True
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -79,6 +79,22 @@ def _check_writable(path: Path) -> None:
         raise UsageError(f"{path}: cannot be written ({problem})")
 
 
+def _check_exportable(model) -> None:
+    """`UsageError` for a model ONNX cannot hold: a batch-folding CondConv form, or weights
+    over the 2 GB a protobuf file holds."""
+    from .layers import CondConv2d
+
+    for name, m in model.named_modules():
+        if isinstance(m, CondConv2d) and m.strategy == "kernel":
+            raise UsageError(
+                f"{name}: strategy 'kernel' folds the batch into the group count, which ONNX fixes "
+                "at export; build it with strategy 'auto'"
+            )
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if size > _MAX_BYTES:
+        raise UsageError(f"the model's weights take {size / 2**30:.1f} GB; an ONNX file holds 2 GB")
+
+
 def export_onnx(
     model_or_checkpoint: Any,
     path: str | os.PathLike | None = None,
@@ -123,18 +139,7 @@ def export_onnx(
         Path(model_or_checkpoint).resolve()
     ):
         raise UsageError(f"{path}: is the file being exported (give another output path)")
-    from .layers import CondConv2d
-
-    for name, m in model.named_modules():
-        if isinstance(m, CondConv2d) and m.strategy == "kernel":
-            raise UsageError(
-                f"{name}: strategy 'kernel' folds the batch into the group count, which ONNX fixes "
-                "at export; build it with strategy 'auto'"
-            )
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    if size > _MAX_BYTES:
-        raise UsageError(f"the model's weights take {size / 2**30:.1f} GB; an ONNX file holds 2 GB")
-
+    _check_exportable(model)
     from .layers.strategy import fixed_forms
 
     param = next(model.parameters(), None)

@@ -163,14 +163,48 @@ def front_figure(info: FrontPlotInfo):
     fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
     ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [12, 1.8]})
 
-    def xs(ps):
-        return [info.x(p) for p in ps]
+    _draw_trained(ax, info)
+    _draw_not_trained(strip, info)
+    line = info.budget_x
+    for a in (ax, strip):
+        if line is not None:
+            a.axvline(line[0], ls="--", c="tab:red", lw=1, label=line[1] if a is ax else None)
+        a.grid(alpha=0.3)
+    everything = _xs(
+        info, info.trials + info.front + info.untrained + info.over_budget + info.presets
+    )
+    everything += [line[0]] if line is not None else []
+    if everything:
+        pad = 0.05 * (max(everything) - min(everything) or 1.0)
+        ax.set_xlim(min(everything) - pad, max(everything) + pad)
+    strip.set_ylim(-1, 2.2)  # room above the markers for the presets' labels
+    strip.set_yticks([])
+    strip.set_ylabel("not\ntrained", fontsize=7, rotation=0, ha="right", va="center")
+    strip.set_xlabel(info.xlabel)
+    ax.margins(y=0.08)  # room for the stars at the top and bottom points
+    ax.set_ylabel("proxy top-1 (held out)")
+    # wrapped: a run's title names its data path, which may be longer than the axes are wide
+    ax.set_title(textwrap.fill(info.title, 90), fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    more = strip.get_legend_handles_labels()
+    # the legend outside the axes covers no point
+    fig.legend(handles + more[0], labels + more[1], fontsize=8, loc="outside right upper")
+    return fig
 
+
+def _xs(info: FrontPlotInfo, points) -> list[float]:
+    return [info.x(p) for p in points]
+
+
+def _draw_trained(ax, info: FrontPlotInfo) -> None:
+    """The trained trials, the front and the evaluated presets, by cost and top-1."""
     if info.trials:  # an empty scatter would still put "trials" in the legend
-        ax.scatter(xs(info.trials), [p.top1 for p in info.trials], s=22, c="0.6", label="trials")
+        ax.scatter(
+            _xs(info, info.trials), [p.top1 for p in info.trials], s=22, c="0.6", label="trials"
+        )
     if info.untrained:
         ax.scatter(
-            xs(info.untrained),
+            _xs(info, info.untrained),
             [p.top1 for p in info.untrained],
             s=22,
             facecolors="none",
@@ -178,9 +212,9 @@ def front_figure(info: FrontPlotInfo):
             label="at chance level (off the front)",
         )
     if info.front:
-        ax.step(xs(info.front), [p.top1 for p in info.front], where="post", c="tab:blue")
+        ax.step(_xs(info, info.front), [p.top1 for p in info.front], where="post", c="tab:blue")
         ax.scatter(
-            xs(info.front),
+            _xs(info, info.front),
             [p.top1 for p in info.front],
             c="tab:blue",
             s=40,
@@ -190,7 +224,7 @@ def front_figure(info: FrontPlotInfo):
     evaluated = [p for p in info.presets if p.top1 is not None]
     if evaluated:
         ax.scatter(
-            xs(evaluated),
+            _xs(info, evaluated),
             [p.top1 for p in evaluated],
             marker="*",
             s=220,
@@ -208,13 +242,16 @@ def front_figure(info: FrontPlotInfo):
                 fontsize=7,
                 color="tab:orange",
             )
-    # Not trained (over budget, presets not evaluated): a strip of their own, by cost only.
+
+
+def _draw_not_trained(strip, info: FrontPlotInfo) -> None:
+    """Not trained (over budget, presets not evaluated): a strip of their own, by cost only."""
     for ps, marker, label in _over(info):
-        strip.scatter(xs(ps), [0] * len(ps), marker=marker, s=120, c="tab:red", label=label)
+        strip.scatter(_xs(info, ps), [0] * len(ps), marker=marker, s=120, c="tab:red", label=label)
     missing = [p for p in info.presets if p.top1 is None]
     if missing:
         strip.scatter(
-            xs(missing),
+            _xs(info, missing),
             [0] * len(missing),
             marker="*",
             s=140,
@@ -234,29 +271,6 @@ def front_figure(info: FrontPlotInfo):
                 fontsize=7,
                 color="tab:orange",
             )
-    line = info.budget_x
-    for a in (ax, strip):
-        if line is not None:
-            a.axvline(line[0], ls="--", c="tab:red", lw=1, label=line[1] if a is ax else None)
-        a.grid(alpha=0.3)
-    everything = xs(info.trials + info.front + info.untrained + info.over_budget + info.presets)
-    everything += [line[0]] if line is not None else []
-    if everything:
-        pad = 0.05 * (max(everything) - min(everything) or 1.0)
-        ax.set_xlim(min(everything) - pad, max(everything) + pad)
-    strip.set_ylim(-1, 2.2)  # room above the markers for the presets' labels
-    strip.set_yticks([])
-    strip.set_ylabel("not\ntrained", fontsize=7, rotation=0, ha="right", va="center")
-    strip.set_xlabel(info.xlabel)
-    ax.margins(y=0.08)  # room for the stars at the top and bottom points
-    ax.set_ylabel("proxy top-1 (held out)")
-    # wrapped: a run's title names its data path, which may be longer than the axes are wide
-    ax.set_title(textwrap.fill(info.title, 90), fontsize=9)
-    handles, labels = ax.get_legend_handles_labels()
-    more = strip.get_legend_handles_labels()
-    # the legend outside the axes covers no point
-    fig.legend(handles + more[0], labels + more[1], fontsize=8, loc="outside right upper")
-    return fig
 
 
 def plot_front_png(path: Path, info: FrontPlotInfo) -> None:
@@ -331,6 +345,12 @@ def front_html_figure(info: FrontPlotInfo):
         marker=dict(symbol="star-open", size=13, color="orange"),
         **{**strip, "mode": "markers+text"},
     )
+    _html_layout(fig, info)
+    return fig
+
+
+def _html_layout(fig, info: FrontPlotInfo) -> None:
+    """The budget's line, the title, and the accuracy axis above the not-trained strip."""
     if info.budget_x is not None:
         fig.add_vline(
             x=info.budget_x[0],
@@ -351,7 +371,6 @@ def front_html_figure(info: FrontPlotInfo):
             title="not trained",
         ),
     )
-    return fig
 
 
 def plot_front_html(path: Path, info: FrontPlotInfo) -> None:

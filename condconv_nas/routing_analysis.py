@@ -67,14 +67,7 @@ def analyze_routing(
         raise UsageError(
             f"data: expected a source string, a Dataset or a DataLoader, got {type(data).__name__}"
         )
-    checkpoint_path, recipe = None, {}
-    if not isinstance(model, nn.Module):
-        from .training import checkpoint
-
-        checkpoint_path = str(model)
-        obj = checkpoint.load(model)
-        model = checkpoint.model_from(obj, model)
-        recipe = checkpoint.recipe_of(obj, checkpoint_path)
+    model, checkpoint_path, recipe = _load(model)
     from .layers import CondConv2d, CondLinear, Router
 
     routers = {n: m for n, m in model.named_modules() if isinstance(m, Router)}
@@ -85,27 +78,10 @@ def analyze_routing(
 
     meta: dict = {"checkpoint": checkpoint_path, "spec_id": spec.id if spec else None}
     if source is not None:
-        from .data import class_names, make_datasets
-
-        res = resolution or recipe.get("resolution") or (spec.resolution if spec else None)
-        if res is None:
-            raise UsageError("resolution: the model has no spec; pass resolution=")
-        train_ds, val_ds, num_classes = make_datasets(
-            source,
-            res,
-            holdout=holdout if holdout is not None else recipe.get("holdout", 0.2),
-            seed=seed if seed is not None else recipe.get("seed", 0),
-            augment=False,
-            split="final",  # the images `train` scored on: the test images where there are some
-        )
-        if spec is not None and num_classes != spec.num_classes:
-            raise UsageError(
-                f"the model has {spec.num_classes} classes, --data {source} has {num_classes}"
-            )
-        ds = val_ds if split == "val" else train_ds
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-        names = class_names(ds, num_classes)
-        meta.update(data=str(source), split=split, resolution=res)
+        loader, names, where = _source_loader(
+            source, spec, recipe, split=split, batch_size=batch_size, resolution=resolution,
+            holdout=holdout, seed=seed,
+        )  # fmt: skip
     else:
         loader = (
             data
@@ -113,8 +89,8 @@ def analyze_routing(
             else DataLoader(data, batch_size=batch_size, shuffle=False)
         )
         names = None
-        meta.update(data=type(loader.dataset).__name__, split=None, resolution=None)
-
+        where = dict(data=type(loader.dataset).__name__, split=None, resolution=None)
+    meta.update(where)
     cond_layers = {
         n: m for n, m in model.named_modules() if isinstance(m, (CondConv2d, CondLinear))
     }
@@ -123,8 +99,32 @@ def analyze_routing(
         from .data import class_names
 
         names = class_names(loader.dataset, num_classes)
-    numbers = _layer_numbers(model)
     counts = torch.bincount(labels, minlength=num_classes)
+    entries = _entries(model, weights, labels, num_classes, routers, cond_layers)
+    return {
+        **meta,
+        "num_examples": int(labels.numel()),
+        "classes": names,
+        "class_counts": counts.tolist(),
+        "specificity": SPECIFICITY,
+        "bins": [i / BINS for i in range(BINS + 1)],
+        "layers": entries,
+    }
+
+
+def _load(model) -> tuple[nn.Module, str | None, dict]:
+    """A model as given, or read from a checkpoint path with that path and its recipe."""
+    if isinstance(model, nn.Module):
+        return model, None, {}
+    from .training import checkpoint
+
+    obj = checkpoint.load(model)
+    return checkpoint.model_from(obj, model), str(model), checkpoint.recipe_of(obj, str(model))
+
+
+def _entries(model, weights: dict, labels, num_classes: int, routers, cond_layers) -> list[dict]:
+    """routing.json's ``layers``: per router, where it sits, what it serves and its statistics."""
+    numbers = _layer_numbers(model)
     entries = []
     for name, (r, served) in weights.items():
         router = routers[name]
@@ -141,15 +141,32 @@ def analyze_routing(
                 **_statistics(r, labels, num_classes),
             }
         )
-    return {
-        **meta,
-        "num_examples": int(labels.numel()),
-        "classes": names,
-        "class_counts": counts.tolist(),
-        "specificity": SPECIFICITY,
-        "bins": [i / BINS for i in range(BINS + 1)],
-        "layers": entries,
-    }
+    return entries
+
+
+def _source_loader(source, spec, recipe: dict, *, split, batch_size, resolution, holdout, seed):
+    """The loader of ``split`` of a ``--data`` source at evaluation transforms, its class names,
+    and what routing.json says of it (a checkpoint's recipe gives the defaults)."""
+    from .data import class_names, make_datasets
+
+    res = resolution or recipe.get("resolution") or (spec.resolution if spec else None)
+    if res is None:
+        raise UsageError("resolution: the model has no spec; pass resolution=")
+    train_ds, val_ds, num_classes = make_datasets(
+        source,
+        res,
+        holdout=holdout if holdout is not None else recipe.get("holdout", 0.2),
+        seed=seed if seed is not None else recipe.get("seed", 0),
+        augment=False,
+        split="final",  # the images `train` scored on: the test images where there are some
+    )
+    if spec is not None and num_classes != spec.num_classes:
+        raise UsageError(
+            f"the model has {spec.num_classes} classes, --data {source} has {num_classes}"
+        )
+    ds = val_ds if split == "val" else train_ds
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    return loader, class_names(ds, num_classes), dict(data=str(source), split=split, resolution=res)
 
 
 def _run(model: nn.Module, loader, routers: dict, cond_layers: dict):

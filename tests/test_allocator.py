@@ -45,6 +45,7 @@ def test_large_tensor_comes_from_the_heap_and_stays_free_for_reuse():
 
 
 def test_thresholds_are_checked():
+    keep_freed_memory()  # applied once already (the CLI in this process): still checked
     with pytest.raises(ValueError, match="mmap_threshold must be in"):
         keep_freed_memory(mmap_threshold=0)
     with pytest.raises(ValueError, match="trim_threshold must be in"):

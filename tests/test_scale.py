@@ -133,7 +133,7 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
     import optuna
 
     from condconv_nas.data import parse_source
-    from condconv_nas.nas.optuna_engine import DIRECTIONS, finished, trial_rows
+    from condconv_nas.nas.ledger import DIRECTIONS, finished, trial_rows
     from condconv_nas.nas.progress import trial_line
     from condconv_nas.nas.ray_engine import StudySearch
     from condconv_nas.nas.space import load_space

@@ -218,7 +218,7 @@ def test_trial_count_rule():
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from condconv_nas.nas.optuna_engine import counted, finished
+    from condconv_nas.nas.ledger import counted, finished
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     fail = dict(state=TrialState.FAIL, params={}, distributions={})
@@ -542,7 +542,7 @@ def test_condconv_decisions_are_sampled_only_when_condconv_is_on():
     experts or routing decisions, in the sampler and in trials.csv's rows."""
     import optuna
 
-    from condconv_nas.nas.optuna_engine import trial_rows
+    from condconv_nas.nas.ledger import trial_rows
     from condconv_nas.nas.space import CONDCONV_DECISIONS
 
     space = load_space("efficientnet_b0")

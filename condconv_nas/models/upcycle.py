@@ -171,19 +171,26 @@ def inherit(model: nn.Module, source, *, strict: bool = False, noise: float = 0.
         for r in routers:
             if not all(id(p) in kept for p in r.parameters()):
                 constant_router(r)
-    unused = sorted(set(src.state) - used - fresh_head)
-    if strict and (not_inherited or unused):
-        what = (
-            f"{len(not_inherited)} tensor(s) of the spec it does not fill whole, "
-            f"e.g. {not_inherited[0]}"
-            if not_inherited
-            else f"{len(unused)} of its tensor(s) the spec has no place for, e.g. {unused[0]}"
-        )
-        raise UsageError(
-            f"--init {src.name}: does not fit spec {spec.id} (width or depth differ): {what}"
-        )
+    if strict:
+        _check_fits(src, spec, not_inherited, sorted(set(src.state) - used - fresh_head))
     total = sum(p.numel() for p in model.parameters())
     return Inheritance(src.name, inherited, total, tuple(not_inherited), differ)
+
+
+def _check_fits(src, spec, not_inherited: list[str], unused: list[str]) -> None:
+    """`UsageError` unless the model took every tensor of the source whole and the source filled
+    every tensor of the model."""
+    if not (not_inherited or unused):
+        return
+    what = (
+        f"{len(not_inherited)} tensor(s) of the spec it does not fill whole, "
+        f"e.g. {not_inherited[0]}"
+        if not_inherited
+        else f"{len(unused)} of its tensor(s) the spec has no place for, e.g. {unused[0]}"
+    )
+    raise UsageError(
+        f"--init {src.name}: does not fit spec {spec.id} (width or depth differ): {what}"
+    )
 
 
 def upcycle(spec, dense, *, strict: bool = True, noise: float = 0.01) -> nn.Module:

@@ -1,7 +1,7 @@
 """One interface for every search backend, and the registry that names them.
 
 A backend is a `Searcher`: ``search(task, study, total, callbacks)`` proposes points of the task's
-space, has each one judged (``optuna_engine.judge``: counted, over budget or already trained means
+space, has each one judged (``ledger.judge``: counted, over budget or already trained means
 no training), trains the rest through the task, and tells the run's Optuna study, until the study
 holds ``total`` counted trials. ``callbacks`` hear of every finished trial and of training epochs.
 Every backend writes the same study, so the run folder does not depend on the backend.

@@ -31,8 +31,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from .backend import Callbacks, Searcher, scratch_dir, stdout_to_stderr
+from .ledger import abandon, counted, judge, record, run_waiting, tell
 from .options import NNI_STRATEGIES
-from .optuna_engine import abandon, counted, judge, record, run_waiting, tell
 from .task import SearchTask
 
 

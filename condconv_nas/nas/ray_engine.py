@@ -26,7 +26,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from ..errors import UsageError
 from .backend import Callbacks, Searcher, scratch_dir, stdout_to_stderr
-from .optuna_engine import abandon, counted, finished, judge, record, tell
+from .ledger import abandon, counted, finished, judge, record, tell
 from .task import SearchTask
 
 BANDS = 4  # MADD bands of equal width over [0, budget]; over-budget points get a band of their own

@@ -23,7 +23,7 @@ from ..plots import draw_run
 from ..results import trained_rows, write_run
 from ..training.recipe import load_recipe
 from ..validation import read_json, short_repr
-from . import optuna_engine as eng
+from . import ledger
 from .backend import Callbacks, check_backend, make_searcher
 from .options import SearchConfig, same_run_settings
 from .progress import BarReporter, Reporter, trial_line
@@ -221,7 +221,7 @@ def open_storage(url: str, name: str, seed: int, *, heartbeat: bool, sampler: st
     """The run's study in ``url``; a URL that cannot be used is a usage error naming it."""
     import sqlalchemy.exc
 
-    from .optuna_engine import open_study
+    from .ledger import open_study
 
     # workers started together race to create the tables: the loser tries again
     for attempt in range(3):
@@ -341,11 +341,12 @@ def search(
 
     study = _open_run(options, task, run_dir, config, storage, presets, reporter)
     folder = _RunFolder(task, run_dir, presets, total)
+    done = ledger.finished(study)
     reporter.start(
-        f"search {run_dir.name}: space {task.space.name}, {folder.budgets}, "
-        f"{eng.finished(study)}/{total} trials done, backend {options.backend}, data {task.data}",
+        f"search {run_dir.name}: space {task.space.name}, {folder.budgets}, {done}/{total} trials "
+        f"done, backend {options.backend}, data {task.data}",
         total,
-        eng.finished(study),
+        done,
     )
 
     def on_trial(study, trial):
@@ -404,7 +405,7 @@ def _open_run(options, task, run_dir, config, storage, presets, reporter) -> opt
         config["dense_start"] = _dense_start(options, task, run_dir, reporter)
         task.init = config["dense_start"]["init"]
     _write_config(run_dir, config)
-    eng.enqueue_presets(
+    ledger.enqueue_presets(
         study,
         {
             name: p["params"]
@@ -412,8 +413,8 @@ def _open_run(options, task, run_dir, config, storage, presets, reporter) -> opt
             if task.within_budgets(p["madds"], p.get("latency_ms"))
         },
     )
-    eng.recover_killed(study)
-    eng.requeue_interrupted(study)
+    ledger.recover_killed(study)
+    ledger.requeue_interrupted(study)
     return study
 
 
@@ -452,7 +453,7 @@ class _RunFolder:
 
     def write(self, study) -> SearchResult:
         task, presets = self.task, self.presets
-        rows = eng.trial_rows(study, self.decisions)
+        rows = ledger.trial_rows(study, self.decisions)
         if task.uses_latency:
             measured = read_measured(self.run_dir)["measured_ms"]
             for r in rows:
@@ -469,5 +470,6 @@ class _RunFolder:
             latency_budget=task.latency_budget,
             preset_latency={n: p["latency_ms"] for n, p in presets.items() if "latency_ms" in p},
         )
-        done = eng.finished(study)
-        return SearchResult(self.run_dir, front, rows, done, self.total, eng.counted(study) - done)
+        done = ledger.finished(study)
+        running = ledger.counted(study) - done
+        return SearchResult(self.run_dir, front, rows, done, self.total, running)

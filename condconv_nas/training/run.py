@@ -76,32 +76,10 @@ def train(
     if a.state is not None and a.state["epoch"] == a.epochs:  # finished: the same answer
         return a.state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
     world, rank = _dist()
-    recipe, data, spec = a.recipe, a.data, a.spec
-    train_ds, val_ds, num_classes = make_datasets(
-        data,
-        recipe.resolution or spec.resolution,
-        holdout=recipe.holdout,
-        seed=recipe.seed,
-        autoaugment=recipe.autoaugment,
-        split=split,
-    )
-    check_datasets(data, train_ds, val_ds, num_classes)
+    recipe, data = a.recipe, a.data
     note = _notes(rank == 0 and progress)
-    if spec.num_classes != num_classes:
-        note(
-            f"note: {data} has {num_classes} classes; the classifier is built for {num_classes} "
-            f"(the spec says {spec.num_classes})"
-        )
-        spec = spec.replace(num_classes=num_classes)
-    torch.manual_seed(recipe.seed)
-    model = build_for_training(spec, recipe)
-    if a.state is not None:  # a resumed run's weights come from its checkpoint
-        inherited = {k: v for k, v in a.state["metrics"].items() if k in ("init", "inherited")}
-        note(f"resuming {a.out} after epoch {a.state['epoch']}")
-    elif a.source is not None:
-        inherited = _inherit(model, a.source, note=note)
-    else:
-        inherited = {}
+    train_ds, val_ds, num_classes = _datasets(a, split)
+    spec, model, inherited = _model(a, num_classes, note)
     from ..madds import count_madds, count_params
 
     folder = _Writer(a.out, spec, recipe, note=note)
@@ -261,6 +239,45 @@ class _Writer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _datasets(a: _Inputs, split: str):
+    """The training and scoring images of ``split`` (`data.make_datasets`), checked."""
+    recipe = a.recipe
+    train_ds, val_ds, num_classes = make_datasets(
+        a.data,
+        recipe.resolution or a.spec.resolution,
+        holdout=recipe.holdout,
+        seed=recipe.seed,
+        autoaugment=recipe.autoaugment,
+        split=split,
+    )
+    check_datasets(a.data, train_ds, val_ds, num_classes)
+    return train_ds, val_ds, num_classes
+
+
+def _model(a: _Inputs, num_classes: int, note):
+    """The spec as trained (the data's classes), its network seeded and started from ``--init``
+    where asked, and what metrics.json records of that start."""
+    spec = a.spec
+    if spec.num_classes != num_classes:
+        note(
+            f"note: {a.data} has {num_classes} classes; the classifier is built for "
+            f"{num_classes} (the spec says {spec.num_classes})"
+        )
+        spec = spec.replace(num_classes=num_classes)
+    torch.manual_seed(a.recipe.seed)
+    model = build_for_training(spec, a.recipe)
+    if a.state is not None:  # a resumed run's weights come from its checkpoint
+        note(f"resuming {a.out} after epoch {a.state['epoch']}")
+        return (
+            spec,
+            model,
+            {k: v for k, v in a.state["metrics"].items() if k in ("init", "inherited")},
+        )
+    if a.source is not None:
+        return spec, model, _inherit(model, a.source, note=note)
+    return spec, model, {}
 
 
 def _notes(shown: bool):
