@@ -28,6 +28,8 @@ _API = {
     "search": "condconv_nas.nas.run",
     "SearchResult": "condconv_nas.nas.run",
     "SearchConfig": "condconv_nas.nas.options",
+    "Reporter": "condconv_nas.nas.progress",
+    "TrainReporter": "condconv_nas.training.progress",
     "train": "condconv_nas.training.run",
     "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
     "analyze_routing": "condconv_nas.routing_analysis",

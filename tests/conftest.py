@@ -10,12 +10,6 @@ XDIST = "PYTEST_XDIST_WORKER" in os.environ
 torch.set_num_threads(1 if XDIST else max(1, min(2, os.cpu_count() or 1)))
 
 
-def pytest_collection_modifyitems(items):
-    """The Ray tests' file first: it is the longest one worker runs alone (--dist loadfile), and
-    started last it would leave the other worker idle at the end."""
-    items.sort(key=lambda item: item.path.name != "test_scale.py")  # stable: otherwise in order
-
-
 @pytest.fixture
 def cli():
     return run_cli

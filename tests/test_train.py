@@ -228,3 +228,29 @@ def test_library_train_names_its_folder_after_the_spec_it_was_given(tmp_path, re
     assert load_spec("mobilenet-v1").replace(num_classes=10).id == metrics["model_spec_id"]
     evaluated = condconv_nas.evaluate(tmp_path / "runs" / spec_id / "model.pt")
     assert evaluated["top1"] == pytest.approx(metrics["top1"], abs=0.01)
+
+
+def test_train_reports_through_its_reporter_and_prints_nothing(tmp_path, recipe, capsys):
+    """A TrainReporter given to train() gets one line per epoch and a bar per epoch over the
+    epoch's steps; nothing reaches stdout or stderr, as with progress=False."""
+    import condconv_nas
+
+    class Seen(condconv_nas.TrainReporter):
+        def __init__(self):
+            self.epochs, self.steps = [], []
+
+        def epoch(self, line):
+            self.epochs.append(line)
+
+        def bar(self, epoch, epochs, steps):
+            self.steps.append((epoch, epochs, steps))
+
+    seen = Seen()
+    out = tmp_path / "run"
+    metrics = condconv_nas.train(
+        "mobilenet-v1", trainer=str(recipe), epochs=2, out=out, progress=seen
+    )
+    assert [line.split()[:2] for line in seen.epochs] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert f"top-1 {metrics['top1']:.4f}" in seen.epochs[-1]
+    assert [s[:2] for s in seen.steps] == [(1, 2), (2, 2)] and all(s[2] > 0 for s in seen.steps)
+    assert capsys.readouterr() == ("", "")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from ..validation import check_batch_size, check_int, check_seed
 from . import checkpoint
 from .engine import Accelerator, build_for_training, evaluate, make_loader, own_random_state, unwrap
 from .fit import Hooks, fit
+from .progress import StderrReporter, TrainReporter
 from .recipe import Recipe, load_recipe
 
 
@@ -49,7 +49,7 @@ def train(
     init: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
-    progress: bool = True,
+    progress: bool | TrainReporter = True,
     split: str = "final",
     seed: int | None = None,
 ) -> dict:
@@ -67,7 +67,8 @@ def train(
     ``search`` (the search's dense start) holds a part of the training images out to score on
     (`data.make_datasets`). metrics.json says how many ``images`` were scored.
     ``seed``: the recipe's ``seed`` (model init and data order) replaced.
-    ``progress``: epoch lines and a bar on stderr. Bad input raises `UsageError` before any work
+    ``progress``: True for epoch lines and a bar on stderr, False for silence, or a
+    `TrainReporter`; only rank 0 reports. Bad input raises `UsageError` before any work
     or any file.
     """
     a = _check_inputs(
@@ -77,12 +78,14 @@ def train(
         return a.state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
     world, rank = _dist()
     recipe, data = a.recipe, a.data
-    note = _notes(rank == 0 and progress)
+    shown = progress if isinstance(progress, TrainReporter) else StderrReporter()
+    reporter = shown if rank == 0 and progress else TrainReporter()
+    note = reporter.note
     train_ds, val_ds, num_classes = _datasets(a, split)
     spec, model, inherited = _model(a, num_classes, note)
     from ..madds import count_madds, count_params
 
-    folder = _Writer(a.out, spec, recipe, note=note)
+    folder = _Writer(a.out, spec, recipe, reporter=reporter)
     folder.fixed = {
         "madds": count_madds(model),
         "params": count_params(model),
@@ -110,7 +113,7 @@ def train(
             val_batch=a.batch,
             restore=a.state,
             hooks=Hooks(
-                bar=_bar if rank == 0 and progress else None,
+                bar=reporter.bar,
                 on_epoch=folder.epoch if rank == 0 else None,
                 every_epoch=True,
             ),
@@ -182,8 +185,8 @@ class _Writer:
     """What ``train()`` writes after each epoch: ``last.pt`` (to resume), ``model.pt`` (to use),
     ``metrics.json``, TensorBoard's scalars, and a line for the reader."""
 
-    def __init__(self, out: Path, spec, recipe: Recipe, *, note) -> None:
-        self.out, self.spec, self.note = out, spec, note
+    def __init__(self, out: Path, spec, recipe: Recipe, *, reporter: TrainReporter) -> None:
+        self.out, self.spec, self.reporter = out, spec, reporter
         self.recipe = {**recipe.__dict__, "overrides": {}}
         self.fixed: dict = {}  # what every epoch's metrics.json repeats
         self.metrics: dict = {}  # the last epoch's metrics.json
@@ -201,7 +204,7 @@ class _Writer:
             **self.fixed,
         }
         left = end.seconds * (end.epochs - end.epoch)
-        self.note(
+        self.reporter.epoch(
             f"epoch {end.epoch}/{end.epochs}  loss {end.loss:.4f}  top-1 {m['top1']:.4f}  top-5 "
             f"{m['top5']:.4f}  ({end.seconds:.1f}s; about {_duration(left)} left)"
         )
@@ -278,17 +281,6 @@ def _model(a: _Inputs, num_classes: int, note):
     if a.source is not None:
         return spec, model, _inherit(model, a.source, note=note)
     return spec, model, {}
-
-
-def _notes(shown: bool):
-    """Print a note on stderr when ``shown``."""
-    return (lambda text: print(text, file=sys.stderr)) if shown else (lambda text: None)
-
-
-def _bar(epoch: int, epochs: int, steps: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, leave=False)
 
 
 def _duration(seconds: float) -> str:
