@@ -15,7 +15,9 @@ spec by their mean; with two or more it also prints the reference's own repeatab
 tau between its first two seeds, and the tau a perfect proxy would expect against the mean): how
 well any proxy can rank on this data. ``--reuse FILE`` takes
 the figures of an earlier run's ``--out`` file (the same specs and recipes) and trains only
-what it lacks, such as more reference seeds.
+what it lacks, such as more reference seeds; where the proxy's recipe changed since, it keeps only
+the reference's figures. ``--reference-only`` trains nothing but the reference (no dense start
+needed): the long part, filled across sittings, with the proxies trained later in one sitting.
 
 ``--inherit`` adds a fourth column, the proxy as a search runs it by default: started from a
 dense model of the space's base trained on the search data (the search's dense start: the recipe's
@@ -42,6 +44,7 @@ from scipy.stats import kendalltau
 from condconv_nas import load_spec
 from condconv_nas.allocator import keep_freed_memory
 from condconv_nas.data import parse_source
+from condconv_nas.files import write_atomic
 from condconv_nas.madds import count_madds
 from condconv_nas.nas.space import load_space
 from condconv_nas.nas.warm_start import dense_start
@@ -129,6 +132,39 @@ def repeatability(rows, k: int) -> None:
     )
 
 
+PROXY_COLUMNS = (
+    "proxy",
+    "proxy_s",
+    "seed1",
+    "old",
+    "old_s",
+    "inherit",
+    "inherit_s",
+    "inherit_seed1",
+)
+
+
+def reused(path: Path, recipes: dict) -> dict:
+    """The rows of an earlier ``--out`` file by spec id. A different reference recipe is refused;
+    a different proxy recipe keeps only the reference's figures."""
+    earlier = json.loads(path.read_text())
+    if isinstance(earlier, list):  # written before the recipes were kept: trusted as they are
+        earlier = {"rows": earlier}
+    now = json.loads(json.dumps(recipes))
+    then = earlier.get("recipes", now)
+    if then["reference"] != now["reference"]:
+        raise SystemExit(
+            f"{path}: its reference recipe differs from this run's; rerun without --reuse"
+        )
+    rows = {r["spec_id"]: r for r in earlier["rows"]}
+    if then["proxy"] != now["proxy"]:
+        print(
+            f"{path}: the proxy recipe changed: its reference figures are kept, proxies retrained"
+        )
+        rows = {i: {k: v for k, v in r.items() if k not in PROXY_COLUMNS} for i, r in rows.items()}
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="efficientnet_b0")
@@ -169,6 +205,11 @@ def main() -> None:
         action="store_true",
         help="with --inherit: train only the inherited proxy and the reference (the search's "
         "proxy; no from-scratch or old-proxy columns)",
+    )
+    p.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="train only the reference (the long part), to be filled across sittings with --reuse",
     )
     p.add_argument("--out", type=Path, help="also write the per-spec figures as JSON")
     p.add_argument(
@@ -234,17 +275,12 @@ def main() -> None:
         f"(proxy/old/ref)"
     )
     recipes = {"proxy": proxy.__dict__, "reference": reference.__dict__}
-    earlier = json.loads(args.reuse.read_text()) if args.reuse else {"rows": []}
-    if isinstance(earlier, list):  # written before the recipes were kept: trusted as they are
-        earlier = {"rows": earlier}
-    if earlier.get("recipes", recipes) != json.loads(json.dumps(recipes)):
-        raise SystemExit(f"{args.reuse}: its recipes differ from this run's; rerun without --reuse")
-    known = {r["spec_id"]: r for r in earlier["rows"]}
+    known = reused(args.reuse, recipes) if args.reuse else {}
     rows = []
     for name, spec in specs:
         r = known.get(spec.id, {})
         r.update(spec=name, spec_id=spec.id, condconv=spec.condconv is not None)
-        if "proxy" not in r and not args.inherited_only:
+        if "proxy" not in r and not args.inherited_only and not args.reference_only:
             r["proxy"], r["proxy_s"] = timed(spec, source, proxy, 0)
             r["seed1"], _ = timed(spec, source, proxy, 1)
             r["old"], r["old_s"] = timed(spec, source, old, 0)
@@ -254,7 +290,11 @@ def main() -> None:
             refs.append(top1)
             r.setdefault("reference_s", seconds)
         r["reference"] = statistics.mean(refs[: args.reference_seeds])
-        if init is not None and spec.base == load_space(args.space).base:
+        if (
+            init is not None
+            and spec.base == load_space(args.space).base
+            and not args.reference_only
+        ):
             if "inherit" not in r:
                 r["inherit"], r["inherit_s"] = timed(spec, source, proxy, 0, init)
             if "inherit_seed1" not in r:
@@ -270,12 +310,14 @@ def main() -> None:
             flush=True,
         )
         if args.out:  # after every spec: a stopped run can be resumed with --reuse
-            args.out.write_text(
-                json.dumps({"recipes": recipes, "rows": rows}, indent=2, default=str) + "\n"
-            )
+            rest = [r for i, r in known.items() if i not in {x["spec_id"] for x in rows}]
+            text = json.dumps({"recipes": recipes, "rows": rows + rest}, indent=2, default=str)
+            write_atomic(args.out, text + "\n")  # rows of specs not in this run are kept too
     print()
     if args.reference_seeds > 1:
         repeatability(rows, args.reference_seeds)
+    if args.reference_only:
+        return
     if not args.inherited_only:
         summary("proxy", rows, "proxy")
         summary("old proxy", rows, "old")
