@@ -1,10 +1,11 @@
 """One interface for every search backend, and the registry that names them.
 
-A backend is a `Searcher`: ``search(task, study, total, callbacks)`` proposes points of the task's
-space, has each one judged (``ledger.judge``: counted, over budget or already trained means
-no training), trains the rest through the task, and tells the run's Optuna study, until the study
-holds ``total`` counted trials. ``callbacks`` hear of every finished trial and of training epochs.
-Every backend writes the same study, so the run folder does not depend on the backend.
+A backend is a `Searcher`: ``search(task, ledger)`` proposes points of the task's space, asks the
+run's `Ledger` for a trial per point and has it judged (counted; over budget or already trained
+means no training), trains the rest through the ledger, and tells it their results, until the
+ledger holds the run's total of counted trials; it returns the run's trials. The ledger's
+callbacks hear of every finished trial and of training epochs. Every backend writes the same
+ledger, so the run folder does not depend on the backend.
 
 ``BACKENDS`` names each backend's class as ``module:Class`` and is read without importing them:
 Ray and NNI load only when asked for.
@@ -19,7 +20,7 @@ import importlib.util
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,23 +29,12 @@ from ..extras import require
 from .options import SearchConfig, flag
 
 if TYPE_CHECKING:
-    import optuna
-
+    from .ledger import Ledger, TrialRecord
     from .task import SearchTask
 
 
-@dataclass(frozen=True)
-class Callbacks:
-    """What a searcher reports while it runs (Archai's per-iteration callbacks)."""
-
-    # a trial finished (COMPLETE, FAIL or PRUNED), as Optuna's study callbacks are called
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
-    # a trial in training finished an epoch: (trial number, epoch, epochs)
-    on_epoch: Callable[[int, int, int], None] | None = None
-
-
 class Searcher(abc.ABC):
-    """A search algorithm over the run's study. ``options``: the search's checked settings (each
+    """A search algorithm over the run's ledger. ``options``: the search's checked settings (each
     backend reads its own); ``options.seed``: this worker's seed, for an algorithm with random
     state of its own (the study's sampler has its seed already)."""
 
@@ -57,11 +47,9 @@ class Searcher(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def search(
-        self, task: SearchTask, study: optuna.Study, total: int, callbacks: Callbacks
-    ) -> None:
-        """Run trials until ``study`` holds ``total`` counted trials; Ctrl-C raises
-        KeyboardInterrupt after marking unfinished trials interrupted."""
+    def search(self, task: SearchTask, ledger: Ledger) -> list[TrialRecord]:
+        """Run trials until ``ledger`` holds its total of counted trials; return the run's trials.
+        Ctrl-C raises KeyboardInterrupt after marking unfinished trials interrupted."""
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,26 @@
 """The run's ledger: every trial of a run, judged, recorded and counted the same way whichever
-searcher proposed it. Every searcher (Optuna, Ray Tune, NNI) writes its trials through here, and
-the run folder's rows are read from here; no searcher imports another.
+searcher proposed it. Every searcher (Optuna, Ray Tune, NNI) receives a `Ledger` and writes its
+trials through it; the run folder's rows are its trial records; no searcher imports another.
 
-The ledger is an Optuna study in Optuna storage (SQLite in the run folder by default), so a run
-resumes and several workers can share it: two objectives (max top-1, min MADDs), the budgets as
-constraints. ``--trials`` is the run's total: a trial counts once it is COMPLETE or FAIL (a real
-failure); trials interrupted by Ctrl-C and surplus trials started by concurrent workers after the
-total was reached do not count.
+The ledger keeps its trials in an Optuna study in Optuna storage (SQLite in the run folder by
+default), so a run resumes and several workers can share it: two objectives (max top-1, min
+MADDs), the budgets as constraints. Only the Optuna searcher uses the study itself (its own loop);
+the others ask the ledger for trials and tell it their results. ``--trials`` is the run's total:
+a trial counts once it is COMPLETE or FAIL (a real failure); trials interrupted by Ctrl-C and
+surplus trials started by concurrent workers after the total was reached do not count.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -255,55 +259,6 @@ def record(trial: optuna.Trial, result: dict) -> tuple[float, float]:
     return result["top1"], float(result["madds"])
 
 
-def tell(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    values=None,
-    state: TrialState = TrialState.COMPLETE,
-    *,
-    on_trial: Callable | None = None,
-) -> None:
-    """Finish an asked trial (Ray and NNI drive the study by ask-and-tell) and report it like
-    Optuna's callbacks."""
-    frozen = study.tell(trial, None if values is None else list(values), state=state)
-    if on_trial is not None:
-        on_trial(study, frozen)
-
-
-def abandon(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Fail a trial that Ctrl-C cut short, marked interrupted: it does not count, and the next
-    start evaluates its point again (``requeue_interrupted``)."""
-    trial.set_user_attr("interrupted", True)
-    study.tell(trial, state=TrialState.FAIL)
-
-
-def make_objective(
-    task: SearchTask, study: optuna.Study, total: int, on_epoch: Callable | None = None
-) -> Callable:
-    space = task.space
-
-    def objective(trial: optuna.Trial):
-        if counted(study, before=trial.number) >= total:
-            trial.set_user_attr("surplus", True)
-            raise optuna.TrialPruned("the run's total was reached by other workers")
-        params = space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)))
-        try:
-            values = judge(task, study, trial, params)
-            if values is not None:
-                return values
-            progress = (
-                None
-                if on_epoch is None
-                else lambda epoch, epochs: on_epoch(trial.number, epoch, epochs)
-            )
-            return record(trial, task.evaluate(params, on_epoch=progress))
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            raise
-
-    return objective
-
-
 def trial_status(t: optuna.trial.FrozenTrial) -> str:
     """What happened to a trial, in a word: trained, untrained (not clearly above chance), reused
     (an earlier trial's result), over_budget (never trained), stopped_early, failed or running."""
@@ -319,79 +274,221 @@ def trial_status(t: optuna.trial.FrozenTrial) -> str:
     return "untrained" if ua.get("untrained") else "trained"
 
 
-def trial_rows(study: optuna.Study, decisions: list[str]) -> list[dict]:
-    rows = []
-    trials = study.get_trials(deepcopy=False)
-    retried = _retried(trials)
-    for t in trials:
-        if (
-            t.state == TrialState.WAITING
-            or t.user_attrs.get("interrupted")
-            or t.number in retried
-            or (t.state == TrialState.PRUNED and not t.user_attrs.get("stopped_early"))
-        ):
-            continue
-        ua = t.user_attrs
-        seconds = (
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete
-            else None
-        )
-        rows.append(
-            {
-                "trial": t.number,
-                "state": t.state.name,
-                "status": trial_status(t),
-                "feasible": ua.get("feasible"),
-                "madds": ua.get("madds"),
-                "latency_ms": ua.get("latency_ms"),
-                "params": ua.get("params"),
-                "top1": t.values[0]
-                if t.state == TrialState.COMPLETE and ua.get("feasible")
-                else None,
-                "top5": ua.get("top5"),
-                "untrained": ua.get("untrained"),
-                "inherited": ua.get("inherited"),
-                "reused_from": ua.get("reused_from"),
-                "spec_id": ua.get("spec_id"),
-                "preset": ua.get("preset"),
-                "seconds": None if seconds is None else round(seconds, 1),
-                "workers": ua.get("workers"),
-                "spec": ua.get("spec"),
-                **{d: t.params.get(d) for d in decisions},
-            }
-        )
-    return rows
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of the run, as the run folder shows it: `row` is its line of trials.csv."""
+
+    trial: int
+    state: str  # Optuna's word: COMPLETE, FAIL, PRUNED (stopped early) or RUNNING
+    status: str  # what happened, in a word (`trial_status`)
+    feasible: bool | None  # within every budget
+    madds: int | None
+    latency_ms: float | None  # predicted, when the search uses latency
+    params: int | None
+    top1: float | None  # of a finished trial within the budgets
+    top5: float | None
+    untrained: bool | None  # not clearly above chance: kept off the front
+    inherited: float | None  # the share of parameters taken from the start weights
+    reused_from: int | None  # the trial whose result it reused
+    spec_id: str | None
+    preset: str | None
+    seconds: float | None
+    workers: int | None  # processes it trained on
+    spec: dict | None
+    decisions: dict[str, Any] = field(default_factory=dict)  # the searched decisions' values
+    over: tuple[str, ...] = ()  # the budgets it is over ("madds", "latency")
+    stopped_at: tuple[int, float | None] | None = None  # (epoch, top-1) where ASHA stopped it
+
+    def row(self) -> dict:
+        """Its line of trials.csv: the fields above ``decisions``, then one column per decision."""
+        row = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_ROW}
+        return {**row, **self.decisions}
 
 
-def run_waiting(
-    task: SearchTask, study: optuna.Study, total: int, *, on_trial=None, on_epoch=None
-) -> None:
-    """Evaluate the enqueued trials (presets that fit, interrupted trials) before another engine
-    (NNI) proposes points of its own."""
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    run_optuna(
-        task, study, min(total, counted(study) + waiting), on_trial=on_trial, on_epoch=on_epoch
+_NOT_IN_ROW = ("decisions", "over", "stopped_at")
+
+
+def _shown(t: optuna.trial.FrozenTrial, retried: set) -> bool:
+    """Whether a trial is one of the run's: not waiting, interrupted, retried or surplus."""
+    return not (
+        t.state == TrialState.WAITING
+        or t.user_attrs.get("interrupted")
+        or t.number in retried
+        or (t.state == TrialState.PRUNED and not t.user_attrs.get("stopped_early"))
     )
 
 
-def run_optuna(
-    task: SearchTask, study: optuna.Study, total: int, *, on_trial=None, on_epoch=None
-) -> None:
-    """Run trials until the study holds ``total`` counted trials."""
-    objective = make_objective(task, study, total, on_epoch)
+def _record(t: optuna.trial.FrozenTrial, decisions: list[str]) -> TrialRecord:
+    ua = t.user_attrs
+    end = t.datetime_complete
+    seconds = (end - t.datetime_start).total_seconds() if end and t.datetime_start else None
+    done = t.state == TrialState.COMPLETE and ua.get("feasible")
+    return TrialRecord(
+        trial=t.number,
+        state=t.state.name,
+        status=trial_status(t),
+        feasible=ua.get("feasible"),
+        madds=ua.get("madds"),
+        latency_ms=ua.get("latency_ms"),
+        params=ua.get("params"),
+        top1=t.values[0] if done else None,
+        top5=ua.get("top5"),
+        untrained=ua.get("untrained"),
+        inherited=ua.get("inherited"),
+        reused_from=ua.get("reused_from"),
+        spec_id=ua.get("spec_id"),
+        preset=ua.get("preset"),
+        seconds=None if seconds is None else round(seconds, 1),
+        workers=ua.get("workers"),
+        spec=ua.get("spec"),
+        decisions={d: t.params.get(d) for d in decisions},
+        over=tuple(ua.get("over") or ()),
+        stopped_at=(ua.get("epochs_at_stop"), ua.get("top1_at_stop"))
+        if ua.get("stopped_early")
+        else None,
+    )
 
-    def stop_at_total(study, trial):
-        if on_trial is not None:
-            on_trial(study, trial)
-        if finished(study) >= total:
-            study.stop()
 
-    while counted(study) < total:
-        study.optimize(
-            objective,
-            n_trials=total - counted(study),
-            catch=(Exception,),
-            callbacks=[stop_at_total],
-            gc_after_trial=True,
+def records(study: optuna.Study, decisions: list[str]) -> list[TrialRecord]:
+    """The run's trials in the order they began (`_shown`)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    return [_record(t, decisions) for t in trials if _shown(t, retried)]
+
+
+def trial_rows(study: optuna.Study, decisions: list[str]) -> list[dict]:
+    """The run's trials as trials.csv's rows."""
+    return [r.row() for r in records(study, decisions)]
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """What a search reports while it runs (Archai's per-iteration callbacks)."""
+
+    on_trial: Callable[[TrialRecord], None] | None = None  # a trial of the run finished
+    # a trial in training finished an epoch: (trial number, epoch, epochs)
+    on_epoch: Callable[[int, int, int], None] | None = None
+
+
+class Ledger:
+    """The run's trials, for a searcher: ask for a trial, have its point judged, train it through
+    the task, tell its result; count them against the run's ``total``. Every finished trial of the
+    run reaches ``callbacks.on_trial`` as a `TrialRecord`.
+
+    The study is the ledger's storage; only the Optuna searcher drives it directly (``study``).
+    A trial handle (``ask``'s) is opaque to the others.
+    """
+
+    def __init__(
+        self, study: optuna.Study, task: SearchTask, total: int, callbacks: Callbacks = Callbacks()
+    ) -> None:
+        self.study, self.task, self.total, self.callbacks = study, task, total, callbacks
+        self.decisions = list(task.space.searched)
+
+    def counted(self, before: int | None = None) -> int:
+        """Trials that count toward the total (before trial number ``before``)."""
+        return counted(self.study, before)
+
+    def finished(self) -> int:
+        """Counted trials that are no longer running."""
+        return finished(self.study)
+
+    @property
+    def full(self) -> bool:
+        """Whether the run holds its total of counted trials."""
+        return self.counted() >= self.total
+
+    def ask(self, fixed: dict | None = None) -> optuna.Trial:
+        """A new trial (a queued one first: presets, interrupted points); ``fixed``: its point,
+        chosen by the searcher instead of the study's sampler."""
+        if not fixed:
+            return self.study.ask()
+        base = self.study.sampler
+        distributions = {
+            n: optuna.distributions.CategoricalDistribution(list(c))
+            for n, c in self.task.space.searched.items()
+            if n in fixed
+        }
+        with warnings.catch_warnings():  # PartialFixedSampler is "experimental"
+            warnings.simplefilter("ignore")
+            self.study.sampler = optuna.samplers.PartialFixedSampler(fixed, base)
+            try:
+                return self.study.ask(distributions)
+            finally:
+                self.study.sampler = base
+
+    def point(self, trial: optuna.Trial) -> dict:
+        """The trial's point of the space, from the study's sampler (or the queue)."""
+        return self.task.space.sample(
+            lambda name, choices: trial.suggest_categorical(name, list(choices))
         )
+
+    def judge(self, trial: optuna.Trial, params: dict) -> tuple[float, float] | None:
+        """The trial's values if it needs no training (over a budget, or trained before);
+        see `judge`."""
+        return judge(self.task, self.study, trial, params)
+
+    def feasible(self, trial: optuna.Trial) -> bool:
+        """Whether a judged trial is within every budget."""
+        return bool(trial.user_attrs.get("feasible"))
+
+    def train(self, trial: optuna.Trial, params: dict) -> tuple[float, float]:
+        """Train a judged point through the task (its epochs reported) and record the result."""
+        on_epoch = self.callbacks.on_epoch
+        progress = None if on_epoch is None else lambda e, n: on_epoch(trial.number, e, n)
+        return self.record(trial, self.task.evaluate(params, on_epoch=progress))
+
+    def record(self, trial: optuna.Trial, result: dict) -> tuple[float, float]:
+        """The values of a trained trial (its top-1, top-5 and workers kept)."""
+        return record(trial, result)
+
+    def tell(self, trial: optuna.Trial, values=None) -> None:
+        """A trial finished with ``values``; without them, it failed."""
+        state = TrialState.FAIL if values is None else TrialState.COMPLETE
+        self.report(self.study.tell(trial, None if values is None else list(values), state=state))
+
+    def stopped_early(self, trial: optuna.Trial, epoch: int, top1: float | None) -> None:
+        """A scheduler (Ray's ASHA) stopped the trial after ``epoch``: it counts, but is off the
+        front."""
+        trial.set_user_attr("stopped_early", True)
+        trial.set_user_attr("top1_at_stop", top1)
+        trial.set_user_attr("epochs_at_stop", epoch)
+        self.report(self.study.tell(trial, state=TrialState.PRUNED))
+
+    def abandon(self, trial: optuna.Trial) -> None:
+        """Fail a trial that Ctrl-C cut short, marked interrupted: it does not count, and the next
+        start evaluates its point again (``requeue_interrupted``)."""
+        trial.set_user_attr("interrupted", True)
+        self.study.tell(trial, state=TrialState.FAIL)
+
+    def evaluate(self, trial: optuna.Trial, params: dict) -> tuple[float, float] | None:
+        """Judge, train where needed and tell one trial; its values (None if it failed)."""
+        try:
+            values = self.judge(trial, params)
+            values = values if values is not None else self.train(trial, params)
+        except KeyboardInterrupt:
+            self.abandon(trial)
+            raise
+        except Exception as e:  # as Optuna's loop does: the search goes on
+            logging.getLogger(__name__).warning("trial %d failed: %r", trial.number, e)
+            self.tell(trial)
+            return None
+        self.tell(trial, values)
+        return values
+
+    def evaluate_queued(self) -> None:
+        """Evaluate the queued trials (presets that fit, interrupted points) before a searcher
+        proposes points of its own."""
+        while not self.full and self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial = self.ask()
+            self.evaluate(trial, self.point(trial))
+
+    def report(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """Tell ``callbacks.on_trial`` of a finished trial of the study, if it is one of the run's
+        (the Optuna searcher's loop tells the study itself)."""
+        if self.callbacks.on_trial is not None and _shown(frozen, set()):
+            self.callbacks.on_trial(_record(frozen, self.decisions))
+
+    def records(self) -> list[TrialRecord]:
+        """Every trial of the run so far."""
+        return records(self.study, self.decisions)

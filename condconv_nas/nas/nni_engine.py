@@ -1,5 +1,5 @@
 """The NNI engine: NNI 3.0's ``NasExperiment`` and strategies over the same space, expressed as NNI
-mutables; results go to the run's Optuna study, so the run folder is the same as Optuna's.
+mutables; results go to the run's ledger, so the run folder is the same as Optuna's.
 
 The budget is enforced inside NNI by a strategy middleware that counts every proposed model with
 our own counter (``count_madds`` on the full-size spec), never NNI's FLOPs profiler. Over-budget
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Callable
 
 import optuna
 
@@ -27,11 +26,9 @@ with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it does not
     from nni.nas.strategy import TPE, Random, RegularizedEvolution
     from nni.nas.strategy.middleware import Chain, Filter
     from nni.runtime.log import silence_stdout
-from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
 
-from .backend import Callbacks, Searcher, scratch_dir, stdout_to_stderr
-from .ledger import abandon, counted, judge, record, run_waiting, tell
+from .backend import Searcher, scratch_dir, stdout_to_stderr
+from .ledger import Ledger, TrialRecord
 from .options import NNI_STRATEGIES
 from .task import SearchTask
 
@@ -53,51 +50,26 @@ def _key(sample: dict) -> tuple:
 
 
 class Judge:
-    """The budget filter (a ``Filter`` middleware's function) and the evaluator, sharing the study.
+    """The budget filter (a ``Filter`` middleware's function) and the evaluator, sharing the ledger.
 
-    The filter opens a study trial for every model NNI proposes and judges it: over budget ->
-    recorded and refused (never trained); otherwise the evaluator trains it (or reuses the result
-    of the same architecture) and reports top-1 to NNI.
+    The filter asks the ledger for a trial of every model NNI proposes and has it judged: over
+    budget -> recorded and refused (never trained); otherwise the evaluator trains it (or reuses
+    the result of the same architecture) and reports top-1 to NNI.
     """
 
-    def __init__(
-        self,
-        task: SearchTask,
-        study: optuna.Study,
-        total: int,
-        on_trial: Callable | None,
-        on_epoch: Callable | None = None,
-    ) -> None:
-        self.task, self.study, self.total, self.on_trial = task, study, total, on_trial
-        self.on_epoch = on_epoch
-        self.distributions = {
-            n: CategoricalDistribution(list(c)) for n, c in task.space.searched.items()
-        }
+    def __init__(self, task: SearchTask, ledger: Ledger) -> None:
+        self.task, self.ledger = task, ledger
         self.pending: dict[tuple, tuple[optuna.Trial, tuple[float, float] | None]] = {}
 
-    def _ask(self, params: dict) -> optuna.Trial:
-        base = self.study.sampler
-        # PartialFixedSampler is "experimental"; no heartbeat outside optimize()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.study.sampler = optuna.samplers.PartialFixedSampler(params, base)
-            try:
-                return self.study.ask({n: d for n, d in self.distributions.items() if n in params})
-            finally:
-                self.study.sampler = base
-
-    def _tell(self, trial: optuna.Trial, values=None, state=TrialState.COMPLETE) -> None:
-        tell(self.study, trial, values, state, on_trial=self.on_trial)
-
     def keep(self, model) -> bool:
-        if counted(self.study) >= self.total:
+        if self.ledger.full:
             return False
         # NNI samples every decision; record those that matter
         params = self.task.space.active(dict(model.sample))
-        trial = self._ask(params)
-        values = judge(self.task, self.study, trial, params)
-        if values is not None and not trial.user_attrs["feasible"]:
-            self._tell(trial, values)
+        trial = self.ledger.ask(fixed=params)
+        values = self.ledger.judge(trial, params)
+        if values is not None and not self.ledger.feasible(trial):
+            self.ledger.tell(trial, values)
             return False
         self.pending[_key(params)] = (trial, values)
         return True
@@ -106,16 +78,14 @@ class Judge:
         trial, values = self.pending.pop(_key(self.task.space.active(model.point)))
         try:
             if values is None:
-                on_epoch = self.on_epoch
-                progress = None if on_epoch is None else lambda e, n: on_epoch(trial.number, e, n)
-                values = record(trial, self.task.evaluate(model.point, on_epoch=progress))
+                values = self.ledger.train(trial, model.point)
         except KeyboardInterrupt:
-            abandon(self.study, trial)
+            self.ledger.abandon(trial)
             raise
         except Exception:
-            self._tell(trial, state=TrialState.FAIL)
+            self.ledger.tell(trial)  # failed
             raise
-        self._tell(trial, values)
+        self.ledger.tell(trial, values)
         nni.report_final_result(values[0])
 
 
@@ -127,7 +97,7 @@ class TotalFilter(Filter):
         self.judge = judge_
 
     def budget_available(self) -> bool:
-        return counted(self.judge.study) < self.judge.total and super().budget_available()
+        return not self.judge.ledger.full and super().budget_available()
 
 
 def make_strategy(name: str, seed: int, total: int):
@@ -147,40 +117,20 @@ class NNISearcher(Searcher):
     """NNI 3.0's strategy ``options.nni_strategy`` (evolution, random or tpe), seeded by the
     worker's seed, in this process."""
 
-    def search(
-        self, task: SearchTask, study: optuna.Study, total: int, callbacks: Callbacks
-    ) -> None:
-        run_nni(
-            task,
-            study,
-            total,
-            strategy=self.options.nni_strategy,
-            seed=self.options.seed,
-            on_trial=callbacks.on_trial,
-            on_epoch=callbacks.on_epoch,
-        )
+    def search(self, task: SearchTask, ledger: Ledger) -> list[TrialRecord]:
+        ledger.evaluate_queued()  # the presets that fit, and interrupted points, first
+        if not ledger.full:
+            run_nni(task, ledger, strategy=self.options.nni_strategy, seed=self.options.seed)
+        return ledger.records()
 
 
-def run_nni(
-    task: SearchTask,
-    study: optuna.Study,
-    total: int,
-    *,
-    strategy: str = "evolution",
-    seed: int = 0,
-    on_trial: Callable | None = None,
-    on_epoch: Callable | None = None,
-) -> None:
-    """Evaluate the enqueued presets, then run NNI's strategy until the study holds ``total``
-    counted trials."""
-    run_waiting(task, study, total, on_trial=on_trial, on_epoch=on_epoch)
-    if counted(study) >= total:
-        return
+def run_nni(task: SearchTask, ledger: Ledger, *, strategy: str = "evolution", seed: int = 0):
+    """Run NNI's strategy until the ledger holds its total of counted trials."""
     silence_stdout()  # NNI's own log handlers write to stdout, which carries our table or JSON
-    judge_ = Judge(task, study, total, on_trial, on_epoch)
+    judge_ = Judge(task, ledger)
     space = PointSpace(task.space.searched)
     evaluator = FunctionalEvaluator(judge_.evaluate)
-    chain = Chain(make_strategy(strategy, seed, total), TotalFilter(judge_))
+    chain = Chain(make_strategy(strategy, seed, ledger.total), TotalFilter(judge_))
     errors = logging.StreamHandler(sys.stderr)
     errors.setLevel(logging.ERROR)
     logging.getLogger("nni").addHandler(errors)

@@ -6,37 +6,33 @@ The library calls a `Reporter`; the CLI picks `BarReporter` (or `LineReporter` w
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .ledger import TrialRecord
 
 
-def trial_line(trial) -> str | None:
-    """The progress line of a finished trial; None for trials that do not count (surplus,
-    Ctrl-C)."""
-    ua = trial.user_attrs
-    if ua.get("surplus") or ua.get("interrupted"):
-        return None
-    madds = f"{ua['madds'] / 1e6:.1f}M" if "madds" in ua else "?"
+def trial_line(r: TrialRecord) -> str:
+    """The progress line of a finished trial."""
+    madds = f"{r.madds / 1e6:.1f}M" if r.madds is not None else "?"
     # the predicted latency, when the search uses it, in a column of its own after the MADDs
-    lat = f" {ua['latency_ms']:7.1f} ms" if ua.get("latency_ms") is not None else ""
-    if trial.state.name == "FAIL":
-        return f"trial {trial.number:>3}  FAIL      {madds:>9}{lat}  (failed; the search goes on)"
-    if not ua.get("feasible"):
-        if ua.get("over") == ["latency"]:
-            return f"trial {trial.number:>3}  over latency {madds:>6}{lat}  not trained"
-        return f"trial {trial.number:>3}  over budget {madds:>7}{lat}  not trained"
-    if ua.get("stopped_early"):
+    lat = f" {r.latency_ms:7.1f} ms" if r.latency_ms is not None else ""
+    if r.state == "FAIL":
+        return f"trial {r.trial:>3}  FAIL      {madds:>9}{lat}  (failed; the search goes on)"
+    if not r.feasible:
+        if r.over == ("latency",):
+            return f"trial {r.trial:>3}  over latency {madds:>6}{lat}  not trained"
+        return f"trial {r.trial:>3}  over budget {madds:>7}{lat}  not trained"
+    if r.stopped_at is not None:
+        epoch, top1 = r.stopped_at
         return (
-            f"trial {trial.number:>3}  STOPPED   {madds:>9}{lat}  top-1 "
-            f"{ua.get('top1_at_stop') or 0:.4f} after epoch "
-            f"{ua.get('epochs_at_stop')} (ASHA within its MADD band)"
+            f"trial {r.trial:>3}  STOPPED   {madds:>9}{lat}  top-1 {top1 or 0:.4f} after epoch "
+            f"{epoch} (ASHA within its MADD band)"
         )
     return (
-        f"trial {trial.number:>3}  COMPLETE  {madds:>9}{lat}  top-1 {trial.values[0]:.4f}"
-        + (
-            "  untrained: not clearly above chance, kept off the front"
-            if ua.get("untrained")
-            else ""
-        )
-        + (f"  ({ua['preset']})" if ua.get("preset") else "")
+        f"trial {r.trial:>3}  COMPLETE  {madds:>9}{lat}  top-1 {r.top1:.4f}"
+        + ("  untrained: not clearly above chance, kept off the front" if r.untrained else "")
+        + (f"  ({r.preset})" if r.preset else "")
     )
 
 

@@ -1,7 +1,7 @@
-"""The Ray Tune engine: Ray schedules the trials (locally or on a cluster); the run's Optuna study
-holds the sampler's state and every result, so the run folder is the same as Optuna's.
+"""The Ray Tune engine: Ray schedules the trials (locally or on a cluster); the run's ledger holds
+the sampler's state and every result, so the run folder is the same as Optuna's.
 
-Our Ray searcher (``StudySearch``) asks the study for points; each point is judged on the
+Our Ray searcher (``StudySearch``) asks the ledger for points; each point is judged on the
 driver (counted: over budget or already trained -> no training) before Ray runs it. Early
 stopping is ASHA on top-1, but per MADD band (see ``BandedASHA``): a cheap candidate only
 competes with cheap ones, so it is never stopped for being less accurate than candidates that
@@ -13,20 +13,18 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 import psutil
 import ray
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune import search as ray_search
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from ..errors import UsageError
-from .backend import Callbacks, Searcher, scratch_dir, stdout_to_stderr
-from .ledger import abandon, counted, finished, judge, record, tell
+from .backend import Searcher, scratch_dir, stdout_to_stderr
+from .ledger import Ledger, TrialRecord
 from .task import SearchTask
 
 BANDS = 4  # MADD bands of equal width over [0, budget]; over-budget points get a band of their own
@@ -131,46 +129,34 @@ def told_to_stop(stops, trial_id: str) -> bool:
 
 
 class StudySearch(ray_search.Searcher):
-    """Ray's search-algorithm interface over the run's study: the study's own sampler proposes each
-    point (ask-and-tell, the same define-by-run space as the Optuna engine), and every point is
-    judged on the driver before Ray runs it."""
+    """Ray's search-algorithm interface over the run's ledger: the study's own sampler proposes each
+    point (the same define-by-run space as the Optuna searcher), and every point is judged on the
+    driver before Ray runs it."""
 
-    def __init__(
-        self,
-        task: SearchTask,
-        study: optuna.Study,
-        total: int,
-        *,
-        on_trial: Callable | None = None,
-        on_epoch: Callable | None = None,
-    ) -> None:
+    def __init__(self, ledger: Ledger) -> None:
         super().__init__(metric="top1", mode="max")
-        self.task, self.study, self.total, self.on_trial = task, study, total, on_trial
-        self.on_epoch = on_epoch
-        self.trials: dict[str, optuna.Trial] = {}  # Ray's trial id -> the study's trial
+        self.ledger = ledger
+        self.trials: dict[str, optuna.Trial] = {}  # Ray's trial id -> the ledger's trial
         self.done: set[str] = set()
 
     def suggest(self, trial_id: str) -> dict | None:
-        if counted(self.study) >= self.total:
+        if self.ledger.full:
             return ray_search.Searcher.FINISHED
-        trial = self.trials[trial_id] = self.study.ask()
-        point = self.task.space.sample(
-            lambda name, choices: trial.suggest_categorical(name, list(choices))
-        )
-        values = judge(self.task, self.study, trial, point)
+        trial = self.trials[trial_id] = self.ledger.ask()
+        point = self.ledger.point(trial)
+        values = self.ledger.judge(trial, point)
         return {"point": point, "madds": trial.user_attrs["madds"], "values": values}
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-        pass  # the study in Optuna storage is the state; Ray's experiment folder is thrown away
+        pass  # the ledger in Optuna storage is the state; Ray's experiment folder is thrown away
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        # Intermediate results go to the scheduler, not to the multi-objective study; progress
+        # Intermediate results go to the scheduler, not to the multi-objective ledger; progress
         # hears of the epochs a trial reports (those of its first training, which ASHA compares).
-        if self.on_epoch is not None and trial_id in self.trials and not result.get("final"):
-            recipe = self.task.recipe
-            self.on_epoch(
-                self.trials[trial_id].number, result["epoch"], recipe.epochs * recipe.repeats
-            )
+        on_epoch = self.ledger.callbacks.on_epoch
+        if on_epoch is not None and trial_id in self.trials and not result.get("final"):
+            recipe = self.ledger.task.recipe
+            on_epoch(self.trials[trial_id].number, result["epoch"], recipe.epochs * recipe.repeats)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -178,25 +164,20 @@ class StudySearch(ray_search.Searcher):
         if trial_id in self.done or trial_id not in self.trials:
             return
         self.done.add(trial_id)
-        trial, study = self.trials[trial_id], self.study
+        trial, ledger = self.trials[trial_id], self.ledger
         if error or not result:
-            tell(study, trial, state=TrialState.FAIL, on_trial=self.on_trial)
+            ledger.tell(trial)  # failed
         elif result.get("final"):
-            tell(
-                study, trial, result.get("values") or record(trial, result), on_trial=self.on_trial
-            )
+            ledger.tell(trial, result.get("values") or ledger.record(trial, result))
         else:  # stopped at a rung by BandedASHA
-            trial.set_user_attr("stopped_early", True)
-            trial.set_user_attr("top1_at_stop", result.get("top1"))
-            trial.set_user_attr("epochs_at_stop", result.get("epoch"))
-            tell(study, trial, state=TrialState.PRUNED, on_trial=self.on_trial)
+            ledger.stopped_early(trial, result.get("epoch"), result.get("top1"))
 
     def abandon_unfinished(self) -> None:
         """Trials Ray did not finish (Ctrl-C) are marked interrupted: the next run evaluates them
         again."""
         for trial_id, trial in self.trials.items():
             if trial_id not in self.done:
-                abandon(self.study, trial)
+                self.ledger.abandon(trial)
                 self.done.add(trial_id)
 
 
@@ -370,19 +351,18 @@ class RaySearcher(Searcher):
         _init(self.options.address)
         return ray.cluster_resources()
 
-    def search(
-        self, task: SearchTask, study: optuna.Study, total: int, callbacks: Callbacks
-    ) -> None:
-        if counted(study) >= total:
-            return
-        _init(self.options.address)
-        try:
-            _tune(task, study, total, self.options, self.workers, callbacks)
-        finally:
-            # a local Ray's servers are our children, its workers their children
-            ours = psutil.Process().children(recursive=True) if self.options.address is None else []
-            ray.shutdown()
-            _end(ours)
+    def search(self, task: SearchTask, ledger: Ledger) -> list[TrialRecord]:
+        if not ledger.full:
+            _init(self.options.address)
+            try:
+                _tune(task, ledger, self.options, self.workers)
+            finally:
+                # a local Ray's servers are our children, its workers their children
+                local = self.options.address is None
+                ours = psutil.Process().children(recursive=True) if local else []
+                ray.shutdown()
+                _end(ours)
+        return ledger.records()
 
 
 def _init(address: str | None) -> None:
@@ -409,11 +389,9 @@ def _end(processes: list[psutil.Process], seconds: float = 10) -> None:
             pass
 
 
-def _tune(task, study, total, options, workers: Workers | None, callbacks: Callbacks) -> None:
-    """Run trials on Ray until the study holds ``total`` counted trials."""
-    searcher = StudySearch(
-        task, study, total, on_trial=callbacks.on_trial, on_epoch=callbacks.on_epoch
-    )
+def _tune(task, ledger: Ledger, options, workers: Workers | None) -> None:
+    """Run trials on Ray until the ledger holds its total of counted trials."""
+    searcher = StudySearch(ledger)
     stops = None
     if workers is None:
         threads, resources = (
@@ -440,7 +418,7 @@ def _tune(task, study, total, options, workers: Workers | None, callbacks: Callb
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
-                    num_samples=max(1, total - counted(study)),
+                    num_samples=max(1, ledger.total - ledger.counted()),
                     scheduler=BandedASHA(budget=task.budget, max_t=task.recipe.epochs, stops=stops),
                     max_concurrent_trials=at_once,
                 ),
@@ -455,7 +433,7 @@ def _tune(task, study, total, options, workers: Workers | None, callbacks: Callb
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
             with stdout_to_stderr():
                 tuner.fit()  # Ray handles Ctrl-C itself: it stops the trials and returns
-        if finished(study) < total:
+        if ledger.finished() < ledger.total:
             raise KeyboardInterrupt
     finally:
         searcher.abandon_unfinished()

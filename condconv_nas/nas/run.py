@@ -23,8 +23,17 @@ from ..plots import draw_run
 from ..results import trained_rows, write_run
 from ..training.recipe import load_recipe
 from ..validation import read_json, short_repr
-from . import ledger
-from .backend import Callbacks, check_backend, make_searcher
+from .backend import check_backend, make_searcher
+from .ledger import (
+    Callbacks,
+    Ledger,
+    TrialRecord,
+    enqueue_presets,
+    finished,
+    open_study,
+    recover_killed,
+    requeue_interrupted,
+)
 from .options import SearchConfig, same_run_settings
 from .progress import BarReporter, Reporter, trial_line
 from .space import load_space
@@ -221,8 +230,6 @@ def open_storage(url: str, name: str, seed: int, *, heartbeat: bool, sampler: st
     """The run's study in ``url``; a URL that cannot be used is a usage error naming it."""
     import sqlalchemy.exc
 
-    from .ledger import open_study
-
     # workers started together race to create the tables: the loser tries again
     for attempt in range(3):
         try:
@@ -341,7 +348,7 @@ def search(
 
     study = _open_run(options, task, run_dir, config, storage, presets, reporter)
     folder = _RunFolder(task, run_dir, presets, total)
-    done = ledger.finished(study)
+    done = finished(study)
     reporter.start(
         f"search {run_dir.name}: space {task.space.name}, {folder.budgets}, {done}/{total} trials "
         f"done, backend {options.backend}, data {task.data}",
@@ -349,24 +356,23 @@ def search(
         done,
     )
 
-    def on_trial(study, trial):
-        line = trial_line(trial)
-        if line is not None:  # the run folder holds every finished trial, whatever happens next
-            reporter.trial(line, folder.write(study).best)
+    def on_trial(record: TrialRecord) -> None:
+        # the run folder holds every finished trial, whatever happens next
+        reporter.trial(trial_line(record), folder.write(ledger).best)
 
+    ledger = Ledger(study, task, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch))
     try:
         try:
-            searcher.search(
-                task, study, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch)
-            )
+            if not ledger.full:
+                searcher.search(task, ledger)
         finally:
             reporter.close()
         # the front's networks, measured on this machine (once each) when it is the device
         if task.uses_latency and task.latency_device is None:
-            measure_front(task, run_dir, folder.write(study).front)
+            measure_front(task, run_dir, folder.write(ledger).front)
     except KeyboardInterrupt:
-        raise SearchInterrupted(folder.write(study)) from None
-    return folder.write(study)
+        raise SearchInterrupted(folder.write(ledger)) from None
+    return folder.write(ledger)
 
 
 def _open_run(options, task, run_dir, config, storage, presets, reporter) -> optuna.Study:
@@ -405,7 +411,7 @@ def _open_run(options, task, run_dir, config, storage, presets, reporter) -> opt
         config["dense_start"] = _dense_start(options, task, run_dir, reporter)
         task.init = config["dense_start"]["init"]
     _write_config(run_dir, config)
-    ledger.enqueue_presets(
+    enqueue_presets(
         study,
         {
             name: p["params"]
@@ -413,8 +419,8 @@ def _open_run(options, task, run_dir, config, storage, presets, reporter) -> opt
             if task.within_budgets(p["madds"], p.get("latency_ms"))
         },
     )
-    ledger.recover_killed(study)
-    ledger.requeue_interrupted(study)
+    recover_killed(study)
+    requeue_interrupted(study)
     return study
 
 
@@ -451,9 +457,9 @@ class _RunFolder:
             f" and {task.latency_budget:g} ms" if task.latency_budget is not None else ""
         )
 
-    def write(self, study) -> SearchResult:
+    def write(self, ledger: Ledger) -> SearchResult:
         task, presets = self.task, self.presets
-        rows = ledger.trial_rows(study, self.decisions)
+        rows = [r.row() for r in ledger.records()]
         if task.uses_latency:
             measured = read_measured(self.run_dir)["measured_ms"]
             for r in rows:
@@ -470,6 +476,6 @@ class _RunFolder:
             latency_budget=task.latency_budget,
             preset_latency={n: p["latency_ms"] for n, p in presets.items() if "latency_ms" in p},
         )
-        done = ledger.finished(study)
-        running = ledger.counted(study) - done
+        done = ledger.finished()
+        running = ledger.counted() - done
         return SearchResult(self.run_dir, front, rows, done, self.total, running)
