@@ -123,7 +123,7 @@ def front_plot_info(
 
     counts = f"{len(trained)} trained, {len(untrained)} at chance level, {len(over)} over budget"
     return FrontPlotInfo(
-        title=f"{title} ({counts})" if title else counts,
+        title=f"{title}\n({counts})" if title else counts,
         budget_m=budget / 1e6,
         trials=points([r for r in trained if r["trial"] not in on_front]),
         front=points(front),
@@ -163,12 +163,13 @@ def front_figure(info: FrontPlotInfo):
     fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
     ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [12, 1.8]})
 
-    _draw_trained(ax, info)
+    labels = _draw_trained(ax, info)
     _draw_not_trained(strip, info)
     line = info.budget_x
     for a in (ax, strip):
-        if line is not None:
-            a.axvline(line[0], ls="--", c="tab:red", lw=1, label=line[1] if a is ax else None)
+        if line is not None:  # under every point
+            a.axvline(line[0], ls="--", c="tab:red", lw=1, label=line[1] if a is ax else None,
+                      zorder=1)  # fmt: skip
         a.grid(alpha=0.3)
     everything = _xs(
         info, info.trials + info.front + info.untrained + info.over_budget + info.presets
@@ -184,23 +185,78 @@ def front_figure(info: FrontPlotInfo):
     ax.margins(y=0.08)  # room for the stars at the top and bottom points
     ax.set_ylabel("proxy top-1 (held out)")
     # wrapped: a run's title names its data path, which may be longer than the axes are wide
-    ax.set_title(textwrap.fill(info.title, 90), fontsize=9)
-    handles, labels = ax.get_legend_handles_labels()
+    ax.set_title("\n".join(textwrap.fill(t, 90) for t in info.title.splitlines()), fontsize=9)
+    handles, names = ax.get_legend_handles_labels()
     more = strip.get_legend_handles_labels()
     # the legend outside the axes covers no point
-    fig.legend(handles + more[0], labels + more[1], fontsize=8, loc="outside right upper")
+    fig.legend(handles + more[0], names + more[1], fontsize=8, loc="outside right upper")
+    _place_labels(fig, ax, labels, [] if line is None else [line[0]])
     return fig
+
+
+# Where a preset's label may go, in points from its star, in order of preference.
+_SPOTS = (
+    (6, -14, "left"), (6, 8, "left"), (-6, -14, "right"), (-6, 8, "right"),
+    (0, 12, "center"), (0, -24, "center"),
+)  # fmt: skip
+
+
+def _place_labels(fig, ax, labels: list, lines: list[float]) -> None:
+    """Put each preset's label at the first spot where it covers no point, no other label and no
+    budget line, inside the axes (else where it covers the least)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not labels:
+        return
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)  # the constrained layout, so that display coordinates hold
+    offsets = [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
+    points = ax.transData.transform(np.vstack(offsets)) if offsets else np.empty((0, 2))
+    xs = [ax.transData.transform((x, 0))[0] for x in lines]
+    frame, taken = ax.get_window_extent(renderer), []
+
+    def cost(box) -> int:
+        near = 4  # pixels: a dot's radius
+        hits = sum(
+            box.x0 - near <= x <= box.x1 + near and box.y0 - near <= y <= box.y1 + near
+            for x, y in points
+        )
+        crossed = sum(box.x0 <= x <= box.x1 for x in xs)
+        overlaps = sum(box.overlaps(t) for t in taken)
+        outside = not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1))
+        return 10 * (hits + overlaps + outside) + crossed
+
+    def put(text, spot) -> int:
+        text.xyann = spot[:2]
+        text.set_horizontalalignment(spot[2])
+        return cost(text.get_window_extent(renderer))
+
+    for text in labels:
+        costs = []
+        for spot in _SPOTS:
+            costs.append(put(text, spot))
+            if costs[-1] == 0:
+                break
+        put(text, _SPOTS[costs.index(min(costs))])
+        taken.append(text.get_window_extent(renderer))
 
 
 def _xs(info: FrontPlotInfo, points) -> list[float]:
     return [info.x(p) for p in points]
 
 
-def _draw_trained(ax, info: FrontPlotInfo) -> None:
-    """The trained trials, the front and the evaluated presets, by cost and top-1."""
+def _draw_trained(ax, info: FrontPlotInfo) -> list:
+    """The trained trials, the front and the evaluated presets, by cost and top-1; returns the
+    presets' labels (placed once the figure is laid out)."""
     if info.trials:  # an empty scatter would still put "trials" in the legend
         ax.scatter(
-            _xs(info, info.trials), [p.top1 for p in info.trials], s=22, c="0.6", label="trials"
+            _xs(info, info.trials),
+            [p.top1 for p in info.trials],
+            s=22,
+            c="0.6",
+            label="trials",
+            zorder=3,
         )
     if info.untrained:
         ax.scatter(
@@ -210,6 +266,7 @@ def _draw_trained(ax, info: FrontPlotInfo) -> None:
             facecolors="none",
             edgecolors="0.3",
             label="at chance level (off the front)",
+            zorder=3,
         )
     if info.front:
         ax.step(_xs(info, info.front), [p.top1 for p in info.front], where="post", c="tab:blue")
@@ -222,26 +279,29 @@ def _draw_trained(ax, info: FrontPlotInfo) -> None:
             zorder=5,  # over the presets' stars: a preset on the front shows both
         )
     evaluated = [p for p in info.presets if p.top1 is not None]
-    if evaluated:
-        ax.scatter(
-            _xs(info, evaluated),
-            [p.top1 for p in evaluated],
-            marker="*",
-            s=220,
-            c="tab:orange",
-            zorder=4,
-            label="paper preset (evaluated)",
+    if not evaluated:
+        return []
+    ax.scatter(
+        _xs(info, evaluated),
+        [p.top1 for p in evaluated],
+        marker="*",
+        s=220,
+        c="tab:orange",
+        zorder=4,
+        label="paper preset (evaluated)",
+    )
+    return [
+        ax.annotate(
+            p.label.split(":")[0],
+            (info.x(p), p.top1),
+            textcoords="offset points",
+            xytext=_SPOTS[0][:2],
+            fontsize=7,
+            color="tab:orange",
+            zorder=6,
         )
-        # staggered: neighbouring presets never print over each other
-        for k, p in enumerate(evaluated):
-            ax.annotate(
-                p.label.split(":")[0],
-                (info.x(p), p.top1),
-                textcoords="offset points",
-                xytext=(5, -12 - 11 * (k % 2)),
-                fontsize=7,
-                color="tab:orange",
-            )
+        for p in evaluated
+    ]
 
 
 def _draw_not_trained(strip, info: FrontPlotInfo) -> None:
@@ -270,6 +330,8 @@ def _draw_not_trained(strip, info: FrontPlotInfo) -> None:
                 va="bottom",
                 fontsize=7,
                 color="tab:orange",
+                zorder=6,  # over the budget line, on a ground of its own
+                bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.85),
             )
 
 
@@ -359,7 +421,7 @@ def _html_layout(fig, info: FrontPlotInfo) -> None:
             annotation_text=info.budget_x[1],
         )
     fig.update_layout(
-        title=info.title,
+        title=info.title.replace("\n", "<br>"),
         hovermode="closest",
         xaxis=dict(title=info.xlabel, anchor="y2"),  # under the strip
         yaxis=dict(title="proxy top-1 (held out)", domain=[0.26, 1.0]),

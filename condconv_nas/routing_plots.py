@@ -56,12 +56,16 @@ def plot_class_means(info: dict):
         np.array([[np.nan if v is None else v for v in row] for row in lay["class_means"]])
         for lay in layers
     ]
-    top = max(float(np.nanmax(g)) for g in grids) if any(np.isfinite(g).any() for g in grids) else 1
     fig, axes = _grid(len(layers), 2.4, 0.6 + 0.16 * min(len(classes), 40))
     image = None
     for ax, lay, g in zip(axes, layers, grids, strict=True):
-        image = ax.imshow(g, aspect="auto", cmap="viridis", vmin=0, vmax=top)
-        ax.set_title(f"{label(lay)}\nspecificity {lay['class_specificity']:.2f}", fontsize=8)
+        # routing weights lie in [0, 1]: one scale for every router and every run
+        image = ax.imshow(g, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(
+            f"{label(lay)}\nspecificity {lay['class_specificity']:.2f}, "
+            f"spread {lay['class_spread']:.3f}",
+            fontsize=8,
+        )
         ax.set_xlabel("expert", fontsize=7)
         ax.set_xticks(range(lay["num_experts"]))
         ax.tick_params(labelsize=6)
@@ -92,7 +96,8 @@ def plot_specificity(info: dict):
         )
     ax.set_xticks(range(len(layers)), [label(lay) for lay in layers], rotation=45, ha="right")
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_ylim(0, max(0.1, 1.15 * max(values)))
+    top = max(0.1, 1.15 * max(values))
+    ax.set_ylim(-0.05 * top, top)  # a point at 0 shows whole, above the frame
     ax.set_xlabel("router, in network order (L = the paper's layer number it feeds)")
     ax.set_ylabel("class specificity\n(share of routing variance between classes)", c="tab:blue")
     # A router whose weights barely move can still be "specific" in tiny differences: the spread
@@ -109,7 +114,8 @@ def plot_specificity(info: dict):
         c="0.45",
         label="class spread (right)",
     )
-    right.set_ylim(0, max(0.02, 1.15 * max(spread)))
+    top = max(0.02, 1.15 * max(spread))
+    right.set_ylim(-0.05 * top, top)
     right.set_ylabel("class spread (RMS of class mean - mean)", c="0.35", fontsize=9)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     ax.set_title(f"Class specificity of routing across the network\n{_about(info)}", fontsize=10)
@@ -128,7 +134,7 @@ def plot_distribution(info: dict):
         mean = sum(lay["mean"]) / len(lay["mean"])
         ax.axvline(mean, c="tab:red", lw=1)
         ax.set_title(f"{label(lay)}\nmean {mean:.2f} ({lay['activation']})", fontsize=8)
-        ax.set_xlim(0, 1)
+        ax.set_xlim(-0.03, 1.03)  # a mean at 0 or 1 stays clear of the frame
         ax.set_xlabel("routing weight", fontsize=7)
         ax.set_ylabel("share of weights", fontsize=7)
         ax.tick_params(labelsize=6)

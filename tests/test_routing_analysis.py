@@ -218,3 +218,30 @@ def test_pictures_of_one_router_keep_their_titles_and_show_both_specificity_mark
     assert fig.axes.index(right) > fig.axes.index(left) and right.zorder >= left.zorder
     assert squares.get_markerfacecolor() == "none"
     assert squares.get_markersize() > dots.get_markersize()
+
+
+def test_pictures_of_a_saturated_router_show_its_marks_whole_on_a_fixed_scale():
+    """A sigmoid router stuck at 1.0 (a quickstart's classifier): the mean's red line lies inside
+    the histogram's frame, the points at 0 of the specificity picture sit above the frame's
+    bottom, the class means use the whole [0, 1] scale, and each title gives the spread beside
+    the specificity (0.34 of nothing is nothing)."""
+    from condconv_nas.routing_plots import PICTURES
+
+    layer = {
+        "name": "classifier", "layers": [18], "num_experts": 4, "activation": "sigmoid",
+        "class_means": [[1.0] * 4] * 10, "mean": [1.0] * 4, "std": [0.0] * 4,
+        "class_specificity": 0.335, "class_spread": 0.0, "histogram": [0] * 19 + [359],
+    }  # fmt: skip
+    info = {"layers": [layer], "classes": [str(c) for c in range(10)], "num_examples": 359,
+            "data": "digits", "split": "val", "bins": [i / 20 for i in range(21)]}  # fmt: skip
+    hist = PICTURES["routing_distribution.png"](info).axes[0]
+    (mean,) = hist.get_lines()
+    left, right = hist.get_xlim()
+    assert left < mean.get_xdata()[0] == 1.0 < right
+    spec = PICTURES["routing_specificity.png"](info)
+    for ax in spec.axes[:2]:
+        low, high = ax.get_ylim()
+        assert all(low < y < high for ln in ax.get_lines() for y in ln.get_ydata()), ax
+    means = PICTURES["routing_class_means.png"](info).axes[0]
+    assert means.images[0].get_clim() == (0, 1)
+    assert "specificity 0.34, spread 0.000" in means.get_title()

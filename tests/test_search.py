@@ -384,7 +384,7 @@ def test_plot_data_tells_the_truth():
     assert (
         "top-1 0.9123," in info.front[0].label + "," and "not trained" in info.over_budget[0].label
     )
-    assert info.title == "r: budget 400M (2 trained, 1 at chance level, 1 over budget)"
+    assert info.title == "r: budget 400M\n(2 trained, 1 at chance level, 1 over budget)"
 
 
 def test_pictures_draw_the_front_over_the_presets_and_list_only_what_they_draw():
@@ -417,6 +417,49 @@ def test_pictures_draw_the_front_over_the_presets_and_list_only_what_they_draw()
     assert traces["paper preset (evaluated)"].marker.size > (
         traces["Pareto front"].marker.size or 6
     )
+
+
+def test_labels_cover_no_point_and_the_budget_line_runs_under_the_points():
+    """A quickstart's run: a trial at 398.5M sits on the 400M budget line right of
+    EfficientNet-B0's star, where the star's label used to be printed over it. The label moves to
+    where it covers no point and no budget line; trials are drawn over the line; the title's
+    counts stand on a line of their own; the strip's labels lie over the budget line on a ground
+    of their own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from condconv_nas.plots import front_figure, front_plot_info
+
+    rows = [
+        dict(trial=0, state="COMPLETE", feasible=True, madds=385_814_752, top1=0.9547,
+             preset="efficientnet-b0"),
+        dict(trial=5, state="COMPLETE", feasible=True, madds=270_824_176, top1=0.9563),
+        dict(trial=9, state="COMPLETE", feasible=True, madds=398_521_968, top1=0.9531),
+        dict(trial=1, state="COMPLETE", feasible=True, madds=271_359_760, top1=0.9515),
+        dict(trial=4, state="COMPLETE", feasible=False, madds=415_618_544, top1=None),
+    ]  # fmt: skip
+    presets = {"efficientnet-b0": 385_814_752, "condconv-efficientnet-b0": 407_213_024}
+    info = front_plot_info(
+        rows, pareto_front(rows), budget=400_000_000, title="run: budget 400M", presets=presets
+    )
+    fig = front_figure(info)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax, strip = fig.axes[:2]
+    (label,) = ax.texts
+    box = label.get_window_extent(renderer)
+    for c in ax.collections:
+        for x, y in ax.transData.transform(c.get_offsets()):
+            assert not (box.x0 - 3 <= x <= box.x1 + 3 and box.y0 - 3 <= y <= box.y1 + 3), c
+    (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    x400 = ax.transData.transform((400, 0))[0]
+    assert not box.x0 <= x400 <= box.x1
+    trials = next(c for c in ax.collections if c.get_label() == "trials")
+    assert trials.get_zorder() > line.get_zorder()
+    assert ax.get_title().splitlines()[-1] == "(4 trained, 0 at chance level, 1 over budget)"
+    (named,) = strip.texts
+    (strip_line,) = [ln for ln in strip.get_lines() if ln.get_linestyle() == "--"]
+    ground = named.get_bbox_patch()
+    assert named.get_zorder() > strip_line.get_zorder() and ground.get_facecolor()[:3] == (1, 1, 1)
 
 
 def test_drawing_a_run_writes_a_png_and_leaves_matplotlibs_backend_alone(tmp_path):
