@@ -13,11 +13,12 @@ and the cost per candidate. Everything runs in this process, one spec after anot
 ranks. ``--reference-seeds N`` trains the reference N times (seeds 0, 1, ...) and scores each
 spec by their mean; with two or more it also prints the reference's own repeatability (Kendall's
 tau between its first two seeds, and the tau a perfect proxy would expect against the mean): how
-well any proxy can rank on this data. ``--reuse FILE`` takes
-the figures of an earlier run's ``--out`` file (the same specs and recipes) and trains only
-what it lacks, such as more reference seeds; where the proxy's recipe changed since, it keeps only
-the reference's figures. ``--reference-only`` trains nothing but the reference (no dense start
-needed): the long part, filled across sittings, with the proxies trained later in one sitting.
+well any proxy can rank on this data. ``--reuse FILE [FILE ...]`` takes the figures of earlier
+runs' ``--out`` files (the same specs and recipes; several are merged) and trains only what they
+lack, such as more reference seeds; where the proxy's recipe changed since, it keeps only the
+reference's figures. ``--reference-only`` trains nothing but the reference (no dense start
+needed): the long part, filled across sittings. ``--proxy-only`` trains the proxies alone (in one
+sitting, from one dense start), on another core beside it, into another ``--out`` file.
 
 ``--inherit`` adds a fourth column, the proxy as a search runs it by default: started from a
 dense model of the space's base trained on the search data (the search's dense start: the recipe's
@@ -144,6 +145,22 @@ PROXY_COLUMNS = (
 )
 
 
+def reused_all(paths: list[Path], recipes: dict) -> dict:
+    """The rows of earlier ``--out`` files, merged by spec id (a later file's figures win, but
+    never with fewer reference seeds)."""
+    merged: dict[str, dict] = {}
+    for path in paths:
+        for i, row in reused(path, recipes).items():
+            had = merged.setdefault(i, {})
+            if len(row.get("references", [])) < len(had.get("references", [])):
+                row = {k: v for k, v in row.items() if k not in REFERENCE_COLUMNS}
+            had.update(row)
+    return merged
+
+
+REFERENCE_COLUMNS = ("references", "reference", "reference_s")
+
+
 def reused(path: Path, recipes: dict) -> dict:
     """The rows of an earlier ``--out`` file by spec id. A different reference recipe is refused;
     a different proxy recipe keeps only the reference's figures."""
@@ -219,7 +236,15 @@ def main() -> None:
         help="trainings of the reference per spec, scored by their mean (default 1)",
     )
     p.add_argument(
-        "--reuse", type=Path, help="an earlier run's --out file: train only what it lacks"
+        "--reuse",
+        type=Path,
+        nargs="+",
+        help="earlier runs' --out files (merged): train only what they lack",
+    )
+    p.add_argument(
+        "--proxy-only",
+        action="store_true",
+        help="train only the proxies (no reference), to be merged with a reference's --out file",
     )
     p.add_argument(
         "--dense", help="with --inherit: the dense model.pt to start from (default: pretrain one)"
@@ -253,17 +278,18 @@ def main() -> None:
     specs += (
         list(candidates(args.space, args.random, args.seed, args.spread)) if args.random else []
     )
-    init, pretrain_s = None, 0.0
-    if args.inherit:
-        base = load_space(args.space).base
-        tmp = Path(tempfile.mkdtemp(prefix="proxy-fidelity-"))
-        init, pretrain_s = (
-            (args.dense, 0.0)
-            if args.dense
-            else pretrain_dense(
-                base, args.data, args.recipe, proxy.dense_epochs or reference.epochs, tmp
+    base = load_space(args.space).base
+    dense = {"init": args.dense, "seconds": 0.0}
+
+    def init() -> str:  # the dense start, pretrained on first need
+        if dense["init"] is None:
+            tmp = Path(tempfile.mkdtemp(prefix="proxy-fidelity-"))
+            epochs = proxy.dense_epochs or reference.epochs
+            dense["init"], dense["seconds"] = pretrain_dense(
+                base, args.data, args.recipe, epochs, tmp
             )
-        )
+        return dense["init"]
+
     print(
         f"{len(specs)} specs on {args.data}; proxy {proxy.epochs} epochs at {proxy.resolution} "
         f"px, reference "
@@ -275,7 +301,7 @@ def main() -> None:
         f"(proxy/old/ref)"
     )
     recipes = {"proxy": proxy.__dict__, "reference": reference.__dict__}
-    known = reused(args.reuse, recipes) if args.reuse else {}
+    known = reused_all(args.reuse, recipes) if args.reuse else {}
     rows = []
     for name, spec in specs:
         r = known.get(spec.id, {})
@@ -285,25 +311,21 @@ def main() -> None:
             r["seed1"], _ = timed(spec, source, proxy, 1)
             r["old"], r["old_s"] = timed(spec, source, old, 0)
         refs = r.setdefault("references", [r["reference"]] if "reference" in r else [])
-        while len(refs) < args.reference_seeds:
+        while len(refs) < args.reference_seeds and not args.proxy_only:
             top1, seconds = timed(spec, source, reference, len(refs))
             refs.append(top1)
             r.setdefault("reference_s", seconds)
-        r["reference"] = statistics.mean(refs[: args.reference_seeds])
-        if (
-            init is not None
-            and spec.base == load_space(args.space).base
-            and not args.reference_only
-        ):
+        r["reference"] = statistics.mean(refs[: args.reference_seeds]) if refs else None
+        if args.inherit and spec.base == base and not args.reference_only:
             if "inherit" not in r:
-                r["inherit"], r["inherit_s"] = timed(spec, source, proxy, 0, init)
+                r["inherit"], r["inherit_s"] = timed(spec, source, proxy, 0, init())
             if "inherit_seed1" not in r:
-                r["inherit_seed1"], _ = timed(spec, source, proxy, 1, init)
+                r["inherit_seed1"], _ = timed(spec, source, proxy, 1, init())
         rows.append(r)
         print(
             f"{name:<26} {'y' if r['condconv'] else 'n':>2} {_f(r, 'proxy')} {_f(r, 'seed1')} "
-            f"{_f(r, 'old')} {r['reference']:6.3f}   "
-            f"{_f(r, 'proxy_s', 1)}/{_f(r, 'old_s', 1)}/{r['reference_s']:.1f}"
+            f"{_f(r, 'old')} {_f(r, 'reference')}   "
+            f"{_f(r, 'proxy_s', 1)}/{_f(r, 'old_s', 1)}/{_f(r, 'reference_s', 1)}"
             + (
                 f"  inherited {r['inherit']:.3f} ({r['inherit_s']:.1f} s)" if "inherit" in r else ""
             ),
@@ -316,8 +338,9 @@ def main() -> None:
     print()
     if args.reference_seeds > 1:
         repeatability(rows, args.reference_seeds)
-    if args.reference_only:
+    if args.reference_only or args.proxy_only:
         return
+    pretrain_s = dense["seconds"]
     if not args.inherited_only:
         summary("proxy", rows, "proxy")
         summary("old proxy", rows, "old")

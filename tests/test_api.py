@@ -34,3 +34,18 @@ def test_building_and_counting_warn_nothing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "601413952" and not out.stderr
+
+
+def test_no_library_function_is_over_80_lines():
+    """The house rule (docs/architecture.md): a function longer than 80 lines is split."""
+    import ast
+
+    package = Path(condconv_nas.__file__).parent
+    long = [
+        f"{path.relative_to(package)}:{node.lineno} {node.name} ({n} lines)"
+        for path in sorted(package.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (n := node.end_lineno - node.lineno + 1) > 80
+    ]
+    assert not long, long

@@ -113,7 +113,9 @@ def test_prediction_is_read_from_the_cached_table_without_measuring(cache, monke
     from condconv_nas.latency import predict
 
     monkeypatch.setattr(predict, "_plans", {})
-    # its first prediction times the whole network once against the table (not stale here) ...
+    # its first prediction times the whole network once against the table (never stale here: the
+    # suite's other worker may load the machine between the two timings) ...
+    monkeypatch.setattr(predict, "STALE_RATIO", float("inf"))
     assert predict_latency(spec) == first
     # ... and from then on every prediction is read from the table, nothing timed
     monkeypatch.setattr(measure, "clock", counting_clock)
@@ -226,9 +228,10 @@ def test_latency_command_prints_predicted_and_measured(tmp_path):
 
 
 def test_a_cached_table_far_from_a_measurement_now_is_set_aside_with_a_warning(tmp_path):
-    """A table measured under another load (here: every figure made 5 times slower, as a table
-    built while another job held a core was) is checked against one quick measurement when a
-    later process first uses it: set aside, saying how far off it was, and refilled from now."""
+    """A table measured under another load (here: every figure made 20 times slower; a table
+    built while another job held a core was 2.5 to 10 times off) is checked against one quick
+    measurement when a later process first uses it: set aside, saying how far off it was, and
+    refilled from now. The ratio allows the suite's other worker to slow either timing 4 times."""
     spec = _spec("mobilenet-v1", resolution=32, width_multiplier=0.25)
     path = spec.save(tmp_path / "spec.json")
     env = {**ONE_THREAD, table.CACHE_ENV: str(tmp_path / "cache")}
@@ -237,16 +240,16 @@ def test_a_cached_table_far_from_a_measurement_now_is_set_aside_with_a_warning(t
     file = Path(json.loads(first.stdout)["table"])
     data = json.loads(file.read_text())
     for entry in data["entries"].values():
-        entry["ms"] *= 5
+        entry["ms"] *= 20
     data["calibration"] = {
-        base: [[5 * a, 5 * b] for a, b in samples] for base, samples in data["calibration"].items()
+        base: [[20 * a, 20 * b] for a, b in pairs] for base, pairs in data["calibration"].items()
     }
     file.write_text(json.dumps(data))
     res = run_cli("latency", path, "--format", "json", env=env)
     assert res.returncode == 0, res.stderr
     (line,) = res.stderr.strip().splitlines()
     ratio = float(re.search(r", ([\d.]+)x the ", line).group(1))
-    assert line.startswith("condconv-nas: warning: latency table") and 3 < ratio < 8, line
+    assert line.startswith("condconv-nas: warning: latency table") and 5 < ratio < 80, line
     (stale,) = file.parent.glob("*.stale-*.json")
     assert json.loads(stale.read_text()) == data  # kept as it was, for a look
     out = json.loads(res.stdout)

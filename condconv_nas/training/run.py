@@ -14,6 +14,7 @@ import torch
 from ..data import DataSource, check_datasets, describe_split, make_datasets, parse_source
 from ..errors import UsageError
 from ..files import check_writable_folder, write_atomic
+from ..madds import count_madds, count_params
 from ..spec import ArchSpec, load_spec
 from ..validation import check_batch_size, check_int, check_seed
 from . import checkpoint
@@ -54,22 +55,19 @@ def train(
     seed: int | None = None,
 ) -> dict:
     """Train ``spec`` (an ArchSpec, a spec file or a preset name) with a recipe; returns
-    ``metrics.json``.
+    metrics.json.
 
-    Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` after
-    every epoch (default ``runs/<spec id>``; ``metrics.json`` holds that ``spec_id`` and
-    ``model_spec_id``, the spec as trained, whose classifier has the data's classes); ``resume``
-    continues from ``out/last.pt``. ``init``: start from other weights (a state dict file of the
-    base's timm model, one of our ``model.pt``, ``timm:NAME``; see ``models.upcycle.inherit``):
-    what matches is taken, metrics.json records the share of parameters ``inherited``.
-    Under ``torchrun`` every process trains (DDP) and rank 0 writes.
-    ``split``: ``final`` learns from all training images and scores on the data's test images;
-    ``search`` (the search's dense start) holds a part of the training images out to score on
-    (`data.make_datasets`). metrics.json says how many ``images`` were scored.
-    ``seed``: the recipe's ``seed`` (model init and data order) replaced.
-    ``progress``: True for epoch lines and a bar on stderr, False for silence, or a
-    `TrainReporter`; only rank 0 reports. Bad input raises `UsageError` before any work
-    or any file.
+    Writes ``last.pt``, ``model.pt``, ``metrics.json`` and TensorBoard logs under ``out`` each
+    epoch (default ``runs/<spec id>``; metrics.json's ``spec_id`` is that spec's, ``model_spec_id``
+    the spec as trained, with the data's classes); ``resume`` continues from ``out/last.pt``.
+    ``init``: start from other weights (the base's timm state dict file, one of our ``model.pt``,
+    ``timm:NAME``; see ``models.upcycle.inherit``); metrics.json's ``inherited`` is the share of
+    parameters taken. Under ``torchrun`` every process trains (DDP), rank 0 writes. ``split``:
+    ``final`` learns from all training images and scores on the test images; ``search`` (the
+    dense start) scores on a held-out part of the training images (`data.make_datasets`);
+    metrics.json's ``images`` counts those scored. ``seed`` replaces the recipe's (model init,
+    data order). ``progress``: True for epoch lines and a bar on stderr, False for silence, or a
+    `TrainReporter`; only rank 0 reports. Bad input raises `UsageError` before any work or file.
     """
     a = _check_inputs(
         spec, trainer, data, epochs, out, resume, init, batch_size, workers, seed=seed
@@ -78,25 +76,17 @@ def train(
         return a.state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
     world, rank = _dist()
     recipe, data = a.recipe, a.data
-    shown = progress if isinstance(progress, TrainReporter) else StderrReporter()
-    reporter = shown if rank == 0 and progress else TrainReporter()
-    note = reporter.note
+    if not isinstance(progress, TrainReporter):
+        progress = StderrReporter() if progress else TrainReporter()
+    reporter = progress if rank == 0 else TrainReporter()
     train_ds, val_ds, num_classes = _datasets(a, split)
-    spec, model, inherited = _model(a, num_classes, note)
-    from ..madds import count_madds, count_params
-
+    spec, model, inherited = _model(a, num_classes, reporter.note)
     folder = _Writer(a.out, spec, recipe, reporter=reporter)
-    folder.fixed = {
-        "madds": count_madds(model),
-        "params": count_params(model),
-        "spec_id": a.given_id,
-        "model_spec_id": spec.id,
-        "data": str(data),
-        "images": len(val_ds),
-        "scored_on": describe_split(data, val_ds, train_ds, split),
-        "world_size": world,
-        **inherited,
-    }
+    folder.fixed = dict(
+        madds=count_madds(model), params=count_params(model), spec_id=a.given_id,
+        model_spec_id=spec.id, data=str(data), images=len(val_ds),
+        scored_on=describe_split(data, val_ds, train_ds, split), world_size=world, **inherited,
+    )  # fmt: skip
     try:
         fit(
             model,
