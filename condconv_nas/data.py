@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from . import idx
 from .errors import UsageError
+from .training.options import DATA_HELP  # the sources, named once for help and errors
 
 IMAGE_EXTENSIONS = (
     ".jpg",
@@ -41,9 +42,6 @@ IMAGE_EXTENSIONS = (
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-SOURCES = (
-    "digits, fashion-mnist[:PATH], mnist:PATH, imagefolder:PATH, cifar10:PATH or cifar100:PATH"
-)
 IDX_KINDS = ("fashion-mnist", "mnist")
 KINDS = ("digits", *IDX_KINDS, "imagefolder", "cifar10", "cifar100")  # every --data kind
 
@@ -78,7 +76,7 @@ def parse_source(text: str) -> DataSource:
         if not idx.DEBIAN_FASHION_MNIST.is_dir():
             raise UsageError(f"--data fashion-mnist: no folder {path}; {idx.HOW_TO_GET}")
     if kind not in KINDS or kind == "digits" or not path:
-        raise UsageError(f"--data {text!r}: expected {SOURCES}")
+        raise UsageError(f"--data {text!r}: expected one of {DATA_HELP}")
     p = Path(path).expanduser()
     if not p.is_dir():
         raise UsageError(f"--data {text}: {p} is not a folder")
