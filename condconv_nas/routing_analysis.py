@@ -19,7 +19,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from .data import class_names, make_datasets, parse_source
 from .errors import UsageError
+from .files import check_writable_folder, write_atomic
+from .layers import CondConv2d, CondLinear, Router
+from .models import FAMILIES
+from .routing_plots import draw_routing
+from .training import checkpoint
 from .validation import check_batch_size
 
 SPLITS = ("val", "train")
@@ -60,15 +66,12 @@ def analyze_routing(
     check_batch_size(batch_size)
     source = None
     if isinstance(data, str):
-        from .data import parse_source
-
         source = parse_source(data)
     elif not isinstance(data, (Dataset, DataLoader)):
         raise UsageError(
             f"data: expected a source string, a Dataset or a DataLoader, got {type(data).__name__}"
         )
     model, checkpoint_path, recipe = _load(model)
-    from .layers import CondConv2d, CondLinear, Router
 
     routers = {n: m for n, m in model.named_modules() if isinstance(m, Router)}
     if not routers:
@@ -96,8 +99,6 @@ def analyze_routing(
     }
     weights, labels, num_classes = _run(model, loader, routers, cond_layers)
     if names is None:
-        from .data import class_names
-
         names = class_names(loader.dataset, num_classes)
     counts = torch.bincount(labels, minlength=num_classes)
     entries = _entries(model, weights, labels, num_classes, routers, cond_layers)
@@ -116,7 +117,6 @@ def _load(model) -> tuple[nn.Module, str | None, dict]:
     """A model as given, or read from a checkpoint path with that path and its recipe."""
     if isinstance(model, nn.Module):
         return model, None, {}
-    from .training import checkpoint
 
     obj = checkpoint.load(model)
     return checkpoint.model_from(obj, model), str(model), checkpoint.recipe_of(obj, str(model))
@@ -147,7 +147,6 @@ def _entries(model, weights: dict, labels, num_classes: int, routers, cond_layer
 def _source_loader(source, spec, recipe: dict, *, split, batch_size, resolution, holdout, seed):
     """The loader of ``split`` of a ``--data`` source at evaluation transforms, its class names,
     and what routing.json says of it (a checkpoint's recipe gives the defaults)."""
-    from .data import class_names, make_datasets
 
     res = resolution or recipe.get("resolution") or (spec.resolution if spec else None)
     if res is None:
@@ -265,7 +264,6 @@ def _layer_numbers(model: nn.Module) -> dict[int, int]:
     spec, net = getattr(model, "spec", None), getattr(model, "net", None)
     if spec is None or net is None:
         return {}
-    from .models import FAMILIES
 
     family = FAMILIES[spec.base]
     units = [(1, getattr(net, family.stem))]
@@ -276,7 +274,6 @@ def _layer_numbers(model: nn.Module) -> dict[int, int]:
 
 def routing_folder(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """The folder ``analyze`` writes to (default ``routing/`` beside the checkpoint), checked."""
-    from .files import check_writable_folder
 
     out = Path(out) if out is not None else Path(checkpoint).parent / "routing"
     check_writable_folder(out, "--out")
@@ -289,8 +286,6 @@ def write_routing(info: dict, out: str | os.PathLike) -> list[Path]:
     Everything is drawn before anything is written, and each file is written atomically.
     """
     out = routing_folder("", out)
-    from .files import write_atomic
-    from .routing_plots import draw_routing
 
     files = {"routing.json": json.dumps(info, indent=2) + "\n", **draw_routing(info)}
     for name, content in files.items():

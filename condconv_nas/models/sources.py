@@ -21,11 +21,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn as nn
+from timm.layers import CondConv2d as TimmCondConv2d
+from timm.layers import Conv2dSame
 
 from ..archs import BASES
 from ..errors import UsageError
+from ..layers import CondConv2d
+from ..spec import ArchSpec
+from ..training import checkpoint
+from . import CondConvNet, build_model
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,6 @@ def _same_layout(a: dict[str, frozenset], b: dict[str, frozenset]) -> bool:
 @functools.cache
 def base_layout(base: str) -> dict[str, frozenset]:
     """The layout of our static model of ``base`` (width and depth 1)."""
-    from . import build_model
 
     return layout(canonical_state(build_model({"base": base}).state_dict()))
 
@@ -107,10 +113,6 @@ def check_base(source: WeightSource, base: str) -> None:
 
 def padding_of(model: nn.Module) -> str:
     """``same`` if any convolution of ``model`` pads as TensorFlow's 'SAME', else ``symmetric``."""
-    from timm.layers import CondConv2d as TimmCondConv2d
-    from timm.layers import Conv2dSame
-
-    from ..layers import CondConv2d
 
     same = any(
         isinstance(m, Conv2dSame)
@@ -123,9 +125,6 @@ def padding_of(model: nn.Module) -> str:
 
 def from_module(model: nn.Module, name: str | None = None) -> WeightSource:
     """A source from a timm model or one of ours (its weights, padding and batch-norm epsilon)."""
-    from timm.layers import CondConv2d as TimmCondConv2d
-
-    from . import CondConvNet
 
     spec = model.spec if isinstance(model, CondConvNet) else None
     if name is None:
@@ -156,8 +155,6 @@ def from_state(state: dict, name: str = "a state dict") -> WeightSource:
 
 
 def _from_file(path: str) -> WeightSource:
-    from ..spec import ArchSpec
-    from ..training import checkpoint
 
     obj = checkpoint.load(path, ours=False)
     if "spec" in obj and "model" in obj:  # one of our exports or checkpoints: EMA weights first
@@ -171,7 +168,6 @@ def _from_file(path: str) -> WeightSource:
 
 
 def _from_timm(text: str) -> WeightSource:
-    import timm
 
     name = text[len("timm:") :]
     if not timm.is_model(name):

@@ -19,9 +19,14 @@ from ..data import check_data, parse_source
 from ..errors import UsageError
 from ..extras import EXTRAS
 from ..files import check_writable_folder, write_atomic
+from ..latency import measure_latencies
+from ..latency.predict import check_covers, device_table
+from ..latency.table import LatencyTable, table_key
+from ..models.sources import check_base, load_source
 from ..plots import draw_run
 from ..results import trained_rows, write_run
-from ..training.recipe import load_recipe
+from ..spec import ArchSpec
+from ..training.recipe import Recipe, load_recipe
 from ..validation import read_json, short_repr
 from .backend import check_backend, make_searcher
 from .ledger import (
@@ -38,6 +43,7 @@ from .options import SearchConfig, same_run_settings
 from .progress import BarReporter, Reporter, trial_line
 from .space import load_space
 from .task import SearchTask
+from .warm_start import DENSE, dense_start
 
 
 def format_madds(n: int) -> str:
@@ -101,7 +107,6 @@ def _latency_device(options: SearchConfig, space) -> str | None:
         return None
     if options.latency_budget is None and options.objective != "latency":
         raise UsageError("--latency-device needs --latency-budget or --objective latency")
-    from ..latency.predict import check_covers, device_table
 
     table = device_table(options.latency_device, options.latency_batch)
     check_covers(table, space, options.latency_batch)
@@ -111,7 +116,6 @@ def _latency_device(options: SearchConfig, space) -> str | None:
 def check_init(init: str, base: str) -> str:
     """The ``--init`` source, read and checked against the space's base; a file as an absolute
     path (workers elsewhere read it too)."""
-    from ..models.sources import check_base, load_source
 
     check_base(load_source(init), base)
     return init if init.startswith("timm:") else str(Path(init).resolve())
@@ -131,7 +135,6 @@ def check_resume(run_dir: Path, config: dict) -> dict | None:
     old = read_json(path, str(path))
     if not isinstance(old, dict):
         raise UsageError(f"{path}: not a run's config.json (not a JSON object)")
-    from ..training.recipe import Recipe
 
     fields = Recipe().__dict__  # a recipe field added since the run began stands at its default
     for key, default in SAME_RUN.items():
@@ -194,10 +197,6 @@ def measure_presets(task: SearchTask) -> dict[str, dict]:
 def measure_front(task: SearchTask, run_dir: Path, front: list[dict]) -> dict[str, float]:
     """Measure the front's networks not measured yet on this machine (interleaved, once each) and
     keep the figures in the run folder's ``measured.json``: spec id -> milliseconds."""
-    from ..files import write_atomic
-    from ..latency import measure_latencies
-    from ..latency.table import table_key
-    from ..spec import ArchSpec
 
     measured = read_measured(run_dir)
     key = table_key(task.latency_batch)
@@ -398,8 +397,6 @@ def _open_run(options, task, run_dir, config, storage, presets, reporter) -> opt
         updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     if task.uses_latency:  # the machine (and software, threads, batch) the latencies are of
-        from ..latency.table import LatencyTable, table_key
-
         config["latency_table"] = (
             table_key(task.latency_batch)
             if task.latency_device is None
@@ -429,7 +426,6 @@ def _write_config(run_dir: Path, config: dict) -> None:
 
 
 def _dense_start(options, task, run_dir: Path, reporter) -> dict:
-    from .warm_start import DENSE, dense_start
 
     if not (run_dir / DENSE).is_file():
         reporter.note(

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import DataSource
+from ..latency import predict_latency
+from ..madds import count_madds, count_params
+from ..models import build_model
+from ..training.engine import proxy_top1
 from ..training.recipe import Recipe
 from .space import SearchSpace
 
@@ -37,8 +41,6 @@ class SearchTask:
         """Predicted forward latency of a full-size spec in ms, on this machine or the device whose
         table the search names, cached by spec id (see ``condconv_nas.latency``)."""
         if spec.id not in self._latencies:
-            from ..latency import predict_latency
-
             self._latencies[spec.id] = predict_latency(
                 spec, batch=self.latency_batch, table=self.latency_device
             )
@@ -54,9 +56,6 @@ class SearchTask:
     def count(self, spec) -> tuple[int, int]:
         """(MADDs, parameters) of a full-size spec, cached by spec id."""
         if spec.id not in self._counts:
-            from ..madds import count_madds, count_params
-            from ..models import build_model
-
             model = build_model(spec)
             self._counts[spec.id] = (count_madds(model), count_params(model))
         return self._counts[spec.id]
@@ -85,8 +84,6 @@ class SearchTask:
             "untrained": False,
         }
         if result["feasible"]:
-            from ..training.engine import proxy_top1  # raises Diverged on a NaN/inf loss
-
             metrics = proxy_top1(
                 spec,
                 self.data,

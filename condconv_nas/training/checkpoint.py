@@ -12,6 +12,10 @@ import torch
 
 from ..errors import UsageError
 from ..files import write_atomic
+from ..models import build_model
+from ..spec import ArchSpec
+from ..validation import parse
+from .recipe import Recipe
 
 
 def save(obj: dict[str, Any], path: Path) -> None:
@@ -55,7 +59,6 @@ RESUMABLE_CHANGES = ("epochs", "workers", "trials", "overrides")
 def check_resumable(state: dict[str, Any], path, *, spec, recipe) -> None:
     """`UsageError` unless the checkpoint ``state`` trained ``spec`` (up to its class count, which
     the data sets) with ``recipe``: resuming another run would mix two trainings."""
-    from ..spec import ArchSpec
 
     epoch = state.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
@@ -85,8 +88,6 @@ def load_exported(path):
 def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
     """The model a loaded checkpoint or export holds (EMA weights when it has them), in eval
     mode."""
-    from ..models import build_model
-    from ..spec import ArchSpec
 
     if not isinstance(obj, dict) or "spec" not in obj or "model" not in obj:
         raise UsageError(f"{path}: holds no spec and model weights")
@@ -110,8 +111,6 @@ def _first_line(e: Exception) -> str:
 def recipe_of(obj: dict[str, Any], path) -> dict[str, Any]:
     """A loaded checkpoint's recipe (``{}`` if it has none), its ``resolution``, ``holdout`` and
     ``seed`` (what evaluating it reads) checked as a recipe's; `UsageError` naming ``path``."""
-    from ..validation import parse
-    from .recipe import Recipe
 
     recipe = obj.get("recipe") or {}
     if not isinstance(recipe, dict):
@@ -126,6 +125,5 @@ def recipe_of(obj: dict[str, Any], path) -> dict[str, Any]:
 
 def resolution(obj: dict[str, Any], path="checkpoint") -> int:
     """The image size a loaded checkpoint's model was trained at: its recipe's, else its spec's."""
-    from ..spec import ArchSpec
 
     return recipe_of(obj, path).get("resolution") or ArchSpec.from_dict(obj["spec"]).resolution

@@ -10,8 +10,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from timm.data import Mixup
+from timm.layers import convert_sync_batchnorm
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import make_datasets
+from ..layers import CondConv2d, CondLinear, Router
+from ..models import build_model
+from ..models.upcycle import inherit
 from .recipe import Recipe
 
 # every batch norm with running statistics (timm's BatchNormAct2d is a BatchNorm2d)
@@ -69,7 +79,6 @@ def zero_init_residual(model: nn.Module) -> nn.Module:
 def build_for_training(spec, recipe: Recipe) -> nn.Module:
     """``build_model`` with the recipe's regularisers and initialisation, weights stored
     channels-last."""
-    from ..models import build_model
 
     model = build_model(
         spec,
@@ -96,9 +105,6 @@ def param_groups(
     ``1/sqrt(n)`` gives CondConv layers the static layers' relative step. timm's schedulers
     multiply each group's lr by its ``lr_scale``.
     """
-    from timm.optim import param_groups_weight_decay
-
-    from ..layers import CondConv2d, CondLinear, Router
 
     groups = param_groups_weight_decay(model, weight_decay)
     scale = {}
@@ -215,10 +221,6 @@ def setup_training(
     epochs: int,
     world_size: int = 1,
 ) -> Training:
-    from timm.loss import SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
 
     lr = recipe.lr * world_size
     kw = (
@@ -248,8 +250,6 @@ def setup_training(
         )
     mixup = None
     if recipe.mixup_alpha > 0:
-        from timm.data import Mixup
-
         mixup = Mixup(
             mixup_alpha=recipe.mixup_alpha,
             label_smoothing=recipe.label_smoothing,
@@ -402,7 +402,6 @@ def proxy_top1(
     ``init``: a weight source (``models.sources.load_source``) the candidate starts from, taking
     what matches (``models.upcycle.inherit``); the metrics then say which share it ``inherited``.
     """
-    from ..data import make_datasets
 
     recipe = recipe.for_base(spec.base)
     res = recipe.resolution or spec.resolution
@@ -445,7 +444,7 @@ def _train_once(
 
     Inside a process group (Ray Train's workers) it trains data-parallel: the recipe's batch is
     the global one, split evenly, so the score does not depend on the number of workers."""
-    from .fit import Hooks, fit
+    from .fit import Hooks, fit  # fit() builds on this module's parts
 
     size, _ = world()
     acc = Accelerator.pick(int(os.environ.get("LOCAL_RANK", "0")))
@@ -453,8 +452,6 @@ def _train_once(
     model = build_for_training(spec, recipe)
     inherited = {}
     if init is not None:
-        from ..models.upcycle import inherit
-
         inherited["inherited"] = round(inherit(model, init).fraction, 4)
 
     def told(end) -> None:
@@ -486,7 +483,6 @@ def data_parallel(model: nn.Module, acc: Accelerator) -> nn.Module:
     worker normalises over its own part of the batch."""
     if acc.device.type == "cpu":
         return nn.parallel.DistributedDataParallel(model)
-    from timm.layers import convert_sync_batchnorm
 
     model = convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[acc.device])
