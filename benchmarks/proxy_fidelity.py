@@ -19,6 +19,7 @@ lack, such as more reference seeds; where the proxy's recipe changed since, it k
 reference's figures. ``--reference-only`` trains nothing but the reference (no dense start
 needed): the long part, filled across sittings. ``--proxy-only`` trains the proxies alone (in one
 sitting, from one dense start), on another core beside it, into another ``--out`` file.
+``--report`` trains nothing and summarises the specs whose figures are all there.
 
 ``--inherit`` adds a fourth column, the proxy as a search runs it by default: started from a
 dense model of the space's base trained on the search data (the search's dense start: the recipe's
@@ -242,6 +243,11 @@ def main() -> None:
         help="earlier runs' --out files (merged): train only what they lack",
     )
     p.add_argument(
+        "--report",
+        action="store_true",
+        help="train nothing: the figures of --reuse's files, over the specs that have them all",
+    )
+    p.add_argument(
         "--proxy-only",
         action="store_true",
         help="train only the proxies (no reference), to be merged with a reference's --out file",
@@ -306,17 +312,17 @@ def main() -> None:
     for name, spec in specs:
         r = known.get(spec.id, {})
         r.update(spec=name, spec_id=spec.id, condconv=spec.condconv is not None)
-        if "proxy" not in r and not args.inherited_only and not args.reference_only:
+        if "proxy" not in r and not (args.inherited_only or args.reference_only or args.report):
             r["proxy"], r["proxy_s"] = timed(spec, source, proxy, 0)
             r["seed1"], _ = timed(spec, source, proxy, 1)
             r["old"], r["old_s"] = timed(spec, source, old, 0)
         refs = r.setdefault("references", [r["reference"]] if "reference" in r else [])
-        while len(refs) < args.reference_seeds and not args.proxy_only:
+        while len(refs) < args.reference_seeds and not (args.proxy_only or args.report):
             top1, seconds = timed(spec, source, reference, len(refs))
             refs.append(top1)
             r.setdefault("reference_s", seconds)
         r["reference"] = statistics.mean(refs[: args.reference_seeds]) if refs else None
-        if args.inherit and spec.base == base and not args.reference_only:
+        if args.inherit and spec.base == base and not (args.reference_only or args.report):
             if "inherit" not in r:
                 r["inherit"], r["inherit_s"] = timed(spec, source, proxy, 0, init())
             if "inherit_seed1" not in r:
@@ -336,6 +342,11 @@ def main() -> None:
             text = json.dumps({"recipes": recipes, "rows": rows + rest}, indent=2, default=str)
             write_atomic(args.out, text + "\n")  # rows of specs not in this run are kept too
     print()
+    if args.report:  # the specs with every figure so far
+        done = [r for r in rows if len(r["references"]) >= args.reference_seeds]
+        done = [r for r in done if not args.inherit or "inherit" in r or not args.inherited_only]
+        print(f"figures so far: {len(done)} of {len(rows)} specs have every column\n")
+        rows = done
     if args.reference_seeds > 1:
         repeatability(rows, args.reference_seeds)
     if args.reference_only or args.proxy_only:
