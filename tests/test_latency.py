@@ -255,7 +255,11 @@ def test_a_cached_table_far_from_a_measurement_now_is_set_aside_with_a_warning(t
     out = json.loads(res.stdout)
     assert 0.5 < out["predicted_ms"] / out["measured_ms"] < 2  # refilled from measurements now
     again = run_cli("latency", path, "--format", "json", env=env)
-    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    assert again.returncode == 0, again.stderr
+    # the refilled table is kept, unless the suite's other worker moved this timing by more than
+    # the 1.5x a table may be off (1.59x seen): never by anything like the 20x above
+    off = re.search(r", ([\d.]+)x the ", again.stderr)
+    assert off is None or float(off.group(1)) < 2.5, again.stderr
 
 
 def test_pareto_front_by_latency():
