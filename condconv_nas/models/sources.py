@@ -155,7 +155,6 @@ def from_state(state: dict, name: str = "a state dict") -> WeightSource:
 
 
 def _from_file(path: str) -> WeightSource:
-
     obj = checkpoint.load(path, ours=False)
     if "spec" in obj and "model" in obj:  # one of our exports or checkpoints: EMA weights first
         spec = ArchSpec.from_dict(obj["spec"])
@@ -168,7 +167,6 @@ def _from_file(path: str) -> WeightSource:
 
 
 def _from_timm(text: str) -> WeightSource:
-
     name = text[len("timm:") :]
     if not timm.is_model(name):
         raise UsageError(f"--init {text}: timm has no model {name!r}")

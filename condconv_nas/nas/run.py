@@ -426,7 +426,6 @@ def _write_config(run_dir: Path, config: dict) -> None:
 
 
 def _dense_start(options, task, run_dir: Path, reporter) -> dict:
-
     if not (run_dir / DENSE).is_file():
         reporter.note(
             f"training the dense start first: {task.space.base}, "
