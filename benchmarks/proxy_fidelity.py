@@ -26,6 +26,11 @@ dense model of the space's base trained on the search data (the search's dense s
 ``dense_epochs``, else the reference's epochs, on the same training split), every candidate
 upcycled from it; it reports tau, error, noise and cost (the pretraining's seconds once, then per
 candidate) like the others. The ``proxy`` column stays from scratch (``dense_epochs`` unused).
+
+``--oneshot`` adds the one-shot column (``search --strategy oneshot``): one supernet of
+``--space`` trained on the search data as a search trains it (``nas.supernet``), and every spec
+of the space scored with the weights it takes from it, untrained; the supernet's seconds are
+kept in the ``--out`` file and reported once, as the dense start's are.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from condconv_nas.data import parse_source
 from condconv_nas.files import write_atomic
 from condconv_nas.madds import count_madds
 from condconv_nas.nas.space import load_space
+from condconv_nas.nas.supernet import score, train_supernet
 from condconv_nas.nas.warm_start import dense_start
 from condconv_nas.training.engine import proxy_top1
 from condconv_nas.training.recipe import load_recipe
@@ -143,6 +149,8 @@ PROXY_COLUMNS = (
     "inherit",
     "inherit_s",
     "inherit_seed1",
+    "oneshot",
+    "oneshot_s",
 )
 
 
@@ -181,6 +189,15 @@ def reused(path: Path, recipes: dict) -> dict:
         )
         rows = {i: {k: v for k, v in r.items() if k not in PROXY_COLUMNS} for i, r in rows.items()}
     return rows
+
+
+def _supernet_seconds(paths: list[Path]) -> float | None:
+    """The one-shot supernet's training seconds, from the first earlier file that has them."""
+    for path in paths:
+        seconds = json.loads(path.read_text()).get("supernet_s")
+        if seconds:
+            return seconds
+    return None
 
 
 def main() -> None:
@@ -256,6 +273,11 @@ def main() -> None:
         "--dense", help="with --inherit: the dense model.pt to start from (default: pretrain one)"
     )
     p.add_argument(
+        "--oneshot",
+        action="store_true",
+        help="also score every spec of --space from one supernet trained on the data",
+    )
+    p.add_argument(
         "--inherit",
         action="store_true",
         help="also train every candidate upcycled from a dense model pretrained on the data",
@@ -296,6 +318,16 @@ def main() -> None:
             )
         return dense["init"]
 
+    supernet = {"file": None, "seconds": _supernet_seconds(args.reuse or [])}
+
+    def supernet_file() -> str:  # the one-shot supernet, trained on first need
+        if supernet["file"] is None:
+            tmp = Path(tempfile.mkdtemp(prefix="proxy-fidelity-supernet-"))
+            record = train_supernet(tmp, space=load_space(args.space), recipe=proxy, data=source)
+            supernet.update(file=record["init"], seconds=record["seconds"])
+            print(f"supernet of {args.space} trained: {record}", flush=True)
+        return supernet["file"]
+
     print(
         f"{len(specs)} specs on {args.data}; proxy {proxy.epochs} epochs at {proxy.resolution} "
         f"px, reference "
@@ -327,19 +359,25 @@ def main() -> None:
                 r["inherit"], r["inherit_s"] = timed(spec, source, proxy, 0, init())
             if "inherit_seed1" not in r:
                 r["inherit_seed1"], _ = timed(spec, source, proxy, 1, init())
+        if args.oneshot and spec.base == base and "oneshot" not in r:
+            if not (args.reference_only or args.report):
+                file = supernet_file()
+                t0 = time.perf_counter()
+                r["oneshot"] = score(spec, source, proxy, file)["top1"]
+                r["oneshot_s"] = time.perf_counter() - t0
         rows.append(r)
         print(
             f"{name:<26} {'y' if r['condconv'] else 'n':>2} {_f(r, 'proxy')} {_f(r, 'seed1')} "
             f"{_f(r, 'old')} {_f(r, 'reference')}   "
             f"{_f(r, 'proxy_s', 1)}/{_f(r, 'old_s', 1)}/{_f(r, 'reference_s', 1)}"
-            + (
-                f"  inherited {r['inherit']:.3f} ({r['inherit_s']:.1f} s)" if "inherit" in r else ""
-            ),
+            + (f"  inherited {r['inherit']:.3f} ({r['inherit_s']:.1f} s)" if "inherit" in r else "")
+            + (f"  oneshot {r['oneshot']:.3f} ({r['oneshot_s']:.1f} s)" if "oneshot" in r else ""),
             flush=True,
         )
         if args.out:  # after every spec: a stopped run can be resumed with --reuse
             rest = [r for i, r in known.items() if i not in {x["spec_id"] for x in rows}]
-            text = json.dumps({"recipes": recipes, "rows": rows + rest}, indent=2, default=str)
+            out = {"recipes": recipes, "rows": rows + rest, "supernet_s": supernet["seconds"]}
+            text = json.dumps(out, indent=2, default=str)
             write_atomic(args.out, text + "\n")  # rows of specs not in this run are kept too
     print()
     if args.report:  # the specs with every figure so far
@@ -365,6 +403,10 @@ def main() -> None:
             if pretrain_s
             else "  (inherited: plus the pretraining of the dense model, in the run reused)"
         )
+    oneshot = [r for r in rows if "oneshot" in r]
+    if oneshot:
+        summary("oneshot", oneshot, "oneshot")
+        print(f"  (oneshot: plus {supernet['seconds'] or 0:.0f} s once, training the supernet)")
     for name, a, b in (("proxy", "proxy", "seed1"), ("inherited", "inherit", "inherit_seed1")):
         seed = [abs(r[a] - r[b]) for r in rows if b in r]
         if seed:
@@ -378,7 +420,7 @@ def main() -> None:
         if c is not None:
             gaps = ", ".join(
                 f"{key} {c[key] - r[key]:+.3f}"
-                for key in ("proxy", "old", "inherit", "reference")
+                for key in ("proxy", "old", "inherit", "oneshot", "reference")
                 if c.get(key) is not None and r.get(key) is not None
             )
             print(f"pair {r['spec']:<16} CondConv - static: {gaps}")

@@ -21,6 +21,7 @@ _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 OBJECTIVES = ("madds", "latency")  # what the front trades top-1 against
 BACKEND_NAMES = ("optuna", "ray", "nni")  # nas.backend.BACKENDS says where each one lives
 NNI_STRATEGIES = ("evolution", "random", "tpe")
+STRATEGIES = ("proxy", "oneshot")  # how a candidate is scored (nas/supernet.py for oneshot)
 SAMPLERS = ("tpe", "random")  # the study's sampler, which the Optuna and Ray backends ask
 RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # a run folder's name
 MAX_PER_TRIAL = 1024  # Ray: the most CPUs or GPUs one trial (or worker) may ask for
@@ -189,6 +190,14 @@ class SearchConfig:
         "NNI: the search strategy (default: evolution, NNI's regularized evolution)",
         choices=NNI_STRATEGIES,
     )
+    strategy: str = setting(
+        "proxy",
+        "how a candidate is scored: proxy (trained briefly, from the run's dense start) or "
+        "oneshot (one supernet trained once per run over the whole space; each candidate "
+        "scored with the weights it takes from it, untrained) (default: proxy)",
+        choices=STRATEGIES,
+        same_run=True,
+    )
     init: str | None = setting(
         None,
         "start every candidate from these weights, taking what matches: a state dict file of "
@@ -227,6 +236,13 @@ class SearchConfig:
             if choices and value not in choices:
                 raise UsageError(f"{flag(f.name)} {value!r}: expected one of {', '.join(choices)}")
         self._check_ray()
+        if self.strategy == "oneshot":
+            for name in ("init", "workers_per_trial"):
+                if getattr(self, name) != default(name):
+                    raise UsageError(
+                        f"{flag(name)} and --strategy oneshot: one-shot candidates are scored, "
+                        "not trained; the supernet trains from scratch, once per run"
+                    )
 
     def _check_ray(self) -> None:
         _check_range(self.cpus_per_trial, "--cpus-per-trial", low_open=True)

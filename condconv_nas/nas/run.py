@@ -42,6 +42,7 @@ from .ledger import (
 from .options import SearchConfig, same_run_settings
 from .progress import BarReporter, Reporter, trial_line
 from .space import load_space
+from .supernet import SUPERNET, supernet_recipe, train_supernet
 from .task import SearchTask
 from .warm_start import DENSE, dense_start
 
@@ -91,6 +92,7 @@ def prepare(options: SearchConfig):
         "threads": torch.get_num_threads(),
         "seed": options.seed,
         "trials": total,
+        "strategy": options.strategy,
         **({"init": init} if init is not None else {}),
         "latency_budget": task.latency_budget,
         "latency_batch": task.latency_batch,
@@ -305,10 +307,10 @@ def search(
     ``"0.4G"``), ``space="efficientnet_b0"``, ``trials`` (the run's total across restarts and
     workers; default: the recipe's), ``data="digits"``, ``trainer="proxy"``, ``backend="optuna"``,
     ``run``, ``results="results"``, ``storage``, ``seed=0``, ``init``, ``latency_budget``,
-    ``latency_batch=1``, ``objective="madds"``, ``latency_device``, ``sampler="tpe"``, and the
-    backends' own (Ray: ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
-    ``workers_per_trial``, ``cpus_per_worker``, ``gpus_per_worker``, see docs/scaling.md; NNI:
-    ``nni_strategy``). ``progress``: True for a bar on stderr, False for silence, or a
+    ``latency_batch=1``, ``objective="madds"``, ``latency_device``, ``sampler="tpe"``,
+    ``strategy="proxy"``, the backends' own (Ray: ``address``, ``cpus_per_trial``,
+    ``gpus_per_trial``, ``workers_per_trial``, ``cpus_per_worker``, ``gpus_per_worker``, see
+    docs/scaling.md; NNI: ``nni_strategy``). ``progress``: True for a bar on stderr, False for silence, or a
     `Reporter`. Bad input raises `UsageError` before anything is written; Ctrl-C raises
     `SearchInterrupted` after the run folder is written.
 
@@ -323,7 +325,8 @@ def search(
     file of the target machine (``condconv-nas latency --space`` writes it there): every worker
     predicts from it, and the front is not measured here. Without ``init``, a recipe with
     ``dense_epochs`` first trains the space's base once per run (``dense.pt`` in the run folder,
-    see ``warm_start``) and every candidate starts from it.
+    see ``warm_start``) and every candidate starts from it; ``strategy="oneshot"`` scores them,
+    untrained, from a supernet of the space trained once per run instead (``nas.supernet``).
     """
     if options is None:
         options = SearchConfig.of(settings)
@@ -402,7 +405,11 @@ def _open_run(options, task, run_dir, config, storage, presets, reporter) -> opt
             if task.latency_device is None
             else LatencyTable.from_file(task.latency_device).key
         )
-    if task.init is None and task.recipe.dense_epochs:
+    if options.strategy == "oneshot":
+        _write_config(run_dir, config)  # claimed before the training, as for the dense start
+        config["supernet"] = _supernet(task, run_dir, reporter)
+        task.supernet = config["supernet"]["init"]
+    elif task.init is None and task.recipe.dense_epochs:
         # the run is claimed before the minutes of training: a rerun with other settings is refused
         _write_config(run_dir, config)
         config["dense_start"] = _dense_start(options, task, run_dir, reporter)
@@ -440,6 +447,19 @@ def _dense_start(options, task, run_dir: Path, reporter) -> dict:
         progress=reporter.shows,
         note=reporter.note,
     )
+
+
+def _supernet(task, run_dir: Path, reporter) -> dict:
+    if not (run_dir / SUPERNET).is_file():
+        recipe = supernet_recipe(task.recipe)
+        reporter.note(
+            f"training the supernet first: every point of {task.space.name}, {recipe.epochs} "
+            f"epochs on {task.data} (once per run)"
+        )
+    return train_supernet(
+        run_dir, space=task.space, recipe=task.recipe, data=task.data, seed=task.seed,
+        note=reporter.note,
+    )  # fmt: skip
 
 
 class _RunFolder:

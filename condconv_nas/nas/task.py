@@ -13,6 +13,7 @@ from ..models import build_model
 from ..training.engine import proxy_top1
 from ..training.recipe import Recipe
 from .space import SearchSpace
+from .supernet import score
 
 
 @dataclass
@@ -25,6 +26,7 @@ class SearchTask:
     data: DataSource  # where the proxy trains and evaluates
     seed: int = 0  # seeds the proxy training
     init: str | None = None  # weights every candidate starts from (a file or timm:NAME), or none
+    supernet: str | None = None  # --strategy oneshot: the supernet file that scores every candidate
     latency_budget: float | None = None  # hard budget of predicted latency, ms (None: none)
     latency_batch: int = 1  # the batch the latency is predicted at
     objective: str = "madds"  # the front's cost: madds or latency
@@ -66,9 +68,9 @@ class SearchTask:
         return (spec, *self.count(spec))
 
     def evaluate(self, params: dict[str, Any], *, report=None, on_epoch=None) -> dict[str, Any]:
-        """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1, and whether
-        it is ``untrained`` (not clearly above chance, see ``chance_threshold``: kept off the
-        front).
+        """Count; over budget -> infeasible, never trained; otherwise the proxy's top-1 (with a
+        ``supernet``, the top-1 it scores with the supernet's weights, untrained), and whether it
+        is ``untrained`` (not clearly above chance, see ``chance_threshold``: kept off the front).
 
         ``report(epoch, metrics)`` receives intermediate held-out metrics (see ``proxy_top1``)."""
         t0 = time.time()
@@ -84,14 +86,18 @@ class SearchTask:
             "untrained": False,
         }
         if result["feasible"]:
-            metrics = proxy_top1(
-                spec,
-                self.data,
-                self.recipe,
-                seed=self.seed,
-                report=report,
-                on_epoch=on_epoch,
-                init=self.init,
+            metrics = (
+                score(spec, self.data, self.recipe, self.supernet)
+                if self.supernet is not None
+                else proxy_top1(
+                    spec,
+                    self.data,
+                    self.recipe,
+                    seed=self.seed,
+                    report=report,
+                    on_epoch=on_epoch,
+                    init=self.init,
+                )
             )
             result.update(
                 top1=metrics["top1"],

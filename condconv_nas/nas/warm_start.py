@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 DENSE = "dense.pt"  # in the run folder
-WORK = ".dense"  # where it trains (last.pt per epoch), removed once dense.pt is in place
 POLL_SECONDS = 5.0
 
 
@@ -62,6 +61,50 @@ def _claim(lock: Path) -> bool:
     return False
 
 
+def once_per_run(
+    run_dir: Path,
+    name: str,
+    train: Callable[[Path, Path, Path], None],
+    *,
+    what: str,
+    note: Callable[[str], None] | None = None,
+) -> dict:
+    """``RUN/<name>.pt`` with its record ``RUN/<name>.json``, made first if the run has neither:
+    ``train(work, final, info)`` trains in ``RUN/.<name>/`` and puts both in place (`publish`).
+    One process trains (``.<name>/lock`` holds its host and pid); the others wait for the file, or
+    take over when the holder on this machine has died. Returns ``{"init": path, **record}``."""
+    final, info, work = run_dir / f"{name}.pt", run_dir / f"{name}.json", run_dir / f".{name}"
+    waiting = False
+    while not final.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        if _claim(work / "lock"):
+            try:
+                if not final.is_file():  # else finished by another between our look and claim
+                    train(work, final, info)
+            finally:
+                (work / "lock").unlink(missing_ok=True)
+            if final.is_file():
+                shutil.rmtree(work, ignore_errors=True)
+            break
+        if not waiting and note is not None:
+            note(f"waiting for another worker's {what} (trained once per run)")
+        waiting = True
+        time.sleep(POLL_SECONDS)
+    record = json.loads(info.read_text()) if info.is_file() else {}
+    return {"init": str(final.resolve()), **record}
+
+
+def publish(work: Path, model: Path, final: Path, info: Path, record: dict) -> None:
+    """Put a finished training's ``model`` file and ``record`` in place: links never leave a
+    half-written file, and the record goes first, so the model file means both."""
+    (work / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+    for src, dst in ((work / "record.json", info), (model, final)):
+        try:
+            os.link(src, dst)
+        except FileExistsError:
+            pass
+
+
 def dense_start(
     run_dir: Path,
     *,
@@ -77,23 +120,12 @@ def dense_start(
 
     ``progress``: the training's epoch lines and bar on stderr; ``note(line)`` hears when this
     process resumes the dense start or waits for another's."""
-    final, info, work = run_dir / DENSE, run_dir / "dense.json", run_dir / WORK
-    waiting = False
-    while not final.is_file():
-        work.mkdir(parents=True, exist_ok=True)
-        if _claim(work / "lock"):
-            if final.is_file():  # finished by another between our look and our claim
-                (work / "lock").unlink(missing_ok=True)
-                break
-            _train(work, final, info, base=base, trainer=trainer, data=data, epochs=epochs,
-                   progress=progress, note=note)  # fmt: skip
-            break
-        if not waiting and note is not None:
-            note("waiting for another worker's dense start (trained once per run)")
-        waiting = True
-        time.sleep(POLL_SECONDS)
-    record = json.loads(info.read_text()) if info.is_file() else {}
-    return {"init": str(final.resolve()), **record}
+
+    def train(work: Path, final: Path, info: Path) -> None:
+        _train(work, final, info, base=base, trainer=trainer, data=data, epochs=epochs,
+               progress=progress, note=note)  # fmt: skip
+
+    return once_per_run(run_dir, Path(DENSE).stem, train, what="dense start", note=note)
 
 
 def _train(work: Path, final: Path, info: Path, *, base, trainer, data, epochs, progress, note):
@@ -105,28 +137,18 @@ def _train(work: Path, final: Path, info: Path, *, base, trainer, data, epochs, 
     # trained with: subsets and re-estimated statistics are the candidates' short trainings'
     recipe = load_recipe(trainer).for_data(parse_source(data).kind)
     recipe = dataclasses.replace(recipe, train_subset=1.0, bn_recalibrate=0)
-    try:
-        resume = (work / "last.pt").is_file()
-        if resume and note is not None:
-            note(f"resuming the dense start from {work / 'last.pt'}")
-        metrics = train(
-            {"base": base},
-            trainer=recipe,
-            data=data,
-            epochs=epochs,
-            out=work,
-            resume=resume,
-            progress=progress,
-            split="search",
-        )
-        record = {"top1": metrics["top1"], "epochs": epochs, "base": base}
-        (work / "dense.json").write_text(json.dumps(record, indent=2) + "\n")
-        # links never leave a half-written file; the record first, so dense.pt means both
-        for src, dst in ((work / "dense.json", info), (work / "model.pt", final)):
-            try:
-                os.link(src, dst)
-            except FileExistsError:
-                pass
-    finally:
-        (work / "lock").unlink(missing_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
+    resume = (work / "last.pt").is_file()
+    if resume and note is not None:
+        note(f"resuming the dense start from {work / 'last.pt'}")
+    metrics = train(
+        {"base": base},
+        trainer=recipe,
+        data=data,
+        epochs=epochs,
+        out=work,
+        resume=resume,
+        progress=progress,
+        split="search",
+    )
+    record = {"top1": metrics["top1"], "epochs": epochs, "base": base}
+    publish(work, work / "model.pt", final, info, record)

@@ -61,6 +61,9 @@ class Recipe:
     # search only, without --init: the space's base is first trained this many epochs on the
     # search's training split and every candidate starts from it (0: every one from scratch)
     dense_epochs: _Epochs = 0
+    # search with --strategy oneshot: the supernet's epochs over the search's training split
+    # (0: dense_epochs, else epochs)
+    supernet_epochs: _Epochs = 0
     # default --trials of a search with this recipe (as --trials: at most 1000000)
     trials: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 16
     # per-base changes: {base: {key: value}}, each checked as the recipe with it applied

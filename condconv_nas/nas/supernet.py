@@ -1,0 +1,268 @@
+"""One-shot scoring (``--strategy oneshot``): one supernet trained once per run, and every
+candidate scored by the weights it takes from it, with no training of its own.
+
+The supernet is a bank of tensors, one per canonical tensor name (``models.sources``) that any
+point of the space has, each as large as that tensor gets in the space: the widest, deepest
+point with the most experts. A point takes from each tensor what ``upcycle.inherit`` takes from
+a dense model: the leading slices (its channels, its first ``n`` experts and their routers'
+first ``n`` outputs, the blocks it has); a layer that is static in the point and CondConv in the
+bank takes the mean of the bank's experts. Training samples a point every `PATH_STEPS` steps
+(each decision uniform, as the random sampler draws them) and trains the bank through it: a
+single path of shared weights per step, as single-path one-shot search does. Scoring a point
+re-estimates its BatchNorm statistics on training images and evaluates it on the held-out ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from ..data import make_datasets
+from ..models import build_model
+from ..models.sources import canonical
+from ..training.checkpoint import load, save
+from ..training.engine import (
+    BATCH_NORMS,
+    CPU,
+    build_for_training,
+    chance_threshold,
+    evaluate,
+    make_loader,
+    own_random_state,
+    recalibrate_bn,
+)
+from ..training.recipe import Recipe
+from .space import SearchSpace
+from .warm_start import once_per_run, publish
+
+SUPERNET = "supernet.pt"  # in the run folder
+SIZES = ("width_multiplier", "depth_multiplier", "num_experts")  # larger choice, larger tensors
+# a new path every few steps: building a point's network costs about as much as a training step
+PATH_STEPS = 4
+RECALIBRATE = 16  # batches that re-estimate a scored point's BatchNorm statistics, at least
+
+
+def largest(space: SearchSpace, params: dict) -> dict:
+    """``params`` with width, depth and experts at their largest choices: every tensor of the
+    point fits in the same tensor of this one."""
+    return {**params, **{k: max(space.decisions[k]) for k in SIZES}}
+
+
+def covering_points(space: SearchSpace) -> list[dict]:
+    """Points whose tensors, together, name and size every tensor of every point of the space:
+    the largest sizes, CondConv from the earliest block and in the classifier where the space
+    allows, under every routing (whose activation changes no tensor's shape); then the static
+    point, if the space has one."""
+    order = {"none": float("inf")}
+    structure = {
+        "begin_stage": min(space.decisions["begin_stage"], key=lambda v: order.get(v, v)),
+        "begin_offset": min(space.decisions["begin_offset"]),
+        "classifier": max(space.decisions["classifier"]),
+    }
+    routing = ("routing_share", "routing_hidden", "routing_hierarchical")
+    points = [
+        largest(space, {**structure, **dict(zip(routing, values, strict=True))})
+        for values in itertools.product(*(space.decisions[k] for k in routing))
+    ]
+    static = {"begin_stage": "none", "classifier": False}
+    if all(v in space.decisions[k] for k, v in static.items()):
+        points.append(largest(space, static))
+    seen = {}
+    for p in points:
+        seen.setdefault(space.to_spec(p).id, p)
+    return list(seen.values())
+
+
+def take(bank: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The part of a bank tensor that a point's tensor of ``shape`` is: the leading slices, or,
+    for a static layer of a CondConv bank (one dimension fewer), the mean of those slices over the
+    experts. A view where possible, so gradients reach the bank."""
+    if bank.dim() == len(shape) + 1:
+        return bank[(slice(None), *(slice(0, n) for n in shape))].mean(0)
+    return bank[tuple(slice(0, n) for n in shape)]
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "/")  # a ParameterDict key cannot hold a dot
+
+
+class Supernet(nn.Module):
+    """The bank, and the point it trains through: ``forward(images)`` runs the current point,
+    drawing a new one every `PATH_STEPS` training steps (its own seeded draw, so a resumed
+    training draws the same points); in evaluation mode it runs the largest point (the first of
+    `covering_points`), its BatchNorms normalising over the batch."""
+
+    def __init__(self, space: SearchSpace, num_classes: int, recipe: Recipe, *, seed: int = 0):
+        super().__init__()
+        self.space, self.num_classes, self.recipe, self.seed = space, num_classes, recipe, seed
+        self.bank = nn.ParameterDict()
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.covering = covering_points(space)
+        for params in self.covering:  # the first point to have a tensor at its largest gives it
+            model = build_for_training(self._spec(params), recipe)
+            for name, p in model.named_parameters():
+                key = _key(_canonical(name))
+                if key not in self.bank or self.bank[key].dim() < p.dim():
+                    self.bank[key] = nn.Parameter(p.detach().contiguous())
+        self._path: tuple[str, nn.Module] | None = None
+
+    def _spec(self, params: dict):
+        return self.space.to_spec(params).replace(num_classes=self.num_classes)
+
+    def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Every parameter of ``model`` (a point's network) as the bank gives it (views)."""
+        return {name: take(self.bank[_key(_canonical(name))], p.shape)
+                for name, p in model.named_parameters()}  # fmt: skip
+
+    def path(self, params: dict) -> nn.Module:
+        """The network of a point, its parameters left to `weights` (never initialised: the bank
+        has them), its BatchNorm statistics fresh; the last one is kept."""
+        spec = self._spec(params)
+        if self._path is None or self._path[0] != spec.id:
+            with torch.device("meta"):
+                model = build_model(
+                    spec,
+                    drop_rate=self.recipe.dropout,
+                    drop_path_rate=self.recipe.drop_path,
+                    bn_momentum=self.recipe.bn_momentum,
+                )
+            self._path = (spec.id, _materialised(model))
+        return self._path[1]
+
+    def draw(self, step: int) -> dict:
+        """The point trained at ``step``: every decision uniform, drawn from the seed and step."""
+        rng = random.Random(f"{self.seed}-{step}")
+        return self.space.sample(lambda _, choices: rng.choice(choices))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            model = self.path(self.covering[0])
+            model.train()  # batch statistics: a path's running ones are never its own for long
+            with torch.no_grad():
+                return functional_call(model, self.weights(model), (x,))
+        step = int(self.steps)
+        self.steps += 1
+        model = self.path(self.draw(step - step % PATH_STEPS))
+        model.train()
+        return functional_call(model, self.weights(model), (x,))
+
+    def state(self) -> dict:
+        """What `score` needs: the bank under canonical names, and what it was trained for."""
+        return {
+            "bank": {k.replace("/", "."): v.detach() for k, v in self.bank.items()},
+            "space": self.space.name,
+            "num_classes": self.num_classes,
+        }
+
+
+def _materialised(model: nn.Module) -> nn.Module:
+    """A network built on the meta device given real (uninitialised) tensors, its BatchNorm
+    statistics fresh: building without initialising is what makes a path cheap."""
+    model.to_empty(device="cpu")
+    for m in model.modules():
+        if isinstance(m, BATCH_NORMS) and m.track_running_stats:
+            m.reset_running_stats()
+    return model
+
+
+def _canonical(name: str) -> str:
+    name = canonical(name)
+    return name[len("net.") :] if name.startswith("net.") else name
+
+
+def supernet_recipe(recipe: Recipe) -> Recipe:
+    """The search's proxy recipe as the supernet trains with it: ``supernet_epochs`` (else the
+    dense start's, else the proxy's epochs) over all of the search's training images."""
+    epochs = recipe.supernet_epochs or recipe.dense_epochs or recipe.epochs
+    return dataclasses.replace(
+        recipe, epochs=epochs, train_subset=1.0, bn_recalibrate=0, repeats=1, dense_epochs=0
+    )
+
+
+def train_supernet(
+    run_dir: Path, *, space: SearchSpace, recipe: Recipe, data, seed: int = 0, note=None
+) -> dict:
+    """The run folder's supernet, trained first if the run has none (one process; a killed
+    training resumes from its last epoch): ``{"init": path, "top1", "epochs", "seconds"}``."""
+
+    def train(work: Path, final: Path, info: Path) -> None:
+        _train(work, final, info, space=space, recipe=supernet_recipe(recipe), data=data,
+               seed=seed, note=note)  # fmt: skip
+
+    return once_per_run(run_dir, Path(SUPERNET).stem, train, what="supernet", note=note)
+
+
+@own_random_state
+def _train(work: Path, final: Path, info: Path, *, space, recipe, data, seed, note) -> None:
+    from ..training.fit import Hooks, fit  # fit() builds on the engine
+
+    t0 = time.perf_counter()
+    train_ds, val_ds, num_classes = make_datasets(
+        data, recipe.resolution or space.resolution, holdout=recipe.holdout, seed=recipe.seed
+    )
+    torch.manual_seed(seed + recipe.seed)
+    net = Supernet(space, num_classes, recipe, seed=seed + recipe.seed)
+    last = work / "last.pt"
+    restore = load(last, ours=False) if last.is_file() else None
+    if restore is not None and note is not None:
+        note(f"resuming the supernet from {last} (epoch {restore['epoch']})")
+
+    def checkpoint(end) -> None:
+        t = end.training
+        save({"model": net.state_dict(), "optimizer": t.optimizer.state_dict(),
+              "scheduler": t.scheduler.state_dict() if t.scheduler else None,
+              "epoch": end.epoch}, last)  # fmt: skip
+        if note is not None:
+            note(f"supernet epoch {end.epoch}/{end.epochs}: loss {end.loss:.3f}")
+
+    end = fit(net, recipe, train_ds, val_ds, epochs=recipe.epochs, seed=seed + recipe.seed,
+              batch=recipe.batch_size, num_classes=num_classes, acc=CPU, restore=restore,
+              hooks=Hooks(on_epoch=checkpoint))  # fmt: skip
+    save(net.state(), work / "model.pt")
+    record = {
+        "epochs": recipe.epochs,
+        "top1": None if end is None else end.metrics["top1"],  # the largest point's
+        "seconds": round(time.perf_counter() - t0, 1),
+        "space": space.name,
+    }
+    publish(work, work / "model.pt", final, info, record)
+
+
+@functools.lru_cache(maxsize=2)
+def _bank(path: str, mtime: float) -> dict[str, torch.Tensor]:
+    return load(path, ours=False)["bank"]
+
+
+def score(spec, data, recipe: Recipe, supernet: str) -> dict:
+    """A candidate's held-out top-1 with the weights it takes from the supernet file (as
+    `Supernet.weights` gives them), after its BatchNorm statistics are re-estimated on
+    ``max(recipe.bn_recalibrate, RECALIBRATE)`` training batches; the split is the proxy's."""
+    recipe = recipe.for_base(spec.base)
+    bank = _bank(supernet, Path(supernet).stat().st_mtime)
+    train_ds, val_ds, num_classes = make_datasets(
+        data, recipe.resolution or spec.resolution, holdout=recipe.holdout, seed=recipe.seed
+    )
+    with torch.device("meta"):
+        model = build_model(spec.replace(num_classes=num_classes))
+    model = _materialised(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(take(bank[_canonical(name)], p.shape))
+        loader = make_loader(train_ds, recipe.batch_size, train=True, seed=recipe.seed)
+        recalibrate_bn(model, loader, max(recipe.bn_recalibrate, RECALIBRATE))
+        val = make_loader(val_ds, 256, train=False, seed=0)
+        metrics = evaluate(model, val)
+    return {
+        **metrics,
+        "num_classes": num_classes,
+        "val_size": len(val_ds),
+        "chance_threshold": chance_threshold(num_classes, len(val_ds)),
+    }
