@@ -310,9 +310,9 @@ def search(
     ``latency_batch=1``, ``objective="madds"``, ``latency_device``, ``sampler="tpe"``,
     ``strategy="proxy"``, the backends' own (Ray: ``address``, ``cpus_per_trial``,
     ``gpus_per_trial``, ``workers_per_trial``, ``cpus_per_worker``, ``gpus_per_worker``, see
-    docs/scaling.md; NNI: ``nni_strategy``). ``progress``: True for a bar on stderr, False for silence, or a
-    `Reporter`. Bad input raises `UsageError` before anything is written; Ctrl-C raises
-    `SearchInterrupted` after the run folder is written.
+    docs/scaling.md; NNI: ``nni_strategy``). ``progress``: True for a bar on stderr, False for
+    silence, or a `Reporter`. Bad input raises `UsageError` before anything is written; Ctrl-C
+    raises `SearchInterrupted` after the run folder is written.
 
     ``init``: weights every candidate starts from (a state dict file of the base's timm model, a
     ``model.pt``, or ``timm:NAME``), taking what matches; trials.csv's ``inherited`` is the share
