@@ -194,6 +194,8 @@ def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
             "cannot open",
         ),
         (["--budget", "400M", "--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial"),
+        (["--budget", "400M", "--strategy", "twoshot"], "--strategy 'twoshot'"),
+        (["--budget", "400M", "--strategy", "oneshot", "--init", "w.pt"], "--init and --strategy"),
     ],
 )
 def test_refused_cases_exit_2_and_write_nothing(tmp_path, args, message):
