@@ -57,7 +57,7 @@ from condconv_nas.nas.space import load_space
 from condconv_nas.nas.supernet import score, train_supernet
 from condconv_nas.nas.warm_start import dense_start
 from condconv_nas.training.engine import proxy_top1
-from condconv_nas.training.recipe import load_recipe
+from condconv_nas.training.recipe import load_recipe, recipe_from_dict
 
 HERE = Path(__file__).parent
 PAIRS = "mobilenet-v2,mnasnet-a1,efficientnet-b0"
@@ -170,6 +170,13 @@ def reused_all(paths: list[Path], recipes: dict) -> dict:
 REFERENCE_COLUMNS = ("references", "reference", "reference_s")
 
 
+def same_recipe(then: dict, now: dict) -> bool:
+    """Whether an earlier file's recipe is this run's: a key that recipes gained since counts as
+    its default (what the earlier run trained with)."""
+    defaults = json.loads(json.dumps(recipe_from_dict({}).__dict__))
+    return all(then.get(k, defaults.get(k)) == v for k, v in now.items())
+
+
 def reused(path: Path, recipes: dict) -> dict:
     """The rows of an earlier ``--out`` file by spec id. A different reference recipe is refused;
     a different proxy recipe keeps only the reference's figures."""
@@ -178,12 +185,12 @@ def reused(path: Path, recipes: dict) -> dict:
         earlier = {"rows": earlier}
     now = json.loads(json.dumps(recipes))
     then = earlier.get("recipes", now)
-    if then["reference"] != now["reference"]:
+    if not same_recipe(then["reference"], now["reference"]):
         raise SystemExit(
             f"{path}: its reference recipe differs from this run's; rerun without --reuse"
         )
     rows = {r["spec_id"]: r for r in earlier["rows"]}
-    if then["proxy"] != now["proxy"]:
+    if not same_recipe(then["proxy"], now["proxy"]):
         print(
             f"{path}: the proxy recipe changed: its reference figures are kept, proxies retrained"
         )
@@ -278,6 +285,12 @@ def main() -> None:
         help="also score every spec of --space from one supernet trained on the data",
     )
     p.add_argument(
+        "--supernet-dir",
+        type=Path,
+        help="with --oneshot: the folder the supernet trains in and is kept (resumed per epoch; "
+        "default: a temporary one)",
+    )
+    p.add_argument(
         "--inherit",
         action="store_true",
         help="also train every candidate upcycled from a dense model pretrained on the data",
@@ -322,8 +335,11 @@ def main() -> None:
 
     def supernet_file() -> str:  # the one-shot supernet, trained on first need
         if supernet["file"] is None:
-            tmp = Path(tempfile.mkdtemp(prefix="proxy-fidelity-supernet-"))
-            record = train_supernet(tmp, space=load_space(args.space), recipe=proxy, data=source)
+            folder = args.supernet_dir or Path(tempfile.mkdtemp(prefix="proxy-fidelity-"))
+            folder.mkdir(parents=True, exist_ok=True)
+            record = train_supernet(
+                folder, space=load_space(args.space), recipe=proxy, data=source, note=print
+            )
             supernet.update(file=record["init"], seconds=record["seconds"])
             print(f"supernet of {args.space} trained: {record}", flush=True)
         return supernet["file"]
