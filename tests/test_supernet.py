@@ -114,3 +114,26 @@ def csv_rows(run):
     import csv
 
     return csv.DictReader((run / "trials.csv").open())
+
+
+def test_a_killed_supernet_training_resumes_from_its_last_epoch(tmp_path, space):
+    from condconv_nas.data import parse_source
+
+    recipe = recipe_from_dict({**read_yaml(tmp_path / "tiny.yaml", "r"), "supernet_epochs": 2})
+    heard = []
+
+    def killed_after_epoch_1(line):
+        heard.append(line)
+        if line.startswith("supernet epoch 1/2"):
+            raise KeyboardInterrupt
+
+    kw = dict(space=space, recipe=recipe, data=parse_source("digits"))
+    with pytest.raises(KeyboardInterrupt):
+        S.train_supernet(tmp_path, note=killed_after_epoch_1, **kw)
+    assert not (tmp_path / "supernet.pt").exists()
+    assert (tmp_path / ".supernet" / "last.pt").is_file()
+    assert not (tmp_path / ".supernet" / "lock").exists()  # a rerun need not wait
+    record = S.train_supernet(tmp_path, note=heard.append, **kw)
+    assert any(line.startswith("resuming the supernet") and "(epoch 1)" in line for line in heard)
+    assert "supernet epoch 2/2" in heard[-1] and record["epochs"] == 2
+    assert (tmp_path / "supernet.pt").is_file() and not (tmp_path / ".supernet").exists()
