@@ -26,6 +26,8 @@ decisions:
   num_experts: [2, 4]
   classifier: [false, true]
   routing_share: [block, single]
+  routing_hidden: [none, small]
+  routing_hierarchical: [false, true]
 """
 
 
@@ -50,18 +52,39 @@ def test_a_point_takes_the_leading_slices_and_a_static_layer_the_mean_of_the_exp
             assert static[o, i, 0, 0].item() == pytest.approx(expected)
 
 
+def test_every_point_of_the_space_takes_every_tensor_from_the_bank(space):
+    import itertools
+
+    net = S.Supernet(space, 10, recipe_from_dict({}))
+    names = list(space.searched)
+    seen = set()
+    for values in itertools.product(*space.searched.values()):
+        point = dict(zip(names, values, strict=True))
+        if space.to_spec(point).id in seen:
+            continue
+        seen.add(space.to_spec(point).id)
+        model = net.path(point)
+        views = net.weights(model)  # a tensor the bank cannot hold whole raises
+        assert {n: v.shape for n, v in views.items()} == {
+            n: p.shape for n, p in model.named_parameters()
+        }
+    assert len(seen) > 20
+
+
 def test_the_largest_point_computes_what_its_own_network_with_the_banks_weights_does(space):
     recipe = recipe_from_dict({})
     net = S.Supernet(space, 10, recipe)
-    point = net.covering[0]  # the largest CondConv point: its tensors are the bank's, whole
+    point = net.covering[0]  # the largest CondConv point: its tensors are the bank's leading ones
     model = build_model(space.to_spec(point).replace(num_classes=10))
     state = {k.replace("/", "."): v for k, v in net.bank.items()}
     params = dict(model.named_parameters())
     names = dict(zip(canonical_state(params), params, strict=True))  # canonical -> the model's
-    assert set(names) == set(state)  # parameters only; statistics stay fresh
-    with torch.no_grad():
-        for name, tensor in state.items():
-            params[names[name]].copy_(tensor)
+    assert set(names) <= set(state)
+    with torch.no_grad():  # parameters only; the BatchNorm statistics stay fresh
+        for name, own in names.items():
+            p, bank = params[own], state[name]
+            assert bank.dim() == p.dim()  # CondConv where the bank is
+            p.copy_(bank[tuple(slice(0, n) for n in p.shape)])
     x = torch.randn(6, 3, 32, 32)
     model.train()
     with torch.no_grad():

@@ -85,9 +85,26 @@ def take(bank: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The part of a bank tensor that a point's tensor of ``shape`` is: the leading slices, or,
     for a static layer of a CondConv bank (one dimension fewer), the mean of those slices over the
     experts. A view where possible, so gradients reach the bank."""
+    if any(b < n for b, n in zip(bank.shape[bank.dim() - len(shape) :], shape, strict=True)):
+        raise ValueError(f"a tensor of shape {tuple(shape)} is not in {tuple(bank.shape)}")
     if bank.dim() == len(shape) + 1:
         return bank[(slice(None), *(slice(0, n) for n in shape))].mean(0)
     return bank[tuple(slice(0, n) for n in shape)]
+
+
+def _merged(had: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """A bank tensor that holds both ``had`` and ``new`` (leading slices): a stack of experts
+    over a static tensor, else each dimension at the larger size (a hierarchical router takes the
+    previous router's outputs as extra inputs), ``new`` where both have it."""
+    if had is None or new.dim() > had.dim():
+        return new.contiguous()
+    if had.dim() > new.dim():
+        return had
+    shape = [max(a, b) for a, b in zip(had.shape, new.shape, strict=True)]
+    out = torch.zeros(shape, dtype=new.dtype)
+    out[tuple(slice(0, n) for n in had.shape)] = had
+    out[tuple(slice(0, n) for n in new.shape)] = new
+    return out
 
 
 def _key(name: str) -> str:
@@ -106,12 +123,12 @@ class Supernet(nn.Module):
         self.bank = nn.ParameterDict()
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.covering = covering_points(space)
-        for params in self.covering:  # the first point to have a tensor at its largest gives it
+        for params in self.covering:
             model = build_for_training(self._spec(params), recipe)
             for name, p in model.named_parameters():
                 key = _key(_canonical(name))
-                if key not in self.bank or self.bank[key].dim() < p.dim():
-                    self.bank[key] = nn.Parameter(p.detach().contiguous())
+                had = self.bank[key].detach() if key in self.bank else None
+                self.bank[key] = nn.Parameter(_merged(had, p.detach()))
         self._path: tuple[str, nn.Module] | None = None
 
     def _spec(self, params: dict):
