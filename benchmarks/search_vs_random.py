@@ -8,6 +8,10 @@ they sample. Prints, per sampler, the best feasible proxy top-1 after each trial
 seeds) and the hypervolume of each run's front (proxy top-1 against MADDs / budget, above a
 floor common to all runs: the lowest top-1 any run trained).
 
+``--strategy oneshot`` scores candidates from one supernet instead (``search --strategy
+oneshot``), trained once here and linked into every run folder, so that the runs differ only in
+what they sample and six of them take about an hour, not a day.
+
 Resumable: each run is an ordinary run folder under ``--results`` (``<sampler>-s<seed>``), and a
 search resumes its folder, so a rerun trains only what is missing. Run:
 ``python benchmarks/search_vs_random.py [--data fashion-mnist] [--trials 20] [--seeds 0,1,2]``.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from condconv_nas import search
 from condconv_nas.data import parse_source
 from condconv_nas.nas.options import parse_budget
 from condconv_nas.nas.space import load_space
+from condconv_nas.nas.supernet import train_supernet
 from condconv_nas.nas.warm_start import dense_start
 from condconv_nas.training.recipe import load_recipe
 
@@ -74,25 +80,38 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--samplers", default="tpe,random")
+    p.add_argument("--strategy", choices=("proxy", "oneshot"), default="proxy")
     p.add_argument("--results", type=Path, default=ROOT / "runs" / "search_vs_random")
     args = p.parse_args()
     budget = parse_budget(args.budget)
-    kind = parse_source(args.data).kind
-    recipe = load_recipe(args.trainer).for_data(kind)
-    dense = dense_start(
-        args.results, base=load_space(args.space).base, trainer=args.trainer, data=args.data,
-        epochs=recipe.dense_epochs, progress=True, note=print,
-    )  # fmt: skip
+    source = parse_source(args.data)
+    recipe = load_recipe(args.trainer).for_data(source.kind)
+    shared = {}
+    if args.strategy == "oneshot":
+        supernet = train_supernet(
+            args.results, space=load_space(args.space), recipe=recipe, data=source, note=print
+        )
+        print(f"supernet: {supernet}", flush=True)
+    else:
+        dense = dense_start(
+            args.results, base=load_space(args.space).base, trainer=args.trainer, data=args.data,
+            epochs=recipe.dense_epochs, progress=True, note=print,
+        )  # fmt: skip
+        shared["init"] = dense["init"]
     samplers, seeds = args.samplers.split(","), [int(s) for s in args.seeds.split(",")]
     runs = {}
     for seed in seeds:
         for sampler in samplers:
             name = f"{sampler}-s{seed}"
+            if args.strategy == "oneshot":  # the run finds its supernet in place
+                (args.results / name).mkdir(parents=True, exist_ok=True)
+                for file in ("supernet.pt", "supernet.json"):
+                    if not (args.results / name / file).exists():
+                        os.link(args.results / file, args.results / name / file)
             result = search(
                 budget=budget, space=args.space, trials=args.trials, data=args.data, seed=seed,
-                run=name, results=args.results, init=dense["init"], sampler=sampler,
-                trainer=args.trainer,
-                progress=False,
+                run=name, results=args.results, sampler=sampler, trainer=args.trainer,
+                strategy=args.strategy, progress=False, **shared,
             )  # fmt: skip
             runs[(sampler, seed)] = trained(result.run_dir)
             print(f"{name}: front of {len(result.front)}", flush=True)
