@@ -196,6 +196,11 @@ def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
         (["--budget", "400M", "--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial"),
         (["--budget", "400M", "--strategy", "twoshot"], "--strategy 'twoshot'"),
         (["--budget", "400M", "--strategy", "oneshot", "--init", "w.pt"], "--init and --strategy"),
+        (
+            ["--budget", "400M", "--strategy", "oneshot", "--backend", "ray"]
+            + ["--workers-per-trial", "2"],
+            "--workers-per-trial and --strategy",
+        ),
     ],
 )
 def test_refused_cases_exit_2_and_write_nothing(tmp_path, args, message):

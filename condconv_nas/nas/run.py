@@ -451,7 +451,7 @@ def _dense_start(options, task, run_dir: Path, reporter) -> dict:
 
 def _supernet(task, run_dir: Path, reporter) -> dict:
     if not (run_dir / SUPERNET).is_file():
-        recipe = supernet_recipe(task.recipe)
+        recipe = supernet_recipe(task.recipe, task.space.base)
         reporter.note(
             f"training the supernet first: every point of {task.space.name}, {recipe.epochs} "
             f"epochs on {task.data} (once per run)"

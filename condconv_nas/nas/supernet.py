@@ -19,13 +19,16 @@ import functools
 import itertools
 import random
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..data import make_datasets
+from ..data import DataSource, make_datasets
+from ..errors import UsageError
+from ..layers import Router
 from ..models import build_model
 from ..models.sources import canonical
 from ..training.checkpoint import load, save
@@ -47,6 +50,7 @@ SUPERNET = "supernet.pt"  # in the run folder
 SIZES = ("width_multiplier", "depth_multiplier", "num_experts")  # larger choice, larger tensors
 # a new path every few steps: building a point's network costs about as much as a training step
 PATH_STEPS = 4
+PREV = "#prev"  # a hierarchical router's inputs from the previous router, banked apart
 RECALIBRATE = 16  # batches that re-estimate a scored point's BatchNorm statistics, at least
 
 
@@ -59,18 +63,30 @@ def largest(space: SearchSpace, params: dict) -> dict:
 def covering_points(space: SearchSpace) -> list[dict]:
     """Points whose tensors, together, name and size every tensor of every point of the space:
     the largest sizes, CondConv from the earliest block and in the classifier where the space
-    allows, under every routing (whose activation changes no tensor's shape); then the static
-    point, if the space has one."""
+    allows, under each routing hidden layer and hierarchy (the activation changes no shape), with
+    a router at every conv (``layer`` sharing) or at every block (``block``: the block routers of
+    ``pair`` and ``single`` sharing sit at some of them, where depends on the point); then the
+    static point, if the space has one. They need not be points of the space."""
     order = {"none": float("inf")}
     structure = {
         "begin_stage": min(space.decisions["begin_stage"], key=lambda v: order.get(v, v)),
         "begin_offset": min(space.decisions["begin_offset"]),
         "classifier": max(space.decisions["classifier"]),
     }
-    routing = ("routing_share", "routing_hidden", "routing_hierarchical")
+    shares = sorted({s if s == "layer" else "block" for s in space.decisions["routing_share"]})
     points = [
-        largest(space, {**structure, **dict(zip(routing, values, strict=True))})
-        for values in itertools.product(*(space.decisions[k] for k in routing))
+        largest(
+            space,
+            {
+                **structure,
+                "routing_share": share,
+                "routing_hidden": hidden,
+                "routing_hierarchical": hierarchical,
+            },
+        )  # fmt: skip
+        for share, hidden, hierarchical in itertools.product(
+            shares, space.decisions["routing_hidden"], space.decisions["routing_hierarchical"]
+        )
     ]
     static = {"begin_stage": "none", "classifier": False}
     if all(v in space.decisions[k] for k, v in static.items()):
@@ -92,6 +108,43 @@ def take(bank: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return bank[tuple(slice(0, n) for n in shape)]
 
 
+def _hierarchical(model: nn.Module) -> dict[str, int]:
+    """The first FC weight of every router that also reads the previous router's outputs (its
+    input is the pooled channels, then those outputs): its name -> how many channels. Its two
+    parts are banked apart, so that a narrower point takes both parts' leading slices."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Router) and m.prev_features:
+            fc = next(n for n, sub in m.named_modules() if isinstance(sub, nn.Linear))
+            out[f"{name}.{fc}.weight"] = m.in_features
+    return out
+
+
+def parts(model: nn.Module) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """(parameter name, bank name, tensor) for every tensor the bank holds of ``model``: each
+    parameter under its canonical name, a hierarchical router's inputs from the previous router
+    apart, under the name + `PREV`."""
+    split = _hierarchical(model)
+    for name, p in model.named_parameters():
+        key, channels = _canonical(name), split.get(name)
+        if channels is None:
+            yield name, key, p
+        else:
+            yield name, key, p[:, :channels]
+            yield name, key + PREV, p[:, channels:]
+
+
+def views(bank: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter of ``model`` (a point's network) as the bank (canonical name -> tensor)
+    gives it: `take` of each part, a hierarchical router's two parts side by side."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for name, key, p in parts(model):
+        if key not in bank:
+            raise ValueError(f"{key}: not in the supernet (a point outside its space?)")
+        out.setdefault(name, []).append(take(bank[key], p.shape))
+    return {name: got[0] if len(got) == 1 else torch.cat(got, dim=1) for name, got in out.items()}
+
+
 def _merged(had: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
     """A bank tensor that holds both ``had`` and ``new`` (leading slices): a stack of experts
     over a static tensor, else each dimension at the larger size (a hierarchical router takes the
@@ -111,6 +164,10 @@ def _key(name: str) -> str:
     return name.replace(".", "/")  # a ParameterDict key cannot hold a dot
 
 
+def _name(key: str) -> str:
+    return key.replace("/", ".")
+
+
 class Supernet(nn.Module):
     """The bank, and the point it trains through: ``forward(images)`` runs the current point,
     drawing a new one every `PATH_STEPS` training steps (its own seeded draw, so a resumed
@@ -125,8 +182,8 @@ class Supernet(nn.Module):
         self.covering = covering_points(space)
         for params in self.covering:
             model = build_for_training(self._spec(params), recipe)
-            for name, p in model.named_parameters():
-                key = _key(_canonical(name))
+            for _, name, p in parts(model):
+                key = _key(name)
                 had = self.bank[key].detach() if key in self.bank else None
                 self.bank[key] = nn.Parameter(_merged(had, p.detach()))
         self._path: tuple[str, nn.Module] | None = None
@@ -135,9 +192,8 @@ class Supernet(nn.Module):
         return self.space.to_spec(params).replace(num_classes=self.num_classes)
 
     def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Every parameter of ``model`` (a point's network) as the bank gives it (views)."""
-        return {name: take(self.bank[_key(_canonical(name))], p.shape)
-                for name, p in model.named_parameters()}  # fmt: skip
+        """Every parameter of ``model`` (a point's network) as the bank gives it (`views`)."""
+        return views({_name(k): v for k, v in self.bank.items()}, model)
 
     def path(self, params: dict) -> nn.Module:
         """The network of a point, its parameters left to `weights` (never initialised: the bank
@@ -150,6 +206,7 @@ class Supernet(nn.Module):
                     drop_rate=self.recipe.dropout,
                     drop_path_rate=self.recipe.drop_path,
                     bn_momentum=self.recipe.bn_momentum,
+                    expert_dropout=self.recipe.expert_dropout,
                 )
             self._path = (spec.id, _materialised(model))
         return self._path[1]
@@ -161,8 +218,10 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            model = self.path(self.covering[0])
-            model.train()  # batch statistics: a path's running ones are never its own for long
+            model = self.path(self.covering[0]).eval()
+            for m in model.modules():  # batch statistics: a path's own are never its own for long
+                if isinstance(m, BATCH_NORMS):
+                    m.train()
             with torch.no_grad():
                 return functional_call(model, self.weights(model), (x,))
         step = int(self.steps)
@@ -174,7 +233,7 @@ class Supernet(nn.Module):
     def state(self) -> dict:
         """What `score` needs: the bank under canonical names, and what it was trained for."""
         return {
-            "bank": {k.replace("/", "."): v.detach() for k, v in self.bank.items()},
+            "bank": {_name(k): v.detach() for k, v in self.bank.items()},
             "space": self.space.name,
             "num_classes": self.num_classes,
         }
@@ -195,24 +254,39 @@ def _canonical(name: str) -> str:
     return name[len("net.") :] if name.startswith("net.") else name
 
 
-def supernet_recipe(recipe: Recipe) -> Recipe:
-    """The search's proxy recipe as the supernet trains with it: ``supernet_epochs`` (else the
-    dense start's, else the proxy's epochs) over all of the search's training images."""
+def supernet_recipe(recipe: Recipe, base: str) -> Recipe:
+    """The search's proxy recipe for ``base`` as the supernet trains with it: ``supernet_epochs``
+    (else the dense start's, else the proxy's epochs) over all of the search's training images,
+    with no weight average (a point's weights are the bank's, not an average's)."""
+    recipe = recipe.for_base(base)
     epochs = recipe.supernet_epochs or recipe.dense_epochs or recipe.epochs
     return dataclasses.replace(
-        recipe, epochs=epochs, train_subset=1.0, bn_recalibrate=0, repeats=1, dense_epochs=0
+        recipe,
+        epochs=epochs,
+        train_subset=1.0,
+        bn_recalibrate=0,
+        repeats=1,
+        dense_epochs=0,
+        ema_decay=0.0,
     )
 
 
 def train_supernet(
-    run_dir: Path, *, space: SearchSpace, recipe: Recipe, data, seed: int = 0, note=None
+    run_dir: Path,
+    *,
+    space: SearchSpace,
+    recipe: Recipe,
+    data: DataSource,
+    seed: int = 0,
+    note: Callable[[str], None] | None = None,
 ) -> dict:
     """The run folder's supernet, trained first if the run has none (one process; a killed
-    training resumes from its last epoch): ``{"init": path, "top1", "epochs", "seconds"}``."""
+    training resumes from its last epoch): ``{"init": path, "top1", "epochs", "seconds"}``.
+    ``recipe``: the search's proxy recipe (`supernet_recipe` makes the supernet's of it)."""
+    recipe = supernet_recipe(recipe, space.base)
 
     def train(work: Path, final: Path, info: Path) -> None:
-        _train(work, final, info, space=space, recipe=supernet_recipe(recipe), data=data,
-               seed=seed, note=note)  # fmt: skip
+        _train(work, final, info, space=space, recipe=recipe, data=data, seed=seed, note=note)
 
     return once_per_run(run_dir, Path(SUPERNET).stem, train, what="supernet", note=note)
 
@@ -253,17 +327,26 @@ def _train(work: Path, final: Path, info: Path, *, space, recipe, data, seed, no
     publish(work, work / "model.pt", final, info, record)
 
 
-@functools.lru_cache(maxsize=2)
-def _bank(path: str, mtime: float) -> dict[str, torch.Tensor]:
-    return load(path, ours=False)["bank"]
+@functools.lru_cache(maxsize=1)
+def _bank(path: str, stamp: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The bank of a supernet file, kept while the file (its modification time and size, the
+    ``stamp``) stays the same: every trial of a run scores from it."""
+    bank = load(path, ours=False).get("bank")
+    if not isinstance(bank, dict):
+        raise UsageError(f"{path}: not a supernet (no bank of tensors)")
+    return bank
 
 
-def score(spec, data, recipe: Recipe, supernet: str) -> dict:
-    """A candidate's held-out top-1 with the weights it takes from the supernet file (as
-    `Supernet.weights` gives them), after its BatchNorm statistics are re-estimated on
-    ``max(recipe.bn_recalibrate, RECALIBRATE)`` training batches; the split is the proxy's."""
+@own_random_state
+def score(spec, data: DataSource, recipe: Recipe, supernet: str) -> dict:
+    """A candidate's held-out top-1 with the weights it takes from the supernet file (`views`),
+    after its BatchNorm statistics are re-estimated on ``max(recipe.bn_recalibrate,
+    RECALIBRATE)`` training batches (augmented from the recipe's seed); the split is the
+    proxy's."""
     recipe = recipe.for_base(spec.base)
-    bank = _bank(supernet, Path(supernet).stat().st_mtime)
+    torch.manual_seed(recipe.seed)
+    stat = Path(supernet).stat()
+    bank = _bank(supernet, (stat.st_mtime_ns, stat.st_size))
     train_ds, val_ds, num_classes = make_datasets(
         data, recipe.resolution or spec.resolution, holdout=recipe.holdout, seed=recipe.seed
     )
@@ -271,8 +354,9 @@ def score(spec, data, recipe: Recipe, supernet: str) -> dict:
         model = build_model(spec.replace(num_classes=num_classes))
     model = _materialised(model)
     with torch.no_grad():
+        weights = views(bank, model)
         for name, p in model.named_parameters():
-            p.copy_(take(bank[_canonical(name)], p.shape))
+            p.copy_(weights[name])
         loader = make_loader(train_ds, recipe.batch_size, train=True, seed=recipe.seed)
         recalibrate_bn(model, loader, max(recipe.bn_recalibrate, RECALIBRATE))
         val = make_loader(val_ds, 256, train=False, seed=0)

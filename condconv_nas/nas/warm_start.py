@@ -1,5 +1,6 @@
 """The search's own dense start: the space's base network, trained once per run on the search's
-training split, from which every candidate is upcycled before the proxy trains it.
+training split, from which every candidate is upcycled before the proxy trains it; and
+`once_per_run`, the lock and hand-over that it and the one-shot supernet are trained under.
 
 Trained from scratch for the proxy's few steps, candidates are scored by how fast they start
 to learn; upcycled from a dense model trained on the same images, they are scored by what
