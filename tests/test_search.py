@@ -194,7 +194,7 @@ def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
             "cannot open",
         ),
         (["--budget", "400M", "--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial"),
-        (["--budget", "400M", "--strategy", "twoshot"], "--strategy 'twoshot'"),
+        (["--budget", "400M", "--strategy", "twoshot"], "--strategy: invalid choice: 'twoshot'"),
         (["--budget", "400M", "--strategy", "oneshot", "--init", "w.pt"], "--init and --strategy"),
         (
             ["--budget", "400M", "--strategy", "oneshot", "--backend", "ray"]
