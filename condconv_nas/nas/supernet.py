@@ -181,7 +181,8 @@ class Supernet(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.covering = covering_points(space)
         for params in self.covering:
-            model = build_for_training(self._spec(params), recipe)
+            # independent experts, as measured (the bank is shared by sigmoid and softmax points)
+            model = build_for_training(self._spec(params), recipe, softmax_experts_alike=False)
             for _, name, p in parts(model):
                 key = _key(name)
                 had = self.bank[key].detach() if key in self.bank else None

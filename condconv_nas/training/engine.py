@@ -76,9 +76,28 @@ def zero_init_residual(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_for_training(spec, recipe: Recipe) -> nn.Module:
+def experts_alike(model: nn.Module) -> nn.Module:
+    """Start every CondConv layer's experts as one kernel (its first expert's draw).
+
+    Under softmax routing the mixture of n independently drawn experts is about sqrt(n) times
+    smaller than their spread, so each layer's output swings with its routing more than with its
+    input, and from scratch the gradients explode: a 16-expert spec with a router per layer stays
+    at chance (benchmarks/README.md, "Proxy fidelity"). Alike experts give the routing nothing to
+    amplify until training sets them apart, as an upcycled start does.
+    """
+    for m in model.modules():
+        if isinstance(m, (CondConv2d, CondLinear)):
+            with torch.no_grad():
+                for p in (m.weight, m.bias):
+                    if p is not None:
+                        p.copy_(p[:1].expand_as(p))
+    return model
+
+
+def build_for_training(spec, recipe: Recipe, *, softmax_experts_alike: bool = True) -> nn.Module:
     """``build_model`` with the recipe's regularisers and initialisation, weights stored
-    channels-last."""
+    channels-last; a softmax-routed spec's experts start alike (`experts_alike`) unless
+    ``softmax_experts_alike`` is False."""
 
     model = build_model(
         spec,
@@ -89,6 +108,8 @@ def build_for_training(spec, recipe: Recipe) -> nn.Module:
     )
     if recipe.zero_init_residual:
         zero_init_residual(model)
+    if softmax_experts_alike and spec.condconv and spec.condconv.routing.activation == "softmax":
+        experts_alike(model)
     return zero_classifier(model).to(memory_format=torch.channels_last)
 
 
