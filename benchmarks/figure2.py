@@ -8,8 +8,11 @@ images. Prints a table of test top-1 (mean over seeds, and each seed) against MA
 writes it with a plot to ``--out`` (``docs/figure2.md``, ``docs/figure2.png``).
 
 Resumable: every training writes under ``--runs`` (``runs/figure2/<w>-<n>e-s<seed>/``) after each
-epoch; a rerun takes the finished ones as they are and resumes the unfinished, so the figure can
-be filled across sittings (``--only-table`` draws what is finished, trains nothing). Run:
+epoch; a rerun takes the finished ones as they are and resumes the unfinished. The table in
+``--out`` (kept in git) holds every finished training by seed, with its epochs, recipe and data:
+a rerun on another machine, or with other ``--widths``, trains only what it lacks and keeps the
+rest, so the figure can be filled across sittings (``--only-table`` draws what is finished,
+trains nothing). Run:
 ``python benchmarks/figure2.py [--widths 0.25,0.5] [--experts 1,2,4,8] [--seeds 0,1]``.
 """
 
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 from condconv_nas import count_madds, load_spec, train
+from condconv_nas.files import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,6 +93,40 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def finished(path: Path, args) -> dict[tuple[float, int, int], float]:
+    """Test top-1 by (width, experts, seed) of the trainings in an earlier table of the same
+    epochs, recipe and data."""
+    if not path.is_file():
+        return {}
+    same = {"epochs": args.epochs, "trainer": args.trainer, "data": args.data}
+    return {
+        (r["width"], r["experts"], int(seed)): top1
+        for r in json.loads(path.read_text())
+        if all(r.get(k) == v for k, v in same.items())
+        for seed, top1 in r["by_seed"].items()
+    }
+
+
+def table(done: dict[tuple[float, int, int], float], args) -> list[dict]:
+    rows = []
+    for width, experts in sorted({(w, e) for w, e, _ in done}):
+        by_seed = {s: t for (w, e, s), t in sorted(done.items()) if (w, e) == (width, experts)}
+        rows.append(
+            {
+                "width": width,
+                "experts": experts,
+                "madds_M": round(count_madds(spec_for(width, experts)) / 1e6, 1),
+                "top1": round(statistics.mean(by_seed.values()), 4),
+                "seeds": [round(t, 4) for t in by_seed.values()],
+                "by_seed": {str(s): round(t, 4) for s, t in by_seed.items()},
+                "epochs": args.epochs,
+                "trainer": args.trainer,
+                "data": args.data,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", default="0.25,0.5")
@@ -104,32 +142,28 @@ def main() -> None:
     widths = [float(w) for w in args.widths.split(",")]
     experts_ = [int(e) for e in args.experts.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    done = {}  # seed-major: a whole curve per seed first, so a partial fill still draws one
-    for seed in seeds:
+    done = finished(args.out.with_suffix(".json"), args)
+    for seed in seeds:  # seed-major: a whole curve per seed first, so a partial fill draws one
         for width in widths:
             for experts in experts_:
                 out = args.runs / f"{width}-{experts}e-s{seed}"
+                if (width, experts, seed) in done and not (out / "metrics.json").is_file():
+                    continue
                 m = run_one(spec_for(width, experts), out, args, seed)
                 if m is not None:
-                    done.setdefault((width, experts), []).append(m["top1"])
-    rows = [
-        {
-            "width": width,
-            "experts": experts,
-            "madds_M": round(count_madds(spec_for(width, experts)) / 1e6, 1),
-            "top1": round(statistics.mean(top1s), 4),
-            "seeds": [round(t, 4) for t in top1s],
-        }
-        for (width, experts), top1s in done.items()
-    ]
+                    done[width, experts, seed] = m["top1"]
+                    rows = table(done, args)  # after every training: a stop loses nothing
+                    write_atomic(args.out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
+    rows = table(done, args)
     from tabulate import tabulate
 
-    table = tabulate(rows, headers="keys", tablefmt="github")
-    print(table)
+    print(
+        tabulate([{k: v for k, v in r.items() if k != "by_seed"} for r in rows], "keys", "github")
+    )
     if rows:
         title = f"MobileNetV1 on {args.data}, {args.trainer} recipe, {args.epochs} epochs"
         draw(rows, args.out.with_suffix(".png"), title)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+        write_atomic(args.out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
