@@ -390,7 +390,7 @@ def main() -> None:
             + (f"  oneshot {r['oneshot']:.3f} ({r['oneshot_s']:.1f} s)" if "oneshot" in r else ""),
             flush=True,
         )
-        if args.out:  # after every spec: a stopped run can be resumed with --reuse
+        if args.out and not args.report:  # after every spec: resumable with --reuse
             rest = [r for i, r in known.items() if i not in {x["spec_id"] for x in rows}]
             out = {"recipes": recipes, "rows": rows + rest, "supernet_s": supernet["seconds"]}
             text = json.dumps(out, indent=2, default=str)
