@@ -21,6 +21,12 @@ import ray
 from ray import tune
 from ray.tune import search as ray_search
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.util.placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
 from ..errors import UsageError
 from .backend import Searcher, scratch_dir, stdout_to_stderr
@@ -99,16 +105,24 @@ class BandedASHA(FIFOScheduler):
 
 @ray.remote(num_cpus=0)
 class StopRequests:
-    """The trials ASHA stopped whose training runs on Ray Train workers (they ask each epoch)."""
+    """The trials ASHA stopped whose training runs on Ray Train workers (they ask each epoch),
+    and the placement group each such trial's workers run in (freed by the trial when it ends)."""
 
     def __init__(self) -> None:
         self.trials: set[str] = set()
+        self.groups: dict[str, PlacementGroup] = {}
 
     def add(self, trial_id: str) -> None:
         self.trials.add(trial_id)
 
     def has(self, trial_id: str) -> bool:
         return trial_id in self.trials
+
+    def placed(self, trial_id: str, group: PlacementGroup) -> None:
+        self.groups[trial_id] = group
+
+    def group(self, trial_id: str) -> PlacementGroup | None:
+        return self.groups.pop(trial_id, None)
 
 
 class Stopped(Exception):
@@ -247,6 +261,8 @@ def train_worker(config: dict) -> None:
     keep_freed_memory()
     torch.set_num_threads(config["threads"])
     task, madds = config["task"], config["madds"]
+    if world()[1] == 0:
+        config["stops"].placed.remote(config["trial_id"], get_current_placement_group())
 
     def report(epoch: int, metrics: dict) -> None:
         train.report(_epoch(madds, epoch, metrics))
@@ -299,7 +315,10 @@ class Workers:
                 failure_config=FailureConfig(max_failures=0),
             ),
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+        finally:
+            free_group(ray.get(stops.group.remote(tune.get_context().get_trial_id())))
 
     def concurrent(self, cluster: dict, where: str = "the cluster") -> int:
         """How many trials' workers the cluster's resources hold at once; `UsageError` if not
@@ -363,6 +382,14 @@ class RaySearcher(Searcher):
                 ray.shutdown()
                 _end(ours)
         return ledger.records()
+
+
+def free_group(group: PlacementGroup | None) -> None:
+    """Remove a finished trial's worker placement group if Ray Train left it: when a worker dies,
+    Train's controller can be gone before it frees the group, and its own cleaner needs the
+    dashboard's state API; a leaked group holds the next trial's CPUs forever."""
+    if group is not None and placement_group_table(group).get("state", "REMOVED") != "REMOVED":
+        remove_placement_group(group)
 
 
 def _init(address: str | None) -> None:
