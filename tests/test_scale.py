@@ -260,15 +260,13 @@ def finish(proc: subprocess.Popen, timeout: float, *, read: bool = True):
     that one hung run fails alone, not every Ray test after it."""
     import psutil  # a Ray dependency
 
+    from condconv_nas.nas.ray_engine import _end
+
     try:
         return proc.communicate(timeout=timeout) if read else proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         tree = psutil.Process(proc.pid)
-        for p in [tree, *tree.children(recursive=True)]:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        _end([tree, *tree.children(recursive=True)], seconds=0)
         proc.wait()
         pytest.fail(f"the search did not end in {timeout} s")
 

@@ -295,6 +295,7 @@ class Workers:
         from ray.train.torch import TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        trial_id = tune.get_context().get_trial_id()
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={
@@ -303,7 +304,7 @@ class Workers:
                 "madds": config["madds"],
                 "threads": max(1, int(self.cpus)),
                 "stops": stops,
-                "trial_id": tune.get_context().get_trial_id(),
+                "trial_id": trial_id,
             },
             scaling_config=ScalingConfig(
                 num_workers=self.count, use_gpu=self.gpus > 0, resources_per_worker=self.resources
@@ -318,7 +319,7 @@ class Workers:
         try:
             trainer.fit()
         finally:
-            free_group(ray.get(stops.group.remote(tune.get_context().get_trial_id())))
+            free_group(ray.get(stops.group.remote(trial_id)))
 
     def concurrent(self, cluster: dict, where: str = "the cluster") -> int:
         """How many trials' workers the cluster's resources hold at once; `UsageError` if not
