@@ -87,3 +87,12 @@ def stage_depths(base: str, depth_multiplier: float = 1.0) -> list[int]:
 def num_blocks(base: str, depth_multiplier: float = 1.0) -> int:
     """B in docs/method.md's numbering: layer 1 = stem, 2..B+1 = blocks, B+2 = classifier."""
     return sum(stage_depths(base, depth_multiplier))
+
+
+def stride_steps(base: str) -> int:
+    """How many times the base halves its feature maps, counted from the stem: the stem and every
+    stage that starts at stride 2 (ResNet: its stem, its max pool and three stages). Tests check
+    this against the built network's stride-2 layers."""
+    if base in RESNET_ARCHS:
+        return 5
+    return 1 + sum("_s2_" in stage[0] for stage in EFFICIENTNET_ARCHS[base]["stages"])

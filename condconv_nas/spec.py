@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from .archs import BASES, num_blocks
+from .archs import BASES, num_blocks, stride_steps
 from .errors import UsageError
 from .files import write_atomic
 from .validation import FORBID_EXTRA, Float, StrictBool, StrictInt, parse, read_json
@@ -31,7 +31,7 @@ ACTIVATIONS = ("sigmoid", "softmax")
 PADDINGS = ("symmetric", "same")  # PyTorch's k // 2 on every side | TensorFlow's 'SAME'
 # Fields that to_dict() (and so the id) leaves out while they hold their default: specs written
 # before the field existed read unchanged and keep their ids.
-OPTIONAL_DEFAULTS = {"padding": "symmetric", "bn_eps": 1e-5}
+OPTIONAL_DEFAULTS = {"padding": "symmetric", "bn_eps": 1e-5, "skip_downsample": 0}
 
 
 class SpecError(UsageError):
@@ -77,6 +77,9 @@ class ArchSpec:
     padding: Literal[PADDINGS] = "symmetric"
     # batch-norm epsilon (timm's tf_ models: 1e-3)
     bn_eps: Annotated[Float, Field(gt=0, lt=1)] = 1e-5
+    # the first k of the base's stride-2 steps (from the stem) run at stride 1: small images keep
+    # larger maps (EfficientNet-B0 at 32 px ends on 1x1 maps with 0, 2x2 with 1, 4x4 with 2)
+    skip_downsample: Annotated[StrictInt, Field(ge=0, le=64)] = 0
     condconv: CondConvSpec | None = None  # None: a static model
     # an integer (a Literal would take 1.0 and true)
     schema_version: Annotated[StrictInt, Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)] = (
@@ -127,6 +130,7 @@ class ArchSpec:
             raise SpecError(
                 "padding: 'same' is for the EfficientNet family; resnet50 pads symmetrically"
             )
+        self._validate_strides()
         cc = self.condconv
         if cc is None:
             return
@@ -141,6 +145,31 @@ class ArchSpec:
             raise SpecError(
                 f"condconv.begin_layer: {last} means classifier only, but condconv.classifier is "
                 f"false"
+            )
+
+    @property
+    def total_stride(self) -> int:
+        """How many times smaller than the input the final feature maps are."""
+        return 2 ** (stride_steps(self.base) - self.skip_downsample)
+
+    def _validate_strides(self) -> None:
+        skip, steps = self.skip_downsample, stride_steps(self.base)
+        if skip > steps:
+            raise SpecError(
+                f"skip_downsample: {self.base} has {steps} stride-2 steps, so at most {steps}, "
+                f"got {skip}"
+            )
+        stride = self.total_stride
+        if skip and self.resolution < stride:
+            raise SpecError(
+                f"skip_downsample: {skip} leaves a total stride of {stride}, which shrinks "
+                f"resolution {self.resolution} under a 1x1 map; skip more steps or raise resolution"
+            )
+        if skip and self.resolution % stride:
+            raise SpecError(
+                f"skip_downsample: {skip} leaves a total stride of {stride}, which does not divide "
+                f"resolution {self.resolution} (final maps of {self.resolution / stride:g} px); "
+                f"use a resolution divisible by {stride}"
             )
 
 

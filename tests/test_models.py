@@ -5,6 +5,7 @@ import timm
 import torch
 
 from condconv_nas import build_model, count_madds, count_params, load_spec
+from condconv_nas.archs import BASES
 from condconv_nas.layers import CondConv2d, CondLinear, Router
 from condconv_nas.spec import PRESETS, ArchSpec
 from condconv_nas.table1 import PAPER_TABLE1
@@ -143,6 +144,43 @@ def test_hand_computed_madds_tiny():
     # block routing: one FC per unit on its input: 64 -> 4, 128 -> 4, classifier 256 -> 4
     assert count_madds(tiny()) == STATIC + MIXING + (64 + 128 + 256) * 4
     assert count_madds(tiny(), resolution=64) > count_madds(tiny())
+
+
+def test_hand_computed_madds_with_skip_downsample():
+    # skip 2: the stem and block 2 at stride 1, so the maps are 4x larger on each side until the
+    # three halvings left: (8,16,32) (16,32,32) (32,64,16) (64,128,8) (128,256,4)
+    skipped = ArchSpec.from_dict({**TINY, "skip_downsample": 2})
+    hand = (
+        8 * 27 * 32 * 32
+        + sum(
+            c * 9 * h * h + c * o * h * h
+            for c, o, h in [(8, 16, 32), (16, 32, 32), (32, 64, 16), (64, 128, 8), (128, 256, 4)]
+        )
+        + 256 * 10
+    )
+    assert count_madds(skipped) == hand
+    # CondConv's mixing is per example, not per position: the same as without the skip
+    cc = skipped.replace(condconv=tiny().to_dict()["condconv"])
+    assert count_madds(cc) == hand + MIXING + (64 + 128 + 256) * 4
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_skip_downsample_keeps_larger_maps_for_every_base(base):
+    from condconv_nas.archs import stride_steps as steps_of
+    from condconv_nas.models import FAMILIES
+    from condconv_nas.models.strides import stride_steps
+
+    spec = ArchSpec.from_dict({"base": base, "resolution": 32, "num_classes": 10})
+    static = build_model(spec)
+    assert len(stride_steps(static.net, FAMILIES[base])) == steps_of(base) == 5
+    x = torch.randn(2, 3, 32, 32)
+    for k in (0, 1, 2):
+        model = build_model(spec.replace(skip_downsample=k)).eval()
+        assert model.net.forward_features(x).shape[-1] == 2**k
+        assert len(stride_steps(model.net, FAMILIES[base])) == 5 - k
+        # the same weights, the same layers: only strides change
+        assert count_params(model) == count_params(static)
+        assert model(x).shape == (2, 10)
 
 
 @pytest.mark.parametrize(

@@ -656,3 +656,61 @@ def test_optuna_dashboard_serves_the_runs_study_on_loopback(files):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+SMALL_SPACE = """
+base: mobilenet_v1
+resolution: 32
+num_classes: 10
+decisions:
+  width_multiplier: [0.25, 0.5]
+  skip_downsample: [0, 2]
+  begin_stage: [4, none]
+  num_experts: [2]
+"""
+
+
+def test_a_small_image_space_searches_skip_downsample_and_counts_at_its_resolution(files):
+    (files / "small.yaml").write_text(SMALL_SPACE)
+    res = search(files, "--trials", "4", "--space", files / "small.yaml", budget="20M", run="s")
+    assert res.returncode == 0, res.stderr
+    assert "budget 20M MADDs at 32x32 px" in res.stderr
+    rows = list(csv.DictReader((files / "results" / "s" / "trials.csv").open()))
+    assert len(rows) == 4 and "skip_downsample" in rows[0]
+    space = load_space(files / "small.yaml")
+    for r in rows:
+        params = {
+            "width_multiplier": float(r["width_multiplier"]),
+            "skip_downsample": int(r["skip_downsample"]),
+            "begin_stage": r["begin_stage"]
+            if r["begin_stage"] == "none"
+            else int(r["begin_stage"]),
+        }
+        spec = space.to_spec(params)
+        assert spec.resolution == 32 and spec.skip_downsample == params["skip_downsample"]
+        assert int(r["madds"]) == count_madds(spec)  # counted at 32 px, not 224
+        assert (r["feasible"] == "True") == (int(r["madds"]) <= 20_000_000)
+
+
+def test_shipped_small_image_spaces():
+    for name in ("efficientnet_b0_32", "mobilenet_v1_32"):
+        space = load_space(name)
+        assert (space.resolution, space.num_classes) == (32, 10)
+        assert space.searched["skip_downsample"] == (0, 1, 2)
+        cheap = space.cheapest()
+        assert cheap.skip_downsample == 0 and cheap.resolution == 32
+        # each skipped step makes the maps, and so the convolutions' MADDs, larger
+        madds = [count_madds(space.to_spec({"skip_downsample": k})) for k in (0, 1, 2)]
+        assert madds[0] < madds[1] < madds[2]
+
+
+def test_a_space_whose_stride_plan_leaves_no_map_is_refused(tmp_path):
+    bad = SMALL_SPACE.replace("resolution: 32", "resolution: 12")
+    (tmp_path / "bad.yaml").write_text(bad)
+    res = run_cli(
+        "search", "--budget", "1G", "--space", tmp_path / "bad.yaml", "--results", tmp_path / "r"
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "decisions.skip_downsample" in res.stderr and "resolution 12" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -91,6 +91,12 @@ INVALID = {  # case: (spec dict, field named in the message)
     ),
     "schema version": (bad(schema_version=2), "schema_version"),
     "missing base": ({k: v for k, v in B0.to_dict().items() if k != "base"}, "base"),
+    "skip not an int": (bad(skip_downsample=1.0), "skip_downsample"),
+    "skip negative": (bad(skip_downsample=-1), "skip_downsample"),
+    "skip past the base's steps": (bad(skip_downsample=6), "skip_downsample"),
+    # 16 px with 4 halvings left: 1x1 would need 16 / 16; 8 px falls under it
+    "skip leaves under 1x1": (bad(skip_downsample=1, resolution=8), "skip_downsample"),
+    "skip does not divide": (bad(skip_downsample=2, resolution=36), "skip_downsample"),
 }
 
 
@@ -112,6 +118,8 @@ def test_invalid_spec_rejected_naming_the_field(case):
         "width <= 0",
         "unknown base",
         "unknown share",
+        "skip past the base's steps",
+        "skip leaves under 1x1",
     ],
 )
 def test_invalid_spec_through_cli_exit_2(case, tmp_path, cli):
@@ -159,3 +167,16 @@ def test_import_is_light():
         [sys.executable, "-c", code], capture_output=True, text=True
     ).stdout.strip()
     assert out == "[]"
+
+
+def test_skip_downsample_defaults_to_0_and_keeps_old_ids():
+    old = {"schema_version": 1, "base": "efficientnet_b0", "resolution": 32}
+    spec = ArchSpec.from_dict(old)
+    assert spec.skip_downsample == 0 and "skip_downsample" not in spec.to_dict()
+    assert spec.replace(skip_downsample=0).id == spec.id
+    skipped = spec.replace(skip_downsample=2)
+    assert skipped.to_dict()["skip_downsample"] == 2 and skipped.id != spec.id
+    assert ArchSpec.from_dict(skipped.to_dict()) == skipped
+    assert all(load_spec(n).skip_downsample == 0 for n in PRESETS)
+    # every base halves five times: 32 px with k steps skipped ends on 2**k maps
+    assert [spec.replace(skip_downsample=k).total_stride for k in range(6)] == [32, 16, 8, 4, 2, 1]

@@ -11,6 +11,7 @@ from ..spec import ArchSpec, load_spec
 from . import families  # noqa: F401  (registers the families)
 from .placement import place_condconv
 from .registry import FAMILIES, Family, register_family
+from .strides import skip_downsample
 
 __all__ = ["build_model", "CondConvNet", "FAMILIES", "Family", "register_family"]
 
@@ -47,6 +48,7 @@ def build_model(
     net = family.build(
         spec, drop_rate=drop_rate, drop_path_rate=drop_path_rate, bn_momentum=bn_momentum
     )
+    skip_downsample(net, family, spec.skip_downsample)
     state = (
         place_condconv(net, family, spec.condconv, expert_dropout=expert_dropout)
         if spec.condconv is not None

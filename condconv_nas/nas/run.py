@@ -468,7 +468,8 @@ class _RunFolder:
     def __init__(self, task, run_dir: Path, presets: dict, total: int) -> None:
         self.task, self.run_dir, self.presets, self.total = task, run_dir, presets, total
         self.decisions = list(task.space.searched)
-        self.budgets = f"budget {format_madds(task.budget)}" + (
+        res = task.space.resolution
+        self.budgets = f"budget {format_madds(task.budget)} MADDs at {res}x{res} px" + (
             f" and {task.latency_budget:g} ms" if task.latency_budget is not None else ""
         )
 

@@ -42,6 +42,8 @@ class Decisions:
 
     width_multiplier: _choices(_Multiplier) = (1.0,)
     depth_multiplier: _choices(_Multiplier) = (1.0,)
+    # how many of the base's first stride-2 steps run at stride 1 (the spec's skip_downsample)
+    skip_downsample: _choices(Annotated[StrictInt, Field(ge=0, le=64)]) = (0,)
     # the stage (1 = the first block stage) where CondConv begins; none = no CondConv block
     begin_stage: _choices(Literal["none"] | Annotated[StrictInt, Field(ge=1, le=10_000)]) = (
         "none",
@@ -158,6 +160,7 @@ class SearchSpace:
                 "base": self.base,
                 "width_multiplier": float(p["width_multiplier"]),
                 "depth_multiplier": depth,
+                "skip_downsample": int(p["skip_downsample"]),
                 "resolution": self.resolution,
                 "num_classes": self.num_classes,
                 "condconv": cc,
@@ -177,6 +180,7 @@ class SearchSpace:
         fixed = {
             "width_multiplier": spec.width_multiplier,
             "depth_multiplier": spec.depth_multiplier,
+            "skip_downsample": spec.skip_downsample,
         }
         cc = spec.condconv
         if cc is not None:
@@ -223,6 +227,7 @@ class SearchSpace:
         p = {
             "width_multiplier": pick("width_multiplier", float),
             "depth_multiplier": pick("depth_multiplier", float),
+            "skip_downsample": pick("skip_downsample", int),  # larger maps cost more
             "begin_stage": max(self.decisions["begin_stage"], key=lambda v: order.get(v, v)),
             "begin_offset": max(self.decisions["begin_offset"]),
             "num_experts": pick("num_experts", int),
@@ -247,6 +252,13 @@ def load_space(name_or_path: str) -> SearchSpace:
             raise UsageError(
                 f"{where}: decisions.begin_stage: {parsed.base} has stages 1..{stages}, got {stage}"
             )
+    for skip in parsed.decisions.skip_downsample:
+        try:
+            ArchSpec.from_dict(
+                {"base": parsed.base, "resolution": parsed.resolution, "skip_downsample": skip}
+            )
+        except SpecError as e:
+            raise UsageError(f"{where}: decisions.{e}") from None
     space = SearchSpace(
         name=path.stem,
         base=parsed.base,
