@@ -44,6 +44,9 @@ def test_train_then_resume_continues(tmp_path, recipe, cli):
     assert "resuming" in res.stderr and "epoch 1/3" not in res.stderr and "epoch 3/3" in res.stderr
     m3 = json.loads((out / "metrics.json").read_text())
     assert m3["epoch"] == 3 and {"top1", "top5", "madds", "params"} <= set(m3)
+    # the curve goes on from the checkpoint's: the first two epochs' losses as they were
+    assert m3["train_losses"][:2] == m2["train_losses"] and len(m3["train_losses"]) == 3
+    assert m3["train_losses"][-1] == m3["train_loss"] < m3["train_losses"][0]
     assert m3["top1"] > 0.3  # well above chance (0.1)
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3 and state2["epoch"] == 2
     model = load_exported(out / "model.pt")

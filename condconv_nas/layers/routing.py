@@ -65,6 +65,9 @@ class Router(nn.Module):
             prev_features,
         )
         self.activation, self.expert_dropout = activation, expert_dropout
+        # routing logits are divided by this: a routing warm-up starts it high (near-uniform
+        # routing) and anneals it to 1 (`set_routing_temperature`)
+        self.temperature = 1.0
         fan_in = in_features + prev_features
         width = HIDDEN[hidden]
         if width is None:
@@ -82,10 +85,30 @@ class Router(nn.Module):
                 prev = pooled.new_zeros(pooled.shape[0], self.prev_features)
             pooled = torch.cat([pooled, prev], dim=1)
         logits = self.fc(pooled)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         r = torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
         if self.training and self.expert_dropout > 0:
             r = F.dropout(r, self.expert_dropout)
         return r
+
+
+def init_router_timm(router: Router) -> None:
+    """timm's initialisation of a CondConv routing FC (``_init_weight_goog`` on ``routing_fn``):
+    weights uniform in +-1/sqrt(fan_in + fan_out), bias zero, so every example starts with the
+    same routing up to its features instead of a random per-expert offset."""
+    for fc in router.modules():
+        if isinstance(fc, nn.Linear):
+            bound = 1.0 / (fc.in_features + fc.out_features) ** 0.5
+            nn.init.uniform_(fc.weight, -bound, bound)
+            nn.init.zeros_(fc.bias)
+
+
+def set_routing_temperature(model: nn.Module, temperature: float) -> None:
+    """Divide every router's logits in ``model`` by ``temperature`` from now on."""
+    for m in model.modules():
+        if isinstance(m, Router):
+            m.temperature = float(temperature)
 
 
 class RoutingState:

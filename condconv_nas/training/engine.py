@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import make_datasets
 from ..layers import CondConv2d, CondLinear, Router
+from ..layers.routing import init_router_timm, set_routing_temperature
 from ..models import build_model
 from ..models.upcycle import inherit
 from .recipe import Recipe
@@ -108,16 +109,24 @@ def build_for_training(spec, recipe: Recipe, *, softmax_experts_alike: bool = Tr
     )
     if recipe.zero_init_residual:
         zero_init_residual(model)
+    if recipe.router_init == "timm":
+        for m in model.modules():
+            if isinstance(m, Router):
+                init_router_timm(m)
     if softmax_experts_alike and spec.condconv and spec.condconv.routing.activation == "softmax":
         experts_alike(model)
     return zero_classifier(model).to(memory_format=torch.channels_last)
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, expert_lr: str = "same", router_lr: str = "same"
+    model: nn.Module,
+    weight_decay: float,
+    expert_lr: str = "same",
+    router_lr: str = "same",
+    router_weight_decay: float | None = None,
 ) -> list[dict]:
     """timm's weight-decay groups; with ``expert_lr="rsqrt"`` CondConv experts get ``lr_scale =
-    1/sqrt(n)``.
+    1/sqrt(n)``; routers' weights decay by ``router_weight_decay`` when it is given.
 
     Why: under an adaptive optimizer (AdamW, RMSProp) every expert steps by about ``lr`` along the
     shared gradient, so the mixed kernel moves ``n/2`` expert steps while its size, for
@@ -128,6 +137,8 @@ def param_groups(
     """
 
     groups = param_groups_weight_decay(model, weight_decay)
+    if router_weight_decay is not None:
+        groups = _router_decay(model, groups, router_weight_decay)
     scale = {}
     if expert_lr == "rsqrt":
         scale.update(
@@ -164,6 +175,30 @@ def param_groups(
     return [g for g in out if g["params"]]
 
 
+def _router_decay(model: nn.Module, groups: list[dict], decay: float) -> list[dict]:
+    """``groups`` with the routers' decayed weights moved to a group of their own."""
+    ids = {id(p) for r in model.modules() if isinstance(r, Router) for p in r.parameters()}
+    out = []
+    for g in groups:
+        if g["weight_decay"] == 0:  # biases and norms: timm never decays them
+            out.append(g)
+            continue
+        out.append({**g, "params": [p for p in g["params"] if id(p) not in ids]})
+        out.append({**g, "params": [p for p in g["params"] if id(p) in ids], "weight_decay": decay})
+    return [g for g in out if g["params"]]
+
+
+def routing_temperature(recipe: Recipe, epochs: int, progress: float) -> float:
+    """The routing temperature after ``progress`` of ``epochs`` epochs: ``routing_temperature`` at
+    0, linearly down to 1 at ``routing_warmup_epochs`` (or the last epoch, if sooner: the trained
+    model is the one a checkpoint reloads, at temperature 1), 1 after."""
+    warmup = min(recipe.routing_warmup_epochs, epochs)
+    if warmup == 0:
+        return 1.0
+    left = max(0.0, 1.0 - progress / warmup)
+    return 1.0 + (recipe.routing_temperature - 1.0) * left
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper (EMA averages the weights, not it)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -182,6 +217,8 @@ class Training:
     loss_fn: nn.Module
     mixup: object | None  # timm Mixup or None
     steps_per_epoch: int
+    # routing temperature after a fraction of epochs (None: always 1, no warm-up)
+    temperature: object | None = None
 
 
 def make_loader(
@@ -249,7 +286,9 @@ def setup_training(
         if recipe.optimizer in ("sgd", "momentum", "rmsprop", "rmsproptf")
         else {}
     )
-    groups = param_groups(model, recipe.weight_decay, recipe.expert_lr, recipe.router_lr)
+    groups = param_groups(
+        model, recipe.weight_decay, recipe.expert_lr, recipe.router_lr, recipe.router_weight_decay
+    )
     # timm's schedulers apply lr_scale (from their first update); without one, here
     if recipe.schedule == "none":
         groups = [{**g, "lr": lr * g.pop("lr_scale")} if "lr_scale" in g else g for g in groups]
@@ -280,7 +319,12 @@ def setup_training(
     else:
         loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     ema = ModelEmaV3(unwrap(model), decay=recipe.ema_decay) if recipe.ema_decay > 0 else None
-    return Training(model, optimizer, scheduler, ema, loss_fn, mixup, steps_per_epoch)
+    temperature = (
+        functools.partial(routing_temperature, recipe, epochs)
+        if recipe.routing_warmup_epochs
+        else None
+    )
+    return Training(model, optimizer, scheduler, ema, loss_fn, mixup, steps_per_epoch, temperature)
 
 
 def train_epoch(
@@ -292,6 +336,8 @@ def train_epoch(
     scaler = acc.scaler
     for step, (x, y) in enumerate(loader):
         x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
+        if t.temperature is not None:
+            set_routing_temperature(t.model, t.temperature(epoch + step / t.steps_per_epoch))
         if t.mixup is not None:
             x, y = t.mixup(x, y)
         with torch.autocast(acc.device.type, dtype=acc.dtype, enabled=acc.dtype is not None):
@@ -317,6 +363,8 @@ def train_epoch(
             progress.set_postfix(loss=f"{total / count:.3f}")
     if t.scheduler is not None:
         t.scheduler.step(epoch + 1)
+    if t.temperature is not None:  # what evaluation and the next epoch see
+        set_routing_temperature(t.model, t.temperature(epoch + 1))
     return total / max(count, 1)
 
 

@@ -49,6 +49,14 @@ class Recipe:
     # CondConv experts' lr: same, or rsqrt (lr / sqrt(num_experts))
     expert_lr: Literal["same", "rsqrt"] = "same"
     router_lr: Literal["same", "rsqrt"] = "same"  # routing FCs' lr: same, or lr / sqrt(fan-in)
+    # routing FCs' initialisation: torch (nn.Linear's default, a random bias) or timm (bias 0)
+    router_init: Literal["torch", "timm"] = "torch"
+    # routing FCs' weight decay (None: weight_decay, as every other weight)
+    router_weight_decay: Annotated[Float, Field(ge=0, le=1)] | None = None
+    # routing warm-up: logits divided by this temperature at the first step, annealed linearly
+    # to 1 over routing_warmup_epochs (near-uniform routing while the experts take shape)
+    routing_temperature: Annotated[Float, Field(ge=1, le=1000)] = 1.0
+    routing_warmup_epochs: _Epochs = 0
     # batches of training data that re-estimate BN statistics before evaluation
     bn_recalibrate: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 0
     train_subset: Annotated[Float, Field(gt=0, le=1)] = 1.0  # fraction of the training split used
@@ -94,8 +102,19 @@ class Recipe:
                 )
 
 
+def _check_keys(recipe: Recipe, where: str) -> None:
+    """The checks across keys: a key that would do nothing is refused, not ignored."""
+    if (recipe.routing_temperature > 1) != (recipe.routing_warmup_epochs > 0):
+        raise UsageError(
+            f"{where}: routing_temperature and routing_warmup_epochs go together (a temperature "
+            f"above 1 is annealed over the warm-up's epochs), got routing_temperature "
+            f"{recipe.routing_temperature} and routing_warmup_epochs {recipe.routing_warmup_epochs}"
+        )
+
+
 def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
     recipe = parse(Recipe, data, where)
+    _check_keys(recipe, where)
     from ..archs import BASES
 
     for base, changes in recipe.overrides.items():
@@ -103,7 +122,8 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
             raise UsageError(f"{where}: overrides: unknown base {base!r}")
         if "overrides" in changes:
             raise UsageError(f"{where}: overrides.{base}: unknown field overrides")
-        parse(Recipe, {**data, "overrides": {}, **changes}, f"{where}: overrides.{base}")
+        w = f"{where}: overrides.{base}"
+        _check_keys(parse(Recipe, {**data, "overrides": {}, **changes}, w), w)
     from ..data import KINDS
 
     for kind, changes in recipe.data_overrides.items():
@@ -113,7 +133,8 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
             )
         if {"overrides", "data_overrides"} & set(changes):
             raise UsageError(f"{where}: data_overrides.{kind}: only recipe keys may change")
-        parse(Recipe, {**data, "data_overrides": {}, **changes}, f"{where}: data_overrides.{kind}")
+        w = f"{where}: data_overrides.{kind}"
+        _check_keys(parse(Recipe, {**data, "data_overrides": {}, **changes}, w), w)
     return recipe
 
 

@@ -82,6 +82,8 @@ def train(
     train_ds, val_ds, num_classes = _datasets(a, split)
     spec, model, inherited = _model(a, num_classes, reporter.note)
     folder = _Writer(a.out, spec, recipe, reporter=reporter)
+    if a.state is not None:  # a resumed run's curve goes on from its checkpoint's
+        folder.train_losses = list(a.state["metrics"].get("train_losses", []))
     folder.fixed = dict(
         madds=count_madds(model), params=count_params(model), spec_id=a.given_id,
         model_spec_id=spec.id, data=str(data), images=len(val_ds),
@@ -180,16 +182,19 @@ class _Writer:
         self.recipe = {**recipe.__dict__, "overrides": {}}
         self.fixed: dict = {}  # what every epoch's metrics.json repeats
         self.metrics: dict = {}  # the last epoch's metrics.json
+        self.train_losses: list[float] = []  # every epoch's mean training loss, from the first
         self.writer = None  # TensorBoard's, opened with the first epoch's files
 
     def epoch(self, end) -> None:
         m = end.metrics
+        self.train_losses = self.train_losses[: end.epoch - 1] + [end.loss]
         self.metrics = {
             "epoch": end.epoch,
             "top1": m["top1"],
             "top5": m["top5"],
             "val_loss": m["loss"],
             "train_loss": end.loss,
+            "train_losses": self.train_losses,
             "epoch_seconds": round(end.seconds, 2),
             **self.fixed,
         }

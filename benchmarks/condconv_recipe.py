@@ -1,0 +1,175 @@
+"""Which of the recipe's choices handicap CondConv? One key at a time, side by side.
+
+Trains CondConv-MobileNetV1 (the paper's placement: the 6th separable block on and the
+classifier, one router per block) at ``--width`` with ``--experts`` on ``--data`` with the
+``fashion`` recipe, as it is (``baseline``) and with one key changed per arm, each on the same
+``--seeds``; the static network with the same recipe is the bar. Every training scores on the
+test images and keeps its curve of training losses. Writes ``--out``
+(``benchmarks/results/condconv-recipe.json``) after every training: a rerun trains only what it
+lacks (``runs/condconv-recipe/<arm>-s<seed>/`` resumes per epoch), so a stop loses nothing.
+
+``--report`` prints the table: per arm the mean test top-1, its standard error over seeds, the
+difference from ``baseline`` and from static, the final training loss, and (when the trained
+models are on this machine) each arm's expert and routing spread (`condconv_diagnostics`).
+
+Run: ``python benchmarks/condconv_recipe.py [--arms a,b] [--seeds 0,1] [--epochs 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from condconv_nas import load_spec, train
+from condconv_nas.files import write_atomic
+from condconv_nas.training.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# arm -> the recipe keys it changes (static: the network without CondConv, same recipe)
+ARMS: dict[str, dict] = {
+    "static": {},
+    "baseline": {},
+    "expert_lr_same": {"expert_lr": "same"},
+    "router_init_timm": {"router_init": "timm"},
+    "router_wd_0": {"router_weight_decay": 0.0},
+    "routing_warmup": {"routing_temperature": 30.0, "routing_warmup_epochs": 1},
+    "all": {
+        "expert_lr": "same",
+        "router_init": "timm",
+        "router_weight_decay": 0.0,
+        "routing_temperature": 30.0,
+        "routing_warmup_epochs": 1,
+    },
+}
+
+
+def spec_for(arm: str, width: float, experts: int):
+    if arm == "static":
+        return load_spec("mobilenet-v1").replace(width_multiplier=width)
+    spec = load_spec("condconv-mobilenet-v1").replace(width_multiplier=width)
+    return spec.replace(condconv={**spec.to_dict()["condconv"], "num_experts": experts})
+
+
+def run_one(arm: str, seed: int, args) -> dict:
+    out = args.runs / f"{arm}-s{seed}"
+    recipe = dataclasses.replace(load_recipe(args.trainer), **ARMS[arm])
+    t0 = time.perf_counter()
+    m = train(
+        spec_for(arm, args.width, args.experts),
+        trainer=recipe,
+        data=args.data,
+        epochs=args.epochs,
+        out=out,
+        resume=(out / "last.pt").is_file(),
+        seed=seed,
+        progress=False,
+    )
+    print(f"  {arm} seed {seed}: top-1 {m['top1']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    return {
+        "top1": m["top1"],
+        "train_losses": m["train_losses"],
+        "epoch_seconds": m["epoch_seconds"],
+    }
+
+
+def setting(args) -> dict:
+    return {
+        "width": args.width,
+        "experts": args.experts,
+        "epochs": args.epochs,
+        "trainer": args.trainer,
+        "data": args.data,
+    }
+
+
+def diagnose(arm: str, seeds: list[int], args) -> dict | None:
+    """Mean expert and routing spread over the arm's trained models on this machine."""
+    from condconv_nas.routing_analysis import condconv_diagnostics
+
+    rows = []
+    for seed in seeds:
+        path = args.runs / f"{arm}-s{seed}" / "model.pt"
+        if arm == "static" or not path.is_file():
+            return None
+        rows.append(condconv_diagnostics(str(path), args.data))
+    keys = ("expert_spread", "example_spread", "class_spread")
+    return {k: statistics.mean(r[k] for r in rows) for k in keys}
+
+
+def report(results: dict, args) -> None:
+    from tabulate import tabulate
+
+    def top1s(arm):
+        return [r["top1"] for r in results.get(arm, {}).values()]
+
+    def mean(xs):
+        return statistics.mean(xs) if xs else float("nan")
+
+    base, static = mean(top1s("baseline")), mean(top1s("static"))
+    rows = []
+    for arm in ARMS:
+        xs = top1s(arm)
+        if not xs:
+            continue
+        se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
+        loss = mean([r["train_losses"][-1] for r in results[arm].values()])
+        row = {
+            "arm": arm,
+            "seeds": len(xs),
+            "top1": f"{mean(xs):.4f}",
+            "se": f"{se:.4f}",
+            "vs baseline": f"{mean(xs) - base:+.4f}",
+            "vs static": f"{mean(xs) - static:+.4f}",
+            "final train loss": f"{loss:.3f}",
+        }
+        if args.diagnose:
+            d = diagnose(arm, [int(s) for s in results[arm]], args)
+            row.update({k: f"{v:.3f}" for k, v in (d or {}).items()})
+        rows.append(row)
+    print(tabulate(rows, "keys", "github"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--trainer", default="fashion")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "condconv-recipe")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/condconv-recipe.json")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of each training")
+    p.add_argument("--report", action="store_true", help="print the table; train nothing")
+    p.add_argument("--diagnose", action="store_true", help="with --report: spreads of the models")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    saved = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if saved and saved.get("setting") != setting(args):
+        raise SystemExit(f"{args.out} holds another setting: {saved['setting']}")
+    results = saved.get("arms", {})
+    if not args.report:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for arm in args.arms.split(","):
+                if str(seed) in results.get(arm, {}):
+                    continue
+                r = run_one(arm, seed, args)
+                # reread: another process may have written its arms meanwhile
+                now = json.loads(args.out.read_text()) if args.out.is_file() else {}
+                results = now.get("arms", {})
+                results.setdefault(arm, {})[str(seed)] = r
+                doc = {"setting": setting(args), "arms": results}
+                write_atomic(args.out, json.dumps(doc, indent=2) + "\n")
+    report(results, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The recipe keys that set how CondConv's routers and experts train, against hand computation."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from condconv_nas.errors import UsageError
+from condconv_nas.layers import Router
+from condconv_nas.spec import load_spec
+from condconv_nas.training.engine import build_for_training, param_groups, routing_temperature
+from condconv_nas.training.recipe import Recipe, recipe_from_dict
+
+CC = "condconv-mobilenet-v1"
+
+
+def test_router_divides_its_logits_by_the_temperature():
+    router = Router(4, 3)
+    x = torch.randn(5, 4)
+    logits = router.fc(x)
+    router.temperature = 30.0
+    assert torch.allclose(router(x), torch.sigmoid(logits / 30))
+    soft = Router(4, 3, activation="softmax")
+    soft.temperature = 4.0
+    assert torch.allclose(soft(x), torch.softmax(soft.fc(x) / 4, dim=1))
+
+
+def test_routing_temperature_anneals_linearly_to_1_within_the_training():
+    r = Recipe(routing_temperature=31.0, routing_warmup_epochs=2)
+    assert [routing_temperature(r, 10, e) for e in (0, 0.5, 1, 2, 5)] == [31, 23.5, 16, 1, 1]
+    # a warm-up longer than the training ends with it: the last epoch trains at 1
+    assert routing_temperature(r, 1, 0.5) == 16 and routing_temperature(r, 1, 1) == 1
+    assert routing_temperature(Recipe(), 10, 0) == 1
+
+
+def test_a_temperature_without_a_warm_up_or_the_reverse_is_refused():
+    for keys in ({"routing_temperature": 30.0}, {"routing_warmup_epochs": 2}):
+        with pytest.raises(UsageError, match="routing_temperature and routing_warmup_epochs"):
+            recipe_from_dict(keys)
+    with pytest.raises(UsageError, match="overrides.mobilenet_v1"):
+        recipe_from_dict({"overrides": {"mobilenet_v1": {"routing_warmup_epochs": 1}}})
+
+
+def routers(model):
+    return [m for m in model.modules() if isinstance(m, Router)]
+
+
+def test_router_init_timm_zeroes_the_bias_and_bounds_the_weights():
+    torch.manual_seed(0)
+    default = build_for_training(load_spec(CC), Recipe())
+    assert all(r.fc.bias.abs().sum() > 0 for r in routers(default))  # nn.Linear's random bias
+    model = build_for_training(load_spec(CC), Recipe(router_init="timm"))
+    for r in routers(model):
+        bound = 1 / math.sqrt(r.fc.in_features + r.fc.out_features)
+        assert torch.all(r.fc.bias == 0)
+        assert r.fc.weight.abs().max() <= bound and r.fc.weight.abs().max() > 0.9 * bound
+
+
+def test_router_weight_decay_acts_on_router_weights_only():
+    model = build_for_training(load_spec(CC), Recipe())
+    ids = {id(p): n for n, p in model.named_parameters()}
+    router_weights = {id(r.fc.weight) for r in routers(model)}
+    decay_of = {
+        id(p): g["weight_decay"]
+        for g in param_groups(model, 0.05, router_weight_decay=0.0)
+        for p in g["params"]
+    }
+    assert set(decay_of) == set(ids)  # every parameter once
+    for pid, name in ids.items():
+        if pid in router_weights:
+            assert decay_of[pid] == 0.0, name
+        elif name.endswith("weight") and "bn" not in name and decay_of[pid] != 0.0:
+            assert decay_of[pid] == 0.05, name
+    # without it the routers decay as everything else
+    plain = {id(p): g["weight_decay"] for g in param_groups(model, 0.05) for p in g["params"]}
+    assert {plain[pid] for pid in router_weights} == {0.05}
+
+
+def test_every_key_has_a_default_that_changes_nothing():
+    r = Recipe()
+    assert (r.router_init, r.router_weight_decay, r.routing_warmup_epochs) == ("torch", None, 0)
+    assert dataclasses.replace(r, routing_temperature=1.0) == r
