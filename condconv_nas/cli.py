@@ -421,6 +421,7 @@ class Analyze(Command):
     def take_action(self, args):
         from .routing_analysis import (
             analyze_routing,
+            diagnostics_of,
             routing_folder,
             write_routing,
         )
@@ -436,18 +437,37 @@ class Analyze(Command):
             + f" in {out}",
             file=sys.stderr,
         )
+        diag = diagnostics_of(info)
+
+        def rounded(x):
+            return None if x is None else round(x, 3)
+
+        print(
+            f"spreads: expert {rounded(diag['expert_spread'])} (mean over "
+            f"{len(diag['layers'])} CondConv layers), example {rounded(diag['example_spread'])}, "
+            f"class {rounded(diag['class_spread'])} (means over {len(diag['routers'])} routers)",
+            file=sys.stderr,
+        )
         from .routing_plots import label
 
         def used(lay, pick):  # the expert with the highest (lowest) mean weight, and that mean
             e = pick(range(lay["num_experts"]), key=lay["mean"].__getitem__)
             return f"{e} ({lay['mean'][e]:.2f})"
 
+        expert = {lay["name"]: lay["expert_spread"] for lay in diag["layers"]}
+
+        def experts_of(lay):  # the mean expert spread of the layers the router feeds
+            xs = [expert[s] for s in lay["serves"] if expert.get(s) is not None]
+            return round(sum(xs) / len(xs), 3) if xs else None
+
         rows = [
             {
                 "router": label(lay),
                 "experts": lay["num_experts"],
                 "specificity": round(lay["class_specificity"], 3),
-                "spread": round(lay["class_spread"], 3),
+                "class_spread": round(lay["class_spread"], 3),
+                "example_spread": round(lay["example_spread"], 3),
+                "expert_spread": experts_of(lay),
                 "most_used": used(lay, max),
                 "least_used": used(lay, min),
             }

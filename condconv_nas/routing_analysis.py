@@ -5,8 +5,11 @@ forward hooks, and returns, for every router in the order the network runs them:
 the CondConv layers it feeds, the mean routing weight per class and expert, the mean and
 standard deviation per expert, a histogram of the weights, and the router's class specificity
 (the share of the routing weights' variance that the class explains; docs/routing.md) beside
-the class spread (how far class means lie from the mean, in routing-weight units).
-`write_routing` writes that as ``routing.json`` beside the pictures of `routing_plots`.
+the class spread (how far class means lie from the mean, in routing-weight units) and the
+example spread (how much each expert's weight moves from example to example); and, for every
+CondConv layer, its expert spread (how far its experts' kernels lie from their mean).
+`write_routing` writes that as ``routing.json`` beside the pictures of `routing_plots`;
+`condconv_diagnostics` boils it down to the three spreads, per layer, per router and per model.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ SPECIFICITY = (
     "class_specificity: between-class sum of squares of the routing weights over their total "
     "sum of squares (eta squared, summed over experts): 0 = every class routed alike, "
     "1 = routing fixed by the class; class_spread: the root mean square of (class mean - mean) "
-    "over examples and experts, in routing-weight units (docs/routing.md)"
+    "over examples and experts, in routing-weight units; example_spread: the mean over experts "
+    "of the routing weight's standard deviation across examples; expert_layers' expert_spread: "
+    "the mean over experts of |W_i - W_mean| / |W_mean| (Frobenius norms), 0 = identical experts "
+    "(docs/routing.md)"
 )
 
 
@@ -60,6 +66,10 @@ def analyze_routing(
     or a ``Dataset`` or ``DataLoader`` of ``(image, label)`` batches, used as given (class names
     from its ``classes`` when it has them). Every routing weight is kept until the end: memory is
     examples x experts floats per router. A model without CondConv layers raises `UsageError`.
+
+    Besides ``layers`` (one entry per router), ``expert_layers`` lists every CondConv layer in
+    the order the network runs them: ``name``, ``layer`` (the paper's layer number, None when
+    unknown), ``num_experts`` and ``expert_spread`` (`expert_spread`).
     """
     if split not in SPLITS:
         raise UsageError(f"--split: must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -102,6 +112,9 @@ def analyze_routing(
         names = class_names(loader.dataset, num_classes)
     counts = torch.bincount(labels, minlength=num_classes)
     entries = _entries(model, weights, labels, num_classes, routers, cond_layers)
+    ran = [s for _, served in weights.values() for s in served]
+    ran += [n for n in cond_layers if n not in ran]  # layers no router's weights reached
+    numbers = _layer_numbers(model)
     return {
         **meta,
         "num_examples": int(labels.numel()),
@@ -110,7 +123,99 @@ def analyze_routing(
         "specificity": SPECIFICITY,
         "bins": [i / BINS for i in range(BINS + 1)],
         "layers": entries,
+        "expert_layers": [
+            {
+                "name": _place(n),
+                "layer": numbers.get(id(cond_layers[n])),
+                "num_experts": cond_layers[n].num_experts,
+                "expert_spread": expert_spread(cond_layers[n].weight),
+            }
+            for n in ran
+        ],
     }
+
+
+def condconv_diagnostics(
+    model: nn.Module | str | os.PathLike,
+    data: str | Dataset | DataLoader,
+    *,
+    split: str = "val",
+    batch_size: int = 64,
+    resolution: int | None = None,
+    holdout: float | None = None,
+    seed: int | None = None,
+) -> dict:
+    """What a CondConv model's experts and routers do, as three spreads.
+
+    Runs `analyze_routing` with the same arguments and returns `diagnostics_of` its result:
+
+    - ``layers``: per CondConv layer (network order) ``name``, ``layer``, ``num_experts`` and
+      ``expert_spread``: the mean over experts ``i`` of ``|W_i - W_mean| / |W_mean|``
+      (Frobenius norms of the layer's weight, bias left out; ``W_mean`` the mean expert). 0 means
+      every expert is the same kernel (an upcycled start, or experts that never moved apart), so
+      the layer is a static convolution whatever its routing; for experts drawn independently
+      around zero (a fresh initialisation) it is about ``sqrt(num_experts - 1)``; in between,
+      the experts are a shared kernel plus differences of that relative size. None where the
+      mean expert is zero but the experts are not (no scale to measure against).
+    - ``routers``: per router (the order the network runs them) ``name``, ``layers``,
+      ``serves``, ``num_experts``, ``example_spread`` (the mean over experts of the routing
+      weight's standard deviation across examples: 0 = every example is routed alike) and
+      ``class_spread`` (the root mean square of class mean - mean, as `analyze_routing`).
+    - ``expert_spread``, ``example_spread``, ``class_spread``: their means over layers / routers.
+    """
+    return diagnostics_of(
+        analyze_routing(
+            model,
+            data,
+            split=split,
+            batch_size=batch_size,
+            resolution=resolution,
+            holdout=holdout,
+            seed=seed,
+        )
+    )
+
+
+def diagnostics_of(info: dict) -> dict:
+    """`condconv_diagnostics` of an `analyze_routing` result (``routing.json``'s dict)."""
+    layers = [
+        {k: lay[k] for k in ("name", "layer", "num_experts", "expert_spread")}
+        for lay in info["expert_layers"]
+    ]
+    routers = [
+        {
+            k: lay[k]
+            for k in ("name", "layers", "serves", "num_experts", "example_spread", "class_spread")
+        }
+        for lay in info["layers"]
+    ]
+    return {
+        "layers": layers,
+        "routers": routers,
+        "expert_spread": _mean(lay["expert_spread"] for lay in layers),
+        "example_spread": _mean(r["example_spread"] for r in routers),
+        "class_spread": _mean(r["class_spread"] for r in routers),
+    }
+
+
+def expert_spread(weight: torch.Tensor) -> float | None:
+    """The mean over experts ``i`` of ``|W_i - W_mean| / |W_mean|`` of an expert stack ``weight``
+    (experts first: ``(n, out, in/groups, kh, kw)`` or ``(n, out, in)``), Frobenius norms.
+
+    0 when all experts are equal (all zero included); None when the mean is zero but they are not.
+    """
+    w = weight.detach().double().flatten(1)
+    mean = w.mean(0)
+    norm, gaps = mean.norm(), (w - mean).norm(dim=1)
+    if not norm > 1e-12 * w.norm():
+        return None if bool(gaps.any()) else 0.0
+    return float((gaps / norm).mean())
+
+
+def _mean(values) -> float | None:
+    """The mean of the values that are not None (None if there are none)."""
+    xs = [v for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None
 
 
 def _load(model) -> tuple[nn.Module, str | None, dict]:
@@ -230,7 +335,8 @@ def _run(model: nn.Module, loader, routers: dict, cond_layers: dict):
 
 
 def _statistics(r: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
-    """One router's class means, mean and std per expert, class specificity and histogram."""
+    """One router's class means, mean and std per expert, example spread, class specificity and
+    spread and histogram."""
     r = r.double()
     n, e = r.shape
     counts = torch.bincount(labels, minlength=num_classes).double()
@@ -241,12 +347,14 @@ def _statistics(r: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict
     between = (counts[:, None] * (means - overall) ** 2).sum()
     # Weights that do not vary at all carry no class information: specificity 0, not 0/0.
     specificity = float((between / total).clamp(0, 1)) if total > 1e-12 * n else 0.0
+    std = r.std(0, unbiased=False)
     return {
         "class_means": [
             row if c else [None] * e for row, c in zip(means.tolist(), counts.tolist(), strict=True)
         ],
         "mean": overall.tolist(),
-        "std": r.std(0, unbiased=False).tolist(),
+        "std": std.tolist(),
+        "example_spread": float(std.mean()),
         "class_specificity": specificity,
         "class_spread": float((between / (n * e)).sqrt()),
         "histogram": torch.histc(r, BINS, 0, 1).long().tolist(),

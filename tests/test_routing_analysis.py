@@ -1,15 +1,18 @@
 """`condconv-nas analyze` / `analyze_routing`: the routing statistics against hooks written here."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Subset
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from condconv_nas import ArchSpec, analyze_routing, build_model
 from condconv_nas.data import make_datasets, parse_source
 from condconv_nas.layers import CondConv2d, CondLinear, Router
+from condconv_nas.routing_analysis import condconv_diagnostics, expert_spread
 from condconv_nas.training import checkpoint
 
 # MobileNetV1 0.25x with one block per stage (5 blocks): layer 1 stem, 2..6 blocks, 7 classifier.
@@ -75,6 +78,7 @@ def check_against(info, weights, y, num_classes=10):
                 assert np.isnan(means[c]).all()
         np.testing.assert_allclose(entry["mean"], r.mean(0), atol=1e-6)
         np.testing.assert_allclose(entry["std"], r.std(0), atol=1e-6)
+        assert entry["example_spread"] == pytest.approx(r.std(0).mean(), abs=1e-6)
         grand = r.mean(0)
         between = sum(((r[y == c].mean(0) - grand) ** 2).sum() * (y == c).sum() for c in set(y))
         eta2 = between / ((r - grand) ** 2).sum()
@@ -131,8 +135,30 @@ def test_analyze_writes_json_and_pictures_equal_to_hooks(trained, tmp_path, cli)
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     table = res.stdout.splitlines()
-    assert table[0].split()[:3] == ["router", "experts", "specificity"] and len(table) == 2 + 4
-    assert "L7 classifier" in res.stdout
+    assert table[0].split()[:6] == [
+        "router", "experts", "specificity", "class_spread", "example_spread", "expert_spread",
+    ]  # fmt: skip
+    assert len(table) == 2 + 4 and "L7 classifier" in res.stdout
+    diag = condconv_diagnostics(trained, "digits")
+    # the classifier's row: its router's spreads, then its one CondLinear's expert spread
+    cells = table[-1].split()
+    assert cells[:2] == ["L7", "classifier"]
+    assert [float(c) for c in cells[4:7]] == pytest.approx(
+        [
+            diag["routers"][-1]["class_spread"],
+            diag["routers"][-1]["example_spread"],
+            diag["layers"][-1]["expert_spread"],
+        ],
+        abs=6e-4,
+    )
+    summary = next(ln for ln in res.stderr.splitlines() if ln.startswith("spreads:"))
+    assert f"expert {round(diag['expert_spread'], 3)} (mean over 7 CondConv layers)" in summary
+    assert f"example {round(diag['example_spread'], 3)}, " in summary
+    assert f"class {round(diag['class_spread'], 3)} (means over 4 routers)" in summary
+    assert [lay["name"] for lay in diag["layers"]] == [
+        s for e in info["layers"] for s in e["serves"]
+    ]
+    assert info["expert_layers"] == json.loads(json.dumps(diag["layers"]))
 
 
 def test_train_split(trained):
@@ -169,6 +195,16 @@ def test_every_routing_variant(spec, layers):
     served = [s for e in info["layers"] for s in e["serves"]]
     assert served == places(model, (CondConv2d, CondLinear))  # each layer fed by one router
     assert info["layers"][-1]["hierarchical"] == spec.condconv.routing.hierarchical
+    # every CondConv layer's expert spread, recomputed with numpy from its weight
+    cond = [m for m in model.modules() if isinstance(m, (CondConv2d, CondLinear))]
+    assert [e["name"] for e in info["expert_layers"]] == served
+    assert [e["num_experts"] for e in info["expert_layers"]] == [m.num_experts for m in cond]
+    for entry, m in zip(info["expert_layers"], cond, strict=True):
+        w = m.weight.detach().double().numpy().reshape(m.num_experts, -1)
+        gaps = np.linalg.norm(w - w.mean(0), axis=1) / np.linalg.norm(w.mean(0))
+        assert entry["expert_spread"] == pytest.approx(gaps.mean(), rel=1e-6)
+    number = {e["name"]: e["layer"] for e in info["expert_layers"]}
+    assert [sorted({number[s] for s in e["serves"]}) for e in info["layers"]] == layers
 
 
 def test_static_model_and_foreign_files_exit_2(tmp_path, cli):
@@ -245,3 +281,74 @@ def test_pictures_of_a_saturated_router_show_its_marks_whole_on_a_fixed_scale():
     means = PICTURES["routing_class_means.png"](info).axes[0]
     assert means.images[0].get_clim() == (0, 1)
     assert "specificity 0.34, spread 0.000" in means.get_title()
+
+
+class HandSet(nn.Module):
+    """A CondConv2d with 2 experts (all ones, all threes) routed by ``gate``, then a CondLinear
+    head with 3 experts (W, 2W, 3W) routed by ``head_gate``; every weight set by hand.
+
+    Images are 1 x 2 x 2 of one value v: ``gate`` gives (sigmoid(v), 1/2) (expert 1's row and both
+    biases zero), ``head_gate`` a softmax of zero logits, 1/3 for every expert and example."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = Router(1, 2)
+        self.conv = CondConv2d(1, 2, 1, num_experts=2)
+        self.head_gate = Router(1, 3, activation="softmax")
+        self.head = CondLinear(2, 2, num_experts=3)
+        with torch.no_grad():
+            self.gate.fc.weight.copy_(torch.tensor([[1.0], [0.0]]))
+            self.gate.fc.bias.zero_()
+            self.head_gate.fc.weight.zero_()
+            self.head_gate.fc.bias.zero_()
+            self.conv.weight[0].fill_(1.0)
+            self.conv.weight[1].fill_(3.0)
+            w = torch.tensor([[1.0, -2.0], [0.5, 4.0]])
+            self.head.weight.copy_(torch.stack([w, 2 * w, 3 * w]))
+
+    def forward(self, x):
+        y = self.conv(x, self.gate(x)).mean((2, 3))
+        return self.head(y, self.head_gate(x))
+
+
+def hand_data():
+    """Class 0: routing weights 0.1 and 0.3 for expert 0 of ``gate``; class 1: 0.7 and 0.9."""
+    p = torch.tensor([0.1, 0.3, 0.7, 0.9, 0.1, 0.3, 0.7, 0.9])
+    x = torch.logit(p, eps=0)[:, None, None, None].expand(-1, 1, 2, 2).contiguous()
+    return TensorDataset(x, torch.tensor([0, 0, 1, 1, 0, 0, 1, 1]))
+
+
+def test_diagnostics_of_a_hand_set_model():
+    """Expert spreads: the conv's experts 1 and 3 (mean 2): |1 - 2| / 2 = |3 - 2| / 2 = 0.5; the
+    head's W, 2W, 3W (mean 2W): (1/2 + 0 + 1/2) / 3 = 1/3. Routing of ``gate``: expert 0 takes
+    0.1, 0.3, 0.7, 0.9 alike often (std sqrt(0.1)), expert 1 is always 1/2 (std 0): example spread
+    sqrt(0.1) / 2; class means 0.2 and 0.8 for expert 0 around 0.5: class spread
+    sqrt((8 x 0.09 + 0) / (8 x 2)) = sqrt(0.045). ``head_gate`` is 1/3 everywhere: both 0."""
+    model = HandSet()
+    diag = condconv_diagnostics(model, hand_data(), batch_size=3)
+    assert [lay["name"] for lay in diag["layers"]] == ["conv", "head"]
+    assert [lay["num_experts"] for lay in diag["layers"]] == [2, 3]
+    assert [lay["expert_spread"] for lay in diag["layers"]] == pytest.approx([0.5, 1 / 3])
+    assert [r["name"] for r in diag["routers"]] == ["gate", "head_gate"]
+    assert [r["serves"] for r in diag["routers"]] == [["conv"], ["head"]]
+    assert [r["example_spread"] for r in diag["routers"]] == pytest.approx([0.1**0.5 / 2, 0])
+    assert [r["class_spread"] for r in diag["routers"]] == pytest.approx([0.045**0.5, 0])
+    assert diag["expert_spread"] == pytest.approx((0.5 + 1 / 3) / 2)
+    assert diag["example_spread"] == pytest.approx(0.1**0.5 / 4)
+    assert diag["class_spread"] == pytest.approx(0.045**0.5 / 2)
+    assert set(diag) == {"layers", "routers", "expert_spread", "example_spread", "class_spread"}
+
+
+def test_expert_spread_of_equal_fresh_and_opposite_experts():
+    """0 for copies of one kernel (an upcycled start); about sqrt(n - 1) for experts drawn
+    independently around zero (each entry of W_i - mean has n - 1 times the variance of one of the
+    mean); None when the experts cancel (mean zero: nothing to measure against), 0 if all zero."""
+    torch.manual_seed(0)
+    fresh = CondConv2d(64, 64, 3, num_experts=4).weight
+    assert expert_spread(fresh) == pytest.approx(math.sqrt(3), rel=0.02)
+    assert expert_spread(CondLinear(256, 128, num_experts=8).weight) == pytest.approx(
+        math.sqrt(7), rel=0.02
+    )
+    assert expert_spread(fresh[:1].expand(4, -1, -1, -1, -1)) == 0.0
+    assert expert_spread(torch.stack([fresh[0], -fresh[0]])) is None
+    assert expert_spread(torch.zeros(3, 2, 2)) == 0.0
