@@ -21,6 +21,10 @@ needed): the long part, filled across sittings. ``--proxy-only`` trains the prox
 sitting, from one dense start), on another core beside it, into another ``--out`` file.
 ``--report`` trains nothing and summarises the specs whose figures are all there.
 
+Beside each proxy's tau it prints the tau of three trivial rankers of the same specs (by width, by
+MADDs, by parameters: what a proxy must beat), the proxy's tau over the pairs of specs of equal
+width alone (how it orders the CondConv decisions), and both again for the mean of its two seeds.
+
 ``--inherit`` adds a fourth column, the proxy as a search runs it by default: started from a
 dense model of the space's base trained on the search data (the search's dense start: the recipe's
 ``dense_epochs``, else the reference's epochs, on the same training split), every candidate
@@ -37,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import itertools
 import json
 import math
 import random
@@ -48,11 +54,11 @@ from pathlib import Path
 import torch
 from scipy.stats import kendalltau
 
-from condconv_nas import load_spec
+from condconv_nas import build_model, load_spec
 from condconv_nas.allocator import keep_freed_memory
 from condconv_nas.data import parse_source
 from condconv_nas.files import write_atomic
-from condconv_nas.madds import count_madds
+from condconv_nas.madds import count_madds, count_params
 from condconv_nas.nas.space import load_space
 from condconv_nas.nas.supernet import score, train_supernet
 from condconv_nas.nas.warm_start import dense_start
@@ -61,6 +67,13 @@ from condconv_nas.training.recipe import load_recipe, recipe_from_dict
 
 HERE = Path(__file__).parent
 PAIRS = "mobilenet-v2,mnasnet-a1,efficientnet-b0"
+
+
+@functools.cache
+def size(spec) -> tuple[int, int]:
+    """(MADDs, parameters) of a spec, its model built once."""
+    model = build_model(spec)
+    return count_madds(model), count_params(model)
 
 
 def candidates(space_name: str, n: int, seed: int, spread: int = 0):
@@ -77,7 +90,7 @@ def candidates(space_name: str, n: int, seed: int, spread: int = 0):
         raise SystemExit(f"--space {space_name}: fewer than {want} distinct candidates found")
     specs = list(seen.values())
     if spread:
-        specs = sorted(specs, key=count_madds)
+        specs = sorted(specs, key=lambda spec: size(spec)[0])
         specs = [specs[round(i * (len(specs) - 1) / max(n - 1, 1))] for i in range(n)]
     for i, spec in enumerate(specs[:n]):
         yield f"random-{i + 1}", spec
@@ -138,6 +151,54 @@ def repeatability(rows, k: int) -> None:
         f"{k} seeds has reliability {reliability:.2f}: a proxy exact to every spec's true score "
         f"would expect tau {2 / math.pi * math.asin(reliability**0.5):+.2f} against it"
     )
+
+
+def taus(rows, keys, ref="reference") -> dict[str, float]:
+    """Kendall's tau against the reference of ranking by each key (scipy's tau-b, as summary's)."""
+    return {k: kendalltau([r[k] for r in rows], [r[ref] for r in rows]).statistic for k in keys}
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def within_width(rows, key, ref="reference") -> tuple[int, int]:
+    """Over the pairs of specs of equal width (the CondConv decisions): how many ``key`` orders as
+    the reference does and how many the other way; pairs tied in either count in neither."""
+    signs = [
+        _sign(a[key] - b[key]) * _sign(a[ref] - b[ref])
+        for a, b in itertools.combinations(rows, 2)
+        if a["width"] == b["width"]
+    ]
+    return signs.count(1), signs.count(-1)
+
+
+def pair_tau(right: int, wrong: int) -> float:
+    return (right - wrong) / (right + wrong) if right + wrong else float("nan")
+
+
+TRIVIAL = {"width": "width", "MADDs": "madds", "parameters": "params"}
+
+
+def against_trivial(name, rows, key, seed1):
+    """The proxy's tau beside the trivial rankers', and within equal widths; then again for the
+    mean of its two seeds (where every spec has both)."""
+    both = all(seed1 in r for r in rows)
+    mean = [dict(r, **{key: (r[key] + r[seed1]) / 2}) for r in rows] if both else []
+    t = taus(rows, [key, *TRIVIAL.values()])
+    print(
+        f"{name:<10} tau {t[key]:+.3f}"
+        + (f" (mean of 2 seeds {taus(mean, [key])[key]:+.3f})" if mean else "")
+        + f"; trivial rankers of the same {len(rows)} specs: "
+        + ", ".join(f"{label} {t[k]:+.3f}" for label, k in TRIVIAL.items())
+    )
+    for label, ranked in (("", rows), ("mean of 2 seeds: ", mean)):
+        if ranked:
+            right, wrong = within_width(ranked, key)
+            print(
+                f"{name:<10} {label}equal-width pairs: tau {pair_tau(right, wrong):+.3f} over "
+                f"{right + wrong} pairs, {right} ordered right, {wrong} wrong"
+            )
 
 
 PROXY_COLUMNS = (
@@ -430,6 +491,14 @@ def main() -> None:
                 f"{name} noise, the same spec with another seed: |diff| max {max(seed):.3f}, "
                 f"mean {statistics.mean(seed):.3f}"
             )
+    spec_of = {spec.id: spec for _, spec in specs}
+    for r in rows:  # the trivial rankers' figures
+        r["width"] = spec_of[r["spec_id"]].width_multiplier
+        r["madds"], r["params"] = size(spec_of[r["spec_id"]])
+    for name, a, b in (("proxy", "proxy", "seed1"), ("inherited", "inherit", "inherit_seed1")):
+        ranked = [r for r in rows if r.get(a) is not None]
+        if ranked:
+            against_trivial(name, ranked, a, b)
     # the paper's pairs: does each proxy order static and CondConv as the reference does?
     for r in rows:
         c = next((x for x in rows if x["spec"] == f"condconv-{r['spec']}"), None)
