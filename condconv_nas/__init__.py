@@ -33,6 +33,7 @@ _API = {
     "train": "condconv_nas.training.run",
     "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
     "analyze_routing": "condconv_nas.routing_analysis",
+    "condconv_diagnostics": "condconv_nas.routing_analysis",
     "write_routing": "condconv_nas.routing_analysis",
     "export_onnx": "condconv_nas.export",
 }

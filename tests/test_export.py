@@ -134,6 +134,9 @@ VARIANTS = {
         "mnasnet_a1", 5, share="block", activation="softmax", hierarchical=True
     ),
     "classifier only": variant("mobilenet_v1", 8, depth=1.0, classifier=True),
+    # small images: the first two halvings at stride 1 (4x4 final maps at 32 px)
+    "skip_downsample 2, efficientnet": variant("efficientnet_b0", 6).replace(skip_downsample=2),
+    "skip_downsample 2, resnet": variant("resnet50", 6, share="pair").replace(skip_downsample=2),
 }
 
 
