@@ -19,6 +19,7 @@ trains nothing). Run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -30,10 +31,11 @@ from condconv_nas.files import write_atomic
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def spec_for(width: float, experts: int):
-    """MobileNetV1 at ``width``; with ``experts`` > 1 the paper's CondConv placement."""
+def spec_for(width: float, experts: int, skip: int = 0):
+    """MobileNetV1 at ``width`` with ``skip`` stride-2 steps at stride 1; with ``experts`` > 1 the
+    paper's CondConv placement."""
     name = "mobilenet-v1" if experts == 1 else "condconv-mobilenet-v1"
-    spec = load_spec(name).replace(width_multiplier=width)
+    spec = load_spec(name).replace(width_multiplier=width, skip_downsample=skip)
     if experts > 1:
         spec = spec.replace(condconv={**spec.to_dict()["condconv"], "num_experts": experts})
     return spec
@@ -70,9 +72,11 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for width in sorted({r["width"] for r in rows}):
-        pts = sorted((r for r in rows if r["width"] == width), key=lambda r: r["madds_M"])
-        ax.plot([r["madds_M"] for r in pts], [r["top1"] for r in pts], "-o", label=f"{width}x")
+    for width, skip in sorted({(r["width"], r.get("skip", 0)) for r in rows}):
+        pts = [r for r in rows if (r["width"], r.get("skip", 0)) == (width, skip)]
+        pts.sort(key=lambda r: r["madds_M"])
+        label = f"{width}x" + (f", skip {skip}" if skip else "")
+        ax.plot([r["madds_M"] for r in pts], [r["top1"] for r in pts], "-o", label=label)
         for r in pts:
             ax.annotate(
                 f"{r['experts']}",
@@ -83,7 +87,7 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
             )
             for s in r["seeds"]:
                 ax.plot(r["madds_M"], s, ".", color="grey", alpha=0.5)
-    ax.set_xlabel("MADDs at 224 px (millions)")
+    ax.set_xlabel(f"MADDs at {rows[0].get('madds_px', 224)} px (millions)")
     ax.set_ylabel("test top-1")
     ax.set_title(title, fontsize=10)
     ax.legend(title="width (labels: experts)")
@@ -93,32 +97,74 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def finished(path: Path, args) -> dict[tuple[float, int, int], float]:
-    """Test top-1 by (width, experts, seed) of the trainings in an earlier table of the same
-    epochs, recipe and data."""
+Key = tuple[float, int, int, int]  # width, experts, skip_downsample, seed
+
+
+def draw_curves(rows: list[dict], path: Path, title: str) -> None:
+    """Training loss per epoch, one line per (width, experts, skip) averaged over seeds: has
+    the static network's loss stopped falling?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for r in rows:
+        curves = [c for c in r["curves"].values() if c]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
+        label = f"{r['width']}x, {r['experts']}e" + (f", skip {r['skip']}" if r["skip"] else "")
+        ax.plot(range(1, n + 1), mean, "-" if r["experts"] > 1 else "--k", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (mean over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def finished(path: Path, args) -> dict[Key, dict]:
+    """Test top-1 and training losses by (width, experts, skip, seed) of the trainings in an
+    earlier table of the same epochs, recipe and data (a row without ``skip`` has 0)."""
     if not path.is_file():
         return {}
     same = {"epochs": args.epochs, "trainer": args.trainer, "data": args.data}
     return {
-        (r["width"], r["experts"], int(seed)): top1
+        (r["width"], r["experts"], r.get("skip", 0), int(seed)): {
+            "top1": top1,
+            "train_losses": r.get("curves", {}).get(seed),
+        }
         for r in json.loads(path.read_text())
         if all(r.get(k) == v for k, v in same.items())
         for seed, top1 in r["by_seed"].items()
     }
 
 
-def table(done: dict[tuple[float, int, int], float], args) -> list[dict]:
+def table(done: dict[Key, dict], args) -> list[dict]:
     rows = []
-    for width, experts in sorted({(w, e) for w, e, _ in done}):
-        by_seed = {s: t for (w, e, s), t in sorted(done.items()) if (w, e) == (width, experts)}
+    for width, experts, skip in sorted({k[:3] for k in done}):
+        mine = {k[3]: v for k, v in sorted(done.items()) if k[:3] == (width, experts, skip)}
+        by_seed = {s: v["top1"] for s, v in mine.items()}
+        madds_at = args.resolution or 224
+        spec = spec_for(width, experts, skip).replace(resolution=madds_at)
         rows.append(
             {
                 "width": width,
                 "experts": experts,
-                "madds_M": round(count_madds(spec_for(width, experts)) / 1e6, 1),
+                "skip": skip,
+                "madds_M": round(count_madds(spec) / 1e6, 1),
+                "madds_px": madds_at,
                 "top1": round(statistics.mean(by_seed.values()), 4),
                 "seeds": [round(t, 4) for t in by_seed.values()],
+                "se": round(statistics.stdev(by_seed.values()) / len(by_seed) ** 0.5, 4)
+                if len(by_seed) > 1
+                else None,
                 "by_seed": {str(s): round(t, 4) for s, t in by_seed.items()},
+                "curves": {str(s): v["train_losses"] for s, v in mine.items() if v["train_losses"]},
                 "epochs": args.epochs,
                 "trainer": args.trainer,
                 "data": args.data,
@@ -132,6 +178,8 @@ def main() -> None:
     p.add_argument("--widths", default="0.25,0.5")
     p.add_argument("--experts", default="1,2,4,8")
     p.add_argument("--seeds", default="0,1")
+    p.add_argument("--skips", default="0", help="skip_downsample values (0: the paper's maps)")
+    p.add_argument("--resolution", type=int, default=None, help="count MADDs here (224)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--trainer", default="fashion")
     p.add_argument("--epochs", type=int, default=15)
@@ -142,27 +190,34 @@ def main() -> None:
     widths = [float(w) for w in args.widths.split(",")]
     experts_ = [int(e) for e in args.experts.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    skips = [int(s) for s in args.skips.split(",")]
     done = finished(args.out.with_suffix(".json"), args)
-    for seed in seeds:  # seed-major: a whole curve per seed first, so a partial fill draws one
-        for width in widths:
-            for experts in experts_:
-                out = args.runs / f"{width}-{experts}e-s{seed}"
-                if (width, experts, seed) in done and not (out / "metrics.json").is_file():
-                    continue
-                m = run_one(spec_for(width, experts), out, args, seed)
-                if m is not None:
-                    done[width, experts, seed] = m["top1"]
-                    rows = table(done, args)  # after every training: a stop loses nothing
-                    write_atomic(args.out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
+    # seed-major: a whole curve per seed first, so a partial fill draws one
+    for seed, skip, width, experts in itertools.product(seeds, skips, widths, experts_):
+        out = args.runs / (f"{width}-{experts}e-s{seed}" + (f"-skip{skip}" if skip else ""))
+        key = (width, experts, skip, seed)
+        if key in done and not (out / "metrics.json").is_file():
+            continue
+        m = run_one(spec_for(width, experts, skip), out, args, seed)
+        if m is not None:
+            done[key] = {"top1": m["top1"], "train_losses": m.get("train_losses")}
+            rows = table(done, args)  # after every training: a stop loses nothing
+            write_atomic(args.out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
     rows = table(done, args)
     from tabulate import tabulate
 
     print(
-        tabulate([{k: v for k, v in r.items() if k != "by_seed"} for r in rows], "keys", "github")
+        tabulate(
+            [{k: v for k, v in r.items() if k not in ("by_seed", "curves")} for r in rows],
+            "keys",
+            "github",
+        )
     )
     if rows:
         title = f"MobileNetV1 on {args.data}, {args.trainer} recipe, {args.epochs} epochs"
         draw(rows, args.out.with_suffix(".png"), title)
+        if any(r["curves"] for r in rows):
+            draw_curves(rows, args.out.parent / f"{args.out.name}_loss.png", title)
         write_atomic(args.out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
 
 
