@@ -48,6 +48,35 @@ def candidates(space, n: int, seed: int) -> dict:
     return specs
 
 
+# Narrow networks with every routing form (share, hidden layer, activation, hierarchy, classifier),
+# the first two the shapes an earlier run predicted over 30% too slow.
+FORMS = [
+    dict(width_multiplier=0.5, depth_multiplier=1.1, num_experts=4, routing_share="pair",
+         routing_hierarchical=True, classifier=True),
+    dict(width_multiplier=0.75, num_experts=16, routing_share="single",
+         routing_activation="softmax"),
+    dict(width_multiplier=0.5, num_experts=8, routing_share="layer", routing_hidden="small"),
+    dict(width_multiplier=0.5, num_experts=2, routing_share="block", routing_activation="softmax",
+         routing_hierarchical=True),
+    dict(width_multiplier=0.75, num_experts=8, routing_share="pair", routing_hidden="small",
+         routing_activation="softmax"),
+    dict(width_multiplier=0.5, num_experts=16, routing_share="single", routing_hierarchical=True,
+         classifier=True),
+]  # fmt: skip
+
+
+def forms(space, begin_stage) -> dict:
+    """`FORMS` in ``space`` with CondConv from ``begin_stage``, taking the space's
+    ``skip_downsample`` choices in turn."""
+    skips = space.decisions["skip_downsample"]
+    return {
+        f"form-{i + 1}": space.to_spec(
+            {"begin_stage": begin_stage, "skip_downsample": skips[i % len(skips)], **form}
+        )
+        for i, form in enumerate(FORMS)
+    }
+
+
 def summary(errors: list[float]) -> str:
     """Median, 90th percentile and worst absolute error (%), and the share within 15% and 25%."""
     if not errors:
@@ -70,6 +99,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--group", type=int, default=5, help="networks measured together (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--forms", action="store_true", help="add narrow specs of every routing form")
     p.add_argument("--out", default=None, help="also write the rows as JSON to this file")
     args = p.parse_args()
     keep_freed_memory()  # as the CLI's search runs
@@ -77,6 +107,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     space = load_space(args.space)
     specs = candidates(space, args.random, args.seed)
+    if args.forms:
+        specs.update(forms(space, begin_stage=5))
 
     t0 = time.perf_counter()
     build_table(args.space, batch=args.batch)
