@@ -25,7 +25,8 @@ def usable_cores() -> int:
 def _busy_jiffies() -> tuple[int, int] | None:
     try:
         with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
+            # guest and guest_nice (fields 9 and 10) are already counted in user and nice
+            fields = [int(v) for v in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
