@@ -96,13 +96,7 @@ def analyze_routing(
             holdout=holdout, seed=seed,
         )  # fmt: skip
     else:
-        loader = (
-            data
-            if isinstance(data, DataLoader)
-            else DataLoader(data, batch_size=batch_size, shuffle=False)
-        )
-        names = None
-        where = dict(data=type(loader.dataset).__name__, split=None, resolution=None)
+        loader, names, where = _given_loader(data, batch_size)
     meta.update(where)
     cond_layers = {
         n: m for n, m in model.named_modules() if isinstance(m, (CondConv2d, CondLinear))
@@ -112,9 +106,6 @@ def analyze_routing(
         names = class_names(loader.dataset, num_classes)
     counts = torch.bincount(labels, minlength=num_classes)
     entries = _entries(model, weights, labels, num_classes, routers, cond_layers)
-    ran = [s for _, served in weights.values() for s in served]
-    ran += [n for n in cond_layers if n not in ran]  # layers no router's weights reached
-    numbers = _layer_numbers(model)
     return {
         **meta,
         "num_examples": int(labels.numel()),
@@ -123,16 +114,31 @@ def analyze_routing(
         "specificity": SPECIFICITY,
         "bins": [i / BINS for i in range(BINS + 1)],
         "layers": entries,
-        "expert_layers": [
-            {
-                "name": _place(n),
-                "layer": numbers.get(id(cond_layers[n])),
-                "num_experts": cond_layers[n].num_experts,
-                "expert_spread": expert_spread(cond_layers[n].weight),
-            }
-            for n in ran
-        ],
+        "expert_layers": _expert_layers(model, weights, cond_layers),
     }
+
+
+def _given_loader(data: Dataset | DataLoader, batch_size: int) -> tuple[DataLoader, None, dict]:
+    """A Dataset or DataLoader the caller gave, as analyze_routing reads it (no class names)."""
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size, shuffle=False)
+    return loader, None, dict(data=type(loader.dataset).__name__, split=None, resolution=None)
+
+
+def _expert_layers(model: nn.Module, weights: dict, cond_layers: dict) -> list[dict]:
+    """routing.json's ``expert_layers``: every CondConv layer in the order the network ran them,
+    with its expert spread."""
+    ran = [s for _, served in weights.values() for s in served]
+    ran += [n for n in cond_layers if n not in ran]  # layers no router's weights reached
+    numbers = _layer_numbers(model)
+    return [
+        {
+            "name": _place(n),
+            "layer": numbers.get(id(cond_layers[n])),
+            "num_experts": cond_layers[n].num_experts,
+            "expert_spread": expert_spread(cond_layers[n].weight),
+        }
+        for n in ran
+    ]
 
 
 def condconv_diagnostics(
