@@ -1,13 +1,15 @@
 """The latency predictor: units that make up the network, the table cached per machine, predictions
 composed from other networks' entries, and the search's latency budget.
 
-Timings here are smoke tests at low resolution on one thread (the machine may be shared); how
-well predictions match measurement is for benchmarks/latency_predictor.py."""
+Timings here are at low resolution on one thread (the machine may be shared): smoke tests, but
+for the predictor's claimed accuracy, checked in CPU time on a filled table; how well it predicts
+a whole space's networks is for benchmarks/latency_predictor.py."""
 
 import csv
 import dataclasses
 import json
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import torch
 from helpers import run_cli
 
-from condconv_nas import build_model, load_spec, measure_latency, predict_latency
+from condconv_nas import build_model, load_spec, predict_latency
 from condconv_nas.errors import UsageError
 from condconv_nas.latency import build_table, measure, table
 from condconv_nas.latency.units import units
@@ -130,9 +132,24 @@ def test_a_filled_table_predicts_unseen_candidates_close_to_measurement(
     cache, tmp_path, monkeypatch
 ):
     """After ``build_table``, a candidate none of whose networks was measured is predicted from
-    other networks' entries alone (nothing timed), within a loose bound of its measurement."""
+    other networks' entries alone (nothing timed), within 25% of its measurement: the
+    predictor's claim (benchmarks/README.md, "Latency predictor": every spec within 25%), with
+    5% more for the machine.
+
+    Fair on a shared machine: every timing is this thread's CPU time, the package's clock
+    (``measure.clock``, which the table and ``measure_latency`` read) and the test's own
+    measurement alike, so other processes' time slices count in neither; torch runs on this one
+    thread (the fixture), so its CPU time is all of a forward's. What is left of the load (a
+    busy sibling core, caches) still moves a figure between one moment and the next, so each of
+    three rounds fills a fresh table and measures right after it, and the medians of the rounds'
+    ratios are judged. On the 2-core machine beside two trainings (load 5 to 8) single rounds'
+    ratios ranged from 0.83 to 1.19 in CPU time, from 0.48 to 1.07 in wall time; a single
+    network's CPU time was once seen to double from one second to the next, so no figure here
+    stands on one measurement."""
+    assert torch.get_num_threads() == 1
+    monkeypatch.setattr(measure, "clock", time.thread_time)
     (tmp_path / "space.yaml").write_text(SPACE_32)
-    build_table(tmp_path / "space.yaml")
+    from condconv_nas.latency import predict
     from condconv_nas.nas.space import load_space
 
     space = load_space(tmp_path / "space.yaml")
@@ -151,34 +168,41 @@ def test_a_filled_table_predicts_unseen_candidates_close_to_measurement(
             )
         ),
     ]
-    calls = []
-    real = measure.clock
-    monkeypatch.setattr(measure, "clock", lambda: calls.append(1) or real())
-    predicted = [predict_latency(s) for s in unseen]
-    assert calls == [], "the filled table lacked a part of an unseen candidate"
-    monkeypatch.setattr(measure, "clock", real)
-    for spec, p in zip(unseen, predicted, strict=True):
-        best = _fastest_run_ms(spec)
-        assert 0.5 < p / best < 1.6, (spec.to_dict(), p, best)
-        # not below the fastest run but by the load's change between the two timings (two
-        # tests at a time under xdist: 0.947 seen)
-        assert measure_latency(spec) >= 0.8 * best
+    ratios = [[] for _ in unseen]  # prediction over measurement, per round
+    for round_ in range(3):
+        monkeypatch.setenv(table.CACHE_ENV, str(tmp_path / f"cache-{round_}"))
+        monkeypatch.setattr(table, "_open", {})
+        monkeypatch.setattr(predict, "_plans", {})
+        build_table(tmp_path / "space.yaml")
+        calls = []
+        monkeypatch.setattr(
+            measure, "clock", lambda calls=calls: calls.append(1) or time.thread_time()
+        )
+        predicted = [predict_latency(s) for s in unseen]
+        assert calls == [], "the filled table lacked a part of an unseen candidate"
+        monkeypatch.setattr(measure, "clock", time.thread_time)
+        for spec, p, spec_ratios in zip(unseen, predicted, ratios, strict=True):
+            spec_ratios.append(p / _median_cpu_ms(spec))
+    for spec, spec_ratios in zip(unseen, ratios, strict=True):
+        assert abs(statistics.median(spec_ratios) - 1) <= 0.30, (spec.to_dict(), spec_ratios)
 
 
-def _fastest_run_ms(spec, runs=200):
-    """The network's fastest forward, timed here: on a busy machine a median may include another
-    process's time slice, the fastest run does not (the predictor is built from runs that were not
-    interrupted)."""
+def _median_cpu_ms(spec, runs=41):
+    """The network's median forward in this thread's CPU time, in ms, over ``runs`` runs after
+    three warm-up runs (the first lets each CondConv layer choose its form), each run following
+    the network's own previous run as a served network's does."""
     torch.manual_seed(0)
     model = build_model(spec).eval()
     x = torch.randn(1, 3, spec.resolution, spec.resolution)
     times = []
     with torch.inference_mode():
-        for _ in range(runs):
-            t0 = time.perf_counter()
+        for _ in range(3):
             model(x)
-            times.append(time.perf_counter() - t0)
-    return min(times[3:]) * 1e3
+        for _ in range(runs):
+            t0 = time.thread_time()
+            model(x)
+            times.append(time.thread_time() - t0)
+    return statistics.median(times) * 1e3
 
 
 def test_latency_syntax_and_bad_values():

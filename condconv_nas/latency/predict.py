@@ -135,7 +135,7 @@ def predict_latency(spec, batch: int = 1, *, table=None) -> float:
             of=f"spec {spec.id}",
             fill="for the space on that machine (`condconv-nas latency --space NAME`)",
         )
-        return _sum_ms(table, p) + table.overhead_ms(p.base)
+        return table.whole_ms(p.base, _sum_ms(table, p))
     table = LatencyTable.for_batch(batch)
     if not table.trusted:
         _check_cached(table, spec, p, batch)
@@ -143,7 +143,7 @@ def predict_latency(spec, batch: int = 1, *, table=None) -> float:
         table.reload()  # another process may have measured them
     if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
         _fill(spec, p, table)
-    return _sum_ms(table, p) + table.overhead_ms(p.base)
+    return table.whole_ms(p.base, _sum_ms(table, p))
 
 
 def _check_cached(table: LatencyTable, spec: ArchSpec, p: Plan, batch: int) -> None:
@@ -153,7 +153,7 @@ def _check_cached(table: LatencyTable, spec: ArchSpec, p: Plan, batch: int) -> N
     table.trusted = True
     if table.missing(p.parts()) or table.overhead_ms(p.base) is None:
         return  # nothing to compare: this network's parts are measured now anyway
-    predicted = _sum_ms(table, p) + table.overhead_ms(p.base)
+    predicted = table.whole_ms(p.base, _sum_ms(table, p))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         x = torch.randn(batch, 3, spec.resolution, spec.resolution)

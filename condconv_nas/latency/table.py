@@ -184,6 +184,17 @@ class LatencyTable:
             return None
         return statistics.median(whole - parts for parts, whole in samples)
 
+    def whole_ms(self, base: str, parts_ms: float) -> float:
+        """A network of ``base`` whose parts sum to ``parts_ms``, whole: the parts plus the base's
+        overhead; where the parts timed in place came to more than the wholes (a negative
+        overhead), the parts scaled by the median whole/parts ratio instead, which cannot turn a
+        small network's prediction negative as a constant taken from larger ones can."""
+        overhead = self.overhead_ms(base)
+        if overhead >= 0:
+            return parts_ms + overhead
+        ratio = statistics.median(whole / parts for parts, whole in self.calibration[base])
+        return parts_ms * ratio
+
     def add(
         self, entries: dict[str, dict], calibration: tuple[str, float, float] | None = None
     ) -> None:
