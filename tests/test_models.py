@@ -10,7 +10,7 @@ from condconv_nas.layers import CondConv2d, CondLinear, Router
 from condconv_nas.spec import PRESETS, ArchSpec
 from condconv_nas.table1 import PAPER_TABLE1
 
-PARAMS = {  # stable parameter counts (static ones equal timm's own models, see below)
+PARAMS = {  # every preset's parameter count: test_same_parameters_as_timm checks each of them
     "mobilenet-v1": 4231976,
     "condconv-mobilenet-v1": 32826824,
     "mobilenet-v2": 3504872,
@@ -24,6 +24,68 @@ PARAMS = {  # stable parameter counts (static ones equal timm's own models, see 
     "condconv-efficientnet-b0-depth": 39715968,
     "efficientnet-b1": 7794184,
 }
+
+# timm's own network for every static preset (MnasNet-A1 is timm's semnasnet_100, the one with
+# squeeze-excitation; its mnasnet_100 is MnasNet-B1)
+TIMM_STATIC = {
+    "mobilenet-v1": "mobilenetv1_100",
+    "mobilenet-v2": "mobilenetv2_100",
+    "mnasnet-a1": "semnasnet_100",
+    "resnet50": "resnet50",
+    "efficientnet-b0": "efficientnet_b0",
+    "efficientnet-b1": "efficientnet_b1",  # width 1.0, depth 1.1: our preset's network
+}
+# Every CondConv preset as the paper places it (docs/method.md's table: the static network, the
+# begin layer, whether the classifier is CondConv; 8 experts, one router per block)...
+CONDCONV_PLACEMENT = {
+    "condconv-mobilenet-v1": ("mobilenetv1_100", 7, True),
+    "condconv-mobilenet-v2": ("mobilenetv2_100", 13, True),
+    "condconv-mnasnet-a1": ("semnasnet_100", 12, False),
+    "condconv-resnet50": ("resnet50", 15, True),
+    "condconv-efficientnet-b0": ("efficientnet_b0", 10, False),
+    "condconv-efficientnet-b0-depth": ("efficientnet_b1", 14, False),
+}
+# ... and timm's own CondConv networks where timm has ours: efficientnet_cc_b0_8e and _cc_b1_8e
+# make the blocks of the last three stages CondConv (8 experts, a routing FC per block on its
+# input, squeeze-excitation and the classifier static), which is the paper's layer 10 of
+# EfficientNet-B0 and layer 14 of its depth-1.1 version; their CondConv weights are stored flat,
+# (experts, out * in * kh * kw), so only the counts compare, not the shapes
+TIMM_CONDCONV = {
+    "condconv-efficientnet-b0": "efficientnet_cc_b0_8e",
+    "condconv-efficientnet-b0-depth": "efficientnet_cc_b1_8e",
+}
+
+
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _condconv_params_by_hand(static, begin_layer: int, classifier: bool, experts: int = 8) -> int:
+    """The parameters of ``static`` (a timm network) made CondConv as docs/method.md says, counted
+    from its own modules: every convolution that is a direct child of a block from
+    ``begin_layer`` on (layer 1 the stem, layer j + 1 block j) and the classifier if
+    ``classifier`` keep ``experts`` copies of their weights and biases, and each of those blocks
+    and the classifier gets a router, a Linear(its input channels, experts) with a bias."""
+    if hasattr(static, "blocks"):  # timm's EfficientNet builder: stages of blocks
+        blocks = [block for stage in static.blocks for block in stage]
+    else:  # timm's ResNet
+        layers = (static.layer1, static.layer2, static.layer3, static.layer4)
+        blocks = [block for layer in layers for block in layer]
+    cond_layers, router_inputs = [], []
+    for layer_number, block in enumerate(blocks, start=2):
+        if layer_number >= begin_layer:
+            convs = [c for c in block.children() if isinstance(c, torch.nn.Conv2d)]
+            cond_layers += convs
+            router_inputs.append(convs[0].in_channels)  # the block's input
+    if classifier:
+        fc = static.get_classifier()
+        cond_layers.append(fc)
+        router_inputs.append(fc.in_features)
+    return (
+        _numel(static)
+        + sum((experts - 1) * _numel(layer) for layer in cond_layers)
+        + sum(c * experts + experts for c in router_inputs)
+    )
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -42,22 +104,26 @@ def test_preset_builds_runs_forward_backward(name):
     assert count_params(build_model(name)) == PARAMS[name]
 
 
-@pytest.mark.parametrize(
-    "timm_name,preset",
-    [
-        ("mobilenetv1_100", "mobilenet-v1"),
-        ("mobilenetv2_100", "mobilenet-v2"),
-        ("semnasnet_100", "mnasnet-a1"),
-        ("efficientnet_b0", "efficientnet-b0"),
-        ("resnet50", "resnet50"),
-        ("efficientnet_b1", "efficientnet-b1"),
-        ("efficientnet_cc_b0_8e", "condconv-efficientnet-b0"),
-    ],
-)
-def test_same_parameters_as_timm(timm_name, preset):
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_same_parameters_as_timm(preset):
+    """Every preset's count (ours, and PARAMS) against timm's: its own network for the static
+    presets (the same tensors, shape for shape), and for the CondConv ones a count by hand from
+    timm's static network, which equals timm's own CondConv network where timm has it."""
+    assert set(PARAMS) == set(PRESETS) == set(TIMM_STATIC) | set(CONDCONV_PLACEMENT)
     ours = build_model(preset)
-    ref = timm.create_model(timm_name)
-    assert count_params(ours) == sum(p.numel() for p in ref.parameters())
+    if preset in TIMM_STATIC:
+        ref = timm.create_model(TIMM_STATIC[preset], pretrained=False)
+        expected = _numel(ref)
+        shapes = sorted(tuple(p.shape) for p in ref.parameters())
+        assert sorted(tuple(p.shape) for p in ours.parameters()) == shapes
+    else:
+        name, begin_layer, classifier = CONDCONV_PLACEMENT[preset]
+        static = timm.create_model(name, pretrained=False)
+        expected = _condconv_params_by_hand(static, begin_layer, classifier)
+        assert expected > _numel(static)
+        if preset in TIMM_CONDCONV:
+            assert _numel(timm.create_model(TIMM_CONDCONV[preset], pretrained=False)) == expected
+    assert count_params(ours) == expected and PARAMS[preset] == expected
 
 
 @pytest.mark.parametrize("row", PAPER_TABLE1, ids=[r[0] for r in PAPER_TABLE1])

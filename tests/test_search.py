@@ -111,14 +111,64 @@ def test_end_to_end_search_writes_every_file(files):
     assert str(run / "specs" / f"{best['trial']}.json") in table
 
 
+# Two static MobileNetV1 widths, far apart in MADDs: a budget between them splits the space.
+TWO_WIDTHS = """
+base: mobilenet_v1
+resolution: 224
+num_classes: 1000
+decisions:
+  width_multiplier: [0.25, 1.0]
+"""
+
+
 def test_over_budget_candidates_are_never_trained(files):
-    res = search(files, "--trials", "4", budget="60M", run="tight")
-    assert res.returncode == 0, res.stderr
-    rows = list(csv.DictReader((files / "results" / "tight" / "trials.csv").open()))
-    over = [r for r in rows if int(r["madds"]) > 60_000_000]
-    assert all(
-        r["feasible"] == "False" and r["top1"] == "" and float(r["seconds"]) < 10 for r in over
+    """With a budget between the space's two points, the wide one is over it wherever it is
+    proposed (8 seeded random trials: both points come up, as asserted): its rows say over budget
+    and carry nothing a training leaves (top-1, top-5, the chance verdict, the processes it
+    trained on), and no epoch of theirs was ever reported, while the narrow point's training
+    shows all of those."""
+    (files / "two.yaml").write_text(TWO_WIDTHS)
+    space = load_space(files / "two.yaml")
+    narrow, wide = (count_madds(space.to_spec({"width_multiplier": w})) for w in (0.25, 1.0))
+    budget = (narrow + wide) // 2
+
+    class Seen(condconv_nas.Reporter):
+        def __init__(self):
+            self.epochs, self.lines = [], {}
+
+        def epoch(self, trial, epoch, epochs):
+            self.epochs.append(trial)
+
+        def trial(self, line, best_top1):
+            self.lines[int(line.split()[1])] = line
+
+    seen = Seen()
+    condconv_nas.search(
+        budget=budget,
+        space=str(files / "two.yaml"),
+        trainer=str(files / "tiny.yaml"),
+        results=files / "results",
+        run="tight",
+        trials=8,
+        sampler="random",
+        progress=seen,
     )
+    rows = list(csv.DictReader((files / "results" / "tight" / "trials.csv").open()))
+    assert len(rows) == 8
+    over = [r for r in rows if int(r["madds"]) > budget]
+    under = [r for r in rows if int(r["madds"]) <= budget]
+    assert over and under, rows
+    assert {int(r["madds"]) for r in over} == {wide}, over
+    assert {int(r["madds"]) for r in under} == {narrow}, under
+    # the narrow point trained once (its later trials reuse that result): what a training leaves
+    (trained,) = [r for r in under if r["status"] in ("trained", "untrained")]
+    assert trained["top1"] and trained["top5"] and trained["untrained"] and trained["workers"]
+    assert seen.epochs.count(int(trained["trial"])) == 3  # tiny.yaml's epochs
+    for r in over:
+        assert r["status"] == "over_budget" and r["feasible"] == "False", r
+        assert r["top1"] == r["top5"] == r["untrained"] == r["workers"] == "", r
+        assert r["reused_from"] == "" and int(r["trial"]) not in seen.epochs, r
+        assert "not trained" in seen.lines[int(r["trial"])]
 
 
 def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
