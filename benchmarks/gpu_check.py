@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from condconv_nas import build_model, load_spec
 from condconv_nas.layers import CondConv2d
 from condconv_nas.layers.strategy import fixed_forms
-from condconv_nas.training.engine import Accelerator
+from condconv_nas.training.accelerator import Accelerator
 
 
 def check_layer(device) -> None:

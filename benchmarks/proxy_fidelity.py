@@ -62,7 +62,7 @@ from condconv_nas.madds import count_madds, count_params
 from condconv_nas.nas.space import load_space
 from condconv_nas.nas.supernet import score, train_supernet
 from condconv_nas.nas.warm_start import dense_start
-from condconv_nas.training.engine import proxy_top1
+from condconv_nas.training.proxy import proxy_top1
 from condconv_nas.training.recipe import load_recipe, recipe_from_dict
 
 HERE = Path(__file__).parent

@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from condconv_nas import load_spec
 from condconv_nas.data import parse_source
 from condconv_nas.files import write_atomic
-from condconv_nas.training.engine import proxy_top1
+from condconv_nas.training.proxy import proxy_top1
 from condconv_nas.training.recipe import load_recipe
 
 

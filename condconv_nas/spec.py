@@ -220,9 +220,9 @@ def load_spec(path_or_name: str | os.PathLike | ArchSpec | dict) -> ArchSpec:
         return ArchSpec.from_dict(PRESETS[key])
     path = Path(key)
     if path.is_dir() and (path / "pareto.json").is_file():
-        from .results import best_spec_path  # results reads specs: import late
+        from .front_file import best_spec_path  # only a run folder needs it
 
-        path = best_spec_path(path)
+        path = best_spec_path(path, ArchSpec)
     if not path.is_file():
         raise SpecError(
             f"{key}: no such spec file, and not a preset (presets: {', '.join(PRESETS)})"

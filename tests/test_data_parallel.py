@@ -11,13 +11,11 @@ from torch.utils.data import Subset, TensorDataset
 
 from condconv_nas import load_spec
 from condconv_nas.data import parse_source
-from condconv_nas.training.engine import (
-    average_bn_stats,
-    evaluate,
-    make_loader,
-    proxy_top1,
-    world,
-)
+from condconv_nas.training.bn_stats import average_bn_stats
+from condconv_nas.training.distributed import world
+from condconv_nas.training.epoch import make_loader
+from condconv_nas.training.evaluate import evaluate
+from condconv_nas.training.proxy import proxy_top1
 from condconv_nas.training.recipe import load_recipe
 
 

@@ -11,13 +11,11 @@ from condconv_nas.data import parse_source
 from condconv_nas.errors import UsageError
 from condconv_nas.layers import CondConv2d, CondLinear
 from condconv_nas.results import pareto_front
-from condconv_nas.training.engine import (
-    build_for_training,
-    chance_threshold,
-    proxy_top1,
-    recalibrate_bn,
-    setup_training,
-)
+from condconv_nas.training.bn_stats import recalibrate_bn
+from condconv_nas.training.evaluate import chance_threshold
+from condconv_nas.training.init import build_for_training
+from condconv_nas.training.optim import setup_training
+from condconv_nas.training.proxy import proxy_top1
 from condconv_nas.training.recipe import load_recipe, recipe_from_dict
 
 # Many experts, per-layer hierarchical routing with a hidden layer, a CondConv classifier: the kind

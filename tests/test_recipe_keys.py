@@ -9,7 +9,8 @@ import torch
 from condconv_nas.errors import UsageError
 from condconv_nas.layers import Router
 from condconv_nas.spec import load_spec
-from condconv_nas.training.engine import build_for_training, param_groups, routing_temperature
+from condconv_nas.training.init import build_for_training
+from condconv_nas.training.optim import param_groups, routing_temperature
 from condconv_nas.training.recipe import Recipe, recipe_from_dict
 
 CC = "condconv-mobilenet-v1"

@@ -155,37 +155,129 @@ def test_imagefolder_with_mixed_modes_and_a_truncated_jpeg(tmp_path, recipe, cli
     assert "truncated.jpg" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_imagenet_recipe_augmentations_one_step(tmp_path):
+def test_imagenet_recipe_augmentations_one_step(tmp_path, monkeypatch):
+    """``train()`` with the shipped imagenet recipe (trainers/imagenet.yaml) for one step of 8
+    images: every key of it that acts on an EfficientNet-B0 does, seen on what the training
+    built (the datasets, `setup_training`'s Training, its mixup call) and on its checkpoints.
+    Not seen: epochs, batch_size and workers (this call's arguments replace them)."""
+    from timm.layers import DropPath
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.optim import RMSpropTF
+    from timm.scheduler import StepLRScheduler
+    from torchvision import transforms as T
+
+    import condconv_nas
+    from condconv_nas import load_spec
+    from condconv_nas.layers import Router
+    from condconv_nas.training import fit as fit_module
+    from condconv_nas.training import run as run_module
+
     data = tmp_path / "imgs"
     _image_folder(data)
-    shutil.move(str(data / "cat" / "truncated.jpg"), str(tmp_path / "t.jpg"))
-    from condconv_nas import build_model, load_spec
-    from condconv_nas.data import make_datasets, parse_source
-    from condconv_nas.training.engine import make_loader, setup_training, train_epoch
-    from condconv_nas.training.recipe import load_recipe
+    shutil.move(str(data / "cat" / "truncated.jpg"), str(tmp_path / "t.jpg"))  # 18 images left
+    built = {}
 
-    recipe = load_recipe("imagenet").for_base("efficientnet_b0")
-    assert (
-        recipe.autoaugment
-        and recipe.mixup_alpha == 0.2
-        and recipe.ema_decay > 0
-        and recipe.label_smoothing == 0.1
+    def datasets(*args, **kwargs):
+        built["datasets"] = run_module_make_datasets(*args, **kwargs)
+        return built["datasets"]
+
+    def setup(*args, **kwargs):
+        t = real_setup(*args, **kwargs)
+        built["training"] = t
+        mixup = t.mixup
+
+        def seen_mixup(x, y):  # timm mixes x in place: keep what came in
+            x_in, y_in = x.clone(), y.clone()
+            x_out, y_out = mixup(x, y)
+            built["mixup"] = (x_in, y_in, x_out.clone(), y_out.clone())
+            return x_out, y_out
+
+        t.mixup = seen_mixup if mixup is not None else None
+        return t
+
+    run_module_make_datasets, real_setup = run_module.make_datasets, fit_module.setup_training
+    monkeypatch.setattr(run_module, "make_datasets", datasets)
+    monkeypatch.setattr(fit_module, "setup_training", setup)
+    # resolution null in the recipe: the spec's, here 32 px
+    spec = load_spec("condconv-efficientnet-b0").replace(resolution=32, width_multiplier=0.25)
+    out = tmp_path / "out"
+    metrics = condconv_nas.train(
+        spec,
+        trainer="imagenet",
+        data=f"imagefolder:{data}",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        out=out,
+        progress=False,
     )
-    assert load_recipe("imagenet").for_base("resnet50").expert_dropout > 0
-    train, _, n = make_datasets(parse_source(f"imagefolder:{data}"), 32, autoaugment=True)
-    assert "AutoAugment" in repr(train.transform)
-    model = build_model(
-        load_spec("condconv-efficientnet-b0").replace(num_classes=n),
-        drop_rate=recipe.dropout,
-        bn_momentum=recipe.bn_momentum,
-        expert_dropout=recipe.expert_dropout,
-    )
-    loader = make_loader(train, 4, train=True, seed=0, drop_last=True)
-    t = setup_training(model, recipe, num_classes=n, steps_per_epoch=1, epochs=1)
-    assert t.mixup is not None and t.ema is not None
-    before = model.net.classifier.weight.detach().clone()
-    loss = train_epoch(t, [next(iter(loader))], 0)
-    assert loss == loss and not torch.equal(before, model.net.classifier.weight)
+    assert metrics["epoch"] == 1 and metrics["images"] == 4  # holdout 0.2 of the 18 images
+    train_ds, val_ds, num_classes = built["datasets"]
+    t = built["training"]
+    model = t.model
+    assert num_classes == 2 and t.steps_per_epoch == 1  # 14 images, batches of 8 kept whole
+
+    # autoaugment: torchvision's ImageNet policy on the training images only, at 32 px
+    augment = [op for op in train_ds.transform.transforms if isinstance(op, T.AutoAugment)]
+    assert [op.policy for op in augment] == [T.AutoAugmentPolicy.IMAGENET]
+    assert not any(isinstance(op, T.AutoAugment) for op in val_ds.transform.transforms)
+    x_in, y_in, x_out, y_out = built["mixup"]
+    assert x_in.shape == (8, 3, 32, 32)
+
+    # mixup_alpha 0.2 with label_smoothing 0.1: each image mixed with the batch's reverse,
+    # x' = lam x + (1 - lam) flip(x), the targets likewise from smoothed one-hot ones (0.1 spread
+    # over the 2 classes), and a loss that takes such soft targets
+    assert t.mixup is not None and isinstance(t.loss_fn, SoftTargetCrossEntropy)
+    diff = x_in - x_in.flip(0)
+    lam = float(((x_out - x_in.flip(0)) * diff).sum() / diff.square().sum())
+    torch.testing.assert_close(x_out, lam * x_in + (1 - lam) * x_in.flip(0), rtol=0, atol=1e-4)
+    smooth = torch.full((8, 2), 0.1 / 2).scatter_(1, y_in[:, None], 1 - 0.1 + 0.1 / 2)
+    torch.testing.assert_close(y_out, lam * smooth + (1 - lam) * smooth.flip(0))
+
+    # dropout 0.2 before the classifier, drop_path 0.2 (timm: rising over the 16 blocks to
+    # 0.2 * 15/16), expert_dropout 0 on every router, bn_momentum 0.01 on every batch norm
+    assert model.net.drop_rate == 0.2
+    drop_paths = sorted(m.drop_prob for m in model.modules() if isinstance(m, DropPath))
+    assert drop_paths == pytest.approx([0.2 * i / 16 for i in range(1, 16)])
+    routers = [m for m in model.modules() if isinstance(m, Router)]
+    assert routers and all(r.expert_dropout == 0.0 for r in routers)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.01 for m in norms)
+
+    # optimizer rmsproptf (momentum 0.9, decay 0.9) at lr 0.008; weight_decay 1e-5 on every
+    # weight, none on biases and norms
+    opt = t.optimizer
+    assert isinstance(opt, RMSpropTF)
+    assert all(g["momentum"] == 0.9 and g["alpha"] == 0.9 for g in opt.param_groups)
+    assert all(g["initial_lr"] == 0.008 for g in opt.param_groups)
+    decay = {id(p) for n, p in model.named_parameters() if p.ndim > 1 and not n.endswith(".bias")}
+    by_decay = {}
+    for g in opt.param_groups:
+        by_decay.setdefault(g["weight_decay"], set()).update(id(p) for p in g["params"])
+    assert by_decay == {1e-5: decay, 0.0: {id(p) for p in model.parameters()} - decay}
+    # TF's RMSProp starts its square averages at 1: after one step with decay 0.9, >= 0.9
+    avgs = [s["square_avg"] for s in opt.state.values()]
+    assert len(avgs) == len(list(model.parameters())) and all(a.min() >= 0.9 for a in avgs)
+
+    # schedule step: warmup_epochs 5 from lr / 100, then 0.97 every 2.4 epochs (1 step each)
+    sched = t.scheduler
+    assert isinstance(sched, StepLRScheduler) and not sched.t_in_epochs
+    assert (sched.warmup_t, sched.decay_t, sched.decay_rate) == (5, 2.4, 0.97)
+    assert sched.warmup_lr_init == pytest.approx(0.008 / 100)
+    after_one_step = 0.008 / 100 + (0.008 - 0.008 / 100) / 5
+    assert all(g["lr"] == pytest.approx(after_one_step) for g in opt.param_groups)
+
+    # ema_decay 0.9999: the EMA is kept, checkpointed, and it is what model.pt holds and scores
+    assert t.ema is not None and t.ema.decay == 0.9999
+    last = torch.load(out / "last.pt", weights_only=True)
+    exported = torch.load(out / "model.pt", weights_only=True)
+    assert last["ema"].keys() == exported["model"].keys() == last["model"].keys()
+    assert all(torch.equal(last["ema"][k], exported["model"][k]) for k in last["ema"])
+    assert any(not torch.equal(last["ema"][k], last["model"][k]) for k in last["ema"])
+    assert last["recipe"]["optimizer"] == "rmsproptf" and last["recipe"]["ema_decay"] == 0.9999
+
+    # rmsproptf's epsilon: the recipe's comment says 1e-3 (TF's RMSProp as EfficientNet trains)
+    assert all(g["eps"] == 1e-3 for g in opt.param_groups), [g["eps"] for g in opt.param_groups]
 
 
 def test_bad_recipe_and_missing_data_exit_2(tmp_path, cli):
@@ -205,7 +297,7 @@ def test_training_starts_from_a_zero_classifier(name):
     """Every first logit is 0 (loss ln C), static or CondConv classifier; timm's init alone does
     not do that."""
     from condconv_nas import build_model, load_spec
-    from condconv_nas.training.engine import build_for_training
+    from condconv_nas.training.init import build_for_training
     from condconv_nas.training.recipe import load_recipe
 
     spec = load_spec(name).replace(num_classes=10, resolution=32)

@@ -134,7 +134,7 @@ def told_to_stop(stops, trial_id: str) -> bool:
     must stop after the same epoch)."""
     import torch
 
-    from ..training.engine import world
+    from ..training.distributed import world
 
     asked = world()[1] == 0 and ray.get(stops.has.remote(trial_id))
     flag = torch.tensor([1.0 if asked else 0.0])
@@ -256,7 +256,7 @@ def train_worker(config: dict) -> None:
     from ray import train
 
     from ..allocator import keep_freed_memory
-    from ..training.engine import world
+    from ..training.distributed import world
 
     keep_freed_memory()
     torch.set_num_threads(config["threads"])

@@ -31,17 +31,14 @@ from ..errors import UsageError
 from ..layers import Router
 from ..models import build_model
 from ..models.sources import canonical
+from ..training.accelerator import CPU
+from ..training.bn_stats import BATCH_NORMS, recalibrate_bn
 from ..training.checkpoint import load, save
-from ..training.engine import (
-    BATCH_NORMS,
-    CPU,
-    build_for_training,
-    chance_threshold,
-    evaluate,
-    make_loader,
-    own_random_state,
-    recalibrate_bn,
-)
+from ..training.epoch import make_loader
+from ..training.evaluate import chance_threshold, evaluate
+from ..training.fit import Hooks, fit
+from ..training.init import build_for_training
+from ..training.random_state import own_random_state
 from ..training.recipe import Recipe
 from .space import SearchSpace
 from .warm_start import once_per_run, publish
@@ -294,8 +291,6 @@ def train_supernet(
 
 @own_random_state
 def _train(work: Path, final: Path, info: Path, *, space, recipe, data, seed, note) -> None:
-    from ..training.fit import Hooks, fit  # fit() builds on the engine
-
     t0 = time.perf_counter()
     train_ds, val_ds, num_classes = make_datasets(
         data, recipe.resolution or space.resolution, holdout=recipe.holdout, seed=recipe.seed

@@ -10,7 +10,7 @@ from ..data import DataSource
 from ..latency import predict_latency
 from ..madds import count_madds, count_params
 from ..models import build_model
-from ..training.engine import proxy_top1
+from ..training.proxy import proxy_top1
 from ..training.recipe import Recipe
 from .space import SearchSpace
 from .supernet import score

@@ -19,19 +19,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..data import subset
 from ..errors import UsageError
-from .engine import (
-    Accelerator,
-    Training,
-    average_bn_stats,
-    data_parallel,
-    evaluate,
-    make_loader,
-    recalibrate_bn,
-    setup_training,
-    sum_over_workers,
-    train_epoch,
-    world,
-)
+from .accelerator import Accelerator
+from .bn_stats import average_bn_stats, recalibrate_bn
+from .distributed import data_parallel, sum_over_workers, world
+from .epoch import make_loader, train_epoch
+from .evaluate import evaluate
+from .optim import Training, setup_training
 from .recipe import Recipe
 
 

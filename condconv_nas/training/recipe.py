@@ -29,6 +29,8 @@ class Recipe:
     # peak learning rate for batch_size (scaled linearly with the global batch)
     lr: Annotated[Float, Field(ge=0, le=100)] = 0.1
     momentum: Annotated[Float, Field(ge=0, le=1)] = 0.9  # optimizer momentum
+    # the optimizer's epsilon (None: timm's default for it; TF's RMSProp: 1e-3)
+    opt_eps: Annotated[Float, Field(gt=0, le=1)] | None = None
     weight_decay: Annotated[Float, Field(ge=0, le=1)] = 1e-5  # L2 / decoupled weight decay
     schedule: Literal["cosine", "step", "none"] = "cosine"  # timm scheduler
     warmup_epochs: _Epochs = 0  # linear warm-up

@@ -18,9 +18,14 @@ from ..madds import count_madds, count_params
 from ..spec import ArchSpec, load_spec
 from ..validation import check_batch_size, check_int, check_seed
 from . import checkpoint
-from .engine import Accelerator, build_for_training, evaluate, make_loader, own_random_state, unwrap
+from .accelerator import Accelerator
+from .distributed import unwrap
+from .epoch import make_loader
+from .evaluate import evaluate
 from .fit import Hooks, fit
+from .init import build_for_training
 from .progress import StderrReporter, TrainReporter
+from .random_state import own_random_state
 from .recipe import Recipe, load_recipe
 
 
