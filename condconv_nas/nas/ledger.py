@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from .owner import Owner
 from .task import SearchTask
 
 DIRECTIONS = ["maximize", "minimize"]  # top-1, MADDs
@@ -122,30 +121,34 @@ def enqueue_presets(study: optuna.Study, presets: dict[str, dict]) -> None:
 
 def worker_id() -> str:
     """This process, as recorded on the trials it runs: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return Owner.me().worker
 
 
-def _gone(worker: str | None) -> bool:
-    """Whether ``worker`` was a process of this host that no longer exists (another host's:
-    unknown, False)."""
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # it exists, under another user
-    return False
+def claim(trial: optuna.Trial) -> None:
+    """Record this process as the trial's owner (`Owner`), first thing once the trial is asked
+    for: should the process die, the next run on this host takes the trial back at once."""
+    recorded = trial.user_attrs  # in memory: a retried trial holds its dead owner's
+    for key, value in Owner.me().attrs().items():
+        if recorded.get(key) != value:
+            trial.set_user_attr(key, value)
+
+
+def _gone(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's owner was a process of this host that no longer runs."""
+    owner = Owner.of(t.user_attrs)
+    return owner is not None and owner.gone()
 
 
 def recover_killed(study: optuna.Study) -> int:
-    """RUNNING trials of a killed process of this host are failed and their points evaluated again,
-    at once (heartbeats only catch a dead worker after their grace period). Returns how many."""
+    """RUNNING trials of a dead process are failed and their points evaluated again: at once when
+    it was a process of this host, after their heartbeat's grace period otherwise (another host's,
+    or one killed before it recorded itself). Returns how many were this host's."""
+    with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # retried by the heartbeat's callback
     recovered = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _gone(t.user_attrs.get("worker")):
+        if not _gone(t):
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)
@@ -184,7 +187,6 @@ def judge(
     latency = round(task.latency(spec), 3) if task.uses_latency else None
     feasible = task.within_budgets(madds, latency)
     for key, value in (
-        ("worker", worker_id()),
         ("spec", spec.to_dict()),
         ("spec_id", spec.id),
         ("madds", madds),
@@ -237,7 +239,7 @@ def wait_for_twin(study: optuna.Study, spec_id: str, number: int, poll: float = 
             and t.user_attrs.get("spec_id") == spec_id
             and t.user_attrs.get("feasible")
             and t.user_attrs.get("worker") != me
-            and not _gone(t.user_attrs.get("worker"))
+            and not _gone(t)
         ]
         if not twins:
             return
@@ -399,8 +401,13 @@ class Ledger:
         return self.counted() >= self.total
 
     def ask(self, fixed: dict | None = None) -> optuna.Trial:
-        """A new trial (a queued one first: presets, interrupted points); ``fixed``: its point,
-        chosen by the searcher instead of the study's sampler."""
+        """A new trial of this process (a queued one first: presets, interrupted points);
+        ``fixed``: its point, chosen by the searcher instead of the study's sampler."""
+        trial = self._ask(fixed)
+        claim(trial)
+        return trial
+
+    def _ask(self, fixed: dict | None) -> optuna.Trial:
         if not fixed:
             return self.study.ask()
         base = self.study.sampler
@@ -418,7 +425,9 @@ class Ledger:
                 self.study.sampler = base
 
     def point(self, trial: optuna.Trial) -> dict:
-        """The trial's point of the space, from the study's sampler (or the queue)."""
+        """The trial's point of the space, from the study's sampler (or the queue); the trial is
+        claimed for this process first (`claim`: the Optuna searcher's loop asks for its own)."""
+        claim(trial)
         return self.task.space.sample(
             lambda name, choices: trial.suggest_categorical(name, list(choices))
         )

@@ -1,0 +1,142 @@
+"""A search killed mid-trial: the next run reclaims the killed trial at once when its process was of
+this host (gone, a zombie, or its pid taken by another process), after the heartbeat's grace period
+when it was another host's; a process that lives keeps its trial."""
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from test_scale import postgres  # noqa: F401  (the fixture: a real PostgreSQL server)
+
+from condconv_nas.nas.ledger import Ledger, counted, finished, open_study, recover_killed
+from condconv_nas.nas.owner import Owner
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def storage(request):
+    """Where the run's study lives: its own SQLite file (None), or a PostgreSQL server."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres")
+
+
+def test_sigkill_mid_training_then_immediate_rerun_reaches_exactly_the_total(files, storage):
+    """SIGKILL a search while a trial trains (an epoch of it reported on stderr), and rerun the
+    same command at once, before the killed process is even reaped (a zombie until its parent
+    waits for it): the rerun takes the killed trial back instead of waiting for it, and the run
+    ends with exactly --trials trials done, none RUNNING."""
+    run = files / "results" / "killed"
+    cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "2G", "--trials", "3"]
+    cmd += ["--space", str(files / "space.yaml"), "--trainer", str(files / "tiny.yaml")]
+    cmd += ["--results", str(files / "results"), "--run", "killed"]
+    cmd += ["--storage", storage] if storage else []
+    url = storage or f"sqlite:///{run / 'study.db'}"
+    # without --quiet: the progress bar says each epoch of the trial in training (tiny: 3 epochs)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = b""
+    for chunk in iter(proc.stderr.read1, b""):
+        err += chunk
+        if re.search(rb"trial \d+: epoch [12]/3", err):
+            proc.kill()  # mid-training; not waited for (that would reap it) before the rerun
+            break
+    try:
+        assert re.search(rb"trial \d+: epoch [12]/3", err), err.decode()[-2000:]
+        study = optuna.load_study(study_name="killed", storage=url)
+        assert [t.state for t in study.trials].count(TrialState.RUNNING) == 1
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    finally:
+        proc.wait(timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "still training in other workers" not in res.stderr, res.stderr[-3000:]
+    assert "3/3 trials" in res.stderr, res.stderr[-3000:]
+    study = optuna.load_study(study_name="killed", storage=url)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states, states
+    assert finished(study) == counted(study) == 3, states
+    rows = (run / "trials.csv").read_text().splitlines()[1:]
+    assert len(rows) == 3 and all(",COMPLETE," in r for r in rows), rows
+
+
+# --------------------------------------------- a trial's owner, judged without a search
+
+
+@pytest.fixture
+def study(tmp_path):
+    return open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", 0)
+
+
+def running_trial(study, owner) -> optuna.Trial:
+    """A trial in training, as ``owner`` records it."""
+    trial = study.ask()
+    for key, value in owner.attrs().items():
+        trial.set_user_attr(key, value)
+    return trial
+
+
+def state_of(study, trial) -> TrialState:
+    return study.get_trials(deepcopy=False)[trial.number].state
+
+
+def test_a_killed_process_of_this_host_gives_its_trial_back_at_once_reaped_or_not(study):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        trial = running_trial(study, Owner.process(child.pid))
+        assert recover_killed(study) == 0  # it lives: the trial stays its own
+        child.kill()
+        deadline = time.time() + 60  # dead, and not reaped: a zombie, its pid still answers
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert recover_killed(study) == 1
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert state_of(study, trial) == TrialState.FAIL
+    retry = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert [t.user_attrs["retry_of"] for t in retry] == [trial.number]
+    assert counted(study) == 0  # the killed trial is not one of the run's: its retry will be
+
+
+def test_a_pid_that_another_process_took_since_does_not_keep_the_trial(study):
+    me = Owner.process(os.getpid())
+    mine = running_trial(study, me)
+    before = running_trial(study, dataclasses.replace(me, started="0"))  # same pid, not us
+    assert recover_killed(study) == 1
+    assert state_of(study, mine) == TrialState.RUNNING
+    assert state_of(study, before) == TrialState.FAIL
+
+
+def test_another_host_s_trial_is_taken_back_only_after_its_heartbeat_s_grace(tmp_path):
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path / 'study.db'}",
+        heartbeat_interval=1,
+        grace_period=2,
+        heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+    )
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    trial = running_trial(study, Owner("elsewhere", os.getpid(), "0"))
+    storage.record_heartbeat(trial._trial_id)
+    assert recover_killed(study) == 0 and state_of(study, trial) == TrialState.RUNNING
+    time.sleep(3)  # its heartbeat stops
+    recover_killed(study)
+    assert state_of(study, trial) == TrialState.FAIL
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 1  # its retry
+    assert counted(study) == 0
+
+
+def test_a_trial_is_its_process_s_from_the_moment_it_is_asked_for(study):
+    """Through the ledger (Ray, NNI) or the searcher's own loop (Optuna, whose first call is
+    ``point``), before anything is sampled, measured or trained."""
+    me = Owner.process(os.getpid()).attrs()
+    space = SimpleNamespace(searched={}, sample=lambda suggest: {})
+    ledger = Ledger(study, SimpleNamespace(space=space), total=2)
+    ledger.ask()
+    ledger.point(study.ask())
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 2 and all(t.user_attrs.items() >= me.items() for t in trials), trials
