@@ -18,8 +18,7 @@ def zero_classifier(model: nn.Module) -> nn.Module:
 
     timm's EfficientNet init draws the classifier from +-1/sqrt(classes): for 10 classes the
     first logits have a std of 4 (static) to 8 (CondConv, a sum of experts), and a short run
-    from scratch spends its first epochs undoing that (CondConv-MobileNetV2 on digits, 3
-    epochs: top-1 0.26 with timm's init, 0.73 zero-initialised).
+    from scratch spends its first epochs undoing that (benchmarks/README.md, "Zero classifier").
     """
     head = model.net.get_classifier()
     head = getattr(head, "module", head)  # a CondConv classifier runs inside `Routed`
