@@ -2,10 +2,10 @@
 
 PyTorch allocates CPU tensors with malloc. glibc serves a block above its mmap threshold (at
 most 32 MiB by default) with freshly mapped pages and unmaps it when freed, so such a tensor
-pays a page fault per 4 KiB page every time it is made: on the 2-core machine of
-`benchmarks/condconv_speed.py`, filling a new 47 MiB tensor took 15 ms, against 1.9 ms once
-freed blocks were kept. CondConv's per-example kernels and their gradients in training are such
-tensors (32 x 1152 x 320 floats for one layer of CondConv-EfficientNet-B0 at batch 32).
+pays a page fault per 4 KiB page every time it is made, several times the cost of filling a
+kept block (benchmarks/README.md, "Measured figures behind the code"). CondConv's per-example
+kernels and their gradients in training are such tensors (32 x 1152 x 320 floats for one layer
+of CondConv-EfficientNet-B0 at batch 32).
 
 `keep_freed_memory()` raises glibc's mmap and trim thresholds (``mallopt``), the same effect as
 PyTorch's CPU tuning guide gets from preloading jemalloc or tcmalloc. The price is that the

@@ -42,9 +42,8 @@ def mix_experts(r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``r @ weight.reshape(n, -1)``: per-example kernels, flattened, ``(B, N)``.
 
     At batch 1 with large kernels, MKL's ``(1 x n) @ (n x N)`` product is slower than the same
-    product split into 32 column blocks as one batched matmul (measured on 2 cores, n = 8: the
-    blocked form took 0.81x the time at N = 2**16, 0.53x to 0.59x at N = 2.2e5 to 1.3e6), which
-    runs at about the speed of reading the experts once.
+    product split into 32 column blocks as one batched matmul, which runs at about the speed of
+    reading the experts once (benchmarks/README.md, "Measured figures behind the code").
     """
     n = r.shape[1]
     w = weight.reshape(n, -1)
@@ -192,9 +191,8 @@ class CondConv2d(nn.Module):
     def forms(self, x: torch.Tensor) -> tuple[str, ...]:
         """The execution forms worth timing for this layer (``bmm``: 1x1, stride 1, unpadded,
         ungrouped)."""
-        # Grouped `expand` (n inputs per group) ran 3x slower than `mixture` and 10x slower than
-        # `kernel` at every depthwise layer of CondConv-B0 (benchmarks/condconv_layers.py), so it is
-        # not timed.
+        # Grouped `expand` (n inputs per group) was slower than `mixture` and `kernel` at every
+        # depthwise layer of CondConv-B0 (benchmarks/condconv_layers.py), so it is not timed.
         if self.groups > 1:
             return ("kernel", "mixture")
         pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)

@@ -3,8 +3,7 @@
 
 A 5x5 convolution with padding 2 on a 1x1 input reads its centre tap only; on 2x2, its centre
 3x3. The result is the same with those taps cut off and the padding cut by as much, and oneDNN
-is far faster on the cropped form: a depthwise 5x5 on (64, 1152, 1, 1) took 31 ms forward and
-backward, cropped to 1x1 0.5 ms; on (32, 1152, 2, 2), 8.4 ms against 5.5 ms cropped to 3x3. Such
+is far faster on the cropped form (benchmarks/README.md, "Measured figures behind the code"). Such
 inputs are everyday in the search's proxy (16 px images reach 1x1 at stride 16) and in the last
 stages at 64 px.
 
@@ -71,8 +70,8 @@ def crop(
 ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
     """``(weight, stride, padding)`` for the same convolution with the taps that read only padding
     removed (a view of ``weight``; everything unchanged if there are none), and stride 1 along a
-    dimension with one output position (the stride never applies there; oneDNN took 6.8 ms for a
-    stride-2 depthwise 1x1 on (64, 672, 1, 1), 0.6 ms at stride 1).
+    dimension with one output position (the stride never applies there, and oneDNN is about ten
+    times slower at stride 2 on such maps).
 
     ``weight``'s last two dimensions are the kernel; the output shape and values are unchanged.
     """
