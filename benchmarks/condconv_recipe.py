@@ -32,8 +32,17 @@ from condconv_nas.training.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The fashion recipe as it was when these arms were first trained: each arm changes it by one key,
+# so the file stays reproducible after the recipe took the winners (trainers/fashion.yaml).
+BASELINE = {
+    "expert_lr": "rsqrt",
+    "router_init": "torch",
+    "router_weight_decay": None,
+    "routing_temperature": 1.0,
+    "routing_warmup_epochs": 0,
+}
 # arm -> the recipe keys it changes (static: the network without CondConv, same recipe)
-ARMS: dict[str, dict] = {
+CHANGES: dict[str, dict] = {
     "static": {},
     "baseline": {},
     "expert_lr_same": {"expert_lr": "same"},
@@ -48,6 +57,7 @@ ARMS: dict[str, dict] = {
         "routing_warmup_epochs": 1,
     },
 }
+ARMS = {arm: {**BASELINE, **changes} for arm, changes in CHANGES.items()}
 
 
 def spec_for(arm: str, width: float, experts: int):
