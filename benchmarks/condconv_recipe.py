@@ -21,12 +21,12 @@ import argparse
 import dataclasses
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from figure2 import run_one as train_figure2
+from figure2 import spec_for
 
-from condconv_nas import load_spec, train
 from condconv_nas.files import write_atomic
 from condconv_nas.training.recipe import load_recipe
 
@@ -60,33 +60,13 @@ CHANGES: dict[str, dict] = {
 ARMS = {arm: {**BASELINE, **changes} for arm, changes in CHANGES.items()}
 
 
-def spec_for(arm: str, width: float, experts: int):
-    if arm == "static":
-        return load_spec("mobilenet-v1").replace(width_multiplier=width)
-    spec = load_spec("condconv-mobilenet-v1").replace(width_multiplier=width)
-    return spec.replace(condconv={**spec.to_dict()["condconv"], "num_experts": experts})
-
-
 def run_one(arm: str, seed: int, args) -> dict:
-    out = args.runs / f"{arm}-s{seed}"
+    """One arm's training, as figure2.py trains (the same spec, the arm's recipe)."""
     recipe = dataclasses.replace(load_recipe(args.trainer), **ARMS[arm])
-    t0 = time.perf_counter()
-    m = train(
-        spec_for(arm, args.width, args.experts),
-        trainer=recipe,
-        data=args.data,
-        epochs=args.epochs,
-        out=out,
-        resume=(out / "last.pt").is_file(),
-        seed=seed,
-        progress=False,
-    )
-    print(f"  {arm} seed {seed}: top-1 {m['top1']:.4f} ({time.perf_counter() - t0:.0f} s)")
-    return {
-        "top1": m["top1"],
-        "train_losses": m["train_losses"],
-        "epoch_seconds": m["epoch_seconds"],
-    }
+    spec = spec_for(args.width, 1 if arm == "static" else args.experts)
+    how = argparse.Namespace(trainer=recipe, data=args.data, epochs=args.epochs, only_table=False)
+    m = train_figure2(spec, args.runs / f"{arm}-s{seed}", how, seed)
+    return {k: m[k] for k in ("top1", "train_losses", "epoch_seconds")}
 
 
 def setting(args) -> dict:

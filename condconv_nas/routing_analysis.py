@@ -142,18 +142,12 @@ def _expert_layers(model: nn.Module, weights: dict, cond_layers: dict) -> list[d
 
 
 def condconv_diagnostics(
-    model: nn.Module | str | os.PathLike,
-    data: str | Dataset | DataLoader,
-    *,
-    split: str = "val",
-    batch_size: int = 64,
-    resolution: int | None = None,
-    holdout: float | None = None,
-    seed: int | None = None,
+    model: nn.Module | str | os.PathLike, data: str | Dataset | DataLoader, **options
 ) -> dict:
     """What a CondConv model's experts and routers do, as three spreads.
 
-    Runs `analyze_routing` with the same arguments and returns `diagnostics_of` its result:
+    Runs `analyze_routing` with the same arguments (``options``: its keyword options) and returns
+    `diagnostics_of` its result:
 
     - ``layers``: per CondConv layer (network order) ``name``, ``layer``, ``num_experts`` and
       ``expert_spread``: the mean over experts ``i`` of ``|W_i - W_mean| / |W_mean|``
@@ -169,17 +163,7 @@ def condconv_diagnostics(
       ``class_spread`` (the root mean square of class mean - mean, as `analyze_routing`).
     - ``expert_spread``, ``example_spread``, ``class_spread``: their means over layers / routers.
     """
-    return diagnostics_of(
-        analyze_routing(
-            model,
-            data,
-            split=split,
-            batch_size=batch_size,
-            resolution=resolution,
-            holdout=holdout,
-            seed=seed,
-        )
-    )
+    return diagnostics_of(analyze_routing(model, data, **options))
 
 
 def diagnostics_of(info: dict) -> dict:
