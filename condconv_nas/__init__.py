@@ -26,10 +26,10 @@ _API = {
     "measure_latency": "condconv_nas.latency",
     "load_exported": "condconv_nas.training.checkpoint",
     "search": "condconv_nas.nas.run",
-    "SearchResult": "condconv_nas.nas.run",
+    "SearchResult": "condconv_nas.nas.run_folder",
     "SearchConfig": "condconv_nas.nas.options",
-    "Reporter": "condconv_nas.nas.progress",
-    "TrainReporter": "condconv_nas.training.progress",
+    "Reporter": "condconv_nas.progress",
+    "TrainReporter": "condconv_nas.progress:Reporter",  # its name before both shared it
     "train": "condconv_nas.training.run",
     "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
     "analyze_routing": "condconv_nas.routing_analysis",

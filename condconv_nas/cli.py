@@ -173,8 +173,8 @@ class Search(Command):
 
     def take_action(self, args):
         from .nas.options import SearchConfig
-        from .nas.progress import BarReporter, LineReporter
         from .nas.run import SearchInterrupted, search
+        from .progress import BarReporter, LineReporter
 
         keep_freed_memory()
         try:

@@ -16,8 +16,9 @@ import pytest
 from optuna.trial import TrialState
 from test_scale import postgres  # noqa: F401  (the fixture: a real PostgreSQL server)
 
-from condconv_nas.nas.ledger import Ledger, counted, finished, open_study, recover_killed
+from condconv_nas.nas.ledger import Ledger
 from condconv_nas.nas.owner import Owner
+from condconv_nas.nas.study import State, Study
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
@@ -58,7 +59,8 @@ def test_sigkill_mid_training_then_immediate_rerun_reaches_exactly_the_total(fil
     study = optuna.load_study(study_name="killed", storage=url)
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states, states
-    assert finished(study) == counted(study) == 3, states
+    ledger = ledger_of(Study(study))
+    assert ledger.finished() == ledger.counted() == 3, states
     rows = (run / "trials.csv").read_text().splitlines()[1:]
     assert len(rows) == 3 and all(",COMPLETE," in r for r in rows), rows
 
@@ -68,48 +70,57 @@ def test_sigkill_mid_training_then_immediate_rerun_reaches_exactly_the_total(fil
 
 @pytest.fixture
 def study(tmp_path):
-    return open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", 0)
+    return Study.open(f"sqlite:///{tmp_path / 'study.db'}", "s", 0, heartbeat=False)
 
 
-def running_trial(study, owner) -> optuna.Trial:
+def ledger_of(study, total=3) -> Ledger:
+    space = SimpleNamespace(searched={}, sample=lambda suggest: {})
+    return Ledger(study, SimpleNamespace(space=space), total=total)
+
+
+def running_trial(study, owner):
     """A trial in training, as ``owner`` records it."""
     trial = study.ask()
     for key, value in owner.attrs().items():
-        trial.set_user_attr(key, value)
+        trial.set(key, value)
     return trial
 
 
-def state_of(study, trial) -> TrialState:
-    return study.get_trials(deepcopy=False)[trial.number].state
+def state_of(study, trial) -> State:
+    return study.trials()[trial.number].state
 
 
 def test_a_killed_process_of_this_host_gives_its_trial_back_at_once_reaped_or_not(study):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    ledger = ledger_of(study)
     try:
         trial = running_trial(study, Owner.process(child.pid))
-        assert recover_killed(study) == 0  # it lives: the trial stays its own
+        assert ledger.recover() == 0  # it lives: the trial stays its own
         child.kill()
         deadline = time.time() + 60  # dead, and not reaped: a zombie, its pid still answers
         while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
             assert time.time() < deadline
             time.sleep(0.05)
-        assert recover_killed(study) == 1
+        assert ledger.recover() == 1
     finally:
         child.kill()
         child.wait(timeout=60)
-    assert state_of(study, trial) == TrialState.FAIL
-    retry = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    assert [t.user_attrs["retry_of"] for t in retry] == [trial.number]
-    assert counted(study) == 0  # the killed trial is not one of the run's: its retry will be
+    assert state_of(study, trial) == State.FAIL
+    retry = study.trials(State.WAITING)
+    assert [t.attrs["retry_of"] for t in retry] == [trial.number]
+    assert ledger.counted() == 0  # the killed trial is not one of the run's: its retry will be
+    again = ledger.ask()  # its point, claimed by this process as it is taken from the queue
+    assert again.attrs["retry_of"] == trial.number
+    assert again.attrs["worker"] == Owner.me().worker
 
 
 def test_a_pid_that_another_process_took_since_does_not_keep_the_trial(study):
     me = Owner.process(os.getpid())
     mine = running_trial(study, me)
     before = running_trial(study, dataclasses.replace(me, started="0"))  # same pid, not us
-    assert recover_killed(study) == 1
-    assert state_of(study, mine) == TrialState.RUNNING
-    assert state_of(study, before) == TrialState.FAIL
+    assert ledger_of(study).recover() == 1
+    assert state_of(study, mine) == State.RUNNING
+    assert state_of(study, before) == State.FAIL
 
 
 def test_another_host_s_trial_is_taken_back_only_after_its_heartbeat_s_grace(tmp_path):
@@ -119,24 +130,25 @@ def test_another_host_s_trial_is_taken_back_only_after_its_heartbeat_s_grace(tmp
         grace_period=2,
         heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
     )
-    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    # the study beats once as the trial is asked, then not again for 30 s: a silent worker
+    study = Study(optuna.create_study(storage=storage, directions=["maximize", "minimize"]),
+                  heartbeat=storage)  # fmt: skip
     trial = running_trial(study, Owner("elsewhere", os.getpid(), "0"))
-    storage.record_heartbeat(trial._trial_id)
-    assert recover_killed(study) == 0 and state_of(study, trial) == TrialState.RUNNING
-    time.sleep(3)  # its heartbeat stops
-    recover_killed(study)
-    assert state_of(study, trial) == TrialState.FAIL
-    assert len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 1  # its retry
-    assert counted(study) == 0
+    ledger = ledger_of(study)
+    assert ledger.recover() == 0 and state_of(study, trial) == State.RUNNING
+    time.sleep(3)  # past its grace
+    ledger.recover()
+    assert state_of(study, trial) == State.FAIL
+    assert len(study.trials(State.WAITING)) == 1  # its retry
+    assert ledger.counted() == 0
 
 
 def test_a_trial_is_its_process_s_from_the_moment_it_is_asked_for(study):
-    """Through the ledger (Ray, NNI) or the searcher's own loop (Optuna, whose first call is
-    ``point``), before anything is sampled, measured or trained."""
+    """Every searcher asks the ledger, which records the owner before anything is sampled,
+    measured or trained; a point that names its decisions (NNI's) too."""
     me = Owner.process(os.getpid()).attrs()
-    space = SimpleNamespace(searched={}, sample=lambda suggest: {})
-    ledger = Ledger(study, SimpleNamespace(space=space), total=2)
+    ledger = ledger_of(study)
     ledger.ask()
-    ledger.point(study.ask())
-    trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 2 and all(t.user_attrs.items() >= me.items() for t in trials), trials
+    ledger.ask(fixed={"x": 1})
+    trials = study.trials()
+    assert len(trials) == 2 and all(t.attrs.items() >= me.items() for t in trials), trials

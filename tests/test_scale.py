@@ -135,10 +135,11 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
     import optuna
 
     from condconv_nas.data import parse_source
-    from condconv_nas.nas.ledger import DIRECTIONS, Callbacks, Ledger, finished, trial_rows
+    from condconv_nas.nas.ledger import Callbacks, Ledger
     from condconv_nas.nas.progress import trial_line
     from condconv_nas.nas.ray_engine import StudySearch
     from condconv_nas.nas.space import load_space
+    from condconv_nas.nas.study import DIRECTIONS, Study
     from condconv_nas.nas.task import SearchTask
     from condconv_nas.training.recipe import load_recipe
 
@@ -148,12 +149,13 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
         recipe=load_recipe(str(files / "tiny.yaml")),
         data=parse_source("digits"),
     )
-    study = optuna.create_study(study_name="s", directions=DIRECTIONS)
+    study = optuna.create_study(study_name="s", directions=list(DIRECTIONS))
     reported, epochs = [], []
     callbacks = Callbacks(
         on_trial=reported.append, on_epoch=lambda *progress: epochs.append(progress)
     )
-    search = StudySearch(Ledger(study, task, 3, callbacks))
+    ledger = Ledger(Study(study), task, 3, callbacks)
+    search = StudySearch(ledger)
     a, b = search.suggest("a"), search.suggest("b")
     assert a["values"] is None and a["madds"] == study.trials[0].user_attrs["madds"]
     search.on_trial_result("b", {"top1": 0.3, "epoch": 1, "final": False, "madds": b["madds"]})
@@ -167,8 +169,8 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
     first, second = study.trials
     assert first.state.name == "PRUNED" and first.user_attrs["stopped_early"]
     assert second.state.name == "COMPLETE" and second.values == [0.5, float(b["madds"])]
-    assert finished(study) == 2  # a stopped trial counts toward --trials
-    rows = trial_rows(study, list(task.space.searched))
+    assert ledger.finished() == 2  # a stopped trial counts toward --trials
+    rows = [r.row() for r in ledger.records()]
     assert [(r["state"], r["top1"]) for r in rows] == [("PRUNED", None), ("COMPLETE", 0.5)]
     assert "STOPPED" in trial_line(reported[0]) and "after epoch 1" in trial_line(reported[0])
     assert "COMPLETE" in trial_line(reported[1])

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 from helpers import ctrl_c_default, run_cli
@@ -136,8 +137,8 @@ def test_over_budget_candidates_are_never_trained(files):
         def __init__(self):
             self.epochs, self.lines = [], {}
 
-        def epoch(self, trial, epoch, epochs):
-            self.epochs.append(trial)
+        def epoch(self, e):
+            self.epochs.append(e.trial)
 
         def trial(self, line, best_top1):
             self.lines[int(line.split()[1])] = line
@@ -275,7 +276,8 @@ def test_trial_count_rule():
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from condconv_nas.nas.ledger import counted, finished
+    from condconv_nas.nas.ledger import Ledger
+    from condconv_nas.nas.study import Study
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     fail = dict(state=TrialState.FAIL, params={}, distributions={})
@@ -290,7 +292,10 @@ def test_trial_count_rule():
     study.add_trial(
         create_trial(state=TrialState.PRUNED, params={}, distributions={})
     )  # 4: surplus: does not count
-    assert finished(study) == 2 and counted(study) == 2 and counted(study, before=2) == 1
+    space = SimpleNamespace(searched={})
+    ledger = Ledger(Study(study), SimpleNamespace(space=space), total=5)
+    assert ledger.finished() == 2 and ledger.counted() == 2 and ledger.counted(before=2) == 1
+    assert [r.trial for r in ledger.records()] == [0, 2]  # the retried and the uncounted hidden
 
 
 def test_chance_level_trials_are_recorded_and_kept_off_the_front(files):
@@ -642,8 +647,9 @@ def test_condconv_decisions_are_sampled_only_when_condconv_is_on():
     experts or routing decisions, in the sampler and in trials.csv's rows."""
     import optuna
 
-    from condconv_nas.nas.ledger import trial_rows
+    from condconv_nas.nas.ledger import Ledger
     from condconv_nas.nas.space import CONDCONV_DECISIONS
+    from condconv_nas.nas.study import Study
 
     space = load_space("efficientnet_b0")
     asked = []
@@ -666,7 +672,8 @@ def test_condconv_decisions_are_sampled_only_when_condconv_is_on():
     study.optimize(
         lambda t: len(space.sample(lambda n, c: t.suggest_categorical(n, list(c)))), n_trials=80
     )
-    rows = trial_rows(study, list(space.searched))
+    ledger = Ledger(Study(study), SimpleNamespace(space=space), total=80)
+    rows = [r.row() for r in ledger.records()]
     for r in rows:
         cc = r["begin_stage"] != "none" or r["classifier"]
         assert all((r[d] is not None) == cc for d in CONDCONV_DECISIONS if d in space.searched), r

@@ -326,16 +326,17 @@ def test_library_train_names_its_folder_after_the_spec_it_was_given(tmp_path, re
 
 
 def test_train_reports_through_its_reporter_and_prints_nothing(tmp_path, recipe, capsys):
-    """A TrainReporter given to train() gets one line per epoch and a bar per epoch over the
+    """A Reporter given to train() gets one line per epoch and a bar per epoch over the
     epoch's steps; nothing reaches stdout or stderr, as with progress=False."""
     import condconv_nas
 
-    class Seen(condconv_nas.TrainReporter):
+    class Seen(condconv_nas.Reporter):  # the search's reporter: one protocol for both
         def __init__(self):
             self.epochs, self.steps = [], []
 
-        def epoch(self, line):
-            self.epochs.append(line)
+        def epoch(self, e):
+            assert e.trial is None  # a training's own epoch, not a search trial's
+            self.epochs.append(e.line)
 
         def bar(self, epoch, epochs, steps):
             self.steps.append((epoch, epochs, steps))

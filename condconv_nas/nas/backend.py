@@ -29,7 +29,8 @@ from ..extras import require
 from .options import SearchConfig, flag
 
 if TYPE_CHECKING:
-    from .ledger import Ledger, TrialRecord
+    from .ledger import Ledger
+    from .records import TrialRecord
     from .task import SearchTask
 
 

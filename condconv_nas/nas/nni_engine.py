@@ -13,8 +13,6 @@ import logging
 import sys
 import warnings
 
-import optuna
-
 with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it does not know (harmless)
     warnings.simplefilter("ignore", RuntimeWarning)
     import nni
@@ -28,8 +26,10 @@ with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it does not
     from nni.runtime.log import silence_stdout
 
 from .backend import Searcher, scratch_dir, stdout_to_stderr
-from .ledger import Ledger, TrialRecord
+from .ledger import Ledger
 from .options import NNI_STRATEGIES
+from .records import TrialRecord
+from .study import Trial
 from .task import SearchTask
 
 
@@ -59,7 +59,7 @@ class Judge:
 
     def __init__(self, task: SearchTask, ledger: Ledger) -> None:
         self.task, self.ledger = task, ledger
-        self.pending: dict[tuple, tuple[optuna.Trial, tuple[float, float] | None]] = {}
+        self.pending: dict[tuple, tuple[Trial, tuple[float, float] | None]] = {}
 
     def keep(self, model) -> bool:
         if self.ledger.full:

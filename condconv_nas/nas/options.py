@@ -97,11 +97,19 @@ def setting(
     metavar: str | None = None,
     same_run: bool = False,
     required: bool = False,
+    shown: str | None = None,
 ) -> Any:
     """A `SearchConfig` field: ``cli`` parses the option's text, ``same_run`` says that a resumed
-    run must keep it (a config written before the setting existed stands for ``default``)."""
+    run must keep it (a config written before the setting existed stands for ``default``);
+    ``shown``: the default in words, where the value (None) does not say it."""
     meta = dict(
-        help=help, cli=cli, choices=choices, metavar=metavar, same_run=same_run, required=required
+        help=help,
+        cli=cli,
+        choices=choices,
+        metavar=metavar,
+        same_run=same_run,
+        required=required,
+        shown=shown,
     )
     return dataclasses.field(default=default, metadata=meta)
 
@@ -121,80 +129,81 @@ class SearchConfig:
     )
     latency_batch: int = setting(
         1,
-        "batch size the latency is predicted and measured at (default: 1)",
+        "batch size the latency is predicted and measured at",
         cli=positive_int,
         same_run=True,
     )
     latency_device: str | None = setting(
         None,
         "predict latency with the target machine's table file (written there by `condconv-nas "
-        "latency --space NAME`) instead of this machine's (default: this machine, the driver's "
-        "on Ray)",
+        "latency --space NAME`) instead of this machine's",
+        shown="this machine, the driver's on Ray",
         metavar="TABLE",
         same_run=True,
     )
     objective: str = setting(
         "madds",
         "the cost of the Pareto front and the plots' x axis: madds or latency (predicted on "
-        "this machine) (default: madds)",
+        "this machine)",
         choices=OBJECTIVES,
         same_run=True,
     )
     space: str = setting(
         "efficientnet_b0",
-        "search space: a shipped name or a YAML file (default: efficientnet_b0)",
+        "search space: a shipped name or a YAML file",
         same_run=True,
     )
     trials: int | None = setting(
         None,
-        "total trials of the run, across restarts and workers (default: the trainer's)",
+        "total trials of the run, across restarts and workers",
+        shown="the trainer's",
         cli=positive_int,
     )
-    data: str = setting("digits", DATA_HELP, same_run=True)
-    trainer: str = setting(
-        "proxy", "training recipe for candidates: a shipped name or a YAML file (default: proxy)"
-    )
+    data: str = setting("digits", DATA_HELP.removesuffix(" (default: digits)"), same_run=True)
+    trainer: str = setting("proxy", "training recipe for candidates: a shipped name or a YAML file")
     backend: str = setting(
         "optuna",
-        "optuna (this machine), ray (Ray Tune, local or a cluster) or nni (default: optuna)",
+        "optuna (this machine), ray (Ray Tune, local or a cluster) or nni",
         choices=BACKEND_NAMES,
     )
-    run: str | None = setting(None, "run name (default: <space>-<budget>); the same name resumes")
-    results: str = setting("results", "folder of run folders (default: results)")
-    storage: str | None = setting(None, "Optuna storage URL (default: SQLite in the run folder)")
+    run: str | None = setting(None, "run name; the same name resumes", shown="<space>-<budget>")
+    results: str = setting("results", "folder of run folders")
+    storage: str | None = setting(None, "Optuna storage URL", shown="SQLite in the run folder")
     address: str | None = setting(
-        None, "Ray cluster address to join (with --backend ray; default: a local Ray)"
+        None, "Ray cluster address to join (with --backend ray)", shown="a local Ray"
     )
-    cpus_per_trial: float = setting(1.0, "Ray: CPUs per trial (default: 1)", cli=float)
-    gpus_per_trial: float = setting(0.0, "Ray: GPUs per trial (default: 0)", cli=float)
+    cpus_per_trial: float = setting(1.0, "Ray: CPUs per trial", cli=float)
+    gpus_per_trial: float = setting(0.0, "Ray: GPUs per trial", cli=float)
     workers_per_trial: int = setting(
         1,
         "Ray: train each candidate data-parallel on N workers that Ray Train places on the "
-        "cluster; the recipe's batch is split among them (default: 1, in the trial's process)",
+        "cluster; the recipe's batch is split among them",
+        shown="1, in the trial's process",
         cli=positive_int,
     )
     cpus_per_worker: float = setting(
-        1.0, "Ray: CPUs per training worker, with --workers-per-trial (default: 1)", cli=float
+        1.0, "Ray: CPUs per training worker, with --workers-per-trial", cli=float
     )
     gpus_per_worker: float = setting(
-        0.0, "Ray: GPUs per training worker, with --workers-per-trial (default: 0)", cli=float
+        0.0, "Ray: GPUs per training worker, with --workers-per-trial", cli=float
     )
     sampler: str = setting(
         "tpe",
         "how the Optuna and Ray backends propose candidates after the presets: tpe (Optuna's "
-        "multi-objective TPE, random for its first 8 trials) or random (default: tpe)",
+        "multi-objective TPE, random for its first 8 trials) or random",
         choices=SAMPLERS,
     )
     nni_strategy: str = setting(
         "evolution",
-        "NNI: the search strategy (default: evolution, NNI's regularized evolution)",
+        "NNI: the search strategy",
+        shown="evolution, NNI's regularized evolution",
         choices=NNI_STRATEGIES,
     )
     strategy: str = setting(
         "proxy",
         "how a candidate is scored: proxy (trained briefly, from the run's dense start) or "
         "oneshot (one supernet trained once per run over the whole space; each candidate "
-        "scored with the weights it takes from it, untrained) (default: proxy)",
+        "scored with the weights it takes from it, untrained)",
         choices=STRATEGIES,
         same_run=True,
     )
@@ -207,8 +216,7 @@ class SearchConfig:
     )
     seed: int = setting(
         0,
-        "seed of this worker's sampler; a new run's seed also seeds every proxy training "
-        "(default: 0)",
+        "seed of this worker's sampler; a new run's seed also seeds every proxy training",
         cli=int,
     )
 
@@ -288,9 +296,23 @@ class SearchConfig:
         return [n for n in names if getattr(self, n) != default(n)]
 
 
-def same_run_settings() -> dict[str, Any]:
-    """The settings a resumed run must keep, with what a config written before each stands for."""
-    return {f.name: f.default for f in dataclasses.fields(SearchConfig) if f.metadata["same_run"]}
+def help_text(f: dataclasses.Field) -> str:
+    """A setting's help, its default said from the field (``shown`` where None does not say it)."""
+    meta = f.metadata
+    if meta["required"] or (f.default is None and meta["shown"] is None):
+        return meta["help"]
+    value = f"{f.default:g}" if isinstance(f.default, float) else f.default
+    return f"{meta['help']} (default: {meta['shown'] or value})"
+
+
+def format_madds(n: int) -> str:
+    """``400M``, ``1.5G``, ``413000123``: the shortest exact form (a run's default name), the
+    inverse of `parse_budget`."""
+    for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale and n % (scale // 1000 if scale > 10**3 else scale) == 0:
+            whole, frac = divmod(n, scale)
+            return f"{whole}.{frac * 1000 // scale:03d}".rstrip("0").rstrip(".") + suffix
+    return str(n)
 
 
 def default(name: str) -> Any:
@@ -338,7 +360,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
             type=meta["cli"],
             choices=meta["choices"],
             metavar=meta["metavar"],
-            help=meta["help"],
+            help=help_text(f),
             **({"required": True} if meta["required"] else {"default": f.default}),
         )
     p.add_argument(

@@ -1,15 +1,11 @@
-"""What a search says while it runs: a line per finished trial, optionally under a tqdm bar.
-
-The library calls a `Reporter`; the CLI picks `BarReporter` (or `LineReporter` with ``--quiet``).
-"""
+"""The line a search reports for a finished trial (to `progress.Reporter.trial`)."""
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .ledger import TrialRecord
+    from .records import TrialRecord
 
 
 def trial_line(r: TrialRecord) -> str:
@@ -34,74 +30,3 @@ def trial_line(r: TrialRecord) -> str:
         + ("  untrained: not clearly above chance, kept off the front" if r.untrained else "")
         + (f"  ({r.preset})" if r.preset else "")
     )
-
-
-class Reporter:
-    """Progress of a search. This one says nothing; `LineReporter` and `BarReporter` write to
-    stderr."""
-
-    shows = False  # whether it writes to stderr (then trainings before the trials show theirs)
-
-    def start(self, header: str, total: int, done: int) -> None:
-        pass
-
-    def trial(self, line: str, best_top1: float | None) -> None:
-        pass
-
-    def epoch(self, trial: int, epoch: int, epochs: int) -> None:
-        """A trial in training finished an epoch (with Ray, only the epochs of its first training:
-        those its workers report to ASHA)."""
-
-    def note(self, line: str) -> None:
-        """Work before the trials (the dense start)."""
-
-    def close(self) -> None:
-        pass
-
-
-class LineReporter(Reporter):
-    """A line on stderr per finished trial."""
-
-    shows = True
-
-    def start(self, header, total, done):
-        print(header, file=sys.stderr)
-
-    def note(self, line):
-        print(line, file=sys.stderr)
-
-    def trial(self, line, best_top1):
-        print(line, file=sys.stderr)
-
-
-class BarReporter(LineReporter):
-    """A tqdm bar on stderr, with a line per finished trial above it."""
-
-    def start(self, header, total, done):
-        from tqdm.auto import tqdm
-
-        super().start(header, total, done)
-        self.bar = tqdm(
-            total=total,
-            initial=done,
-            desc="trials",
-            unit="trial",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        self.best = ""
-
-    def trial(self, line, best_top1):
-        self.bar.update(1)
-        if best_top1 is not None:
-            self.best = f"best top-1 {best_top1:.4f}"
-            self.bar.set_postfix_str(self.best)
-        self.bar.write(line)
-
-    def epoch(self, trial, epoch, epochs):
-        self.bar.set_postfix_str(
-            f"trial {trial}: epoch {epoch}/{epochs}" + (f", {self.best}" if self.best else "")
-        )
-
-    def close(self):
-        self.bar.close()

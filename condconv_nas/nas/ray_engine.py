@@ -15,7 +15,6 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-import optuna
 import psutil
 import ray
 from ray import tune
@@ -30,7 +29,9 @@ from ray.util.placement_group import (
 
 from ..errors import UsageError
 from .backend import Searcher, scratch_dir, stdout_to_stderr
-from .ledger import Ledger, TrialRecord
+from .ledger import Ledger
+from .records import TrialRecord
+from .study import Trial
 from .task import SearchTask
 
 BANDS = 4  # MADD bands of equal width over [0, budget]; over-budget points get a band of their own
@@ -150,7 +151,7 @@ class StudySearch(ray_search.Searcher):
     def __init__(self, ledger: Ledger) -> None:
         super().__init__(metric="top1", mode="max")
         self.ledger = ledger
-        self.trials: dict[str, optuna.Trial] = {}  # Ray's trial id -> the ledger's trial
+        self.trials: dict[str, Trial] = {}  # Ray's trial id -> the ledger's trial
         self.done: set[str] = set()
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -159,7 +160,7 @@ class StudySearch(ray_search.Searcher):
         trial = self.trials[trial_id] = self.ledger.ask()
         point = self.ledger.point(trial)
         values = self.ledger.judge(trial, point)
-        return {"point": point, "madds": trial.user_attrs["madds"], "values": values}
+        return {"point": point, "madds": trial.attrs["madds"], "values": values}
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         pass  # the ledger in Optuna storage is the state; Ray's experiment folder is thrown away

@@ -2,58 +2,38 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
 
 from .. import __version__
 from ..data import check_data, parse_source
 from ..errors import UsageError
-from ..extras import EXTRAS
 from ..files import check_writable_folder, write_atomic
-from ..latency import measure_latencies
 from ..latency.predict import check_covers, device_table
 from ..latency.table import LatencyTable, table_key
 from ..models.sources import check_base, load_source
-from ..plots import draw_run
-from ..results import trained_rows, write_run
-from ..spec import ArchSpec
-from ..training.recipe import Recipe, load_recipe
-from ..validation import read_json, short_repr
+from ..progress import BarReporter, Epoch, Reporter
+from ..training.recipe import load_recipe
 from .backend import check_backend, make_searcher
-from .ledger import (
-    Callbacks,
-    Ledger,
-    TrialRecord,
-    enqueue_presets,
-    finished,
-    open_study,
-    recover_killed,
-    requeue_interrupted,
-)
-from .options import SearchConfig, same_run_settings
-from .progress import BarReporter, Reporter, trial_line
+from .front_latency import measure_front
+from .ledger import Callbacks, Ledger
+from .options import SearchConfig, format_madds
+from .progress import trial_line
+from .records import TrialRecord
+from .run_config import check_resume, check_storage, run_config
+from .run_folder import RunFolder, SearchInterrupted, SearchResult
 from .space import load_space
+from .study import Study, optuna_quiet
 from .supernet import SUPERNET, supernet_recipe, train_supernet
 from .task import SearchTask
 from .warm_start import DENSE, dense_start
 
-
-def format_madds(n: int) -> str:
-    """``400M``, ``1.5G``, ``413000123``: the shortest exact form (a run's default name)."""
-    for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= scale and n % (scale // 1000 if scale > 10**3 else scale) == 0:
-            whole, frac = divmod(n, scale)
-            return f"{whole}.{frac * 1000 // scale:03d}".rstrip("0").rstrip(".") + suffix
-    return str(n)
+__all__ = ["SearchInterrupted", "SearchResult", "prepare", "search"]
 
 
 def prepare(options: SearchConfig):
@@ -80,25 +60,24 @@ def prepare(options: SearchConfig):
     total = options.trials or recipe.trials
     run_dir = Path(options.results) / (options.run or f"{space.name}-{format_madds(task.budget)}")
     check_writable_folder(run_dir, "--results")
-    config = {
-        "budget": task.budget,
-        "space": space.name,
-        "decisions": {k: list(v) for k, v in space.decisions.items()},
-        "base": space.base,
-        "trainer": options.trainer,
-        "recipe": recipe.__dict__,
-        "data": str(source),
-        "scored_on": scored_on,
-        "threads": torch.get_num_threads(),
-        "seed": options.seed,
-        "trials": total,
-        "strategy": options.strategy,
-        **({"init": init} if init is not None else {}),
-        "latency_budget": task.latency_budget,
-        "latency_batch": task.latency_batch,
-        "objective": task.objective,
-        **({"latency_device": task.latency_device} if task.latency_device is not None else {}),
-    }
+    own = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run's own study, by default
+    config = run_config(
+        options,
+        budget=task.budget,
+        space=space.name,
+        data=str(source),
+        trials=total,
+        run=run_dir.name,
+        storage=options.storage or own,
+        init=init,
+        latency_budget=task.latency_budget,
+        latency_device=task.latency_device,
+        decisions={k: list(v) for k, v in space.decisions.items()},
+        base=space.base,
+        recipe=recipe.__dict__,
+        scored_on=scored_on,
+        threads=torch.get_num_threads(),
+    )
     return task, run_dir, config, total
 
 
@@ -121,48 +100,6 @@ def check_init(init: str, base: str) -> str:
 
     check_base(load_source(init), base)
     return init if init.startswith("timm:") else str(Path(init).resolve())
-
-
-# What a resumed run must share with the run in its folder, and the value a config written before
-# the key existed stands for (--seed may differ: it seeds each worker's sampler).
-SAME_RUN = {**same_run_settings(), "decisions": None, "recipe": None}
-
-
-def check_resume(run_dir: Path, config: dict) -> dict | None:
-    """The config of the run being resumed (None for a new run); `UsageError` if it is another
-    run's."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return None
-    old = read_json(path, str(path))
-    if not isinstance(old, dict):
-        raise UsageError(f"{path}: not a run's config.json (not a JSON object)")
-
-    fields = Recipe().__dict__  # a recipe field added since the run began stands at its default
-    for key, default in SAME_RUN.items():
-        before, now = old.get(key, default), config.get(key, default)
-        if key == "recipe" and isinstance(before, dict) and isinstance(now, dict):
-            before, now = {**fields, **before}, {**fields, **now}
-        if before != now:
-            raise UsageError(
-                f"run folder {run_dir} holds a run with a different {key} "
-                f"({short_repr(old.get(key))}); pick another --run or --results"
-            )
-    return old
-
-
-def check_storage(run_dir: Path, old: dict | None, url: str) -> None:
-    """`UsageError` if the run folder's results come from a study in another storage: a rerun
-    with another --storage would replace them with another study's."""
-    before = (old or {}).get("storage")
-    # the run's own study.db, in a run folder that was moved since
-    own = f"/{run_dir.name}/study.db"
-    moved = before and url.endswith(own) and before.endswith(own)
-    if before and before != url and not moved:
-        raise UsageError(
-            f"run folder {run_dir} holds the results of the study in {before}: pass --storage "
-            f"{before} to go on with it, or pick another --run"
-        )
 
 
 def check_budget(task: SearchTask) -> None:
@@ -196,106 +133,7 @@ def measure_presets(task: SearchTask) -> dict[str, dict]:
     return presets
 
 
-def measure_front(task: SearchTask, run_dir: Path, front: list[dict]) -> dict[str, float]:
-    """Measure the front's networks not measured yet on this machine (interleaved, once each) and
-    keep the figures in the run folder's ``measured.json``: spec id -> milliseconds."""
-
-    measured = read_measured(run_dir)
-    key = table_key(task.latency_batch)
-    if measured.get("machine") not in (None, key):  # another machine's figures: not ours to keep
-        measured = {"measured_ms": {}}
-    specs = {s.id: s for s in (ArchSpec.from_dict(r["spec"]) for r in front)}
-    todo = [s for i, s in specs.items() if i not in measured["measured_ms"]]
-    if todo:
-        times = measure_latencies(todo, batch=task.latency_batch)
-        measured["measured_ms"].update(
-            {s.id: round(t, 3) for s, t in zip(todo, times, strict=True)}
-        )
-        measured.update(batch=task.latency_batch, machine=key)
-        write_atomic(run_dir / "measured.json", json.dumps(measured, indent=2) + "\n")
-    return measured["measured_ms"]
-
-
-def read_measured(run_dir: Path) -> dict:
-    """The run folder's measured latencies (``measured.json``), or an empty record."""
-    try:
-        data = json.loads((run_dir / "measured.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("measured_ms"), dict):
-        return {"measured_ms": {}}
-    return data
-
-
-def open_storage(url: str, name: str, seed: int, *, heartbeat: bool, sampler: str = "tpe"):
-    """The run's study in ``url``; a URL that cannot be used is a usage error naming it."""
-    import sqlalchemy.exc
-
-    # workers started together race to create the tables: the loser tries again
-    for attempt in range(3):
-        try:
-            return open_study(url, name, seed, heartbeat=heartbeat, sampler=sampler)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
-            if attempt == 2 or not re.search(r"UNIQUE|already exists|locked", str(e)):
-                raise _storage_error(url, e) from None
-            time.sleep(1.0 + attempt)
-        except (ImportError, sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
-            raise _storage_error(url, e) from None
-
-
-def _storage_error(url: str, e: Exception) -> UsageError:
-    if isinstance(e, ImportError):
-        return UsageError(
-            f"--storage {url}: no database driver for it ({e}); for PostgreSQL: "
-            f"pip install 'condconv-nas[{EXTRAS['psycopg']}]'"
-        )
-    reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-    return UsageError(f"--storage {url}: cannot open it ({reason})")
-
-
-@dataclass
-class SearchResult:
-    """What a search left in its run folder."""
-
-    run_dir: Path  # the run folder (trials.csv, pareto.*, specs/, config.json)
-    front: list[dict]  # the Pareto front: trial, madds, params, top1, spec (pareto.json)
-    trials: list[dict]  # every trial, as in trials.csv
-    finished: int  # finished trials that count toward the total
-    total: int  # the run's total (--trials)
-    running: int = 0  # trials other workers were still training when this one stopped
-
-    @property
-    def best(self) -> float | None:
-        """The best top-1 of a trained trial so far."""
-        return max((r["top1"] for r in trained_rows(self.trials)), default=None)
-
-    @property
-    def untrained(self) -> int:
-        """Trials that trained to no better than chance (kept off the front)."""
-        return sum(1 for r in self.trials if r.get("untrained"))
-
-
-class SearchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a search; the run folder holds every finished trial (``.result``)."""
-
-    def __init__(self, result: SearchResult) -> None:
-        super().__init__(f"interrupted after {result.finished}/{result.total} trials")
-        self.result = result
-
-
-@contextlib.contextmanager
-def _optuna_warnings_only():
-    """Optuna's INFO line per trial would interleave with the search's own; the caller's level
-    comes back afterwards."""
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(level)
-
-
-@_optuna_warnings_only()
+@optuna_quiet()
 def search(
     options: SearchConfig | None = None, /, *, progress: bool | Reporter = True, **settings: Any
 ) -> SearchResult:
@@ -335,10 +173,8 @@ def search(
     task, run_dir, config, total = prepare(options)
     searcher = make_searcher(options)
     searcher.check(task)
-    old = check_resume(run_dir, config)
-    own = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run's own study, by default
-    storage = options.storage or own
-    check_storage(run_dir, old, storage)
+    old = check_resume(run_dir, config, type(options))
+    check_storage(run_dir, old, config["storage"])
     if old is None:  # a resumed run was checked when it started
         check_budget(task)
     else:  # the run's seed trains every candidate; this worker's --seed seeds its sampler only
@@ -348,9 +184,30 @@ def search(
         progress if isinstance(progress, Reporter) else BarReporter() if progress else Reporter()
     )
 
-    study = _open_run(options, task, run_dir, config, storage, presets, reporter)
-    folder = _RunFolder(task, run_dir, presets, total)
-    done = finished(study)
+    study = _open_run(options, task, run_dir, config, presets, reporter)
+    folder = RunFolder(task, run_dir, presets, total)
+
+    def write(records: list[TrialRecord]) -> SearchResult:
+        done = ledger.finished()
+        return folder.write(records, finished=done, running=ledger.counted() - done)
+
+    def on_trial(record: TrialRecord) -> None:
+        # the run folder holds every finished trial, whatever happens next
+        reporter.trial(trial_line(record), write(ledger.records()).best)
+
+    def on_epoch(trial: int, epoch: int, epochs: int) -> None:
+        reporter.epoch(Epoch(epoch, epochs, trial=trial))
+
+    ledger = Ledger(study, task, total, Callbacks(on_trial=on_trial, on_epoch=on_epoch))
+    ledger.enqueue_presets(
+        {
+            name: p["params"]
+            for name, p in presets.items()
+            if task.within_budgets(p["madds"], p.get("latency_ms"))
+        }
+    )
+    ledger.recover()
+    done = ledger.finished()
     reporter.start(
         f"search {run_dir.name}: space {task.space.name}, {folder.budgets}, {done}/{total} trials "
         f"done, backend {options.backend}, data {task.data}",
@@ -358,31 +215,27 @@ def search(
         done,
     )
 
-    def on_trial(record: TrialRecord) -> None:
-        # the run folder holds every finished trial, whatever happens next
-        reporter.trial(trial_line(record), folder.write(ledger).best)
-
-    ledger = Ledger(study, task, total, Callbacks(on_trial=on_trial, on_epoch=reporter.epoch))
     try:
         try:
-            if not ledger.full:
-                searcher.search(task, ledger)
+            records = searcher.search(task, ledger) if not ledger.full else ledger.records()
         finally:
             reporter.close()
+        result = write(records)
         # the front's networks, measured on this machine (once each) when it is the device
         if task.uses_latency and task.latency_device is None:
-            measure_front(task, run_dir, folder.write(ledger).front)
+            measure_front(task, run_dir, result.front)
+            result = write(records)
     except KeyboardInterrupt:
-        raise SearchInterrupted(folder.write(ledger)) from None
-    return folder.write(ledger)
+        raise SearchInterrupted(write(ledger.records())) from None
+    return result
 
 
-def _open_run(options, task, run_dir, config, storage, presets, reporter) -> optuna.Study:
-    """The run's study, its folder's ``config.json`` and dense start, and the presets queued."""
+def _open_run(options, task, run_dir, config, presets, reporter) -> Study:
+    """The run's study, its folder's ``config.json``, and its dense start or supernet."""
     if options.storage is None:  # the run's own SQLite file: its folder first
         run_dir.mkdir(parents=True, exist_ok=True)
-    study = open_storage(
-        storage,
+    study = Study.open(
+        config["storage"],
         run_dir.name,
         options.seed,
         heartbeat=options.backend == "optuna",
@@ -391,10 +244,6 @@ def _open_run(options, task, run_dir, config, storage, presets, reporter) -> opt
     # a user's --storage was reached before anything was written
     run_dir.mkdir(parents=True, exist_ok=True)
     config.update(
-        run=run_dir.name,
-        backend=options.backend,
-        sampler=options.sampler,
-        storage=storage,
         presets=presets,
         versions={"condconv_nas": __version__, "python": platform.python_version()},
         updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -415,16 +264,6 @@ def _open_run(options, task, run_dir, config, storage, presets, reporter) -> opt
         config["dense_start"] = _dense_start(options, task, run_dir, reporter)
         task.init = config["dense_start"]["init"]
     _write_config(run_dir, config)
-    enqueue_presets(
-        study,
-        {
-            name: p["params"]
-            for name, p in presets.items()
-            if task.within_budgets(p["madds"], p.get("latency_ms"))
-        },
-    )
-    recover_killed(study)
-    requeue_interrupted(study)
     return study
 
 
@@ -460,38 +299,3 @@ def _supernet(task, run_dir: Path, reporter) -> dict:
         run_dir, space=task.space, recipe=task.recipe, data=task.data, seed=task.seed,
         note=reporter.note,
     )  # fmt: skip
-
-
-class _RunFolder:
-    """The run folder's tables, front and pictures, rewritten from the study after each trial."""
-
-    def __init__(self, task, run_dir: Path, presets: dict, total: int) -> None:
-        self.task, self.run_dir, self.presets, self.total = task, run_dir, presets, total
-        self.decisions = list(task.space.searched)
-        res = task.space.resolution
-        self.budgets = f"budget {format_madds(task.budget)} MADDs at {res}x{res} px" + (
-            f" and {task.latency_budget:g} ms" if task.latency_budget is not None else ""
-        )
-
-    def write(self, ledger: Ledger) -> SearchResult:
-        task, presets = self.task, self.presets
-        rows = [r.row() for r in ledger.records()]
-        if task.uses_latency:
-            measured = read_measured(self.run_dir)["measured_ms"]
-            for r in rows:
-                r["measured_ms"] = measured.get(r["spec_id"])
-        front = write_run(self.run_dir, rows, self.decisions, objective=task.objective)
-        draw_run(
-            self.run_dir,
-            rows,
-            front,
-            budget=task.budget,
-            presets={n: p["madds"] for n, p in presets.items()},
-            title=f"{self.run_dir.name}: {self.budgets}, data {task.data}",
-            objective=task.objective,
-            latency_budget=task.latency_budget,
-            preset_latency={n: p["latency_ms"] for n, p in presets.items() if "latency_ms" in p},
-        )
-        done = ledger.finished()
-        running = ledger.counted() - done
-        return SearchResult(self.run_dir, front, rows, done, self.total, running)

@@ -15,6 +15,7 @@ from ..data import DataSource, check_datasets, describe_split, make_datasets, pa
 from ..errors import UsageError
 from ..files import check_writable_folder, write_atomic
 from ..madds import count_madds, count_params
+from ..progress import BarReporter, Epoch, Reporter
 from ..spec import ArchSpec, load_spec
 from ..validation import check_batch_size, check_int, check_seed
 from . import checkpoint
@@ -24,7 +25,6 @@ from .epoch import make_loader
 from .evaluate import evaluate
 from .fit import Hooks, fit
 from .init import build_for_training
-from .progress import StderrReporter, TrainReporter
 from .random_state import own_random_state
 from .recipe import Recipe, load_recipe
 
@@ -55,7 +55,7 @@ def train(
     init: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
-    progress: bool | TrainReporter = True,
+    progress: bool | Reporter = True,
     split: str = "final",
     seed: int | None = None,
 ) -> dict:
@@ -72,7 +72,7 @@ def train(
     dense start) scores on a held-out part of the training images (`data.make_datasets`);
     metrics.json's ``images`` counts those scored. ``seed`` replaces the recipe's (model init,
     data order). ``progress``: True for epoch lines and a bar on stderr, False for silence, or a
-    `TrainReporter`; only rank 0 reports. Bad input raises `UsageError` before any work or file.
+    `progress.Reporter`; only rank 0 reports. Bad input raises `UsageError` before any work or file.
     """
     a = _check_inputs(
         spec, trainer, data, epochs, out, resume, init, batch_size, workers, seed=seed
@@ -81,9 +81,9 @@ def train(
         return a.state["metrics"] if os.environ.get("RANK", "0") == "0" else {}
     world, rank = _dist()
     recipe, data = a.recipe, a.data
-    if not isinstance(progress, TrainReporter):
-        progress = StderrReporter() if progress else TrainReporter()
-    reporter = progress if rank == 0 else TrainReporter()
+    if not isinstance(progress, Reporter):
+        progress = BarReporter() if progress else Reporter()
+    reporter = progress if rank == 0 else Reporter()
     train_ds, val_ds, num_classes = _datasets(a, split)
     spec, model, inherited = _model(a, num_classes, reporter.note)
     folder = _Writer(a.out, spec, recipe, reporter=reporter)
@@ -182,7 +182,7 @@ class _Writer:
     """What ``train()`` writes after each epoch: ``last.pt`` (to resume), ``model.pt`` (to use),
     ``metrics.json``, TensorBoard's scalars, and a line for the reader."""
 
-    def __init__(self, out: Path, spec, recipe: Recipe, *, reporter: TrainReporter) -> None:
+    def __init__(self, out: Path, spec, recipe: Recipe, *, reporter: Reporter) -> None:
         self.out, self.spec, self.reporter = out, spec, reporter
         self.recipe = {**recipe.__dict__, "overrides": {}}
         self.fixed: dict = {}  # what every epoch's metrics.json repeats
@@ -204,10 +204,11 @@ class _Writer:
             **self.fixed,
         }
         left = end.seconds * (end.epochs - end.epoch)
-        self.reporter.epoch(
+        line = (
             f"epoch {end.epoch}/{end.epochs}  loss {end.loss:.4f}  top-1 {m['top1']:.4f}  top-5 "
             f"{m['top5']:.4f}  ({end.seconds:.1f}s; about {_duration(left)} left)"
         )
+        self.reporter.epoch(Epoch(end.epoch, end.epochs, line=line))
         self._scalars(end)
         self._checkpoints(end)
         write_atomic(self.out / "metrics.json", json.dumps(self.metrics, indent=2) + "\n")
