@@ -93,7 +93,7 @@ def free_port() -> int:
 def test_banded_asha_compares_trials_only_within_their_madd_band():
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-    from condconv_nas.nas.ray_engine import BandedASHA, band_of
+    from condconv_nas.nas.ray_asha import BandedASHA, band_of
 
     assert [band_of(m, 100) for m in (0, 24, 25, 74, 99, 100, 101)] == [0, 0, 1, 2, 3, 3, 4]
 
@@ -320,7 +320,8 @@ def test_a_worker_placement_group_ray_train_left_is_freed_and_freeing_twice_is_h
     import ray
     from ray.util.placement_group import placement_group
 
-    from condconv_nas.nas.ray_engine import _end, free_group
+    from condconv_nas.nas.ray_engine import _end
+    from condconv_nas.nas.ray_train import free_group
 
     assert no_ray_left(), "a Ray is already running on this machine"
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")

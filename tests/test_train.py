@@ -1,5 +1,6 @@
 """Retraining from a spec: resume, DDP under torchrun, image folders of real-world mess, recipes."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -169,8 +170,8 @@ def test_imagenet_recipe_augmentations_one_step(tmp_path, monkeypatch):
     import condconv_nas
     from condconv_nas import load_spec
     from condconv_nas.layers import Router
+    from condconv_nas.training import datasets as datasets_module
     from condconv_nas.training import fit as fit_module
-    from condconv_nas.training import run as run_module
 
     data = tmp_path / "imgs"
     _image_folder(data)
@@ -195,8 +196,8 @@ def test_imagenet_recipe_augmentations_one_step(tmp_path, monkeypatch):
         t.mixup = seen_mixup if mixup is not None else None
         return t
 
-    run_module_make_datasets, real_setup = run_module.make_datasets, fit_module.setup_training
-    monkeypatch.setattr(run_module, "make_datasets", datasets)
+    run_module_make_datasets, real_setup = datasets_module.make_datasets, fit_module.setup_training
+    monkeypatch.setattr(datasets_module, "make_datasets", datasets)
     monkeypatch.setattr(fit_module, "setup_training", setup)
     # resolution null in the recipe: the spec's, here 32 px
     spec = load_spec("condconv-efficientnet-b0").replace(resolution=32, width_multiplier=0.25)
@@ -350,3 +351,42 @@ def test_train_reports_through_its_reporter_and_prints_nothing(tmp_path, recipe,
     assert f"top-1 {metrics['top1']:.4f}" in seen.epochs[-1]
     assert [s[:2] for s in seen.steps] == [(1, 2), (2, 2)] and all(s[2] > 0 for s in seen.steps)
     assert capsys.readouterr() == ("", "")
+
+
+def test_the_proxy_and_the_supernet_train_on_the_recipe_s_augmented_images(tmp_path, monkeypatch):
+    """A recipe key acts wherever a model is trained: with autoaugment on, the proxy's and the
+    supernet's training images are AutoAugmented as train()'s are (one function builds all)."""
+    from torchvision import transforms as T
+
+    from condconv_nas import load_spec
+    from condconv_nas.data import parse_source
+    from condconv_nas.nas.space import load_space
+    from condconv_nas.nas.supernet import train_supernet
+    from condconv_nas.training import datasets as datasets_module
+    from condconv_nas.training.proxy import proxy_top1
+    from condconv_nas.training.recipe import load_recipe
+
+    data = tmp_path / "imgs"
+    _image_folder(data)
+    shutil.move(str(data / "cat" / "truncated.jpg"), str(tmp_path / "t.jpg"))
+    built = []
+    real = datasets_module.make_datasets
+
+    def seen(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(datasets_module, "make_datasets", seen)
+    recipe = dataclasses.replace(
+        load_recipe("proxy"), autoaugment=True, epochs=1, batch_size=8, resolution=32,
+        dense_epochs=0, supernet_epochs=1, repeats=1, train_subset=1.0, overrides={},
+    )  # fmt: skip
+    source = parse_source(f"imagefolder:{data}")
+    spec = load_spec("mobilenet-v1").replace(resolution=32, width_multiplier=0.25)
+    proxy_top1(spec, source, recipe)
+    space = load_space("mobilenet_v1_32")
+    train_supernet(tmp_path / "run", space=space, recipe=recipe, data=source, seed=0)
+    assert len(built) == 2
+    for train_ds, val_ds, _ in built:
+        assert any(isinstance(op, T.AutoAugment) for op in train_ds.transform.transforms)
+        assert not any(isinstance(op, T.AutoAugment) for op in val_ds.transform.transforms)

@@ -3,144 +3,28 @@ the sampler's state and every result, so the run folder is the same as Optuna's.
 
 Our Ray searcher (``StudySearch``) asks the ledger for points; each point is judged on the
 driver (counted: over budget or already trained -> no training) before Ray runs it. Early
-stopping is ASHA on top-1, but per MADD band (see ``BandedASHA``): a cheap candidate only
-competes with cheap ones, so it is never stopped for being less accurate than candidates that
-cost twice as much.
+stopping is ASHA on top-1 per MADD band (``ray_asha.py``); a trial may train data-parallel on
+Ray Train's workers (``ray_train.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
-from dataclasses import dataclass
 
 import psutil
 import ray
 from ray import tune
 from ray.tune import search as ray_search
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-from ray.util.placement_group import (
-    PlacementGroup,
-    get_current_placement_group,
-    placement_group_table,
-    remove_placement_group,
-)
 
 from ..errors import UsageError
 from .backend import Searcher, scratch_dir, stdout_to_stderr
 from .ledger import Ledger
+from .ray_asha import BandedASHA, StopRequests
+from .ray_train import Workers, epoch_report, final_report
 from .records import TrialRecord
 from .study import Trial
 from .task import SearchTask
-
-BANDS = 4  # MADD bands of equal width over [0, budget]; over-budget points get a band of their own
-
-
-def band_of(madds: int, budget: int) -> int:
-    """The MADD band of a point: 0 .. BANDS-1 within the budget, BANDS above it."""
-    return BANDS if madds > budget else min(BANDS - 1, BANDS * madds // budget)
-
-
-class BandedASHA(FIFOScheduler):
-    """ASHA on top-1 run separately in each MADD band: a trial is stopped at a rung only when it
-    is in the lower half of the trials of its own band that reached that rung."""
-
-    def __init__(
-        self,
-        *,
-        budget: int,
-        max_t: int,
-        grace_period: int = 1,
-        reduction_factor: float = 2,
-        stops: StopRequests | None = None,
-    ) -> None:
-        super().__init__()
-        self.budget, self.stops, self._stopping = budget, stops, set()
-        self._asha = defaultdict(
-            lambda: AsyncHyperBandScheduler(
-                time_attr="epoch",
-                metric="top1",
-                mode="max",
-                max_t=max_t,
-                grace_period=grace_period,
-                reduction_factor=reduction_factor,
-            )
-        )
-        self._band: dict[str, int] = {}
-
-    def _scheduler(self, trial):
-        band = self._band.setdefault(trial.trial_id, band_of(trial.config["madds"], self.budget))
-        return self._asha[band]
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        return True  # fixed: top-1, maximised
-
-    def on_trial_add(self, tune_controller, trial) -> None:
-        self._scheduler(trial).on_trial_add(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if trial.config.get("values") is not None or result.get("final"):
-            return self.CONTINUE  # judged, not trained, or done: nothing to compare or stop
-        if trial.trial_id in self._stopping:
-            return self.CONTINUE  # told to stop, and stopping
-        decision = self._scheduler(trial).on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP and self.stops is not None:
-            # Ray Train's workers are told to stop and end their training themselves: stopped by
-            # Tune, they would leave their resources held (Ray Train frees them through the
-            # dashboard's state API, which a cluster may not run)
-            self._stopping.add(trial.trial_id)
-            self.stops.add.remote(trial.trial_id)
-            return self.CONTINUE
-        return decision
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._scheduler(trial).on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller, trial) -> None:
-        self._scheduler(trial).on_trial_remove(tune_controller, trial)
-
-    def debug_string(self) -> str:
-        return f"BandedASHA: {len(self._asha)} MADD bands"
-
-
-@ray.remote(num_cpus=0)
-class StopRequests:
-    """The trials ASHA stopped whose training runs on Ray Train workers (they ask each epoch),
-    and the placement group each such trial's workers run in (freed by the trial when it ends)."""
-
-    def __init__(self) -> None:
-        self.trials: set[str] = set()
-        self.groups: dict[str, PlacementGroup] = {}
-
-    def add(self, trial_id: str) -> None:
-        self.trials.add(trial_id)
-
-    def has(self, trial_id: str) -> bool:
-        return trial_id in self.trials
-
-    def placed(self, trial_id: str, group: PlacementGroup) -> None:
-        self.groups[trial_id] = group
-
-    def group(self, trial_id: str) -> PlacementGroup | None:
-        return self.groups.pop(trial_id, None)
-
-
-class Stopped(Exception):
-    """ASHA stopped this trial: its workers end their training."""
-
-
-def told_to_stop(stops, trial_id: str) -> bool:
-    """Whether ASHA stopped the trial, as rank 0 heard it: the same answer on every worker (they
-    must stop after the same epoch)."""
-    import torch
-
-    from ..training.distributed import world
-
-    asked = world()[1] == 0 and ray.get(stops.has.remote(trial_id))
-    flag = torch.tensor([1.0 if asked else 0.0])
-    torch.distributed.broadcast(flag, src=0)
-    return bool(flag.item())
 
 
 class StudySearch(ray_search.Searcher):
@@ -196,32 +80,6 @@ class StudySearch(ray_search.Searcher):
                 self.done.add(trial_id)
 
 
-def _final(result: dict, madds: int, epochs: int, workers: int) -> dict:
-    """The last report of a trained trial: what the study records of it."""
-    inherited = result.get("inherited")
-    return {
-        "top1": result["top1"],
-        "top5": result["top5"],
-        "untrained": result["untrained"],
-        "madds": madds,
-        "epoch": epochs,
-        "final": True,
-        "workers": workers,
-        **({"inherited": inherited} if inherited is not None else {}),
-    }
-
-
-def _epoch(madds: int, epoch: int, metrics: dict) -> dict:
-    """An intermediate report: the held-out metrics after ``epoch`` (what ASHA compares)."""
-    return {
-        "top1": metrics["top1"],
-        "top5": metrics["top5"],
-        "madds": madds,
-        "epoch": epoch,
-        "final": False,
-    }
-
-
 def ray_trial(
     config: dict, task: SearchTask, threads: int, workers: Workers | None, stops=None
 ) -> None:
@@ -245,97 +103,9 @@ def ray_trial(
     keep_freed_memory()  # as the CLI does for its own process
     torch.set_num_threads(threads)
     result = task.evaluate(
-        config["point"], report=lambda epoch, m: tune.report(_epoch(madds, epoch, m))
+        config["point"], report=lambda epoch, m: tune.report(epoch_report(madds, epoch, m))
     )
-    tune.report(_final(result, madds, epochs, workers=1))
-
-
-def train_worker(config: dict) -> None:
-    """One Ray Train worker of a trial's data-parallel proxy training: Ray has joined it to the
-    trial's process group, and every worker reports each epoch (Ray passes rank 0's on to Tune)."""
-    import torch
-    from ray import train
-
-    from ..allocator import keep_freed_memory
-    from ..training.distributed import world
-
-    keep_freed_memory()
-    torch.set_num_threads(config["threads"])
-    task, madds = config["task"], config["madds"]
-    if world()[1] == 0:
-        config["stops"].placed.remote(config["trial_id"], get_current_placement_group())
-
-    def report(epoch: int, metrics: dict) -> None:
-        train.report(_epoch(madds, epoch, metrics))
-        if told_to_stop(config["stops"], config["trial_id"]):
-            raise Stopped
-
-    try:
-        result = task.evaluate(config["point"], report=report)
-    except Stopped:
-        return  # the last report stands: Tune records the trial stopped early
-    train.report(_final(result, madds, task.recipe.epochs, workers=world()[0]))
-
-
-@dataclass(frozen=True)
-class Workers:
-    """A trained trial's data-parallel workers: how many, and what each asks of the cluster."""
-
-    count: int
-    cpus: float
-    gpus: float
-
-    @property
-    def resources(self) -> dict[str, float]:
-        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
-
-    def train(self, config: dict, task: SearchTask, stops) -> None:
-        """Train the proxy on these workers with Ray Train (its TorchTrainer: one process group,
-        gloo on CPU, NCCL on GPU); the workers' reports reach Tune as the trial's."""
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        trial_id = tune.get_context().get_trial_id()
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config={
-                "task": task,
-                "point": config["point"],
-                "madds": config["madds"],
-                "threads": max(1, int(self.cpus)),
-                "stops": stops,
-                "trial_id": trial_id,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=self.count, use_gpu=self.gpus > 0, resources_per_worker=self.resources
-            ),
-            run_config=RunConfig(
-                name="train",
-                storage_path=tune.get_context().get_trial_dir(),
-                callbacks=[TuneReportCallback()],
-                failure_config=FailureConfig(max_failures=0),
-            ),
-        )
-        try:
-            trainer.fit()
-        finally:
-            free_group(ray.get(stops.group.remote(trial_id)))
-
-    def concurrent(self, cluster: dict, where: str = "the cluster") -> int:
-        """How many trials' workers the cluster's resources hold at once; `UsageError` if not
-        even one trial's."""
-        fits = [cluster.get(k, 0) / (self.count * v) for k, v in self.resources.items() if v]
-        if min(fits) < 1:
-            have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in self.resources)
-            raise UsageError(
-                f"--workers-per-trial {self.count}: {self.count} workers of "
-                f"{self._asks()} each need {self._asks(self.count)}; {where} has {have}"
-            )
-        return int(min(fits))
-
-    def _asks(self, times: int = 1) -> str:
-        return " and ".join(f"{v * times:g} {k}" for k, v in self.resources.items())
+    tune.report(final_report(result, madds, epochs, workers=1))
 
 
 class RaySearcher(Searcher):
@@ -384,14 +154,6 @@ class RaySearcher(Searcher):
                 ray.shutdown()
                 _end(ours)
         return ledger.records()
-
-
-def free_group(group: PlacementGroup | None) -> None:
-    """Remove a finished trial's worker placement group if Ray Train left it: when a worker dies,
-    Train's controller can be gone before it frees the group, and its own cleaner needs the
-    dashboard's state API; a leaked group holds the next trial's CPUs forever."""
-    if group is not None and placement_group_table(group).get("state", "REMOVED") != "REMOVED":
-        remove_placement_group(group)
 
 
 def _init(address: str | None) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..data import DataSource, make_datasets
+from ..data import DataSource
 from ..errors import UsageError
 from ..layers import Router
 from ..models import build_model
@@ -34,6 +34,7 @@ from ..models.sources import canonical
 from ..training.accelerator import CPU
 from ..training.bn_stats import BATCH_NORMS, recalibrate_bn
 from ..training.checkpoint import load, save
+from ..training.datasets import recipe_datasets
 from ..training.epoch import make_loader
 from ..training.evaluate import chance_threshold, evaluate
 from ..training.fit import Hooks, fit
@@ -292,9 +293,7 @@ def train_supernet(
 @own_random_state
 def _train(work: Path, final: Path, info: Path, *, space, recipe, data, seed, note) -> None:
     t0 = time.perf_counter()
-    train_ds, val_ds, num_classes = make_datasets(
-        data, recipe.resolution or space.resolution, holdout=recipe.holdout, seed=recipe.seed
-    )
+    train_ds, val_ds, num_classes = recipe_datasets(data, recipe, space.resolution)
     torch.manual_seed(seed + recipe.seed)
     net = Supernet(space, num_classes, recipe, seed=seed + recipe.seed)
     last = work / "last.pt"
@@ -312,6 +311,7 @@ def _train(work: Path, final: Path, info: Path, *, space, recipe, data, seed, no
 
     end = fit(net, recipe, train_ds, val_ds, epochs=recipe.epochs, seed=seed + recipe.seed,
               batch=recipe.batch_size, num_classes=num_classes, acc=CPU, restore=restore,
+              workers=recipe.workers,
               hooks=Hooks(on_epoch=checkpoint))  # fmt: skip
     save(net.state(), work / "model.pt")
     record = {
@@ -343,9 +343,7 @@ def score(spec, data: DataSource, recipe: Recipe, supernet: str) -> dict:
     torch.manual_seed(recipe.seed)
     stat = Path(supernet).stat()
     bank = _bank(supernet, (stat.st_mtime_ns, stat.st_size))
-    train_ds, val_ds, num_classes = make_datasets(
-        data, recipe.resolution or spec.resolution, holdout=recipe.holdout, seed=recipe.seed
-    )
+    train_ds, val_ds, num_classes = recipe_datasets(data, recipe, spec.resolution)
     with torch.device("meta"):
         model = build_model(spec.replace(num_classes=num_classes))
     model = _materialised(model)

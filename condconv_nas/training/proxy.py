@@ -7,9 +7,9 @@ import os
 
 import torch
 
-from ..data import make_datasets
 from ..models.upcycle import inherit
 from .accelerator import Accelerator
+from .datasets import recipe_datasets
 from .distributed import world
 from .evaluate import chance_threshold
 from .fit import Hooks, fit
@@ -36,10 +36,7 @@ def proxy_top1(
     """
 
     recipe = recipe.for_base(spec.base)
-    res = recipe.resolution or spec.resolution
-    train_ds, val_ds, num_classes = make_datasets(
-        source, res, holdout=recipe.holdout, seed=recipe.seed
-    )
+    train_ds, val_ds, num_classes = recipe_datasets(source, recipe, spec.resolution)
     total = recipe.epochs * recipe.repeats
     runs = []
     for r in range(recipe.repeats):

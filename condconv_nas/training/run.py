@@ -20,6 +20,7 @@ from ..spec import ArchSpec, load_spec
 from ..validation import check_batch_size, check_int, check_seed
 from . import checkpoint
 from .accelerator import Accelerator
+from .datasets import recipe_datasets
 from .distributed import unwrap
 from .epoch import make_loader
 from .evaluate import evaluate
@@ -246,16 +247,9 @@ class _Writer:
 
 
 def _datasets(a: _Inputs, split: str):
-    """The training and scoring images of ``split`` (`data.make_datasets`), checked."""
+    """The training and scoring images of ``split`` (`datasets.recipe_datasets`), checked."""
     recipe = a.recipe
-    train_ds, val_ds, num_classes = make_datasets(
-        a.data,
-        recipe.resolution or a.spec.resolution,
-        holdout=recipe.holdout,
-        seed=recipe.seed,
-        autoaugment=recipe.autoaugment,
-        split=split,
-    )
+    train_ds, val_ds, num_classes = recipe_datasets(a.data, recipe, a.spec.resolution, split=split)
     check_datasets(a.data, train_ds, val_ds, num_classes)
     return train_ds, val_ds, num_classes
 
