@@ -45,6 +45,7 @@ def test_every_quickstart_line_after_the_search_works_verbatim_on_a_static_front
     search, *rest = quickstart()
     # the README's search, into the folder its next lines name, on a small static space
     res = cli(*search[1:], "--space", "static.yaml", "--trainer", "tiny.yaml", "--trials", "1",
+              "--run", "efficientnet_b0-400M",
               "--quiet", cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "results" / "efficientnet_b0-400M" / "pareto.json").is_file()

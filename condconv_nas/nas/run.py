@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,27 +187,7 @@ def search(
 
     study = _open_run(options, task, run_dir, config, presets, reporter)
     folder = RunFolder(task, run_dir, presets, total)
-
-    def write(records: list[TrialRecord]) -> SearchResult:
-        done = ledger.finished()
-        return folder.write(records, finished=done, running=ledger.counted() - done)
-
-    def on_trial(record: TrialRecord) -> None:
-        # the run folder holds every finished trial, whatever happens next
-        reporter.trial(trial_line(record), write(ledger.records()).best)
-
-    def on_epoch(trial: int, epoch: int, epochs: int) -> None:
-        reporter.epoch(Epoch(epoch, epochs, trial=trial))
-
-    ledger = Ledger(study, task, total, Callbacks(on_trial=on_trial, on_epoch=on_epoch))
-    ledger.enqueue_presets(
-        {
-            name: p["params"]
-            for name, p in presets.items()
-            if task.within_budgets(p["madds"], p.get("latency_ms"))
-        }
-    )
-    ledger.recover()
+    ledger, write = _ledger(study, task, folder, reporter)
     done = ledger.finished()
     reporter.start(
         f"search {run_dir.name}: space {task.space.name}, {folder.budgets}, {done}/{total} trials "
@@ -214,7 +195,6 @@ def search(
         total,
         done,
     )
-
     try:
         try:
             records = searcher.search(task, ledger) if not ledger.full else ledger.records()
@@ -228,6 +208,34 @@ def search(
     except KeyboardInterrupt:
         raise SearchInterrupted(write(ledger.records())) from None
     return result
+
+
+def _ledger(
+    study: Study, task: SearchTask, folder: RunFolder, reporter: Reporter
+) -> tuple[Ledger, Callable[[list[TrialRecord]], SearchResult]]:
+    """The run's ledger (the presets that fit queued, what killed processes left taken back),
+    and the run folder's writer, which it calls after every trial: a stop loses nothing."""
+
+    def write(records: list[TrialRecord]) -> SearchResult:
+        done = ledger.finished()
+        return folder.write(records, finished=done, running=ledger.counted() - done)
+
+    def on_trial(record: TrialRecord) -> None:
+        reporter.trial(trial_line(record), write(ledger.records()).best)
+
+    def on_epoch(trial: int, epoch: int, epochs: int) -> None:
+        reporter.epoch(Epoch(epoch, epochs, trial=trial))
+
+    ledger = Ledger(study, task, folder.total, Callbacks(on_trial=on_trial, on_epoch=on_epoch))
+    ledger.enqueue_presets(
+        {
+            name: p["params"]
+            for name, p in folder.presets.items()
+            if task.within_budgets(p["madds"], p.get("latency_ms"))
+        }
+    )
+    ledger.recover()
+    return ledger, write
 
 
 def _open_run(options, task, run_dir, config, presets, reporter) -> Study:

@@ -115,14 +115,14 @@ class Study:
     def _open(cls, url: str | None, name: str, seed: int, *, heartbeat: bool, sampler: str):
         storage = None
         if url is not None:
-            beat = dict(
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=1
-                ),
-            )
             with _experimental_ok():
+                beat = dict(
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=1
+                    ),
+                )
                 storage = optuna.storages.RDBStorage(url, **(beat if heartbeat else {}))
         with _experimental_ok():
             # group=True: TPE models the conditional space (CondConv decisions only when CondConv
