@@ -67,3 +67,18 @@ def test_help_says_each_default_from_its_field():
     assert "default" not in help_text(fields["init"])  # None: nothing to say
     for f in dataclasses.fields(SearchConfig):  # no help repeats a default by hand
         assert f.metadata["help"].count("default:") == 0, f.name
+
+
+def test_a_setting_s_range_is_declared_beside_it_and_checked():
+    from condconv_nas.nas.options import Range
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Ranged(SearchConfig):
+        share: float = setting(0.5, "a fraction", within=Range(0, 1, low_open=True))
+
+    assert Ranged(budget=10**9, share=1.0).share == 1.0
+    for bad in (0, 1.5, float("nan"), "half", True):
+        with pytest.raises(UsageError, match=r"--share must be in \(0, 1\]"):
+            Ranged(budget=10**9, share=bad)
+    with pytest.raises(UsageError, match=r"--latency-batch must be an integer in \[1, 4096\]"):
+        SearchConfig(budget=10**9, latency_batch=4097)

@@ -88,6 +88,33 @@ def positive_int(text: str) -> int:
     return v
 
 
+@dataclass(frozen=True)
+class Range:
+    """Where a numeric setting may lie: [low, high], or (low, high] with ``low_open``; ``whole``:
+    an integer."""
+
+    low: float
+    high: float
+    whole: bool = False
+    low_open: bool = False
+
+    def check(self, value: Any, flag: str) -> None:
+        if self.whole:
+            check_int(value, flag, int(self.low), int(self.high))
+            return
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        above = number and (value > self.low if self.low_open else value >= self.low)
+        if not (above and value <= self.high):  # nan fails every comparison
+            bracket = "(" if self.low_open else "["
+            raise UsageError(
+                f"{flag} must be in {bracket}{self.low:g}, {self.high:g}], got {value!r}"
+            )
+
+
+_CPUS = Range(0, MAX_PER_TRIAL, low_open=True)
+_GPUS = Range(0, MAX_PER_TRIAL)
+
+
 def setting(
     default: Any,
     help: str,
@@ -98,10 +125,13 @@ def setting(
     same_run: bool = False,
     required: bool = False,
     shown: str | None = None,
+    within: Range | None = None,
 ) -> Any:
     """A `SearchConfig` field: ``cli`` parses the option's text, ``same_run`` says that a resumed
     run must keep it (a config written before the setting existed stands for ``default``);
-    ``shown``: the default in words, where the value (None) does not say it."""
+    ``shown``: the default in words, where the value (None) does not say it; ``within``: the
+    range a number must lie in (checked when a config is made; None passes where it is the
+    default)."""
     meta = dict(
         help=help,
         cli=cli,
@@ -110,6 +140,7 @@ def setting(
         same_run=same_run,
         required=required,
         shown=shown,
+        within=within,
     )
     return dataclasses.field(default=default, metadata=meta)
 
@@ -131,6 +162,7 @@ class SearchConfig:
         1,
         "batch size the latency is predicted and measured at",
         cli=positive_int,
+        within=Range(1, 4096, whole=True),
         same_run=True,
     )
     latency_device: str | None = setting(
@@ -158,6 +190,7 @@ class SearchConfig:
         "total trials of the run, across restarts and workers",
         shown="the trainer's",
         cli=positive_int,
+        within=Range(1, MAX_TRIALS, whole=True),
     )
     data: str = setting("digits", DATA_HELP.removesuffix(" (default: digits)"), same_run=True)
     trainer: str = setting("proxy", "training recipe for candidates: a shipped name or a YAML file")
@@ -172,20 +205,21 @@ class SearchConfig:
     address: str | None = setting(
         None, "Ray cluster address to join (with --backend ray)", shown="a local Ray"
     )
-    cpus_per_trial: float = setting(1.0, "Ray: CPUs per trial", cli=float)
-    gpus_per_trial: float = setting(0.0, "Ray: GPUs per trial", cli=float)
+    cpus_per_trial: float = setting(1.0, "Ray: CPUs per trial", cli=float, within=_CPUS)
+    gpus_per_trial: float = setting(0.0, "Ray: GPUs per trial", cli=float, within=_GPUS)
     workers_per_trial: int = setting(
         1,
         "Ray: train each candidate data-parallel on N workers that Ray Train places on the "
         "cluster; the recipe's batch is split among them",
         shown="1, in the trial's process",
         cli=positive_int,
+        within=Range(1, MAX_PER_TRIAL, whole=True),
     )
     cpus_per_worker: float = setting(
-        1.0, "Ray: CPUs per training worker, with --workers-per-trial", cli=float
+        1.0, "Ray: CPUs per training worker, with --workers-per-trial", cli=float, within=_CPUS
     )
     gpus_per_worker: float = setting(
-        0.0, "Ray: GPUs per training worker, with --workers-per-trial", cli=float
+        0.0, "Ray: GPUs per training worker, with --workers-per-trial", cli=float, within=_GPUS
     )
     sampler: str = setting(
         "tpe",
@@ -224,11 +258,8 @@ class SearchConfig:
         self._set("budget", _madds(self.budget))
         if self.latency_budget is not None:
             self._set("latency_budget", _checked(parse_latency, self.latency_budget))
-        check_int(self.latency_batch, "--latency-batch", 1, 4096)
         if self.latency_device is not None:
             self._set("latency_device", str(self.latency_device))
-        if self.trials is not None:
-            check_int(self.trials, "--trials", 1, MAX_TRIALS)
         if self.run is not None and not re.fullmatch(
             r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", str(self.run)
         ):
@@ -239,10 +270,12 @@ class SearchConfig:
         self._set("results", str(self.results))
         check_seed(self.seed)
         for f in dataclasses.fields(self):
-            choices = f.metadata["choices"]
+            choices, within = f.metadata["choices"], f.metadata["within"]
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise UsageError(f"{flag(f.name)} {value!r}: expected one of {', '.join(choices)}")
+            if within is not None and not (value is None and f.default is None):
+                within.check(value, flag(f.name))
         self._check_ray()
         if self.strategy == "oneshot":
             for name in ("init", "workers_per_trial"):
@@ -253,15 +286,7 @@ class SearchConfig:
                     )
 
     def _check_ray(self) -> None:
-        _check_range(self.cpus_per_trial, "--cpus-per-trial", low_open=True)
-        _check_range(self.gpus_per_trial, "--gpus-per-trial")
-        _check_range(self.cpus_per_worker, "--cpus-per-worker", low_open=True)
-        _check_range(self.gpus_per_worker, "--gpus-per-worker")
         n = self.workers_per_trial
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PER_TRIAL:
-            raise UsageError(
-                f"--workers-per-trial must be a whole number in [1, {MAX_PER_TRIAL}], got {n!r}"
-            )
         # one process per trial asks for --cpus/--gpus-per-trial; N workers ask per worker
         asks = (
             ("cpus_per_worker", "gpus_per_worker")
@@ -340,15 +365,6 @@ def _checked(parse: Callable[[Any], Any], value: Any) -> Any:
         return parse(value)
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-def _check_range(value, flag: str, *, low_open: bool = False) -> None:
-    """A number of CPUs or GPUs in (0, MAX_PER_TRIAL] (``low_open``) or [0, MAX_PER_TRIAL]."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)  # nan, inf fail below
-    low = 0 < value if low_open and number else number and 0 <= value
-    if not (number and low and value <= MAX_PER_TRIAL):
-        bracket = "(" if low_open else "["
-        raise UsageError(f"{flag} must be in {bracket}0, {MAX_PER_TRIAL}], got {value!r}")
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
