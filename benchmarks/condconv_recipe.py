@@ -40,6 +40,7 @@ BASELINE = {
     "router_weight_decay": None,
     "routing_temperature": 1.0,
     "routing_warmup_epochs": 0,
+    "router_lr_scale": 1.0,
 }
 # arm -> the recipe keys it changes (static: the network without CondConv, same recipe)
 CHANGES: dict[str, dict] = {
@@ -55,6 +56,15 @@ CHANGES: dict[str, dict] = {
         "router_weight_decay": 0.0,
         "routing_temperature": 30.0,
         "routing_warmup_epochs": 1,
+    },
+    # the recipe since (trainers/fashion.yaml), and routers that learn faster and are not pulled
+    # toward constant routing: does routing then vary across examples?
+    "current": {"expert_lr": "same", "router_init": "timm"},
+    "router_lr_x10_wd_0": {
+        "expert_lr": "same",
+        "router_init": "timm",
+        "router_lr_scale": 10.0,
+        "router_weight_decay": 0.0,
     },
 }
 ARMS = {arm: {**BASELINE, **changes} for arm, changes in CHANGES.items()}

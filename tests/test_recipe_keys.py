@@ -82,3 +82,37 @@ def test_every_key_has_a_default_that_changes_nothing():
     r = Recipe()
     assert (r.router_init, r.router_weight_decay, r.routing_warmup_epochs) == ("torch", None, 0)
     assert dataclasses.replace(r, routing_temperature=1.0) == r
+
+
+def test_router_lr_scale_multiplies_the_routers_lr_only():
+    model = build_for_training(load_spec(CC), Recipe())
+    router_params = {id(p) for r in routers(model) for p in r.fc.parameters()}
+    scale_of = {
+        id(p): g.get("lr_scale", 1.0)
+        for g in param_groups(model, 0.05, expert_lr="rsqrt", router_lr_scale=10.0)
+        for p in g["params"]
+    }
+    assert len(scale_of) == len(list(model.parameters()))  # every parameter once
+    from condconv_nas.layers import CondConv2d, CondLinear
+
+    experts = {
+        id(p): m.num_experts
+        for m in model.modules()
+        if isinstance(m, (CondConv2d, CondLinear))
+        for p in m.parameters(recurse=False)
+    }
+    assert experts
+    for pid, scale in scale_of.items():
+        if pid in router_params:
+            assert scale == 10.0
+        elif pid in experts:
+            assert scale == pytest.approx(1 / math.sqrt(experts[pid]))
+        else:
+            assert scale == 1.0
+    rsqrt = {
+        id(p): g.get("lr_scale", 1.0)
+        for g in param_groups(model, 0.05, router_lr="rsqrt", router_lr_scale=10.0)
+        for p in g["params"]
+    }
+    for r in routers(model):
+        assert rsqrt[id(r.fc.weight)] == pytest.approx(10 / math.sqrt(r.fc.in_features))

@@ -28,9 +28,11 @@ def param_groups(
     expert_lr: str = "same",
     router_lr: str = "same",
     router_weight_decay: float | None = None,
+    router_lr_scale: float = 1.0,
 ) -> list[dict]:
     """timm's weight-decay groups; with ``expert_lr="rsqrt"`` CondConv experts get ``lr_scale =
-    1/sqrt(n)``; routers' weights decay by ``router_weight_decay`` when it is given.
+    1/sqrt(n)``; routers' weights decay by ``router_weight_decay`` when it is given, and their lr
+    is multiplied by ``router_lr_scale`` (and by ``1/sqrt(fan-in)`` with ``router_lr="rsqrt"``).
 
     Why: under an adaptive optimizer (AdamW, RMSProp) every expert steps by about ``lr`` along the
     shared gradient, so the mixed kernel moves ``n/2`` expert steps while its size, for
@@ -53,10 +55,10 @@ def param_groups(
                 for p in m.parameters(recurse=False)
             }
         )
-    if router_lr == "rsqrt":
+    if router_lr == "rsqrt" or router_lr_scale != 1.0:
         scale.update(
             {
-                id(p): 1 / math.sqrt(fc.in_features)
+                id(p): router_lr_scale / (math.sqrt(fc.in_features) if router_lr == "rsqrt" else 1)
                 for r in model.modules()
                 if isinstance(r, Router)
                 for fc in r.modules()
@@ -133,8 +135,9 @@ def setup_training(
         else {}
     )
     groups = param_groups(
-        model, recipe.weight_decay, recipe.expert_lr, recipe.router_lr, recipe.router_weight_decay
-    )
+        model, recipe.weight_decay, recipe.expert_lr, recipe.router_lr, recipe.router_weight_decay,
+        recipe.router_lr_scale,
+    )  # fmt: skip
     # timm's schedulers apply lr_scale (from their first update); without one, here
     if recipe.schedule == "none":
         groups = [{**g, "lr": lr * g.pop("lr_scale")} if "lr_scale" in g else g for g in groups]

@@ -51,6 +51,8 @@ class Recipe:
     # CondConv experts' lr: same, or rsqrt (lr / sqrt(num_experts))
     expert_lr: Literal["same", "rsqrt"] = "same"
     router_lr: Literal["same", "rsqrt"] = "same"  # routing FCs' lr: same, or lr / sqrt(fan-in)
+    # routing FCs' lr multiplied by this (on top of router_lr)
+    router_lr_scale: Annotated[Float, Field(gt=0, le=1000)] = 1.0
     # routing FCs' initialisation: torch (nn.Linear's default, a random bias) or timm (bias 0)
     router_init: Literal["torch", "timm"] = "torch"
     # routing FCs' weight decay (None: weight_decay, as every other weight)
