@@ -347,7 +347,7 @@ def test_search_trains_its_dense_start_once_and_upcycles_every_candidate(files, 
     config = json.loads((run / "config.json").read_text())
     assert config["dense_start"]["init"] == str(dense.resolve())
     assert config["dense_start"]["epochs"] == 2 and 0 < config["dense_start"]["top1"] <= 1
-    assert "init" not in config and not (run / ".dense").exists()
+    assert config["init"] is None and not (run / ".dense").exists()  # the user gave no --init
     rows = list(csv.DictReader((run / "trials.csv").open()))
     trained = [r for r in rows if r["status"] in ("trained", "untrained")]
     assert trained and all(float(r["inherited"]) > 0.2 for r in trained), rows
