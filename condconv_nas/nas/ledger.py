@@ -126,8 +126,8 @@ class Ledger:
         ]
         if same:
             a = same[0].attrs
-            self._record(trial, reused_from=same[0].number, top1=a.get("top1"), top5=a.get("top5"))
-            self._record(trial, untrained=a.get("untrained"))
+            reused = {k: a.get(k) for k in ("top1", "top5", "untrained")}
+            self._record(trial, reused_from=same[0].number, **reused)
             return same[0].values[0], float(madds)
         return None
 

@@ -21,10 +21,7 @@ RESOLVED_SAME_RUN = {"decisions": None, "recipe": None}
 def run_config(options: SearchConfig, **resolved: Any) -> dict[str, Any]:
     """Every field of ``options``' class, as the run resolved it (``resolved``: the budget in
     MADDs, the space's name, the run's total of trials...) or else as given."""
-    return {
-        f.name: resolved.pop(f.name) if f.name in resolved else getattr(options, f.name)
-        for f in dataclasses.fields(options)
-    } | resolved
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)} | resolved
 
 
 def same_run(settings: type[SearchConfig] = SearchConfig) -> dict[str, Any]:
