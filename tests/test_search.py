@@ -771,3 +771,24 @@ def test_a_space_whose_stride_plan_leaves_no_map_is_refused(tmp_path):
     assert "decisions.skip_downsample" in res.stderr and "resolution 12" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_during_the_searchers_garbage_collection_is_not_lost():
+    """A SIGINT that arrives while the Optuna searcher collects garbage between trials raises
+    KeyboardInterrupt once the collection ends (Python would swallow it inside a finalizer)."""
+    import gc
+    import os
+
+    from condconv_nas.nas.optuna_engine import collect_garbage
+
+    def interrupt(phase, info):
+        if phase == "start":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    gc.callbacks.append(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            collect_garbage()
+    finally:
+        gc.callbacks.remove(interrupt)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
