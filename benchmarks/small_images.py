@@ -55,7 +55,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
-    models = {name: build_model(spec).train() for name, spec in specs().items()}
+    # channels-last weights, as training stores them (build_for_training)
+    models = {
+        name: build_model(spec).to(memory_format=torch.channels_last).train()
+        for name, spec in specs().items()
+    }
     opts = {n: torch.optim.AdamW(m.parameters(), 1e-3) for n, m in models.items()}
     times: dict[str, list[float]] = {n: [] for n in models}
     for n, m in models.items():  # warm-up: CondConv layers pick their execution form here

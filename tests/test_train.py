@@ -78,6 +78,23 @@ def test_train_then_resume_continues(tmp_path, recipe, cli):
     assert (out / "last.pt").read_bytes() == before
 
 
+def test_resume_of_a_checkpoint_older_than_a_recipe_key():
+    """A key added to Recipe after a checkpoint was written: the checkpoint trained as its default,
+    so the default resumes and any other value is refused (a run killed across an upgrade)."""
+    from condconv_nas.errors import UsageError
+    from condconv_nas.spec import ArchSpec
+    from condconv_nas.training.checkpoint import check_resumable
+    from condconv_nas.training.recipe import Recipe
+
+    spec = ArchSpec(base="mobilenet_v1", width_multiplier=0.25)
+    old = dataclasses.asdict(Recipe(epochs=2))
+    del old["router_lr_scale"]
+    state = {"epoch": 1, "metrics": {}, "spec": spec.to_dict(), "recipe": old}
+    check_resumable(state, "last.pt", spec=spec, recipe=Recipe(epochs=4))
+    with pytest.raises(UsageError, match="router_lr_scale 1.0, this recipe has 2.0"):
+        check_resumable(state, "last.pt", spec=spec, recipe=Recipe(epochs=4, router_lr_scale=2.0))
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path, recipe):
     out = tmp_path / "ddp"

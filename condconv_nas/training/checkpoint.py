@@ -3,6 +3,7 @@ weights_only=True."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from pathlib import Path
@@ -70,11 +71,13 @@ def check_resumable(state: dict[str, Any], path, *, spec, recipe) -> None:
         raise UsageError(
             f"--resume: {path} trained spec {trained.id}, not {spec.id}; use another --out"
         )
-    old, new = recipe_of(state, path), recipe.__dict__
+    # a key the checkpoint lacks was added to Recipe after it was written: it trained as the default
+    old = {**dataclasses.asdict(Recipe()), **recipe_of(state, path)}
+    new = dataclasses.asdict(recipe)
     for key in new:
-        if key not in RESUMABLE_CHANGES and old.get(key) != new[key]:
+        if key not in RESUMABLE_CHANGES and old[key] != new[key]:
             raise UsageError(
-                f"--resume: {path} was trained with {key} {old.get(key)!r}, this recipe has "
+                f"--resume: {path} was trained with {key} {old[key]!r}, this recipe has "
                 f"{new[key]!r}; use another --out"
             )
 
