@@ -32,6 +32,15 @@ class Callbacks:
     on_epoch: Callable[[int, int, int], None] | None = None
 
 
+@dataclass(frozen=True)
+class Tally:
+    """The run's trials at one moment."""
+
+    records: list[TrialRecord]  # every trial shown (`records.shown`), in the order they began
+    finished: int  # counted trials no longer running
+    running: int  # counted trials still running (here or in other workers)
+
+
 class Ledger:
     """The run's trials, for a searcher: ask for a trial, have its point judged, train it through
     the task, tell its result; count them against the run's ``total``. Every finished trial of the
@@ -46,18 +55,19 @@ class Ledger:
 
     # ------------------------------------------------------------------ counting
 
-    def _counting(self) -> list[Stored]:
-        trials = self.study.trials()
+    @staticmethod
+    def _counting(trials: list[Stored]) -> list[Stored]:
         again = retried(trials)
         return [t for t in trials if counts(t, again)]
 
     def counted(self, before: int | None = None) -> int:
         """Trials that count toward the total (before trial number ``before``)."""
-        return sum(1 for t in self._counting() if before is None or t.number < before)
+        counting = self._counting(self.study.trials())
+        return sum(1 for t in counting if before is None or t.number < before)
 
     def finished(self) -> int:
         """Counted trials that are no longer running."""
-        return sum(1 for t in self._counting() if t.state is not State.RUNNING)
+        return self.tally().finished
 
     @property
     def full(self) -> bool:
@@ -66,9 +76,16 @@ class Ledger:
 
     def records(self) -> list[TrialRecord]:
         """Every trial of the run so far, in the order they began (`records.shown`)."""
+        return self.tally().records
+
+    def tally(self) -> Tally:
+        """The records and the counts from one read of the study (a run folder's write)."""
         trials = self.study.trials()
         again = retried(trials)
-        return [TrialRecord.of(t, self.decisions) for t in trials if shown(t, again)]
+        counting = self._counting(trials)
+        finished = sum(1 for t in counting if t.state is not State.RUNNING)
+        records = [TrialRecord.of(t, self.decisions) for t in trials if shown(t, again)]
+        return Tally(records, finished, len(counting) - finished)
 
     # ------------------------------------------------------------------ a trial's life
 

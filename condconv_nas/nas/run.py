@@ -206,7 +206,7 @@ def search(
             measure_front(task, run_dir, result.front)
             result = write(records)
     except KeyboardInterrupt:
-        raise SearchInterrupted(write(ledger.records())) from None
+        raise SearchInterrupted(write()) from None
     return result
 
 
@@ -216,12 +216,15 @@ def _ledger(
     """The run's ledger (the presets that fit queued, what killed processes left taken back),
     and the run folder's writer, which it calls after every trial: a stop loses nothing."""
 
-    def write(records: list[TrialRecord]) -> SearchResult:
-        done = ledger.finished()
-        return folder.write(records, finished=done, running=ledger.counted() - done)
+    def write(records: list[TrialRecord] | None = None) -> SearchResult:
+        """The folder from ``records`` (default: the ledger's), with the run's counts."""
+        now = ledger.tally()
+        return folder.write(
+            now.records if records is None else records, finished=now.finished, running=now.running
+        )
 
     def on_trial(record: TrialRecord) -> None:
-        reporter.trial(trial_line(record), write(ledger.records()).best)
+        reporter.trial(trial_line(record), write().best)
 
     def on_epoch(trial: int, epoch: int, epochs: int) -> None:
         reporter.epoch(Epoch(epoch, epochs, trial=trial))
