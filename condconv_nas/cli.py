@@ -97,6 +97,8 @@ class Madds(Command):
         if args.resolution is not None:  # argparse makes `--resolution=--` an empty list
             check_int(args.resolution, "--resolution", 8, 4096)
         spec = load_spec(args.spec)
+        if args.resolution is not None:  # a size the spec will run at: its stride plan must fit
+            spec.check_resolution(args.resolution, "--resolution")
         from .madds import count_madds, count_params
         from .models import build_model
 

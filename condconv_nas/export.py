@@ -128,6 +128,9 @@ def export_onnx(
     if opset is not None and (not isinstance(opset, int) or not 18 <= opset <= newest):
         raise UsageError(f"opset: must be in [18, {newest}], got {opset!r}")
     model, trained_at, default_path = _source(model_or_checkpoint)
+    spec = getattr(model, "spec", None)
+    if resolution is not None and spec is not None:  # the size asked for must fit its strides
+        spec.check_resolution(resolution, "resolution")
     resolution = resolution or trained_at
     if resolution is None:
         raise UsageError("resolution: required for a model without a spec")

@@ -159,17 +159,23 @@ class ArchSpec:
                 f"skip_downsample: {self.base} has {steps} stride-2 steps, so at most {steps}, "
                 f"got {skip}"
             )
-        stride = self.total_stride
-        if skip and self.resolution < stride:
+        self.check_resolution(self.resolution)
+
+    def check_resolution(self, resolution: int, name: str = "skip_downsample") -> None:
+        """`SpecError` naming ``name`` unless this stride plan runs at ``resolution``: a final map
+        of at least 1x1 and, where a step was skipped, a resolution it divides. (The published
+        bases, skipping none, keep sizes such as 240 px that their stride of 32 does not divide.)"""
+        skip, stride = self.skip_downsample, self.total_stride
+        plan = f"{self.base} with skip_downsample {skip} has a total stride of {stride}"
+        if resolution < stride:
             raise SpecError(
-                f"skip_downsample: {skip} leaves a total stride of {stride}, which shrinks "
-                f"resolution {self.resolution} under a 1x1 map; skip more steps or raise resolution"
+                f"{name}: {plan}, which shrinks {resolution} px under a 1x1 map; "
+                f"skip more steps or use at least {stride} px"
             )
-        if skip and self.resolution % stride:
+        if skip and resolution % stride:
             raise SpecError(
-                f"skip_downsample: {skip} leaves a total stride of {stride}, which does not divide "
-                f"resolution {self.resolution} (final maps of {self.resolution / stride:g} px); "
-                f"use a resolution divisible by {stride}"
+                f"{name}: {plan}, which does not divide {resolution} px (final maps of "
+                f"{resolution / stride:g} px); use a resolution divisible by {stride}"
             )
 
 
@@ -219,7 +225,7 @@ def load_spec(path_or_name: str | os.PathLike | ArchSpec | dict) -> ArchSpec:
     if key in PRESETS:
         return ArchSpec.from_dict(PRESETS[key])
     path = Path(key)
-    if path.is_dir() and (path / "pareto.json").is_file():
+    if path.is_dir():  # a run folder: its most accurate front spec
         from .front_file import best_spec_path  # only a run folder needs it
 
         path = best_spec_path(path, ArchSpec)

@@ -88,6 +88,17 @@ def bad(tmp_path_factory):
     wrong = {"spec": {"base": "mobilenet_v1"}, "model": {"net.conv_stem.weight": torch.zeros(1)}}
     torch.save(wrong, d / "wrong_shape.pt")
     (d / "code.pt").write_bytes(pickle.dumps(Pickled()))
+    (d / "text.pt").write_text("epoch 1: loss 0.3\n")
+    (d / "spec.json").write_text('{"base": "mobilenet_v1"}')
+    badspec = {"spec": {"base": "mobilenet_v1", "skip_downsample": "2"}, "model": {}}
+    torch.save(badspec, d / "badspec.pt")
+    (d / "norun").mkdir()
+    (d / "norun" / "config.json").write_text("{}")
+    # stride plans that do not fit a resolution: under 1x1 maps, or maps of a fraction of a pixel
+    (d / "res8.json").write_text('{"base": "efficientnet_b0", "resolution": 8}')
+    (d / "skip2.json").write_text(
+        '{"base": "mobilenet_v1", "skip_downsample": 2, "resolution": 32}'
+    )
     # run folders whose pareto.json is not what a search writes
     for name, text in (
         ("badjson", "[{"),
@@ -165,6 +176,16 @@ CASES = {  # name: (argv, a word the message must contain)
     "evaluate garbage": (["evaluate", "garbage.pt"], "checkpoint"),
     "evaluate wrong shapes": (["evaluate", "wrong_shape.pt"], "weights"),
     "evaluate pickled code": (["evaluate", "code.pt"], "checkpoint"),
+    "evaluate a text file": (["evaluate", "text.pt"], "not a file torch.save wrote"),
+    "evaluate a spec file": (["evaluate", "spec.json"], "not a file torch.save wrote"),
+    "evaluate a bad spec inside": (["evaluate", "badspec.pt"], "badspec.pt: spec: skip_downsample"),
+    "analyze a bad spec inside": (["analyze", "badspec.pt"], "badspec.pt: spec: skip_downsample"),
+    "train a folder with no front": (["train", "norun", "--out", "out"], "not a run folder"),
+    "madds skip 0 under 1x1": (["madds", "res8.json"], "skip_downsample: efficientnet_b0"),
+    "madds resolution under 1x1": (["madds", "mobilenet-v1", "--resolution", "8"], "--resolution"),
+    "madds resolution undivided": (["madds", "skip2.json", "--resolution", "33"], "--resolution"),
+    "export resolution under 1x1": (["export", "mobilenet-v1", "--resolution", "16"], "1x1"),
+    "export resolution undivided": (["export", "skip2.json", "--resolution", "36"], "divide"),
     "show not json": (["show", "runs/badjson"], "JSON"),
     "show wrong types": (["show", "runs/schema"], "trial"),
     "show a mapping": (["show", "runs/mapping"], "pareto.json"),

@@ -30,7 +30,6 @@ from timm.layers import Conv2dSame
 from ..archs import BASES
 from ..errors import UsageError
 from ..layers import CondConv2d
-from ..spec import ArchSpec
 from ..training import checkpoint
 from . import CondConvNet, build_model
 
@@ -157,7 +156,7 @@ def from_state(state: dict, name: str = "a state dict") -> WeightSource:
 def _from_file(path: str) -> WeightSource:
     obj = checkpoint.load(path, ours=False)
     if "spec" in obj and "model" in obj:  # one of our exports or checkpoints: EMA weights first
-        spec = ArchSpec.from_dict(obj["spec"])
+        spec = checkpoint.spec_of(obj, path)
         state = canonical_state(obj["ema"] if obj.get("ema") else obj["model"])
         return WeightSource(path, state, spec.base, spec.padding, spec.bn_eps)
     for key in ("state_dict_ema", "state_dict", "model"):  # timm's train.py checkpoints

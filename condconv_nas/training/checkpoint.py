@@ -33,6 +33,12 @@ def load(path, *, ours: bool = True) -> dict[str, Any]:
     what = "condconv-nas checkpoint" if ours else "file of weights"
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (b"PK"), before torch 1.6 a pickle (b"\x80"): anything else
+    # (a spec's JSON, text) would reach torch's unpickler and come back as a riddle
+    if head not in (b"PK", b"\x80\x02"):
+        raise UsageError(f"{path}: not a {what} (not a file torch.save wrote)")
     try:
         with warnings.catch_warnings():  # a foreign pickle also warns about its protocol
             warnings.simplefilter("ignore")
@@ -66,7 +72,7 @@ def check_resumable(state: dict[str, Any], path, *, spec, recipe) -> None:
         raise UsageError(f"--resume: {path} is no training checkpoint (no count of epochs)")
     if not isinstance(state.get("metrics"), dict):
         raise UsageError(f"--resume: {path} is no training checkpoint (no metrics)")
-    trained = ArchSpec.from_dict(state["spec"])
+    trained = spec_of(state, path)
     if trained.replace(num_classes=spec.num_classes).id != spec.id:
         raise UsageError(
             f"--resume: {path} trained spec {trained.id}, not {spec.id}; use another --out"
@@ -94,7 +100,7 @@ def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
 
     if not isinstance(obj, dict) or "spec" not in obj or "model" not in obj:
         raise UsageError(f"{path}: holds no spec and model weights")
-    model = build_model(ArchSpec.from_dict(obj["spec"]))
+    model = build_model(spec_of(obj, path))
     weights = obj["ema"] if obj.get("ema") else obj["model"]
     try:
         model.load_state_dict(weights)
@@ -109,6 +115,14 @@ def model_from(obj: dict[str, Any], path) -> torch.nn.Module:
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def spec_of(obj: dict[str, Any], path) -> ArchSpec:
+    """A loaded checkpoint's spec; `UsageError` naming ``path`` when it is not a valid spec."""
+    try:
+        return ArchSpec.from_dict(obj["spec"])
+    except UsageError as e:
+        raise UsageError(f"{path}: spec: {e}") from None
 
 
 def recipe_of(obj: dict[str, Any], path) -> dict[str, Any]:
@@ -129,4 +143,4 @@ def recipe_of(obj: dict[str, Any], path) -> dict[str, Any]:
 def resolution(obj: dict[str, Any], path="checkpoint") -> int:
     """The image size a loaded checkpoint's model was trained at: its recipe's, else its spec's."""
 
-    return recipe_of(obj, path).get("resolution") or ArchSpec.from_dict(obj["spec"]).resolution
+    return recipe_of(obj, path).get("resolution") or spec_of(obj, path).resolution
