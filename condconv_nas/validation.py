@@ -83,7 +83,9 @@ def describe(error: _PydanticError) -> str:
         return f"{where}: required field missing"
     if e["type"] in ("dataclass_type", "dict_type"):
         return f"{where}: expected a mapping of keys, got {short_repr(e.get('input'))}"
-    return f"{where}: {e['msg'][0].lower()}{e['msg'][1:]}, got {short_repr(e.get('input'))}"
+    # our own validators' messages come as they were raised, without pydantic's "Value error, "
+    msg = str(e["ctx"]["error"]) if e["type"] == "value_error" else e["msg"]
+    return f"{where}: {msg[0].lower()}{msg[1:]}, got {short_repr(e.get('input'))}"
 
 
 def parse(cls: type[T], data: Any, where: str = "", error: type[UsageError] = UsageError) -> T:

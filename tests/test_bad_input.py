@@ -63,6 +63,7 @@ def bad(tmp_path_factory):
     (d / "huge_offset.yaml").write_text(
         space.format("begin_stage: [3]\n  begin_offset: [1" + "0" * 30 + "]")
     )
+    (d / "repeated.yaml").write_text(space.format("skip_downsample: [1, 1]"))
     (d / "many_choices.yaml").write_text(
         space.format("num_experts: [" + ", ".join(["4"] * 101) + "]")
     )
@@ -217,6 +218,10 @@ CASES = {  # name: (argv, a word the message must contain)
     "search space block nested deeply": (S + ["--space", "deep_block.yaml"], "deep_block.yaml"),
     "search space huge offset": (S + ["--space", "huge_offset.yaml"], "begin_offset"),
     "search space 101 choices": (S + ["--space", "many_choices.yaml"], "num_experts"),
+    "search space a repeated choice": (
+        S + ["--space", "repeated.yaml"],
+        "decisions.skip_downsample: choices must differ, got [1, 1]",
+    ),
     "search recipe number too long": (S + ["--trainer", "long_number.yaml"], "long_number"),
     "search recipe bad date": (S + ["--trainer", "bad_date.yaml"], "bad_date.yaml"),
     "search recipe billion laughs": (S + ["--trainer", "laughs.yaml"], "optimizer"),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from ..archs import BASES, stage_depths
 from ..errors import UsageError
@@ -28,9 +28,17 @@ _Multiplier = Annotated[Float, Field(gt=0, le=8)]  # as the spec allows
 MAX_CHOICES = 100  # of one decision (a sampler's categorical; presets are matched over them all)
 
 
+def _distinct(choices: list) -> list:
+    if len(set(choices)) < len(choices):  # a repeat would weigh one choice double in sampling
+        raise ValueError("choices must differ")
+    return choices
+
+
 def _choices(item: Any) -> Any:
-    """A non-empty list of ``item`` choices, at most `MAX_CHOICES`."""
-    return Annotated[list[item], Field(min_length=1, max_length=MAX_CHOICES)]
+    """A non-empty list of distinct ``item`` choices, at most `MAX_CHOICES`."""
+    return Annotated[
+        list[item], Field(min_length=1, max_length=MAX_CHOICES), AfterValidator(_distinct)
+    ]
 
 
 @dataclass(frozen=True)
