@@ -176,7 +176,7 @@ CASES = {  # name: (argv, a word the message must contain)
     "evaluate bare tensor": (["evaluate", "tensor.pt"], "checkpoint"),
     "evaluate garbage": (["evaluate", "garbage.pt"], "checkpoint"),
     "evaluate wrong shapes": (["evaluate", "wrong_shape.pt"], "weights"),
-    "evaluate pickled code": (["evaluate", "code.pt"], "checkpoint"),
+    "evaluate pickled code": (["evaluate", "code.pt"], "holds Python objects"),
     "evaluate a text file": (["evaluate", "text.pt"], "not a file torch.save wrote"),
     "evaluate a spec file": (["evaluate", "spec.json"], "not a file torch.save wrote"),
     "evaluate a bad spec inside": (["evaluate", "badspec.pt"], "badspec.pt: spec: skip_downsample"),

@@ -37,7 +37,7 @@ def load(path, *, ours: bool = True) -> dict[str, Any]:
         head = f.read(2)
     # torch.save writes a zip archive (b"PK"), before torch 1.6 a pickle (b"\x80"): anything else
     # (a spec's JSON, text) would reach torch's unpickler and come back as a riddle
-    if head not in (b"PK", b"\x80\x02"):
+    if head != b"PK" and head[:1] != b"\x80":
         raise UsageError(f"{path}: not a {what} (not a file torch.save wrote)")
     try:
         with warnings.catch_warnings():  # a foreign pickle also warns about its protocol
