@@ -120,6 +120,12 @@ def export_onnx(
         raise UsageError(f"resolution: must be an int in [8, 4096], got {resolution!r}")
     if torch.__version__ < "2.6":  # torch.onnx.export(dynamo=True) with dynamic shapes
         raise UsageError(f"ONNX export needs torch >= 2.6, this is {torch.__version__}")
+    from .spec import ArchSpec
+
+    model, trained_at, default_path = _source(model_or_checkpoint)
+    spec = getattr(model, "spec", None)
+    if resolution is not None and isinstance(spec, ArchSpec):  # the size asked for must fit
+        spec.check_resolution(resolution, "resolution")
     require("onnxscript", needed_for="ONNX export")  # torch.onnx's exporter imports it
     onnx = load("onnx", needed_for="ONNX export")
 
@@ -127,10 +133,6 @@ def export_onnx(
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and (not isinstance(opset, int) or not 18 <= opset <= newest):
         raise UsageError(f"opset: must be in [18, {newest}], got {opset!r}")
-    model, trained_at, default_path = _source(model_or_checkpoint)
-    spec = getattr(model, "spec", None)
-    if resolution is not None and spec is not None:  # the size asked for must fit its strides
-        spec.check_resolution(resolution, "resolution")
     resolution = resolution or trained_at
     if resolution is None:
         raise UsageError("resolution: required for a model without a spec")

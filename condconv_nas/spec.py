@@ -162,19 +162,20 @@ class ArchSpec:
         self.check_resolution(self.resolution)
 
     def check_resolution(self, resolution: int, name: str = "skip_downsample") -> None:
-        """`SpecError` naming ``name`` unless this stride plan runs at ``resolution``: a final map
-        of at least 1x1 and, where a step was skipped, a resolution it divides. (The published
-        bases, skipping none, keep sizes such as 240 px that their stride of 32 does not divide.)"""
+        """`SpecError` naming ``name`` unless this stride plan, where it skips a step, runs at
+        ``resolution``: a final map of at least 1x1, a resolution its stride divides. The
+        published bases (skipping none) are left as they always were: they run at any size, as
+        padded stride-2 layers keep a 1x1 map 1x1, and at sizes such as 240 px."""
         skip, stride = self.skip_downsample, self.total_stride
-        plan = f"{self.base} with skip_downsample {skip} has a total stride of {stride}"
-        if resolution < stride:
+        plan = f"skip_downsample {skip} leaves {self.base} a total stride of {stride}"
+        if skip and resolution < stride:
             raise SpecError(
-                f"{name}: {plan}, which shrinks {resolution} px under a 1x1 map; "
-                f"skip more steps or use at least {stride} px"
+                f"{name}: {plan}, which shrinks resolution {resolution} under a 1x1 map; "
+                f"skip more steps or raise the resolution"
             )
         if skip and resolution % stride:
             raise SpecError(
-                f"{name}: {plan}, which does not divide {resolution} px (final maps of "
+                f"{name}: {plan}, which does not divide resolution {resolution} (final maps of "
                 f"{resolution / stride:g} px); use a resolution divisible by {stride}"
             )
 

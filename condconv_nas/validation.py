@@ -84,7 +84,7 @@ def describe(error: _PydanticError) -> str:
     if e["type"] in ("dataclass_type", "dict_type"):
         return f"{where}: expected a mapping of keys, got {short_repr(e.get('input'))}"
     # our own validators' messages come as they were raised, without pydantic's "Value error, "
-    msg = str(e["ctx"]["error"]) if e["type"] == "value_error" else e["msg"]
+    msg = str(e.get("ctx", {}).get("error", e["msg"])) if e["type"] == "value_error" else e["msg"]
     return f"{where}: {msg[0].lower()}{msg[1:]}, got {short_repr(e.get('input'))}"
 
 

@@ -96,7 +96,7 @@ def bad(tmp_path_factory):
     (d / "norun").mkdir()
     (d / "norun" / "config.json").write_text("{}")
     # stride plans that do not fit a resolution: under 1x1 maps, or maps of a fraction of a pixel
-    (d / "res8.json").write_text('{"base": "efficientnet_b0", "resolution": 8}')
+    (d / "skip1.json").write_text('{"base": "mobilenet_v1", "skip_downsample": 1}')
     (d / "skip2.json").write_text(
         '{"base": "mobilenet_v1", "skip_downsample": 2, "resolution": 32}'
     )
@@ -182,10 +182,9 @@ CASES = {  # name: (argv, a word the message must contain)
     "evaluate a bad spec inside": (["evaluate", "badspec.pt"], "badspec.pt: spec: skip_downsample"),
     "analyze a bad spec inside": (["analyze", "badspec.pt"], "badspec.pt: spec: skip_downsample"),
     "train a folder with no front": (["train", "norun", "--out", "out"], "not a run folder"),
-    "madds skip 0 under 1x1": (["madds", "res8.json"], "skip_downsample: efficientnet_b0"),
-    "madds resolution under 1x1": (["madds", "mobilenet-v1", "--resolution", "8"], "--resolution"),
+    "madds resolution under 1x1": (["madds", "skip1.json", "--resolution", "8"], "--resolution"),
     "madds resolution undivided": (["madds", "skip2.json", "--resolution", "33"], "--resolution"),
-    "export resolution under 1x1": (["export", "mobilenet-v1", "--resolution", "16"], "1x1"),
+    "export resolution under 1x1": (["export", "skip1.json", "--resolution", "8"], "1x1"),
     "export resolution undivided": (["export", "skip2.json", "--resolution", "36"], "divide"),
     "show not json": (["show", "runs/badjson"], "JSON"),
     "show wrong types": (["show", "runs/schema"], "trial"),

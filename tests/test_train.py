@@ -93,6 +93,8 @@ def test_resume_of_a_checkpoint_older_than_a_recipe_key():
     check_resumable(state, "last.pt", spec=spec, recipe=Recipe(epochs=4))
     with pytest.raises(UsageError, match="router_lr_scale 1.0, this recipe has 2.0"):
         check_resumable(state, "last.pt", spec=spec, recipe=Recipe(epochs=4, router_lr_scale=2.0))
+    with pytest.raises(UsageError, match="records no recipe"):  # nothing to compare with
+        check_resumable({**state, "recipe": {}}, "last.pt", spec=spec, recipe=Recipe(epochs=4))
 
 
 @pytest.mark.slow

@@ -197,14 +197,15 @@ def search(
     )
     try:
         try:
-            records = searcher.search(task, ledger) if not ledger.full else ledger.records()
+            if not ledger.full:
+                searcher.search(task, ledger)  # its records are the ledger's, read again below
         finally:
             reporter.close()
-        result = write(records)
+        result = write()
         # the front's networks, measured on this machine (once each) when it is the device
         if task.uses_latency and task.latency_device is None:
             measure_front(task, run_dir, result.front)
-            result = write(records)
+            result = write()
     except KeyboardInterrupt:
         raise SearchInterrupted(write()) from None
     return result
@@ -212,7 +213,7 @@ def search(
 
 def _ledger(
     study: Study, task: SearchTask, folder: RunFolder, reporter: Reporter
-) -> tuple[Ledger, Callable[[list[TrialRecord]], SearchResult]]:
+) -> tuple[Ledger, Callable[..., SearchResult]]:
     """The run's ledger (the presets that fit queued, what killed processes left taken back),
     and the run folder's writer, which it calls after every trial: a stop loses nothing."""
 

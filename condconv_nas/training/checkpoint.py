@@ -77,7 +77,10 @@ def check_resumable(state: dict[str, Any], path, *, spec, recipe) -> None:
         raise UsageError(
             f"--resume: {path} trained spec {trained.id}, not {spec.id}; use another --out"
         )
-    # a key the checkpoint lacks was added to Recipe after it was written: it trained as the default
+    if not state.get("recipe"):
+        raise UsageError(f"--resume: {path} records no recipe; use another --out")
+    # a key the checkpoint lacks was added to Recipe after it was written: it trained as the
+    # default (a new key's default is the behaviour from before it existed)
     old = {**dataclasses.asdict(Recipe()), **recipe_of(state, path)}
     new = dataclasses.asdict(recipe)
     for key in new:
