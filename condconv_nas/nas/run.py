@@ -213,16 +213,14 @@ def search(
 
 def _ledger(
     study: Study, task: SearchTask, folder: RunFolder, reporter: Reporter
-) -> tuple[Ledger, Callable[..., SearchResult]]:
+) -> tuple[Ledger, Callable[[], SearchResult]]:
     """The run's ledger (the presets that fit queued, what killed processes left taken back),
     and the run folder's writer, which it calls after every trial: a stop loses nothing."""
 
-    def write(records: list[TrialRecord] | None = None) -> SearchResult:
-        """The folder from ``records`` (default: the ledger's), with the run's counts."""
+    def write() -> SearchResult:
+        """The folder from the ledger's records and counts, read at once."""
         now = ledger.tally()
-        return folder.write(
-            now.records if records is None else records, finished=now.finished, running=now.running
-        )
+        return folder.write(now.records, finished=now.finished, running=now.running)
 
     def on_trial(record: TrialRecord) -> None:
         reporter.trial(trial_line(record), write().best)
