@@ -12,7 +12,8 @@ lacks (``runs/condconv-recipe/<arm>-s<seed>/`` resumes per epoch), so a stop los
 difference from ``baseline`` and from static, the final training loss, and (when the trained
 models are on this machine) each arm's expert and routing spread (`condconv_diagnostics`).
 
-Run: ``python benchmarks/condconv_recipe.py [--arms a,b] [--seeds 0,1] [--epochs 5]``.
+Run: ``python benchmarks/condconv_recipe.py [--arms a,b] [--seeds 0,1] [--epochs 5]``; with
+``--skip 2`` (4x4 maps at 32 px, where CondConv pays) give it its own ``--out`` and ``--runs``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ BASELINE = {
     "routing_temperature": 1.0,
     "routing_warmup_epochs": 0,
     "router_lr_scale": 1.0,
+    "classifier_init": "zero",
 }
 # arm -> the recipe keys it changes (static: the network without CondConv, same recipe)
 CHANGES: dict[str, dict] = {
@@ -66,6 +68,13 @@ CHANGES: dict[str, dict] = {
         "router_lr_scale": 10.0,
         "router_weight_decay": 0.0,
     },
+    # the CondConv classifier's experts drawn and centred instead of all zero (cause 5: a zero
+    # classifier gives its router no gradient until the experts move, and they move alike)
+    "classifier_zero_sum": {
+        "expert_lr": "same",
+        "router_init": "timm",
+        "classifier_init": "zero_sum",
+    },
 }
 ARMS = {arm: {**BASELINE, **changes} for arm, changes in CHANGES.items()}
 
@@ -73,16 +82,18 @@ ARMS = {arm: {**BASELINE, **changes} for arm, changes in CHANGES.items()}
 def run_one(arm: str, seed: int, args) -> dict:
     """One arm's training, as figure2.py trains (the same spec, the arm's recipe)."""
     recipe = dataclasses.replace(load_recipe(args.trainer), **ARMS[arm])
-    spec = spec_for(args.width, 1 if arm == "static" else args.experts)
+    spec = spec_for(args.width, 1 if arm == "static" else args.experts, args.skip)
     how = argparse.Namespace(trainer=recipe, data=args.data, epochs=args.epochs, only_table=False)
     m = train_figure2(spec, args.runs / f"{arm}-s{seed}", how, seed)
     return {k: m[k] for k in ("top1", "train_losses", "epoch_seconds")}
 
 
 def setting(args) -> dict:
+    skip = {"skip": args.skip} if args.skip else {}  # files of the paper's maps have no key
     return {
         "width": args.width,
         "experts": args.experts,
+        **skip,
         "epochs": args.epochs,
         "trainer": args.trainer,
         "data": args.data,
@@ -142,6 +153,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--skip", type=int, default=0, help="skip_downsample (2: 4x4 maps at 32 px)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--trainer", default="fashion")

@@ -116,3 +116,32 @@ def test_router_lr_scale_multiplies_the_routers_lr_only():
     }
     for r in routers(model):
         assert rsqrt[id(r.fc.weight)] == pytest.approx(10 / math.sqrt(r.fc.in_features))
+
+
+def classifier_of(model):
+    head = model.net.get_classifier()
+    return head.module, head.router
+
+
+@pytest.mark.parametrize("start", ["zero", "zero_sum"])
+def test_a_zero_sum_classifier_start_gives_its_router_a_gradient_at_the_first_step(start):
+    torch.manual_seed(0)
+    model = build_for_training(load_spec(CC), Recipe(router_init="timm", classifier_init=start))
+    fc, router = classifier_of(model)
+    assert router is not None  # the paper's placement routes its classifier itself
+    # the experts' mean is the zero classifier either way; zero_sum keeps each expert's draw
+    assert torch.allclose(fc.weight.mean(0), torch.zeros_like(fc.weight[0]), atol=1e-7)
+    assert torch.all(fc.bias == 0)
+    assert (fc.weight.abs().sum() > 0) == (start == "zero_sum")
+    model.eval()  # the running BN statistics: the logits are of the model as it starts
+    x = torch.randn(4, 3, 64, 64)
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, torch.arange(4))
+    loss.backward()
+    grad = router.fc.weight.grad.abs().sum()
+    if start == "zero":
+        assert torch.all(logits == 0) and grad == 0  # every expert 0: nothing to route
+    else:
+        # sum_i r_i (W_i - mean W) is small while the routing varies little: the loss starts
+        # near ln C, as from the zero classifier, and the router has a gradient
+        assert abs(loss.item() - math.log(logits.shape[1])) < 0.25 and grad > 0

@@ -13,18 +13,26 @@ from ..models import build_model
 from .recipe import Recipe
 
 
-def zero_classifier(model: nn.Module) -> nn.Module:
+def zero_classifier(model: nn.Module, experts: str = "zero") -> nn.Module:
     """Start every logit at zero (loss ln C), static or CondConv classifier alike.
 
     timm's EfficientNet init draws the classifier from +-1/sqrt(classes): for 10 classes the
     first logits have a std of 4 (static) to 8 (CondConv, a sum of experts), and a short run
     from scratch spends its first epochs undoing that (benchmarks/README.md, "Zero classifier").
+
+    ``experts="zero_sum"``: a CondConv classifier's experts keep their draw less its mean over the
+    experts, so the logits start near zero but the router's gradient (each expert's own output)
+    does not vanish at the first step, as it does with every expert at zero.
     """
     head = model.net.get_classifier()
     head = getattr(head, "module", head)  # a CondConv classifier runs inside `Routed`
-    for p in (head.weight, head.bias):
-        if p is not None:
-            nn.init.zeros_(p)
+    with torch.no_grad():
+        if experts == "zero_sum" and isinstance(head, CondLinear):
+            head.weight.sub_(head.weight.mean(0, keepdim=True))
+        else:
+            head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
     return model
 
 
@@ -84,4 +92,4 @@ def build_for_training(spec, recipe: Recipe, *, softmax_experts_alike: bool = Tr
                 init_router_timm(m)
     if softmax_experts_alike and spec.condconv and spec.condconv.routing.activation == "softmax":
         experts_alike(model)
-    return zero_classifier(model).to(memory_format=torch.channels_last)
+    return zero_classifier(model, recipe.classifier_init).to(memory_format=torch.channels_last)

@@ -55,6 +55,10 @@ class Recipe:
     router_lr_scale: Annotated[Float, Field(gt=0, le=1000)] = 1.0
     # routing FCs' initialisation: torch (nn.Linear's default, a random bias) or timm (bias 0)
     router_init: Literal["torch", "timm"] = "torch"
+    # a CondConv classifier's start: zero (every expert 0, so its router gets no gradient until the
+    # experts move) or zero_sum (nn.Linear's draw, centred over the experts: the mixed classifier
+    # starts near 0 and its router learns from the first step); a static classifier starts at 0
+    classifier_init: Literal["zero", "zero_sum"] = "zero"
     # routing FCs' weight decay (None: weight_decay, as every other weight)
     router_weight_decay: Annotated[Float, Field(ge=0, le=1)] | None = None
     # routing warm-up: logits divided by this temperature at the first step, annealed linearly
