@@ -34,6 +34,7 @@ _API = {
     "evaluate": "condconv_nas.training.run:evaluate_checkpoint",
     "analyze_routing": "condconv_nas.routing_analysis",
     "condconv_diagnostics": "condconv_nas.routing_analysis",
+    "routing_ablation": "condconv_nas.ablation",
     "write_routing": "condconv_nas.routing_analysis",
     "export_onnx": "condconv_nas.export",
 }

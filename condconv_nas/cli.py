@@ -419,6 +419,12 @@ class Analyze(Command):
             default="val",
             help="val: the held-out split training scored on (default); train",
         )
+        p.add_argument(
+            "--ablate",
+            action="store_true",
+            help="also score the model with every router fixed at its mean over training images "
+            "(routing.json's ablation): how much accuracy the per-example routing carries",
+        )
 
     def take_action(self, args):
         from .routing_analysis import (
@@ -432,6 +438,12 @@ class Analyze(Command):
         info = analyze_routing(
             args.checkpoint, args.data, split=args.split, batch_size=args.batch_size
         )
+        if args.ablate:
+            from .ablation import routing_ablation
+
+            info["ablation"] = routing_ablation(
+                args.checkpoint, args.data, batch_size=args.batch_size
+            )
         paths = write_routing(info, out)
         print(
             f"{len(info['layers'])} routers over {info['num_examples']} examples; "
@@ -445,21 +457,30 @@ class Analyze(Command):
             return None if x is None else round(x, 3)
 
         print(
-            f"spreads: expert {rounded(diag['expert_spread'])} (mean over "
-            f"{len(diag['layers'])} CondConv layers), example {rounded(diag['example_spread'])}, "
+            f"spreads: expert {rounded(diag['expert_spread'])}, kernel "
+            f"{rounded(diag['kernel_spread'])} (means over {len(diag['layers'])} CondConv "
+            f"layers), example {rounded(diag['example_spread'])}, "
             f"class {rounded(diag['class_spread'])} (means over {len(diag['routers'])} routers)",
             file=sys.stderr,
         )
+        if args.ablate:
+            a = info["ablation"]
+            print(
+                f"routing ablation: top-1 {a['top1']:.4f} as routed, {a['top1_fixed']:.4f} with "
+                f"every router at its mean over {a['mean_images']} training images "
+                f"(drop {a['drop']:+.4f})",
+                file=sys.stderr,
+            )
         from .routing_plots import label
 
         def used(lay, pick):  # the expert with the highest (lowest) mean weight, and that mean
             e = pick(range(lay["num_experts"]), key=lay["mean"].__getitem__)
             return f"{e} ({lay['mean'][e]:.2f})"
 
-        expert = {lay["name"]: lay["expert_spread"] for lay in diag["layers"]}
+        by_name = {lay["name"]: lay for lay in diag["layers"]}
 
-        def experts_of(lay):  # the mean expert spread of the layers the router feeds
-            xs = [expert[s] for s in lay["serves"] if expert.get(s) is not None]
+        def served(lay, key):  # the mean spread ``key`` of the layers the router feeds
+            xs = [by_name[s][key] for s in lay["serves"] if by_name.get(s, {}).get(key) is not None]
             return round(sum(xs) / len(xs), 3) if xs else None
 
         rows = [
@@ -469,7 +490,8 @@ class Analyze(Command):
                 "specificity": round(lay["class_specificity"], 3),
                 "class_spread": round(lay["class_spread"], 3),
                 "example_spread": round(lay["example_spread"], 3),
-                "expert_spread": experts_of(lay),
+                "expert_spread": served(lay, "expert_spread"),
+                "kernel_spread": served(lay, "kernel_spread"),
                 "most_used": used(lay, max),
                 "least_used": used(lay, min),
             }

@@ -9,7 +9,7 @@ the class spread (how far class means lie from the mean, in routing-weight units
 example spread (how much each expert's weight moves from example to example); and, for every
 CondConv layer, its expert spread (how far its experts' kernels lie from their mean).
 `write_routing` writes that as ``routing.json`` beside the pictures of `routing_plots`;
-`condconv_diagnostics` boils it down to the three spreads, per layer, per router and per model.
+`condconv_diagnostics` boils it down to four spreads, per layer, per router and per model.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ SPECIFICITY = (
     "1 = routing fixed by the class; class_spread: the root mean square of (class mean - mean) "
     "over examples and experts, in routing-weight units; example_spread: the mean over experts "
     "of the routing weight's standard deviation across examples; expert_layers' expert_spread: "
-    "the mean over experts of |W_i - W_mean| / |W_mean| (Frobenius norms), 0 = identical experts "
-    "(docs/routing.md)"
+    "the mean over experts of |W_i - W_mean| / |W_mean| (Frobenius norms), 0 = identical experts; "
+    "kernel_spread: the mean over examples of |W(x) - W(mean routing)| / |W(mean routing)|, "
+    "W(x) the kernel mixed for example x (docs/routing.md)"
 )
 
 
@@ -69,7 +70,8 @@ def analyze_routing(
 
     Besides ``layers`` (one entry per router), ``expert_layers`` lists every CondConv layer in
     the order the network runs them: ``name``, ``layer`` (the paper's layer number, None when
-    unknown), ``num_experts`` and ``expert_spread`` (`expert_spread`).
+    unknown), ``num_experts``, ``expert_spread`` (`expert_spread`) and ``kernel_spread``
+    (`kernel_spread`, over these examples; None for a layer no router fed).
     """
     if split not in SPLITS:
         raise UsageError(f"--split: must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -81,7 +83,7 @@ def analyze_routing(
         raise UsageError(
             f"data: expected a source string, a Dataset or a DataLoader, got {type(data).__name__}"
         )
-    model, checkpoint_path, recipe = _load(model)
+    model, checkpoint_path, recipe = load_model(model)
 
     routers = {n: m for n, m in model.named_modules() if isinstance(m, Router)}
     if not routers:
@@ -91,7 +93,7 @@ def analyze_routing(
 
     meta: dict = {"checkpoint": checkpoint_path, "spec_id": spec.id if spec else None}
     if source is not None:
-        loader, names, where = _source_loader(
+        loader, names, where = source_loader(
             source, spec, recipe, split=split, batch_size=batch_size, resolution=resolution,
             holdout=holdout, seed=seed,
         )  # fmt: skip
@@ -126,8 +128,9 @@ def _given_loader(data: Dataset | DataLoader, batch_size: int) -> tuple[DataLoad
 
 def _expert_layers(model: nn.Module, weights: dict, cond_layers: dict) -> list[dict]:
     """routing.json's ``expert_layers``: every CondConv layer in the order the network ran them,
-    with its expert spread."""
-    ran = [s for _, served in weights.values() for s in served]
+    with its expert spread and kernel spread."""
+    routing_of = {s: r for r, served in weights.values() for s in served}
+    ran = list(routing_of)
     ran += [n for n in cond_layers if n not in ran]  # layers no router's weights reached
     numbers = _layer_numbers(model)
     return [
@@ -136,6 +139,9 @@ def _expert_layers(model: nn.Module, weights: dict, cond_layers: dict) -> list[d
             "layer": numbers.get(id(cond_layers[n])),
             "num_experts": cond_layers[n].num_experts,
             "expert_spread": expert_spread(cond_layers[n].weight),
+            "kernel_spread": (
+                kernel_spread(cond_layers[n].weight, routing_of[n]) if n in routing_of else None
+            ),
         }
         for n in ran
     ]
@@ -144,7 +150,7 @@ def _expert_layers(model: nn.Module, weights: dict, cond_layers: dict) -> list[d
 def condconv_diagnostics(
     model: nn.Module | str | os.PathLike, data: str | Dataset | DataLoader, **options
 ) -> dict:
-    """What a CondConv model's experts and routers do, as three spreads.
+    """What a CondConv model's experts and routers do, as four spreads.
 
     Runs `analyze_routing` with the same arguments (``options``: its keyword options) and returns
     `diagnostics_of` its result:
@@ -157,11 +163,14 @@ def condconv_diagnostics(
       around zero (a fresh initialisation) it is about ``sqrt(num_experts - 1)``; in between,
       the experts are a shared kernel plus differences of that relative size. None where the
       mean expert is zero but the experts are not (no scale to measure against).
+      Each layer also has ``kernel_spread`` (`kernel_spread`): how far the kernel it mixes for
+      an example lies from the kernel of the mean routing, relative to that kernel.
     - ``routers``: per router (the order the network runs them) ``name``, ``layers``,
       ``serves``, ``num_experts``, ``example_spread`` (the mean over experts of the routing
       weight's standard deviation across examples: 0 = every example is routed alike) and
       ``class_spread`` (the root mean square of class mean - mean, as `analyze_routing`).
-    - ``expert_spread``, ``example_spread``, ``class_spread``: their means over layers / routers.
+    - ``expert_spread``, ``kernel_spread``, ``example_spread``, ``class_spread``: their means over
+      layers / routers.
     """
     return diagnostics_of(analyze_routing(model, data, **options))
 
@@ -169,7 +178,7 @@ def condconv_diagnostics(
 def diagnostics_of(info: dict) -> dict:
     """`condconv_diagnostics` of an `analyze_routing` result (``routing.json``'s dict)."""
     layers = [
-        {k: lay[k] for k in ("name", "layer", "num_experts", "expert_spread")}
+        {k: lay.get(k) for k in ("name", "layer", "num_experts", "expert_spread", "kernel_spread")}
         for lay in info["expert_layers"]
     ]
     routers = [
@@ -183,6 +192,7 @@ def diagnostics_of(info: dict) -> dict:
         "layers": layers,
         "routers": routers,
         "expert_spread": _mean(lay["expert_spread"] for lay in layers),
+        "kernel_spread": _mean(lay["kernel_spread"] for lay in layers),
         "example_spread": _mean(r["example_spread"] for r in routers),
         "class_spread": _mean(r["class_spread"] for r in routers),
     }
@@ -202,13 +212,34 @@ def expert_spread(weight: torch.Tensor) -> float | None:
     return float((gaps / norm).mean())
 
 
+def kernel_spread(weight: torch.Tensor, routing: torch.Tensor) -> float | None:
+    """The mean over examples of ``|W(x) - W(mean)| / |W(mean)|``: how far each example's mixed
+    kernel ``W(x) = sum_i r_i(x) W_i`` lies from the kernel of the mean routing (Frobenius norms;
+    ``weight`` an expert stack, experts first; ``routing`` examples x experts).
+
+    It joins what the expert and example spreads say apart: routing that varies little can still
+    move the kernel far when the experts differ, and the reverse. 0 when every example gets one
+    kernel; None when the mean kernel is zero.
+    """
+    w = weight.detach().double().flatten(1)
+    r = routing.detach().double().to(w.device)
+    gram = w @ w.T  # |sum_i a_i W_i|^2 = a G a^T: no kernel per example is built
+    mean = r.mean(0)
+    d = r - mean
+    norm2 = float(mean @ gram @ mean)
+    if not norm2 > 1e-24 * float(gram.diagonal().sum()):
+        return None
+    gaps = ((d @ gram) * d).sum(1).clamp_min(0).sqrt()
+    return float(gaps.mean() / norm2**0.5)
+
+
 def _mean(values) -> float | None:
     """The mean of the values that are not None (None if there are none)."""
     xs = [v for v in values if v is not None]
     return sum(xs) / len(xs) if xs else None
 
 
-def _load(model) -> tuple[nn.Module, str | None, dict]:
+def load_model(model) -> tuple[nn.Module, str | None, dict]:
     """A model as given, or read from a checkpoint path with that path and its recipe."""
     if isinstance(model, nn.Module):
         return model, None, {}
@@ -239,7 +270,7 @@ def _entries(model, weights: dict, labels, num_classes: int, routers, cond_layer
     return entries
 
 
-def _source_loader(source, spec, recipe: dict, *, split, batch_size, resolution, holdout, seed):
+def source_loader(source, spec, recipe: dict, *, split, batch_size, resolution, holdout, seed):
     """The loader of ``split`` of a ``--data`` source at evaluation transforms, its class names,
     and what routing.json says of it (a checkpoint's recipe gives the defaults)."""
 
