@@ -172,6 +172,7 @@ def test_no_import_cycles():
     assert not found, "import cycles: " + "; ".join(" -> ".join(c) for c in found)
 
 
+@pytest.mark.skipif(not ALLOWED, reason="no import cycle is allowed")
 def test_allowed_cycles_still_exist():
     """An allowed cycle that was broken comes off the list."""
     now = {frozenset(c) for c in cycles(import_graph())}

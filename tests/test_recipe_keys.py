@@ -1,16 +1,17 @@
 """The recipe keys that set how CondConv's routers and experts train, against hand computation."""
 
-import dataclasses
 import math
 
 import pytest
 import torch
+from timm.optim import param_groups_weight_decay
 
 from condconv_nas.errors import UsageError
 from condconv_nas.layers import Router
 from condconv_nas.spec import load_spec
+from condconv_nas.training.epoch import train_epoch
 from condconv_nas.training.init import build_for_training
-from condconv_nas.training.optim import param_groups, routing_temperature
+from condconv_nas.training.optim import param_groups, routing_temperature, setup_training
 from condconv_nas.training.recipe import Recipe, recipe_from_dict
 
 CC = "condconv-mobilenet-v1"
@@ -62,26 +63,56 @@ def test_router_weight_decay_acts_on_router_weights_only():
     model = build_for_training(load_spec(CC), Recipe())
     ids = {id(p): n for n, p in model.named_parameters()}
     router_weights = {id(r.fc.weight) for r in routers(model)}
-    decay_of = {
-        id(p): g["weight_decay"]
-        for g in param_groups(model, 0.05, router_weight_decay=0.0)
-        for p in g["params"]
-    }
-    assert set(decay_of) == set(ids)  # every parameter once
-    for pid, name in ids.items():
-        if pid in router_weights:
-            assert decay_of[pid] == 0.0, name
-        elif name.endswith("weight") and "bn" not in name and decay_of[pid] != 0.0:
-            assert decay_of[pid] == 0.05, name
-    # without it the routers decay as everything else
-    plain = {id(p): g["weight_decay"] for g in param_groups(model, 0.05) for p in g["params"]}
-    assert {plain[pid] for pid in router_weights} == {0.05}
+
+    def decays(groups):
+        return {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+
+    # timm's own groups are the reference: every parameter keeps its decay but the routers' weights
+    timm = decays(param_groups_weight_decay(model, 0.05))
+    assert set(timm) == set(ids) and {timm[pid] for pid in router_weights} == {0.05}
+    got = decays(param_groups(model, 0.05, router_weight_decay=0.3))
+    assert got == {pid: 0.3 if pid in router_weights else timm[pid] for pid in ids}
+    assert decays(param_groups(model, 0.05)) == timm
 
 
 def test_every_key_has_a_default_that_changes_nothing():
+    model = build_for_training(load_spec(CC), Recipe())
     r = Recipe()
-    assert (r.router_init, r.router_weight_decay, r.routing_warmup_epochs) == ("torch", None, 0)
-    assert dataclasses.replace(r, routing_temperature=1.0) == r
+    groups = param_groups(
+        model, 0.05, r.expert_lr, r.router_lr, r.router_weight_decay, r.router_lr_scale
+    )
+    timm = param_groups_weight_decay(model, 0.05)
+    assert [(g["weight_decay"], [id(p) for p in g["params"]]) for g in groups] == [
+        (g["weight_decay"], [id(p) for p in g["params"]]) for g in timm
+    ]
+    assert not any("lr_scale" in g for g in groups)
+    t = setup_training(model, r, num_classes=1000, steps_per_epoch=10, epochs=3)
+    assert t.temperature is None
+
+
+def test_the_router_keys_reach_the_optimizer_and_the_training_steps():
+    torch.manual_seed(0)
+    recipe = Recipe(
+        optimizer="adamw",
+        lr=0.01,
+        router_weight_decay=0.3,
+        router_lr_scale=10.0,
+        routing_temperature=31.0,
+        routing_warmup_epochs=2,
+    )
+    spec = load_spec(CC).replace(num_classes=4, resolution=32, width_multiplier=0.25)
+    model = build_for_training(spec, recipe)
+    t = setup_training(model, recipe, num_classes=4, steps_per_epoch=2, epochs=4)
+    router_weights = {id(r.fc.weight) for r in routers(model)}
+    router_params = {id(p) for r in routers(model) for p in r.fc.parameters()}
+    for g in t.optimizer.param_groups:
+        for p in g["params"]:
+            assert (g["weight_decay"] == 0.3) == (id(p) in router_weights)
+            assert g.get("lr_scale", 1.0) == (10.0 if id(p) in router_params else 1.0)
+    assert t.temperature(0) == 31
+    data = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))] * 2
+    train_epoch(t, data, epoch=0)  # two steps: the second ran at 1 + 30 x (1 - 0.5 / 2)
+    assert {r.temperature for r in routers(model)} == {16.0}  # the temperature after epoch 1
 
 
 def test_router_lr_scale_multiplies_the_routers_lr_only():
