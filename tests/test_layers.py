@@ -120,10 +120,15 @@ def test_condlinear_equals_expert_mixture(strategy, cin, cout, n, B):
     assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g1, g2, strict=False))
 
 
-def test_measured_choice_is_cached_per_layer_shape_and_grad_mode():
+def test_measured_choice_is_cached_per_layer_shape_and_grad_mode(monkeypatch):
     from condconv_nas.layers import strategy as S
 
     S.clear_cache()
+    measured = []
+    real = S.measure_forms
+    monkeypatch.setattr(
+        S, "measure_forms", lambda layer, *a, **k: measured.append(layer) or real(layer, *a, **k)
+    )
     lin, conv = CondLinear(20, 7, num_experts=5), CondConv2d(6, 10, 1, num_experts=4)
     with torch.no_grad():
         lin(torch.randn(6, 20), torch.rand(6, 5))
@@ -131,6 +136,7 @@ def test_measured_choice_is_cached_per_layer_shape_and_grad_mode():
         lin(torch.randn(2, 20), torch.rand(2, 5))
         conv(torch.randn(3, 6, 5, 5), torch.rand(3, 4))
     conv(torch.randn(3, 6, 5, 5), torch.rand(3, 4))  # with grad: another measurement
+    assert measured == [lin, lin, conv, conv]  # 5 calls, 4 shapes and grad modes
     choices = S.chosen()
     keys = list(choices)
     assert [k[0] for k in keys] == ["CondLinear", "CondLinear", "CondConv2d", "CondConv2d"]

@@ -315,10 +315,13 @@ def test_our_exports_as_sources(tmp_path):
         for r in cond.modules():
             if isinstance(r, Router):
                 r.fc.weight.normal_()
+    with torch.no_grad():
+        want = cond(x)  # the model as it was saved: the reference both readers must give back
     checkpoint.save({"spec": cond.spec.to_dict(), "model": cond.state_dict()}, tmp_path / "c.pt")
     again = served(upcycle(cond.spec, tmp_path / "c.pt")).eval()
     with torch.no_grad():
-        assert torch.equal(again(x), served(load_exported(tmp_path / "c.pt"))(x))
+        assert torch.equal(again(x), want)
+        assert torch.equal(served(load_exported(tmp_path / "c.pt"))(x), want)
 
 
 def test_search_trains_its_dense_start_once_and_upcycles_every_candidate(files, cli):
