@@ -1,7 +1,11 @@
-"""Does a CondConv model use its per-example routing? `routing_ablation` scores it twice: as it is,
-and with every router's output fixed at its mean over training images, which makes each CondConv
-layer one static kernel (``sum_i mean(r_i) W_i``). The drop in top-1 is what the per-example
-kernels carry; a drop near zero means the model is a static network with extra parameters.
+"""Does a CondConv model use its per-example routing? `routing_ablation` scores it as it is, and
+with every router's output fixed at its mean over training images, which makes each CondConv
+layer one static kernel (``sum_i mean(r_i) W_i``): once with the BatchNorm statistics it trained
+with, and once with them re-estimated for the fixed kernels (the fair static network: a fixed
+kernel shifts the activations each BatchNorm was calibrated on). The drop in top-1 is what the
+per-example kernels carry; a drop near zero means the model is a static network with extra
+parameters. It measures how much the trained model relies on its routing, not what routing is
+worth against a static network trained as one (that takes a training of each).
 
 Spreads of the routing weights (`routing_analysis`) cannot say this: a small spread of the
 weights moves the kernel far when the experts differ, and it is the accuracy that decides.
@@ -10,6 +14,7 @@ weights moves the kernel far when the experts differ, and it is the accuracy tha
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import torch
@@ -20,6 +25,7 @@ from .data import parse_source
 from .errors import UsageError
 from .layers import Router
 from .routing_analysis import load_model, source_loader
+from .training.bn_stats import recalibrate_bn
 from .validation import check_batch_size
 
 MEAN_IMAGES = 10_000  # training images the mean routing is taken over (a seeded sample)
@@ -96,8 +102,10 @@ def routing_ablation(
     scored; the mean routing is taken over ``mean_images`` of its training images, a sample
     seeded by ``seed``, so the test images choose nothing), or a ``Dataset`` / ``DataLoader``
     scored as given, with ``mean_data`` the images the means are taken over. ``model``: a built
-    model or a checkpoint path. Returns ``top1``, ``top1_fixed``, ``drop`` (``top1 -
-    top1_fixed``), ``images`` scored and ``mean_images`` used.
+    model or a checkpoint path (a model is left as it was). Returns ``top1`` (as routed),
+    ``top1_fixed`` (every router at its mean, BatchNorm statistics as trained),
+    ``top1_fixed_bn`` (the same, statistics re-estimated over the mean images), ``drop``
+    (``top1 - top1_fixed_bn``), ``images`` scored and ``mean_images`` used.
     """
     check_batch_size(batch_size)
     if mean_images < 1:
@@ -126,14 +134,20 @@ def routing_ablation(
         )
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(pool), generator=g)[:mean_images].tolist()
-    means = mean_routing(model, DataLoader(Subset(pool, pick), batch_size=batch_size))
+    fitting = DataLoader(Subset(pool, pick), batch_size=batch_size)
+    means = mean_routing(model, fitting)
     top1 = _top1(model, scored)
     with fixed_routing(model, means):
         top1_fixed = _top1(model, scored)
+    static = copy.deepcopy(model)  # the caller's model keeps its statistics
+    with fixed_routing(static, means):
+        recalibrate_bn(static, fitting, len(fitting), device=next(model.parameters()).device)
+        top1_fixed_bn = _top1(static, scored)
     return {
         "top1": top1,
         "top1_fixed": top1_fixed,
-        "drop": top1 - top1_fixed,
+        "top1_fixed_bn": top1_fixed_bn,
+        "drop": top1 - top1_fixed_bn,
         "images": len(scored.dataset),
         "mean_images": len(pick),
     }

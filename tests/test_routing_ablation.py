@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from condconv_nas import ArchSpec, evaluate, routing_ablation, train
+from condconv_nas import ArchSpec, evaluate, load_exported, routing_ablation, train
 from condconv_nas.errors import UsageError
 from condconv_nas.layers import CondConv2d, Router
 
@@ -47,7 +47,8 @@ def test_fixing_the_routing_of_a_model_that_needs_it_costs_what_hand_computation
     # routed: every example right. The mean routing over symmetric images is (1/2, 1/2): the kernel
     # is 0, k = 0 < 0.5, every example called 0: half right.
     r = routing_ablation(NeedsRouting(), SCORED, mean_data=images([-2.0, 2.0, -0.1, 0.1]))
-    assert (r["top1"], r["top1_fixed"], r["drop"]) == (1.0, 0.5, 0.5)
+    # no BatchNorm: re-estimating statistics changes nothing
+    assert (r["top1"], r["top1_fixed"], r["top1_fixed_bn"], r["drop"]) == (1.0, 0.5, 0.5, 0.5)
     assert (r["images"], r["mean_images"]) == (12, 4)
     # the mean is taken over mean_data, not the scored images: over v = 2 alone it is about
     # (1, 0), the kernel +1, k = v: right for v = 2 and +-0.1, wrong for v = -2
@@ -92,4 +93,40 @@ def test_a_checkpoint_on_a_source_scores_what_evaluate_scores(tmp_path):
     m = evaluate(path, data="digits")
     assert r["top1"] == pytest.approx(m["top1"]) and r["images"] == m["images"]
     assert r["mean_images"] == 200 and 0 <= r["top1_fixed"] <= 1
-    assert math.isclose(r["drop"], r["top1"] - r["top1_fixed"])
+    assert math.isclose(r["drop"], r["top1"] - r["top1_fixed_bn"])
+    # a built model is left with its statistics: the same call on it gives the same figures
+    model = load_exported(path)
+    stats = [b.running_mean.clone() for b in model.modules() if isinstance(b, nn.BatchNorm2d)]
+    assert routing_ablation(model, "digits", mean_images=200) == {**r}
+    after = [b.running_mean for b in model.modules() if isinstance(b, nn.BatchNorm2d)]
+    assert stats and all(torch.equal(a, b) for a, b in zip(stats, after, strict=True))
+
+
+class WithNorm(NeedsRouting):
+    """NeedsRouting with a BatchNorm between the CondConv layer and the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(1)
+
+    def forward(self, x):
+        return self.head(self.norm(self.conv(x, self.gate(x))).flatten(1))
+
+
+def test_fixed_routing_with_statistics_re_estimated_is_the_static_network_of_the_mean_kernels():
+    """At the mean routing the layer is the static 1x1 kernel w = sum_i mean(r_i) W_i; its
+    BatchNorm, re-estimated over the mean images (one batch), normalises by their exact mean and
+    unbiased variance of w x. Class 1 where that normalised feature exceeds 0.5."""
+    model = WithNorm()
+    pool = images([-2.0, -1.0, 0.5, 1.5, 3.0])
+    r = routing_ablation(model, SCORED, mean_data=pool)
+    with torch.no_grad():
+        x = pool.tensors[0].flatten()
+        r_mean = torch.stack([torch.sigmoid(10 * x), torch.sigmoid(-10 * x)], 1).mean(0)
+        w = r_mean[0] - r_mean[1]  # experts +1 and -1
+        mu, var = (w * x).mean(), (w * x).var(unbiased=True)
+        k = (w * SCORED.tensors[0].flatten() - mu) / torch.sqrt(var + 1e-5)
+    want = ((k > 0.5).long() == SCORED.tensors[1]).float().mean().item()
+    assert r["top1_fixed_bn"] == pytest.approx(want)
+    assert r["top1_fixed_bn"] != r["top1_fixed"]  # the statistics as trained (0 and 1) differ
+    assert model.norm.running_mean.item() == 0  # the caller's model untouched

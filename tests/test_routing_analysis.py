@@ -118,8 +118,9 @@ def test_analyze_writes_json_and_pictures_equal_to_hooks(trained, tmp_path, cli)
     assert info["ablation"] == routing_ablation(trained, "digits")
     a = info["ablation"]
     assert (
-        f"routing ablation: top-1 {a['top1']:.4f} as routed, {a['top1_fixed']:.4f} with every "
-        f"router at its mean over 1438 training images (drop {a['drop']:+.4f})"
+        f"routing ablation: top-1 {a['top1']:.4f} as routed, {a['top1_fixed_bn']:.4f} with every "
+        "router at its mean over 1438 training images and BatchNorm re-estimated there "
+        f"({a['top1_fixed']:.4f} without): drop {a['drop']:+.4f}"
     ) in res.stderr  # digits: 1797 images less the 359 held out
     assert info["classes"] == [str(i) for i in range(10)]
     assert info["split"] == "val" and info["resolution"] == 16 and info["data"] == "digits"
