@@ -359,3 +359,31 @@ def test_search_trains_its_dense_start_once_and_upcycles_every_candidate(files, 
     assert res.returncode == 0, res.stderr
     assert "dense start" not in res.stderr and dense.stat().st_mtime_ns == stamp
     assert len(list(csv.DictReader((run / "trials.csv").open()))) == 4
+
+
+def test_the_recipes_upcycle_noise_sets_how_far_train_starts_its_experts_apart(tmp_path):
+    """With lr 0 the trained weights are the start: every dense kernel copied into 4 experts plus
+    zero-sum noise of 0.3 times its std, so each expert lies about 0.3 x sqrt(3/4) of the kernel's
+    size from their mean (a kernel's mean is near zero: its std is about its rms). The default
+    noise, 0.01, would give 0.009."""
+    from condconv_nas import train
+    from condconv_nas.layers import CondConv2d
+    from condconv_nas.routing_analysis import expert_spread
+    from condconv_nas.training import checkpoint
+
+    tiny = {"base": "mobilenet_v1", "width_multiplier": 0.25, "depth_multiplier": 0.1,
+            "resolution": 16, "num_classes": 10}  # fmt: skip
+    torch.manual_seed(0)
+    dense = build_model(tiny)
+    checkpoint.save({"spec": dense.spec.to_dict(), "model": dense.state_dict()}, tmp_path / "d.pt")
+    (tmp_path / "r.yaml").write_text(
+        "epochs: 1\nbatch_size: 64\noptimizer: adamw\nlr: 0.0\ntrain_subset: 0.1\n"
+        "upcycle_noise: 0.3\n"
+    )
+    spec = {**tiny, "condconv": {"begin_layer": 4, "num_experts": 4, "classifier": False}}
+    train(spec, trainer=str(tmp_path / "r.yaml"), init=str(tmp_path / "d.pt"),
+          out=tmp_path / "run", progress=False)  # fmt: skip
+    model = checkpoint.load_exported(tmp_path / "run" / "model.pt")
+    spreads = [expert_spread(m.weight) for m in model.modules() if isinstance(m, CondConv2d)]
+    assert len(spreads) == 6  # blocks 3 to 5, depthwise and pointwise
+    assert all(s == pytest.approx(0.3 * 0.75**0.5, rel=0.25) for s in spreads), spreads

@@ -79,7 +79,8 @@ def _train_once(
     model = build_for_training(spec, recipe)
     inherited = {}
     if init is not None:
-        inherited["inherited"] = round(inherit(model, init).fraction, 4)
+        got = inherit(model, init, noise=recipe.upcycle_noise)
+        inherited["inherited"] = round(got.fraction, 4)
 
     def told(end) -> None:
         if on_epoch is not None:

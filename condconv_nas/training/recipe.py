@@ -55,6 +55,10 @@ class Recipe:
     router_lr_scale: Annotated[Float, Field(gt=0, le=1000)] = 1.0
     # routing FCs' initialisation: torch (nn.Linear's default, a random bias) or timm (bias 0)
     router_init: Literal["torch", "timm"] = "torch"
+    # --init: each expert's zero-sum perturbation where a dense kernel fills every expert, relative
+    # to the kernel's std (alike experts and constant routers are a fixed point training leaves
+    # slowly: the perturbation is what tells them apart)
+    upcycle_noise: _Fraction = 0.01
     # a CondConv classifier's start: zero (every expert 0, so its router gets no gradient until the
     # experts move) or zero_sum (nn.Linear's draw, centred over the experts: the mixed classifier
     # starts near 0 and its router learns from the first step); a static classifier starts at 0
