@@ -51,9 +51,14 @@ def test_budget_parsing():
 
 def test_default_space_contains_the_paper_presets_exactly():
     space = load_space("efficientnet_b0")
-    for name in ("condconv-efficientnet-b0", "condconv-efficientnet-b0-depth"):
+    # the paper's decisions, written here: CondConv from stage 5 (layer 10 on), 8 experts, one
+    # sigmoid router per block, a static classifier; the depth-scaled one at depth 1.1
+    paper = {"width_multiplier": 1.0, "begin_stage": 5, "num_experts": 8, "classifier": False,
+             "routing_share": "block", "routing_hidden": "none", "routing_activation": "sigmoid",
+             "routing_hierarchical": False}  # fmt: skip
+    for name, depth in (("condconv-efficientnet-b0", 1.0), ("condconv-efficientnet-b0-depth", 1.1)):
         params = space.params_for(load_spec(name))
-        assert params is not None, name
+        assert params == {**paper, "depth_multiplier": depth}, name
         assert space.to_spec(params) == load_spec(name)
     for name in ("mobilenet_v1", "mobilenet_v2", "mnasnet_a1", "resnet50"):
         s = load_space(name)

@@ -44,7 +44,7 @@ def test_round_trip_dict_and_file(tmp_path):
 
 def test_id_is_hash_of_canonical_json_and_stable_across_processes():
     canonical = json.dumps(B0.to_dict(), sort_keys=True, separators=(",", ":"))
-    assert B0.id == hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    assert B0.id == hashlib.sha256(canonical.encode()).hexdigest()[:12] == "a855c35684e2"
     other = subprocess.run(
         [
             sys.executable,
