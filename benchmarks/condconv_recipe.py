@@ -140,6 +140,8 @@ def report(results: dict, args) -> None:
             "vs static": f"{mean(xs) - static:+.4f}",
             "final train loss": f"{loss:.3f}",
         }
+        if "baseline" not in results:  # a file of other arms (the --skip 2 one): no such bar
+            del row["vs baseline"]
         if args.diagnose:
             d = diagnose(arm, [int(s) for s in results[arm]], args)
             row.update({k: f"{v:.3f}" for k, v in (d or {}).items()})
