@@ -1,7 +1,7 @@
 """Does a trained CondConv model use its per-example routing? For each checkpoint: test top-1 as
 routed, with every router fixed at its mean over 10,000 training images (each CondConv layer then
-one static kernel; BatchNorm statistics as trained, then re-estimated over those images), the
-drop (routed less the re-estimated static network), and the model's spreads
+one static kernel; BatchNorm statistics as trained, then both networks' re-estimated over those
+images), the drop (routed less fixed, both re-estimated), and the model's spreads
 (`condconv_diagnostics` on the test images).
 
 Run: ``python benchmarks/routing_ablation.py runs/figure2/*-8e-*/model.pt [--data fashion-mnist]``.
@@ -33,7 +33,8 @@ def main() -> None:
                 "model": path,
                 "top-1 routed": f"{a['top1']:.4f}",
                 "mean routing": f"{a['top1_fixed']:.4f}",
-                "+ BN re-estimated": f"{a['top1_fixed_bn']:.4f}",
+                "routed, BN re-estimated": f"{a['top1_bn']:.4f}",
+                "mean routing, BN re-estimated": f"{a['top1_fixed_bn']:.4f}",
                 "drop": f"{a['drop']:+.4f}",
                 "kernel spread": f"{d['kernel_spread']:.3f}",
                 "example spread": f"{d['example_spread']:.3f}",

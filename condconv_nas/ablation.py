@@ -1,11 +1,13 @@
 """Does a CondConv model use its per-example routing? `routing_ablation` scores it as it is, and
 with every router's output fixed at its mean over training images, which makes each CondConv
 layer one static kernel (``sum_i mean(r_i) W_i``): once with the BatchNorm statistics it trained
-with, and once with them re-estimated for the fixed kernels (the fair static network: a fixed
-kernel shifts the activations each BatchNorm was calibrated on). The drop in top-1 is what the
-per-example kernels carry; a drop near zero means the model is a static network with extra
-parameters. It measures how much the trained model relies on its routing, not what routing is
-worth against a static network trained as one (that takes a training of each).
+with, and once with them re-estimated for the fixed kernels (a fixed kernel shifts the
+activations each BatchNorm was calibrated on). The drop, routed less fixed with both networks'
+statistics re-estimated on the same images (so re-estimation alone, which helps a briefly
+trained model, does not count), is what the per-example kernels carry; a drop near zero means
+the model is a static network with extra parameters. It measures how much the trained model
+relies on its routing, not what routing is worth against a static network trained as one (that
+takes a training of each).
 
 Spreads of the routing weights (`routing_analysis`) cannot say this: a small spread of the
 weights moves the kernel far when the experts differ, and it is the accuracy that decides.
@@ -104,8 +106,9 @@ def routing_ablation(
     scored as given, with ``mean_data`` the images the means are taken over. ``model``: a built
     model or a checkpoint path (a model is left as it was). Returns ``top1`` (as routed),
     ``top1_fixed`` (every router at its mean, BatchNorm statistics as trained),
-    ``top1_fixed_bn`` (the same, statistics re-estimated over the mean images), ``drop``
-    (``top1 - top1_fixed_bn``), ``images`` scored and ``mean_images`` used.
+    ``top1_bn`` and ``top1_fixed_bn`` (as routed and fixed, each with its statistics
+    re-estimated over the mean images), ``drop`` (``top1_bn - top1_fixed_bn``: both networks
+    with statistics estimated alike), ``images`` scored and ``mean_images`` used.
     """
     check_batch_size(batch_size)
     if mean_images < 1:
@@ -139,15 +142,20 @@ def routing_ablation(
     top1 = _top1(model, scored)
     with fixed_routing(model, means):
         top1_fixed = _top1(model, scored)
-    static = copy.deepcopy(model)  # the caller's model keeps its statistics
+    device = next(model.parameters()).device
+    routed = copy.deepcopy(model)  # the caller's model keeps its statistics
+    recalibrate_bn(routed, fitting, len(fitting), device=device)
+    top1_bn = _top1(routed, scored)
+    static = copy.deepcopy(model)
     with fixed_routing(static, means):
-        recalibrate_bn(static, fitting, len(fitting), device=next(model.parameters()).device)
+        recalibrate_bn(static, fitting, len(fitting), device=device)
         top1_fixed_bn = _top1(static, scored)
     return {
         "top1": top1,
         "top1_fixed": top1_fixed,
+        "top1_bn": top1_bn,
         "top1_fixed_bn": top1_fixed_bn,
-        "drop": top1 - top1_fixed_bn,
+        "drop": top1_bn - top1_fixed_bn,
         "images": len(scored.dataset),
         "mean_images": len(pick),
     }

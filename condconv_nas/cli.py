@@ -466,10 +466,10 @@ class Analyze(Command):
         if args.ablate:
             a = info["ablation"]
             print(
-                f"routing ablation: top-1 {a['top1']:.4f} as routed, {a['top1_fixed_bn']:.4f} "
-                f"with every router at its mean over {a['mean_images']} training images and "
-                f"BatchNorm re-estimated there ({a['top1_fixed']:.4f} without): drop "
-                f"{a['drop']:+.4f}",
+                f"routing ablation: top-1 {a['top1_bn']:.4f} as routed, {a['top1_fixed_bn']:.4f} "
+                f"with every router at its mean over {a['mean_images']} training images, "
+                f"BatchNorm re-estimated there for both ({a['top1']:.4f} and "
+                f"{a['top1_fixed']:.4f} as trained): drop {a['drop']:+.4f}",
                 file=sys.stderr,
             )
         from .routing_plots import label

@@ -115,12 +115,17 @@ def test_analyze_writes_json_and_pictures_equal_to_hooks(trained, tmp_path, cli)
     res = cli("analyze", trained, "--out", out, "--ablate")
     assert res.returncode == 0, res.stderr
     info = json.loads((out / "routing.json").read_text())
-    assert info["ablation"] == routing_ablation(trained, "digits")
     a = info["ablation"]
+    # analyze's batches (64): re-estimated statistics average per-batch variances. Another
+    # process may time another execution form, summing in another order, and a borderline
+    # image of this barely trained model may flip (one image is 1/359)
+    here = routing_ablation(trained, "digits", batch_size=64)
+    assert a.keys() == here.keys() and (a["images"], a["mean_images"]) == (359, 1438)
+    assert all(a[k] == pytest.approx(here[k], abs=2.5 / 359) for k in a if k.startswith("top1"))
     assert (
-        f"routing ablation: top-1 {a['top1']:.4f} as routed, {a['top1_fixed_bn']:.4f} with every "
-        "router at its mean over 1438 training images and BatchNorm re-estimated there "
-        f"({a['top1_fixed']:.4f} without): drop {a['drop']:+.4f}"
+        f"routing ablation: top-1 {a['top1_bn']:.4f} as routed, {a['top1_fixed_bn']:.4f} with "
+        "every router at its mean over 1438 training images, BatchNorm re-estimated there for "
+        f"both ({a['top1']:.4f} and {a['top1_fixed']:.4f} as trained): drop {a['drop']:+.4f}"
     ) in res.stderr  # digits: 1797 images less the 359 held out
     assert info["classes"] == [str(i) for i in range(10)]
     assert info["split"] == "val" and info["resolution"] == 16 and info["data"] == "digits"
