@@ -28,6 +28,7 @@ from .errors import UsageError
 from .layers import Router
 from .routing_analysis import load_model, source_loader
 from .training.bn_stats import recalibrate_bn
+from .training.evaluate import evaluate
 from .validation import check_batch_size
 
 MEAN_IMAGES = 10_000  # training images the mean routing is taken over (a seeded sample)
@@ -72,21 +73,15 @@ def mean_routing(model: nn.Module, loader: DataLoader) -> dict[str, torch.Tensor
 
 
 def _top1(model: nn.Module, loader: DataLoader) -> float:
-    device = next(model.parameters()).device
+    """`training.evaluate`'s top-1, the model's mode kept; no images is a `UsageError`."""
+    if not len(loader.dataset):
+        raise UsageError("data: no examples")
     was_training = model.training
-    model.eval()
-    right = seen = 0
     try:
         with torch.no_grad():
-            for x, y in loader:
-                logits = model(x.to(device))
-                right += int((logits.argmax(1).cpu() == torch.as_tensor(y)).sum())
-                seen += len(y)
+            return evaluate(model, loader, device=next(model.parameters()).device)["top1"]
     finally:
         model.train(was_training)
-    if not seen:
-        raise UsageError("data: no examples")
-    return right / seen
 
 
 def routing_ablation(
