@@ -152,3 +152,34 @@ def test_a_trial_is_its_process_s_from_the_moment_it_is_asked_for(study):
     ledger.ask(fixed={"x": 1})
     trials = study.trials()
     assert len(trials) == 2 and all(t.attrs.items() >= me.items() for t in trials), trials
+
+
+def test_a_later_trial_waits_for_an_earlier_worker_that_has_not_judged_its_point_yet(tmp_path):
+    """Two workers ask trials 0 and 1 of one architecture; worker 0 is slower to record its spec.
+    Trial 1 must not start training until trial 0 has recorded it, then must wait for trial 0's
+    result (the race that trained one architecture twice on CI)."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    other = Study.open(url, "s", 0, heartbeat=False)  # another worker's view of the run
+    earlier = running_trial(other, Owner("elsewhere", os.getpid(), "0"))
+    mine = Study.open(url, "s", 0, heartbeat=False)
+    later = mine.ask()
+    ended = []
+
+    def wait():
+        ledger_of(mine).wait_for_twin("abc", later.number, poll=0.05)
+        ended.append(time.monotonic())
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.5)
+    assert not ended  # the earlier trial has no spec yet: it may be the same architecture
+    for key, value in (("spec_id", "abc"), ("feasible", True)):
+        earlier.set(key, value)
+    time.sleep(0.5)
+    assert not ended  # a twin, in training
+    done = time.monotonic()
+    other.tell(earlier, [0.5, 1.0], State.COMPLETE)
+    waiter.join(timeout=30)
+    assert ended and ended[0] >= done

@@ -154,24 +154,27 @@ class Ledger:
 
     def wait_for_twin(self, spec_id: str, number: int, poll: float = 2.0) -> None:
         """Wait while an earlier trial of another worker process trains the same architecture (its
-        result is then reused): two workers never train one architecture at the same time. Ends
-        when that trial ends, or when its worker is found dead (then this trial trains it). Trials
-        of this process (Ray's concurrent trials, all asked by one driver) are not waited for: the
-        driver would wait for itself."""
+        result is then reused): two workers never train one architecture at the same time. The
+        earliest trial of an architecture trains it; so a later one first waits until every earlier
+        trial of another worker has recorded its spec (a worker that asked first may record last).
+        Ends when no earlier twin runs, or when its worker is found dead (then this trial trains
+        it). Trials of this process (Ray's concurrent trials, all asked by one driver) are not
+        waited for: the driver would wait for itself."""
         me = Owner.me().worker
         while True:
-            twins = [
+            earlier = [
                 t
                 for t in self.study.trials(State.RUNNING)
-                if t.number < number
-                and t.attrs.get("spec_id") == spec_id
-                and t.attrs.get("feasible")
-                and t.attrs.get(WORKER) != me
-                and not _gone(t)
+                if t.number < number and t.attrs.get(WORKER) != me and not _gone(t)
             ]
-            if not twins:
+            unjudged = [t for t in earlier if "feasible" not in t.attrs]  # recorded last
+            twins = [
+                t for t in earlier if t.attrs.get("spec_id") == spec_id and t.attrs.get("feasible")
+            ]
+            if not (twins or unjudged):
                 return
-            time.sleep(poll)
+            # an unjudged trial records its spec within a second; a twin trains for minutes
+            time.sleep(poll if twins else min(poll, 0.2))
             self.study.fail_stale()  # a dead worker elsewhere: after its heartbeat's grace period
 
     def train(self, trial: Trial, params: dict) -> tuple[float, float]:
