@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .data import parse_source
 from .errors import UsageError
 from .layers import Router
-from .routing_analysis import load_model, source_loader
+from .routing_analysis import load_model, source_datasets
 from .training.bn_stats import recalibrate_bn
 from .training.evaluate import evaluate
 from .validation import check_batch_size
@@ -115,14 +115,10 @@ def routing_ablation(
     spec = getattr(model, "spec", None)
     if isinstance(data, str):
         source = parse_source(data)
-
-        def loader(split):
-            return source_loader(
-                source, spec, recipe, split=split, batch_size=batch_size, resolution=None,
-                holdout=None, seed=None,
-            )[0]  # fmt: skip
-
-        scored, pool = loader("val"), loader("train").dataset
+        pool, val_ds, _, _ = source_datasets(
+            source, spec, recipe, resolution=None, holdout=None, seed=None
+        )
+        scored = DataLoader(val_ds, batch_size=batch_size, shuffle=False)
     elif isinstance(data, (Dataset, DataLoader)) and mean_data is not None:
         scored, pool = _as_loader(data, batch_size), _as_dataset(mean_data)
     else:

@@ -270,10 +270,10 @@ def _entries(model, weights: dict, labels, num_classes: int, routers, cond_layer
     return entries
 
 
-def source_loader(source, spec, recipe: dict, *, split, batch_size, resolution, holdout, seed):
-    """The loader of ``split`` of a ``--data`` source at evaluation transforms, its class names,
-    and what routing.json says of it (a checkpoint's recipe gives the defaults)."""
-
+def source_datasets(source, spec, recipe: dict, *, resolution, holdout, seed):
+    """A ``--data`` source's training and scored datasets at evaluation transforms, its number
+    of classes and the resolution (a checkpoint's recipe gives the defaults). The scored images
+    are the ones `train` scored on: the test images where there are some."""
     res = resolution or recipe.get("resolution") or (spec.resolution if spec else None)
     if res is None:
         raise UsageError("resolution: the model has no spec; pass resolution=")
@@ -283,12 +283,21 @@ def source_loader(source, spec, recipe: dict, *, split, batch_size, resolution, 
         holdout=holdout if holdout is not None else recipe.get("holdout", 0.2),
         seed=seed if seed is not None else recipe.get("seed", 0),
         augment=False,
-        split="final",  # the images `train` scored on: the test images where there are some
+        split="final",
     )
     if spec is not None and num_classes != spec.num_classes:
         raise UsageError(
             f"the model has {spec.num_classes} classes, --data {source} has {num_classes}"
         )
+    return train_ds, val_ds, num_classes, res
+
+
+def source_loader(source, spec, recipe: dict, *, split, batch_size, resolution, holdout, seed):
+    """The loader of ``split`` of a ``--data`` source at evaluation transforms, its class names,
+    and what routing.json says of it (`source_datasets`)."""
+    train_ds, val_ds, num_classes, res = source_datasets(
+        source, spec, recipe, resolution=resolution, holdout=holdout, seed=seed
+    )
     ds = val_ds if split == "val" else train_ds
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
     return loader, class_names(ds, num_classes), dict(data=str(source), split=split, resolution=res)
