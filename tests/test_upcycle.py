@@ -117,6 +117,38 @@ def test_exact_copies_never_separate_hence_the_zero_sum_noise():
     assert close(model(x), dense(x))
 
 
+@pytest.mark.parametrize("routers", ["constant", "drawn"])
+def test_drawn_softmax_routers_keep_the_dense_function_and_set_exact_copies_apart(routers):
+    """Exact copies (noise 0) under constant routers get the same gradient, expert by expert;
+    drawn routers weigh each example differently, so the experts' gradients differ at once, while
+    softmax weights still sum to 1 and the model still computes the dense function."""
+    torch.manual_seed(0)
+    dense = randomise(timm.create_model("mobilenetv2_100"))
+    spec = {"base": "mobilenet_v2", "condconv": _cc(16, activation="softmax")}
+    model = served(upcycle(spec, dense, noise=0.0, routers=routers)).eval()
+    x = torch.randn(4, 3, RES, RES)
+    got = model(x)
+    assert close(got, dense(x))
+    router = model.net.blocks[6][0].router
+    r = router(torch.randn(4, router.fc.in_features))
+    assert (r.std(0).max() > 1e-3) == (routers == "drawn"), r
+    nn.functional.cross_entropy(got, torch.tensor([0, 1, 2, 3])).backward()
+    g = model.net.blocks[6][0].module.conv_pw.module.weight.grad
+    assert ((g - g.mean(0)).abs().max() > 1e-6 * g.abs().max()) == (routers == "drawn")
+
+
+def test_drawn_sigmoid_routers_start_near_one_over_n_and_unknown_routers_are_refused():
+    torch.manual_seed(0)
+    dense = randomise(timm.create_model("mobilenetv2_100"))
+    spec = {"base": "mobilenet_v2", "condconv": _cc(16)}
+    model = upcycle(spec, dense, routers="drawn")
+    router = model.net.blocks[6][0].router
+    r = router(torch.randn(64, router.fc.in_features))
+    assert r.std(0).max() > 1e-3 and r.mean().item() == pytest.approx(0.25, abs=0.05)
+    with pytest.raises(UsageError, match="routers must be"):
+        upcycle(spec, dense, routers="random")
+
+
 def test_upcycled_resnet_and_single_expert():
     torch.manual_seed(0)
     dense = randomise(timm.create_model("resnet50"))
@@ -387,3 +419,14 @@ def test_the_recipes_upcycle_noise_sets_how_far_train_starts_its_experts_apart(t
     spreads = [expert_spread(m.weight) for m in model.modules() if isinstance(m, CondConv2d)]
     assert len(spreads) == 6  # blocks 3 to 5, depthwise and pointwise
     assert all(s == pytest.approx(0.3 * 0.75**0.5, rel=0.25) for s in spreads), spreads
+    assert all(r.fc.weight.abs().max() == 0 for r in routers_of(model))  # constant by default
+    # upcycle_routers: drawn keeps the routers' initial weights
+    (tmp_path / "d.yaml").write_text((tmp_path / "r.yaml").read_text() + "upcycle_routers: drawn\n")
+    train(spec, trainer=str(tmp_path / "d.yaml"), init=str(tmp_path / "d.pt"),
+          out=tmp_path / "drawn", progress=False)  # fmt: skip
+    drawn = routers_of(checkpoint.load_exported(tmp_path / "drawn" / "model.pt"))
+    assert drawn and all(r.fc.weight.abs().max() > 0 for r in drawn)
+
+
+def routers_of(model: nn.Module) -> list[Router]:
+    return [m for m in model.modules() if isinstance(m, Router)]

@@ -43,15 +43,17 @@ class Inheritance:
         return self.inherited / self.total if self.total else 0.0
 
 
-def constant_router(router: nn.Module) -> None:
+def constant_router(router: nn.Module, *, keep_weight: bool = False) -> None:
     """Make a `Router`'s output the same for every input, summing to 1 over its experts: the last
     FC's weights zero; its bias zero for softmax (1/n each), ``-log(n - 1)`` for sigmoid (also
     1/n each). A single sigmoid expert cannot get 1 from a finite bias: it gets 1/2 (bias 0), and
-    `inherit` doubles its kernel."""
+    `inherit` doubles its kernel. ``keep_weight``: only the bias is set, the weights keep their
+    draw (`inherit`'s ``routers="drawn"``)."""
     fc = router.fc if isinstance(router.fc, nn.Linear) else router.fc[-1]
     n = router.num_experts
     with torch.no_grad():
-        fc.weight.zero_()
+        if not keep_weight:
+            fc.weight.zero_()
         bias = -math.log(n - 1) if router.activation == "sigmoid" and n > 1 else 0.0
         fc.bias.fill_(bias)
 
@@ -96,7 +98,14 @@ def differences(src: WeightSource, spec) -> tuple[str, ...]:
     return tuple(out)
 
 
-def inherit(model: nn.Module, source, *, strict: bool = False, noise: float = 0.01) -> Inheritance:
+def inherit(
+    model: nn.Module,
+    source,
+    *,
+    strict: bool = False,
+    noise: float = 0.01,
+    routers: str = "constant",
+) -> Inheritance:
     """Load ``source`` (anything `load_source` takes) into ``model`` (a `CondConvNet`), in place.
 
     Tensors of the same name are copied; where widths differ the leading slices are taken, where
@@ -106,13 +115,20 @@ def inherit(model: nn.Module, source, *, strict: bool = False, noise: float = 0.
     whole, the source fill every tensor of the model and have the spec's padding and batch-norm
     epsilon where it tells them (`UsageError` naming what does not fit), so that the model
     computes what the source computes. ``noise``: the experts' zero-sum perturbation, relative
-    to each dense kernel's standard deviation (0: exact copies). A source of another base is a
-    `UsageError` naming both.
+    to each dense kernel's standard deviation (0: exact copies). ``routers``: ``"constant"`` (the
+    above), or ``"drawn"``: the routers the source lacks keep their initial weights and get the
+    constant routers' bias, so routing differs per example from the start and the experts get
+    different gradients. With softmax routing over alike experts the mixed kernel is still the
+    dense one (the weights sum to 1 whatever the input); with sigmoid routing their sum varies
+    per example, so the model starts near the dense function, not at it. A source of another
+    base is a `UsageError` naming both.
     """
     from ..layers import CondConv2d, CondLinear, Router
 
     if isinstance(noise, bool) or not (isinstance(noise, (int, float)) and 0 <= noise < 1):
         raise UsageError(f"noise must be in [0, 1), got {noise!r}")
+    if routers not in ("constant", "drawn"):
+        raise UsageError(f"routers must be 'constant' or 'drawn', got {routers!r}")
     src = load_source(source)
     spec = model.spec
     check_base(src, spec.base)
@@ -130,8 +146,8 @@ def inherit(model: nn.Module, source, *, strict: bool = False, noise: float = 0.
         if isinstance(m, (CondConv2d, CondLinear))
         for p in m.parameters(recurse=False)
     }
-    routers = [m for m in model.modules() if isinstance(m, Router)]
-    router_ids = {id(p) for r in routers for p in r.parameters()}
+    router_list = [m for m in model.modules() if isinstance(m, Router)]
+    router_ids = {id(p) for r in router_list for p in r.parameters()}
     param_ids = {id(p) for p in model.parameters()}
     head = FAMILIES[spec.base].classifier
     # the dimension that counts classes: biases (.., classes), weights (.., classes, in)
@@ -168,9 +184,9 @@ def inherit(model: nn.Module, source, *, strict: bool = False, noise: float = 0.
                 not_inherited.append(name)
             if id(t) in param_ids:
                 inherited += n_set
-        for r in routers:
+        for r in router_list:
             if not all(id(p) in kept for p in r.parameters()):
-                constant_router(r)
+                constant_router(r, keep_weight=routers == "drawn")
     if strict:
         _check_fits(src, spec, not_inherited, sorted(set(src.state) - used - fresh_head))
     total = sum(p.numel() for p in model.parameters())
@@ -193,17 +209,20 @@ def _check_fits(src, spec, not_inherited: list[str], unused: list[str]) -> None:
     )
 
 
-def upcycle(spec, dense, *, strict: bool = True, noise: float = 0.01) -> nn.Module:
+def upcycle(
+    spec, dense, *, strict: bool = True, noise: float = 0.01, routers: str = "constant"
+) -> nn.Module:
     """The model of ``spec`` (anything `build_model` takes) started from ``dense``: a timm model of
     the spec's base, its state dict, a file or one of our static models (see `inherit`).
 
     Every expert starts as the dense kernel (plus zero-sum ``noise``), every router constant at
     1/n per expert, so in evaluation mode the model computes ``dense``'s function until training
     moves routers and experts apart. A classifier of another class count starts afresh.
-    ``strict=False`` takes what matches from a source of other widths or depths.
+    ``strict=False`` takes what matches from a source of other widths or depths; ``routers``: as
+    `inherit`'s.
     """
     from . import build_model
 
     model = build_model(spec)
-    inherit(model, dense, strict=strict, noise=noise)
+    inherit(model, dense, strict=strict, noise=noise, routers=routers)
     return model

@@ -79,7 +79,7 @@ def _train_once(
     model = build_for_training(spec, recipe)
     inherited = {}
     if init is not None:
-        got = inherit(model, init, noise=recipe.upcycle_noise)
+        got = inherit(model, init, noise=recipe.upcycle_noise, routers=recipe.upcycle_routers)
         inherited["inherited"] = round(got.fraction, 4)
 
     def told(end) -> None:

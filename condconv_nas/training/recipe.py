@@ -59,6 +59,10 @@ class Recipe:
     # to the kernel's std (alike experts and constant routers are a fixed point training leaves
     # slowly: the perturbation is what tells them apart)
     upcycle_noise: _Fraction = 0.01
+    # --init: routers the source lacks start constant (1/n each: the dense function exactly) or
+    # drawn (their initial weights kept, the constant bias: routing differs per example at once;
+    # exact for softmax routing, near the dense function for sigmoid)
+    upcycle_routers: Literal["constant", "drawn"] = "constant"
     # a CondConv classifier's start: zero (every expert 0, so its router gets no gradient until the
     # experts move) or zero_sum (nn.Linear's draw, centred over the experts: the mixed classifier
     # starts near 0 and its router learns from the first step); a static classifier starts at 0

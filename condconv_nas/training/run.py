@@ -274,7 +274,7 @@ def _model(a: _Inputs, num_classes: int, note):
             {k: v for k, v in a.state["metrics"].items() if k in ("init", "inherited")},
         )
     if a.source is not None:
-        return spec, model, _inherit(model, a.source, noise=a.recipe.upcycle_noise, note=note)
+        return spec, model, _inherit(model, a.source, recipe=a.recipe, note=note)
     return spec, model, {}
 
 
@@ -286,12 +286,12 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _inherit(model, source, *, noise: float, note) -> dict:
-    """Start ``model`` from ``source`` (what matches; ``noise`` as `inherit`'s); what
-    metrics.json records of it."""
+def _inherit(model, source, *, recipe: Recipe, note) -> dict:
+    """Start ``model`` from ``source`` (what matches; the recipe's ``upcycle_noise`` and
+    ``upcycle_routers``); what metrics.json records of it."""
     from ..models.upcycle import inherit
 
-    got = inherit(model, source, noise=noise)
+    got = inherit(model, source, noise=recipe.upcycle_noise, routers=recipe.upcycle_routers)
     for diff in got.differences:
         note(f"note: --init {source.name} has {diff}")
     if got.not_inherited:
