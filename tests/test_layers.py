@@ -92,16 +92,17 @@ def test_strategies_agree_and_padding_rule():
     assert outs[0].shape == (4, 8, 12, 12)
 
 
+@pytest.mark.parametrize("hw", [11, 3])  # 3: the dilated kernel overhangs the input
 @pytest.mark.parametrize("strategy", ["kernel", "mixture", "expand"])
-def test_dilated_strided_grouped_condconv2d_equals_expert_mixture(strategy):
+def test_dilated_strided_grouped_condconv2d_equals_expert_mixture(strategy, hw):
     """Dilation enters every form's convolution: each form, output and gradients, against the
     plain per-expert F.conv2d mixture (dilation 2, stride 2, 2 groups)."""
     torch.manual_seed(2)
     layer = CondConv2d(6, 8, 3, stride=2, dilation=2, groups=2, bias=True, num_experts=3,
                        strategy=strategy)  # fmt: skip
-    x, r = torch.randn(3, 6, 11, 11, requires_grad=True), torch.rand(3, 3, requires_grad=True)
+    x, r = torch.randn(3, 6, hw, hw, requires_grad=True), torch.rand(3, 3, requires_grad=True)
     assert_equals_mixture(layer, x, r)
-    assert layer(x, r).shape == (3, 8, 6, 6)
+    assert layer(x, r).shape == (3, 8, (hw + 1) // 2, (hw + 1) // 2)
 
 
 def test_weight_shapes_and_expert_init():

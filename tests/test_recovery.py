@@ -154,32 +154,84 @@ def test_a_trial_is_its_process_s_from_the_moment_it_is_asked_for(study):
     assert len(trials) == 2 and all(t.attrs.items() >= me.items() for t in trials), trials
 
 
+def waiting(ledger, spec_id, trial, ended):
+    """A thread running ``ledger.wait_for_twin`` for ``trial``, appending when it ended."""
+    import threading
+
+    def wait():
+        ledger.wait_for_twin(spec_id, trial.number, trial.started, poll=0.05)
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread
+
+
+def judged(trial, spec_id):
+    for key, value in (("spec_id", spec_id), ("feasible", True)):  # as `judge` writes them
+        trial.set(key, value)
+
+
 def test_a_later_trial_waits_for_an_earlier_worker_that_has_not_judged_its_point_yet(tmp_path):
     """Two workers ask trials 0 and 1 of one architecture; worker 0 is slower to record its spec.
     Trial 1 must not start training until trial 0 has recorded it, then must wait for trial 0's
     result (the race that trained one architecture twice on CI)."""
-    import threading
-
     url = f"sqlite:///{tmp_path / 'study.db'}"
     other = Study.open(url, "s", 0, heartbeat=False)  # another worker's view of the run
     earlier = running_trial(other, Owner("elsewhere", os.getpid(), "0"))
     mine = Study.open(url, "s", 0, heartbeat=False)
-    later = mine.ask()
-    ended = []
-
-    def wait():
-        ledger_of(mine).wait_for_twin("abc", later.number, poll=0.05)
-        ended.append(time.monotonic())
-
-    waiter = threading.Thread(target=wait)
-    waiter.start()
+    later, ended = mine.ask(), []
+    waiter = waiting(ledger_of(mine), "abc", later, ended)
     time.sleep(0.5)
     assert not ended  # the earlier trial has no spec yet: it may be the same architecture
-    for key, value in (("spec_id", "abc"), ("feasible", True)):
-        earlier.set(key, value)
+    judged(earlier, "abc")
     time.sleep(0.5)
     assert not ended  # a twin, in training
     done = time.monotonic()
     other.tell(earlier, [0.5, 1.0], State.COMPLETE)
     waiter.join(timeout=30)
     assert ended and ended[0] >= done
+
+
+def test_an_earlier_trial_of_another_architecture_or_never_judged_does_not_hold_a_later_one(
+    tmp_path, monkeypatch
+):
+    import condconv_nas.nas.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "JUDGE_S", 1.0)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    other = Study.open(url, "s", 0, heartbeat=False)
+    elsewhere = Owner("elsewhere", os.getpid(), "0")
+    judged(running_trial(other, elsewhere), "xyz")  # judged: another architecture
+    stuck = running_trial(other, elsewhere)  # its worker died before judging: never judged
+    mine = Study.open(url, "s", 0, heartbeat=False)
+    later, ended = mine.ask(), []
+    t0 = time.monotonic()
+    waiting(ledger_of(mine), "abc", later, ended).join(timeout=30)
+    assert ended and 1.0 <= ended[0] - t0 < 10  # held by the unjudged one for JUDGE_S only
+    assert state_of(mine, stuck) == State.RUNNING
+
+
+def test_a_queued_trial_taken_after_a_fresh_one_began_waits_for_it_despite_its_lower_number(
+    tmp_path,
+):
+    """A queued trial's number dates from its queueing, not from when it began: trial 0, queued,
+    taken after another worker's fresh trial 1 began training the same architecture, waits."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    other = Study.open(url, "s", 0, heartbeat=False)
+    other.enqueue({}, {})  # trial 0, waiting
+    storage = optuna.storages.RDBStorage(url)  # another worker creates a fresh trial 1
+    fresh = storage.create_new_trial(storage.get_study_id_from_name("s"))
+    for key, value in {**Owner("elsewhere", os.getpid(), "0").attrs(), "spec_id": "abc",
+                       "feasible": True}.items():  # fmt: skip
+        storage.set_trial_user_attr(fresh, key, value)
+    time.sleep(0.05)
+    mine = Study.open(url, "s", 0, heartbeat=False)
+    queued, ended = mine.ask(), []
+    assert queued.number == 0 and queued.started > storage.get_trial(fresh).datetime_start
+    waiter = waiting(ledger_of(mine), "abc", queued, ended)
+    time.sleep(0.5)
+    assert not ended
+    storage.set_trial_state_values(fresh, optuna.trial.TrialState.COMPLETE, [0.5, 1.0])
+    waiter.join(timeout=30)
+    assert ended

@@ -16,11 +16,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from .owner import WORKER, Owner
 from .records import KEYS, TrialRecord, counts, retried, shown
 from .study import State, Stored, Study, Trial
 from .task import SearchTask
+
+JUDGE_S = 120.0  # `wait_for_twin` waits this long at most for another worker to judge a point
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Ledger:
     ) -> None:
         self.study, self.task, self.total, self.callbacks = study, task, total, callbacks
         self.decisions = list(task.space.searched)
+        self._unjudged_since: dict[int, float] = {}  # `wait_for_twin`: first seen unjudged
 
     # ------------------------------------------------------------------ counting
 
@@ -135,7 +139,7 @@ class Ledger:
             budgets = (("madds", madds, task.budget), ("latency", latency, task.latency_budget))
             self._set(trial, "over", [n for n, v, b in budgets if b is not None and v > b])
             return 0.0, float(madds)
-        self.wait_for_twin(spec.id, trial.number)
+        self.wait_for_twin(spec.id, trial.number, trial.started)
         same = [
             t
             for t in self.study.trials(State.COMPLETE)
@@ -152,28 +156,43 @@ class Ledger:
         """Whether a judged trial is within every budget."""
         return bool(trial.attrs.get("feasible"))
 
-    def wait_for_twin(self, spec_id: str, number: int, poll: float = 2.0) -> None:
-        """Wait while an earlier trial of another worker process trains the same architecture (its
-        result is then reused): two workers never train one architecture at the same time. The
-        earliest trial of an architecture trains it; so a later one first waits until every earlier
-        trial of another worker has recorded its spec (a worker that asked first may record last).
-        Ends when no earlier twin runs, or when its worker is found dead (then this trial trains
-        it). Trials of this process (Ray's concurrent trials, all asked by one driver) are not
-        waited for: the driver would wait for itself."""
+    def wait_for_twin(
+        self, spec_id: str, number: int, started: datetime | None = None, poll: float = 2.0
+    ) -> None:
+        """Wait while a trial of another worker process that began before this one trains the same
+        architecture (its result is then reused): two workers never train one architecture at the
+        same time. Trials are ordered by when they began to run, then by number (a queued trial's
+        number is older than its start). The first of an architecture trains it; so this trial
+        first waits until every trial of another worker that began before it has judged its point
+        (a worker that began first may record last), for at most `JUDGE_S` each (one killed
+        before judging would block every later trial). Ends when no earlier twin runs, or when its
+        worker is found dead (then this trial trains it). Trials of this process (Ray's concurrent
+        trials, all asked by one driver) are not waited for: the driver would wait for itself.
+        Across machines the order is as good as their clocks agree."""
         me = Owner.me().worker
+        mine = (started, number)
         while True:
             earlier = [
                 t
                 for t in self.study.trials(State.RUNNING)
-                if t.number < number and t.attrs.get(WORKER) != me and not _gone(t)
+                if t.number != number
+                and _began_before((t.started, t.number), mine)
+                and t.attrs.get(WORKER) != me
+                and not _gone(t)
             ]
-            unjudged = [t for t in earlier if "feasible" not in t.attrs]  # recorded last
+            now = time.monotonic()
+            unjudged = [
+                t
+                for t in earlier
+                if "feasible" not in t.attrs  # recorded last
+                and now - self._unjudged_since.setdefault(t.number, now) < JUDGE_S
+            ]
             twins = [
                 t for t in earlier if t.attrs.get("spec_id") == spec_id and t.attrs.get("feasible")
             ]
             if not (twins or unjudged):
                 return
-            # an unjudged trial records its spec within a second; a twin trains for minutes
+            # a point is judged in seconds; a twin trains for minutes
             time.sleep(poll if twins else min(poll, 0.2))
             self.study.fail_stale()  # a dead worker elsewhere: after its heartbeat's grace period
 
@@ -289,6 +308,13 @@ class Ledger:
         """Queue ``t``'s point again (keeping its preset name)."""
         preset = {"preset": t.attrs["preset"]} if "preset" in t.attrs else {}
         self.study.enqueue(t.params, {"retry_of": t.number, **preset})
+
+
+def _began_before(a: tuple[datetime | None, int], b: tuple[datetime | None, int]) -> bool:
+    """Whether the trial keyed ``a`` (start, number) began before the one keyed ``b``."""
+    if a[0] is None or b[0] is None or a[0] == b[0]:
+        return a[1] < b[1]
+    return a[0] < b[0]
 
 
 def _gone(t: Stored) -> bool:

@@ -66,6 +66,11 @@ class Trial:
         return self._trial.number
 
     @property
+    def started(self) -> datetime | None:
+        """When it began to run (a queued trial: when it was taken from the queue)."""
+        return self._trial.datetime_start
+
+    @property
     def attrs(self) -> dict[str, Any]:
         return dict(self._trial.user_attrs)
 

@@ -61,7 +61,7 @@ class Recipe:
     upcycle_noise: _Fraction = 0.01
     # --init: routers the source lacks start constant (1/n each: the dense function exactly) or
     # drawn (their initial weights kept, the constant bias: routing differs per example at once;
-    # exact for softmax routing, near the dense function for sigmoid)
+    # the dense function still for softmax routing, not for sigmoid: `inherit`)
     upcycle_routers: Literal["constant", "drawn"] = "constant"
     # a CondConv classifier's start: zero (every expert 0, so its router gets no gradient until the
     # experts move) or zero_sum (nn.Linear's draw, centred over the experts: the mixed classifier
