@@ -128,7 +128,9 @@ def test_another_host_s_trial_is_taken_back_only_after_its_heartbeat_s_grace(tmp
         f"sqlite:///{tmp_path / 'study.db'}",
         heartbeat_interval=1,
         grace_period=2,
-        heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=1
+        ),
     )
     # the study beats once as the trial is asked, then not again for 30 s: a silent worker
     study = Study(optuna.create_study(storage=storage, directions=["maximize", "minimize"]),

@@ -153,7 +153,7 @@ class Study:
         wanted = tuple(TrialState[s.value] for s in states) or None
         trials = self._study.get_trials(deepcopy=False, states=wanted)
         with _experimental_ok():
-            retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number
+            retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
             return [_stored(t, retried(t)) for t in trials]
 
     def ask(self, fixed: Mapping[str, Any] | None = None, choices: Mapping | None = None) -> Trial:
