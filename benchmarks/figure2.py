@@ -201,8 +201,12 @@ def main() -> None:
         m = run_one(spec_for(width, experts, skip), out, args, seed)
         if m is not None:
             done[key] = {"top1": m["top1"], "train_losses": m.get("train_losses")}
-            rows = table(done, args)  # after every training: a stop loses nothing
+            # after every training, so a stop loses nothing; what another process running the
+            # same table wrote since is read back first, so parallel runs keep each other's rows
+            done = {**finished(args.out.with_suffix(".json"), args), **done}
+            rows = table(done, args)
             write_atomic(args.out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
+    done = {**finished(args.out.with_suffix(".json"), args), **done}
     rows = table(done, args)
     from tabulate import tabulate
 
