@@ -17,7 +17,7 @@ kernel is still the dense one, but the experts, and with them the routers' gradi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -127,14 +127,25 @@ def inherit(
     function. A single expert's router stays constant either way. A source of another base is a
     `UsageError` naming both.
     """
-    from ..layers import CondConv2d, CondLinear, Router
+    src, differ = _open_source(model.spec, source, strict=strict, noise=noise, routers=routers)
+    with torch.no_grad():
+        took = _take(model, src, noise=noise)
+        for r in took.routers_lacking:
+            constant_router(r, keep_weight=routers == "drawn" and r.num_experts > 1)
+    if strict:
+        unused = sorted(set(src.state) - took.used - took.fresh_head)
+        _check_fits(src, model.spec, took.not_inherited, unused)
+    total = sum(p.numel() for p in model.parameters())
+    return Inheritance(src.name, took.inherited, total, tuple(took.not_inherited), differ)
 
+
+def _open_source(spec, source, *, strict: bool, noise: float, routers: str):
+    """`inherit`'s options checked and its source loaded: the source and how it differs."""
     if isinstance(noise, bool) or not (isinstance(noise, (int, float)) and 0 <= noise < 1):
         raise UsageError(f"noise must be in [0, 1), got {noise!r}")
     if routers not in ("constant", "drawn"):
         raise UsageError(f"routers must be 'constant' or 'drawn', got {routers!r}")
     src = load_source(source)
-    spec = model.spec
     check_base(src, spec.base)
     differ = differences(src, spec)
     if strict and differ:
@@ -142,7 +153,25 @@ def inherit(
             f"--init {src.name}: has {differ[0]}; give the spec that field "
             "(timm's tf_ models have padding 'same' and bn_eps 0.001)"
         )
-    cc = spec.condconv
+    return src, differ
+
+
+@dataclass
+class _Taken:
+    """What `_take` copied into a model."""
+
+    used: set[str] = field(default_factory=set)  # the source's tensors taken
+    fresh_head: set[str] = field(default_factory=set)  # a classifier of another class count
+    not_inherited: list[str] = field(default_factory=list)  # not or only partly filled
+    inherited: int = 0  # parameter elements set from the source
+    routers_lacking: list[nn.Module] = field(default_factory=list)  # not filled whole
+
+
+def _take(model: nn.Module, src: WeightSource, *, noise: float) -> _Taken:
+    """Copy every tensor of ``src`` that fits into ``model`` (`inherit`), under no_grad."""
+    from ..layers import CondConv2d, CondLinear, Router
+
+    cc = model.spec.condconv
     scale = 2.0 if cc and cc.num_experts == 1 and cc.routing.activation == "sigmoid" else 1.0
     expert_ids = {
         id(p)
@@ -153,48 +182,42 @@ def inherit(
     router_list = [m for m in model.modules() if isinstance(m, Router)]
     router_ids = {id(p) for r in router_list for p in r.parameters()}
     param_ids = {id(p) for p in model.parameters()}
-    head = FAMILIES[spec.base].classifier
+    head = FAMILIES[model.spec.base].classifier
     # the dimension that counts classes: biases (.., classes), weights (.., classes, in)
     head_dims = {f"{head}.weight": -2, f"{head}.bias": -1}
     target = model.state_dict(keep_vars=True)
     names = dict(zip(target, canonical_state(target), strict=True))
-    used, fresh_head, not_inherited, kept = set(), set(), [], set()
-    inherited = 0
-    with torch.no_grad():
-        for key, t in target.items():
-            name = names[key]
-            s = src.state.get(name)
-            dim = head_dims.get(name)
-            if dim is not None and (s is None or s.dim() < 1 or s.shape[dim] != t.shape[dim]):
-                fresh_head.add(name)  # another class count (or a headless source): trained afresh
+    took, kept = _Taken(), set()
+    for key, t in target.items():
+        name = names[key]
+        s = src.state.get(name)
+        dim = head_dims.get(name)
+        if dim is not None and (s is None or s.dim() < 1 or s.shape[dim] != t.shape[dim]):
+            took.fresh_head.add(name)  # another class count (or a headless source): afresh
+            continue
+        if s is None:
+            if id(t) not in router_ids or src.condconv:
+                took.not_inherited.append(name)
+            continue
+        if id(t) in router_ids:
+            if s.shape != t.shape:
+                took.not_inherited.append(name)
                 continue
-            if s is None:
-                if id(t) not in router_ids or src.condconv:
-                    not_inherited.append(name)
-                continue
-            if id(t) in router_ids:
-                if s.shape != t.shape:
-                    not_inherited.append(name)
-                    continue
-                t.copy_(s)
-                n_set = t.numel()
-                kept.add(id(t))
-            else:
-                n_set = _copy(t, s, experts=id(t) in expert_ids, noise=noise, scale=scale)
-            used.add(name)
-            expected = s.numel() * (t.shape[0] if s.dim() == t.dim() - 1 else 1)
-            whole = n_set == t.numel() == expected
-            if not whole:
-                not_inherited.append(name)
-            if id(t) in param_ids:
-                inherited += n_set
-        for r in router_list:
-            if not all(id(p) in kept for p in r.parameters()):
-                constant_router(r, keep_weight=routers == "drawn" and r.num_experts > 1)
-    if strict:
-        _check_fits(src, spec, not_inherited, sorted(set(src.state) - used - fresh_head))
-    total = sum(p.numel() for p in model.parameters())
-    return Inheritance(src.name, inherited, total, tuple(not_inherited), differ)
+            t.copy_(s)
+            n_set = t.numel()
+            kept.add(id(t))
+        else:
+            n_set = _copy(t, s, experts=id(t) in expert_ids, noise=noise, scale=scale)
+        took.used.add(name)
+        expected = s.numel() * (t.shape[0] if s.dim() == t.dim() - 1 else 1)
+        if not n_set == t.numel() == expected:
+            took.not_inherited.append(name)
+        if id(t) in param_ids:
+            took.inherited += n_set
+    took.routers_lacking = [
+        r for r in router_list if not all(id(p) in kept for p in r.parameters())
+    ]
+    return took
 
 
 def _check_fits(src, spec, not_inherited: list[str], unused: list[str]) -> None:
