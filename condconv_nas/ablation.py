@@ -72,16 +72,29 @@ def mean_routing(model: nn.Module, loader: DataLoader) -> dict[str, torch.Tensor
     return {n: (s / c).float() for n, (s, c) in sums.items()}
 
 
-def _top1(model: nn.Module, loader: DataLoader) -> float:
-    """`training.evaluate`'s top-1, the model's mode kept; no images is a `UsageError`."""
+def _top1(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    means: dict[str, torch.Tensor] | None = None,
+    fitting: DataLoader | None = None,
+) -> float:
+    """`training.evaluate`'s top-1, the model's mode kept; no images is a `UsageError`.
+    ``means``: every router fixed at them (`fixed_routing`); ``fitting``: scored as a copy whose
+    BatchNorm statistics are re-estimated over those images (the caller's model keeps its own)."""
     if not len(loader.dataset):
         raise UsageError("data: no examples")
-    was_training = model.training
+    device = next(model.parameters()).device
+    net = model if fitting is None else copy.deepcopy(model)
+    was_training = net.training
     try:
-        with torch.no_grad():
-            return evaluate(model, loader, device=next(model.parameters()).device)["top1"]
+        with fixed_routing(net, means or {}):
+            if fitting is not None:
+                recalibrate_bn(net, fitting, len(fitting), device=device)
+            with torch.no_grad():
+                return evaluate(net, loader, device=device)["top1"]
     finally:
-        model.train(was_training)
+        net.train(was_training)
 
 
 def routing_ablation(
@@ -130,17 +143,9 @@ def routing_ablation(
     pick = torch.randperm(len(pool), generator=g)[:mean_images].tolist()
     fitting = DataLoader(Subset(pool, pick), batch_size=batch_size)
     means = mean_routing(model, fitting)
-    top1 = _top1(model, scored)
-    with fixed_routing(model, means):
-        top1_fixed = _top1(model, scored)
-    device = next(model.parameters()).device
-    routed = copy.deepcopy(model)  # the caller's model keeps its statistics
-    recalibrate_bn(routed, fitting, len(fitting), device=device)
-    top1_bn = _top1(routed, scored)
-    static = copy.deepcopy(model)
-    with fixed_routing(static, means):
-        recalibrate_bn(static, fitting, len(fitting), device=device)
-        top1_fixed_bn = _top1(static, scored)
+    top1, top1_fixed = _top1(model, scored), _top1(model, scored, means=means)
+    top1_bn = _top1(model, scored, fitting=fitting)
+    top1_fixed_bn = _top1(model, scored, means=means, fitting=fitting)
     return {
         "top1": top1,
         "top1_fixed": top1_fixed,
