@@ -7,12 +7,12 @@ classifier, one router per block) with one recipe (``--trainer``, default ``fash
 images. Prints a table of test top-1 (mean over seeds, and each seed) against MADDs at 224 px,
 writes it with a plot to ``--out`` (``docs/figure2.md``, ``docs/figure2.png``).
 
-Resumable: every training writes under ``--runs`` (``runs/figure2/<w>-<n>e-s<seed>/``) after each
-epoch; a rerun takes the finished ones as they are and resumes the unfinished. The table in
-``--out`` (kept in git) holds every finished training by seed, with its epochs, recipe and data:
-a rerun on another machine, or with other ``--widths``, trains only what it lacks and keeps the
-rest, so the figure can be filled across sittings (``--only-table`` draws what is finished,
-trains nothing). Run:
+Resumable: every training writes under ``--runs``
+(``runs/figure2/<w>-<n>e-s<seed>[-skip<k>]-<e>ep/``) after each epoch; a rerun takes the finished
+ones as they are and resumes the unfinished. The table in ``--out`` (kept in git) holds every
+finished training by seed, with its epochs, recipe and data: a rerun on another machine, or with
+other ``--widths``, trains only what it lacks and keeps the rest, so the figure can be filled
+across sittings (``--only-table`` draws what is finished, trains nothing). Run:
 ``python benchmarks/figure2.py [--widths 0.25,0.5] [--experts 1,2,4,8] [--seeds 0,1]``.
 """
 
@@ -194,7 +194,10 @@ def main() -> None:
     done = finished(args.out.with_suffix(".json"), args)
     # seed-major: a whole curve per seed first, so a partial fill draws one
     for seed, skip, width, experts in itertools.product(seeds, skips, widths, experts_):
-        out = args.runs / (f"{width}-{experts}e-s{seed}" + (f"-skip{skip}" if skip else ""))
+        # the epochs in the name: a finished 8-epoch training resumed as a 16-epoch one would
+        # restart its cosine schedule halfway instead of training 16 epochs
+        name = f"{width}-{experts}e-s{seed}" + (f"-skip{skip}" if skip else "")
+        out = args.runs / f"{name}-{args.epochs}ep"
         key = (width, experts, skip, seed)
         if key in done and not (out / "metrics.json").is_file():
             continue
