@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -173,6 +174,41 @@ def table(done: dict[Key, dict], args) -> list[dict]:
     return rows
 
 
+def _se(row: dict) -> float:
+    return statistics.stdev(row["seeds"]) / len(row["seeds"]) ** 0.5
+
+
+def gains(rows: list[dict], controls: list[dict]) -> list[dict]:
+    """Each CondConv row against the static row of its width and skip, and against every static
+    row of its skip in ``controls`` (other tables: an equal-MADD network): the difference of
+    means in standard errors, and the paired t over the seeds both have."""
+    out = []
+    for r in (r for r in rows if r["experts"] > 1):
+        mine = [c for c in rows if c["experts"] == 1 and c["width"] == r["width"]]
+        for c in mine + [c for c in controls if c["experts"] == 1]:
+            if c["skip"] != r["skip"]:
+                continue
+            se = math.hypot(_se(r), _se(c)) if len(r["seeds"]) > 1 < len(c["seeds"]) else None
+            pairs = [r["by_seed"][s] - c["by_seed"][s] for s in r["by_seed"] if s in c["by_seed"]]
+            sd = statistics.stdev(pairs) if len(pairs) > 1 else 0.0
+            gain = r["top1"] - c["top1"]
+            out.append(
+                {
+                    "condconv": f"{r['width']} x{r['experts']} ({len(r['seeds'])} seeds)",
+                    "static": f"{c['width']} ({len(c['seeds'])} seeds)",
+                    "gain": round(gain, 4),
+                    "s.e.": se and round(se, 4),
+                    "gain / s.e.": se and round(gain / se, 1),
+                    "paired gains": " ".join(f"{d:+.4f}" for d in pairs),
+                    "paired t": round(statistics.mean(pairs) / sd * len(pairs) ** 0.5, 1)
+                    if sd
+                    else None,
+                    "df": len(pairs) - 1,
+                }
+            )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", default="0.25,0.5")
@@ -186,7 +222,17 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "figure2")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "figure2")
     p.add_argument("--only-table", action="store_true", help="draw what is finished; train nothing")
+    p.add_argument(
+        "--control",
+        type=Path,
+        action="append",
+        default=[],
+        help="another table (JSON) whose static rows each CondConv row is also compared against",
+    )
     args = p.parse_args()
+    for path in args.control:
+        if not path.is_file():
+            p.error(f"--control {path}: no such table")
     widths = [float(w) for w in args.widths.split(",")]
     experts_ = [int(e) for e in args.experts.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -220,6 +266,16 @@ def main() -> None:
             "github",
         )
     )
+    same = {"epochs": args.epochs, "trainer": args.trainer, "data": args.data}
+    controls = [
+        c
+        for path in args.control
+        for c in json.loads(path.read_text())
+        if all(c.get(k) == v for k, v in same.items())
+    ]
+    if compared := gains(rows, controls):
+        print("\nCondConv against static (test top-1; paired over the seeds both have):")
+        print(tabulate(compared, "keys", "github"))
     if rows:
         title = f"MobileNetV1 on {args.data}, {args.trainer} recipe, {args.epochs} epochs"
         draw(rows, args.out.with_suffix(".png"), title)
