@@ -178,6 +178,10 @@ def _se(row: dict) -> float:
     return statistics.stdev(row["seeds"]) / len(row["seeds"]) ** 0.5
 
 
+def _seeds(row: dict) -> str:
+    return f"{len(row['seeds'])} seed" + "s" * (len(row["seeds"]) > 1)
+
+
 def gains(rows: list[dict], controls: list[dict]) -> list[dict]:
     """Each CondConv row against the static row of its width and skip, and against every static
     row of its skip in ``controls`` (other tables: an equal-MADD network): the difference of
@@ -194,8 +198,8 @@ def gains(rows: list[dict], controls: list[dict]) -> list[dict]:
             gain = r["top1"] - c["top1"]
             out.append(
                 {
-                    "condconv": f"{r['width']} x{r['experts']} ({len(r['seeds'])} seeds)",
-                    "static": f"{c['width']} ({len(c['seeds'])} seeds)",
+                    "condconv": f"{r['width']} x{r['experts']} ({_seeds(r)})",
+                    "static": f"{c['width']} ({_seeds(c)})",
                     "gain": round(gain, 4),
                     "s.e.": se and round(se, 4),
                     "gain / s.e.": se and round(gain / se, 1),
@@ -275,7 +279,7 @@ def main() -> None:
     ]
     if compared := gains(rows, controls):
         print("\nCondConv against static (test top-1; paired over the seeds both have):")
-        print(tabulate(compared, "keys", "github"))
+        print(tabulate(compared, "keys", "github", disable_numparse=True))
     if rows:
         title = f"MobileNetV1 on {args.data}, {args.trainer} recipe, {args.epochs} epochs"
         draw(rows, args.out.with_suffix(".png"), title)

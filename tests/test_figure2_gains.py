@@ -40,5 +40,8 @@ def test_gain_in_standard_errors_and_paired_t():
     assert mine["gain / s.e."] == pytest.approx(1.7)
     assert mine["paired gains"] == "+0.0200 +0.0100 +0.0300"
     assert mine["paired t"] == pytest.approx(3.5) and mine["df"] == 2
+    assert figure2.gains([row(0.25, 8, {"0": 0.9})], [row(0.25, 1, {"0": 0.8})])[0]["static"] == (
+        "0.25 (1 seed)"
+    )
     assert eq["gain"] == pytest.approx(0.005)  # 0.93 - 0.925
     assert eq["paired gains"] == "+0.0000" and eq["paired t"] is None and eq["df"] == 0
