@@ -110,6 +110,8 @@ def draw_curves(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    # a colour per width, so two static networks (dashed) are told apart
+    colour = {w: f"C{i}" for i, w in enumerate(sorted({r["width"] for r in rows}))}
     for r in rows:
         curves = [c for c in r["curves"].values() if c]
         if not curves:
@@ -117,7 +119,8 @@ def draw_curves(rows: list[dict], path: Path, title: str) -> None:
         n = min(len(c) for c in curves)
         mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
         label = f"{r['width']}x, {r['experts']}e" + (f", skip {r['skip']}" if r["skip"] else "")
-        ax.plot(range(1, n + 1), mean, "-" if r["experts"] > 1 else "--k", label=label)
+        style = "-" if r["experts"] > 1 else "--"
+        ax.plot(range(1, n + 1), mean, style, color=colour[r["width"]], label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (mean over seeds)")
     ax.set_title(title, fontsize=10)
