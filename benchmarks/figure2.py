@@ -131,19 +131,25 @@ def draw_curves(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def same_run_rows(path: Path, args) -> list[dict]:
+    """The rows of a table (JSON) trained with the same epochs, recipe and data as ``args``; a
+    row without ``skip`` has 0."""
+    if not path.is_file():
+        return []
+    same = {"epochs": args.epochs, "trainer": args.trainer, "data": args.data}
+    rows = json.loads(path.read_text())
+    return [{"skip": 0, **r} for r in rows if all(r.get(k) == v for k, v in same.items())]
+
+
 def finished(path: Path, args) -> dict[Key, dict]:
     """Test top-1 and training losses by (width, experts, skip, seed) of the trainings in an
-    earlier table of the same epochs, recipe and data (a row without ``skip`` has 0)."""
-    if not path.is_file():
-        return {}
-    same = {"epochs": args.epochs, "trainer": args.trainer, "data": args.data}
+    earlier table of the same epochs, recipe and data."""
     return {
-        (r["width"], r["experts"], r.get("skip", 0), int(seed)): {
+        (r["width"], r["experts"], r["skip"], int(seed)): {
             "top1": top1,
             "train_losses": r.get("curves", {}).get(seed),
         }
-        for r in json.loads(path.read_text())
-        if all(r.get(k) == v for k, v in same.items())
+        for r in same_run_rows(path, args)
         for seed, top1 in r["by_seed"].items()
     }
 
@@ -164,9 +170,7 @@ def table(done: dict[Key, dict], args) -> list[dict]:
                 "madds_px": madds_at,
                 "top1": round(statistics.mean(by_seed.values()), 4),
                 "seeds": [round(t, 4) for t in by_seed.values()],
-                "se": round(statistics.stdev(by_seed.values()) / len(by_seed) ** 0.5, 4)
-                if len(by_seed) > 1
-                else None,
+                "se": round(_se(list(by_seed.values())), 4) if len(by_seed) > 1 else None,
                 "by_seed": {str(s): round(t, 4) for s, t in by_seed.items()},
                 "curves": {str(s): v["train_losses"] for s, v in mine.items() if v["train_losses"]},
                 "epochs": args.epochs,
@@ -177,8 +181,9 @@ def table(done: dict[Key, dict], args) -> list[dict]:
     return rows
 
 
-def _se(row: dict) -> float:
-    return statistics.stdev(row["seeds"]) / len(row["seeds"]) ** 0.5
+def _se(values: list[float]) -> float:
+    """The standard error of the mean of ``values`` (two or more)."""
+    return statistics.stdev(values) / len(values) ** 0.5
 
 
 def _seeds(row: dict) -> str:
@@ -195,7 +200,8 @@ def gains(rows: list[dict], controls: list[dict]) -> list[dict]:
         for c in mine + [c for c in controls if c["experts"] == 1]:
             if c["skip"] != r["skip"]:
                 continue
-            se = math.hypot(_se(r), _se(c)) if len(r["seeds"]) > 1 < len(c["seeds"]) else None
+            both = len(r["seeds"]) > 1 < len(c["seeds"])
+            se = math.hypot(_se(r["seeds"]), _se(c["seeds"])) if both else None
             pairs = [r["by_seed"][s] - c["by_seed"][s] for s in r["by_seed"] if s in c["by_seed"]]
             sd = statistics.stdev(pairs) if len(pairs) > 1 else 0.0
             gain = r["top1"] - c["top1"]
@@ -273,13 +279,7 @@ def main() -> None:
             "github",
         )
     )
-    same = {"epochs": args.epochs, "trainer": args.trainer, "data": args.data}
-    controls = [
-        c
-        for path in args.control
-        for c in json.loads(path.read_text())
-        if all(c.get(k) == v for k, v in same.items())
-    ]
+    controls = [c for path in args.control for c in same_run_rows(path, args)]
     if compared := gains(rows, controls):
         print("\nCondConv against static (test top-1; paired over the seeds both have):")
         print(tabulate(compared, "keys", "github", disable_numparse=True))

@@ -24,7 +24,7 @@ def test_gain_in_standard_errors_and_paired_t():
     # CondConv 0.92, 0.92, 0.95 (seeds 0, 1, 2): mean 0.93, sd sqrt(0.0003) = 0.01732
     #   gain 0.02; s.e. of the difference sqrt(0.0001 / 3 + 0.0003 / 3) = 0.011547: 1.73 s.e.
     #   paired gains +0.02 +0.01 +0.03: mean 0.02, sd 0.01, t = 0.02 / (0.01 / sqrt 3) = 3.46
-    # the control (width 0.28) has seeds 0 and 3 only: one pair (+0.02 - 0.02 = 0), no t
+    # the control (width 0.28) has seeds 0 and 3 only: one pair (0.92 - 0.92 = 0), no t
     static = row(0.25, 1, {"0": 0.90, "1": 0.91, "2": 0.92})
     cc = row(0.25, 8, {"0": 0.92, "1": 0.92, "2": 0.95})
     other_skip = row(0.25, 1, {"0": 0.5, "1": 0.5}, skip=0)
