@@ -2,7 +2,7 @@ import os
 
 import pytest
 import torch
-from helpers import TINY_RECIPE, TINY_SPACE, run_cli
+from helpers import NARROW_SPACE, TINY_RECIPE, TINY_SPACE, run_cli
 
 # pytest-xdist runs two tests at a time (setup.cfg): one thread each, so that they do not fight
 # over the cores; alone, two.
@@ -17,7 +17,9 @@ def cli():
 
 @pytest.fixture
 def files(tmp_path):
-    """A folder with the tiny recipe (``tiny.yaml``) and the small space (``space.yaml``)."""
+    """A folder with the tiny recipe (``tiny.yaml``), the small space (``space.yaml``) and the
+    small space at width 0.25 alone (``narrow.yaml``)."""
     (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    (tmp_path / "narrow.yaml").write_text(NARROW_SPACE)
     return tmp_path

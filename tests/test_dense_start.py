@@ -18,7 +18,7 @@ def test_a_killed_dense_start_resumes_from_its_last_epoch(files):
     )
     cmd = [
         sys.executable, "-m", "condconv_nas", "search", "--budget", "2G", "--space",
-        str(files / "space.yaml"), "--trainer", str(files / "dense.yaml"), "--results",
+        str(files / "narrow.yaml"), "--trainer", str(files / "dense.yaml"), "--results",
         str(files / "results"), "--run", "d", "--trials", "1", "--quiet", "--threads", "1",
     ]  # fmt: skip
     work = files / "results" / "d" / ".dense"

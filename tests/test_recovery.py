@@ -34,7 +34,7 @@ def test_sigkill_mid_training_then_immediate_rerun_reaches_exactly_the_total(fil
     ends with exactly --trials trials done, none RUNNING."""
     run = files / "results" / "killed"
     cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "2G", "--trials", "3"]
-    cmd += ["--space", str(files / "space.yaml"), "--trainer", str(files / "tiny.yaml")]
+    cmd += ["--space", str(files / "narrow.yaml"), "--trainer", str(files / "tiny.yaml")]
     cmd += ["--results", str(files / "results"), "--run", "killed"]
     cmd += ["--storage", storage] if storage else []
     url = storage or f"sqlite:///{run / 'study.db'}"

@@ -233,18 +233,17 @@ def ray_head():
 def test_ray_backend_on_a_real_local_cluster_trains_each_trial_on_two_workers(files, ray_head):
     address, env = ray_head
     t0 = time.time()
+    extra = ["--backend", "ray", "--address", address, "--workers-per-trial", "2"]
     res = subprocess.run(
-        search_cmd(
-            files, "ray", "--backend", "ray", "--address", address, "--workers-per-trial", "2"
-        ),
+        search_cmd(files, "ray", *extra, trials=2),
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    print(f"ray backend, 3 trials of 2 workers on a 2-CPU cluster: {time.time() - t0:.1f} s")
-    rows = check_run_folder(files / "results" / "ray", 3)
+    print(f"ray backend, 2 trials of 2 workers on a 2-CPU cluster: {time.time() - t0:.1f} s")
+    rows = check_run_folder(files / "results" / "ray", 2)
     trained = [r for r in rows if r["status"] in ("trained", "untrained")]
     assert trained and all(r["workers"] == "2" for r in trained), rows
     assert all(r["workers"] == "" for r in rows if r not in trained)

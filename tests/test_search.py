@@ -20,13 +20,13 @@ from condconv_nas.nas.space import load_space
 from condconv_nas.results import pareto_front
 
 
-def search(files, *extra, run="r", budget="200M", **kw):
+def search(files, *extra, run="r", budget="200M", space="space.yaml", **kw):
     return run_cli(
         "search",
         "--budget",
         budget,
         "--space",
-        files / "space.yaml",
+        files / space,
         "--trainer",
         files / "tiny.yaml",
         "--results",
@@ -309,9 +309,8 @@ def test_chance_level_trials_are_recorded_and_kept_off_the_front(files):
     (files / "frozen.yaml").write_text(
         (files / "tiny.yaml").read_text().replace("lr: 0.002", "lr: 0.0")
     )
-    res = search(
-        files, "--trials", "2", "--trainer", files / "frozen.yaml", budget="2G", run="frozen"
-    )
+    res = search(files, "--trials", "2", "--trainer", files / "frozen.yaml", budget="2G",
+                 run="frozen", space="narrow.yaml")  # fmt: skip
     assert res.returncode == 0, res.stderr
     run = files / "results" / "frozen"
     rows = list(csv.DictReader((run / "trials.csv").open()))
@@ -344,7 +343,7 @@ def test_sigkill_mid_trial_then_immediate_rerun_loses_nothing(files):
         "--budget",
         "2G",
         "--space",
-        str(files / "space.yaml"),
+        str(files / "narrow.yaml"),
         "--trainer",
         str(files / "slow.yaml"),
         "--results",
@@ -388,7 +387,7 @@ def test_sigkill_while_writing_the_run_folder_then_rerun_loses_nothing(files):
     import optuna
 
     cmd = [sys.executable, "-m", "condconv_nas", "search", "--budget", "2G"]
-    cmd += ["--space", str(files / "space.yaml"), "--trainer", str(files / "tiny.yaml")]
+    cmd += ["--space", str(files / "narrow.yaml"), "--trainer", str(files / "tiny.yaml")]
     cmd += ["--results", str(files / "results"), "--run", "cut", "--trials", "3", "--quiet"]
     run = files / "results" / "cut"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -557,7 +556,7 @@ def test_two_workers_started_together_with_different_seeds_share_the_run(files):
         "--budget",
         "2G",
         "--space",
-        str(files / "space.yaml"),
+        str(files / "narrow.yaml"),
         "--trainer",
         str(files / "tiny.yaml"),
         "--results",
@@ -593,7 +592,7 @@ def test_library_search_returns_the_run_and_prints_nothing(files, capsys):
 
     result = condconv_nas.search(
         budget="2G",
-        space=str(files / "space.yaml"),
+        space=str(files / "narrow.yaml"),
         trainer=str(files / "tiny.yaml"),
         results=files / "results",
         run="lib",
@@ -635,7 +634,7 @@ def test_one_search_config_serves_the_cli_the_library_and_every_backend(files):
     assert tuple(BACKENDS) == SearchConfig.__dataclass_fields__["backend"].metadata["choices"]
 
     settings = dict(
-        space=str(files / "space.yaml"), trainer=str(files / "tiny.yaml"), run="cfg", trials=1
+        space=str(files / "narrow.yaml"), trainer=str(files / "tiny.yaml"), run="cfg", trials=1
     )
     first = condconv_nas.search(budget="2G", results=files / "r", progress=False, **settings)
     config = SearchConfig(budget=2 * 10**9, results=str(files / "r"), **{**settings, "trials": 2})
@@ -693,7 +692,7 @@ def test_optuna_dashboard_serves_the_runs_study_on_loopback(files):
     import urllib.request
 
     exe = shutil.which("optuna-dashboard") or pytest.skip("optuna-dashboard is not installed")
-    res = search(files, "--trials", "1", budget="2G", run="dash")
+    res = search(files, "--trials", "1", budget="2G", run="dash", space="narrow.yaml")
     assert res.returncode == 0, res.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
