@@ -37,7 +37,9 @@ RUN_FILES = {
 }
 
 
-def search_cmd(files, run, *extra, budget="200M", trials=3):
+def search_cmd(files, run, *extra, budget="200M", trials=3, space="narrow.yaml"):
+    """The search command line; by default on the space at width 0.25 alone, where every
+    candidate is within budget: tests about over-budget candidates ask for ``space.yaml``."""
     return [
         sys.executable,
         "-m",
@@ -46,7 +48,7 @@ def search_cmd(files, run, *extra, budget="200M", trials=3):
         "--budget",
         budget,
         "--space",
-        str(files / "space.yaml"),
+        str(files / space),
         "--trainer",
         str(files / "tiny.yaml"),
         "--results",
@@ -235,7 +237,7 @@ def test_ray_backend_on_a_real_local_cluster_trains_each_trial_on_two_workers(fi
     t0 = time.time()
     extra = ["--backend", "ray", "--address", address, "--workers-per-trial", "2"]
     res = subprocess.run(
-        search_cmd(files, "ray", *extra, trials=2),
+        search_cmd(files, "ray", *extra, trials=2, space="space.yaml"),
         env=env,
         capture_output=True,
         text=True,
@@ -449,8 +451,9 @@ def test_address_needs_the_ray_backend(files):
 def test_nni_backend_end_to_end_and_over_budget_never_trained(files):
     # 60M leaves only the narrowest candidates in budget: NNI's evolution proposes over-budget ones.
     t0 = time.time()
+    extra = ["--backend", "nni", "--seed", "3"]
     res = subprocess.run(
-        search_cmd(files, "nni", "--backend", "nni", "--seed", "3", budget="60M", trials=3),
+        search_cmd(files, "nni", *extra, budget="60M", trials=3, space="space.yaml"),
         capture_output=True,
         text=True,
         timeout=600,
