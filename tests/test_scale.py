@@ -39,7 +39,7 @@ RUN_FILES = {
 
 def search_cmd(files, run, *extra, budget="200M", trials=3, space="narrow.yaml"):
     """The search command line; by default on the space at width 0.25 alone, where every
-    candidate is within budget: tests about over-budget candidates ask for ``space.yaml``."""
+    candidate is within budget: the test about over-budget candidates asks for ``space.yaml``."""
     return [
         sys.executable,
         "-m",
@@ -237,7 +237,7 @@ def test_ray_backend_on_a_real_local_cluster_trains_each_trial_on_two_workers(fi
     t0 = time.time()
     extra = ["--backend", "ray", "--address", address, "--workers-per-trial", "2"]
     res = subprocess.run(
-        search_cmd(files, "ray", *extra, trials=2, space="space.yaml"),
+        search_cmd(files, "ray", *extra, trials=2),
         env=env,
         capture_output=True,
         text=True,
@@ -246,9 +246,8 @@ def test_ray_backend_on_a_real_local_cluster_trains_each_trial_on_two_workers(fi
     assert res.returncode == 0, res.stderr[-3000:]
     print(f"ray backend, 2 trials of 2 workers on a 2-CPU cluster: {time.time() - t0:.1f} s")
     rows = check_run_folder(files / "results" / "ray", 2)
-    trained = [r for r in rows if r["status"] in ("trained", "untrained")]
-    assert trained and all(r["workers"] == "2" for r in trained), rows
-    assert all(r["workers"] == "" for r in rows if r not in trained)
+    # every candidate of narrow.yaml is within budget (over-budget rows: the NNI test's)
+    assert all(r["status"] in ("trained", "untrained") and r["workers"] == "2" for r in rows), rows
     assert json.loads(res.stdout)  # stdout is the front as JSON (Ray's own output kept off it)
     config = json.loads((files / "results" / "ray" / "config.json").read_text())
     assert config["backend"] == "ray" and config["storage"].startswith("sqlite:///")
