@@ -88,8 +88,13 @@ def is_static(arm: str) -> bool:
     return arm.startswith("static")
 
 
+def mixes(arm: str) -> bool:
+    """Whether the arm's recipe trains on mixup's blended images and labels."""
+    return ARMS[arm].get("mixup_alpha", 0) > 0
+
+
 def static_bar(arm: str) -> str:
-    return "static_mixup" if arm.endswith("mixup") else "static"
+    return "static_mixup" if mixes(arm) else "static"
 
 
 def run_one(arm: str, seed: int, args) -> dict:
@@ -153,7 +158,7 @@ def report(results: dict, args) -> None:
             # against the static network trained alike (a mixup arm: the static mixup arm)
             "vs static": f"{mean(xs) - mean(top1s(static_bar(arm))):+.4f}",
             # a mixup arm's loss is on blended images and labels: comparable among mixup arms only
-            "final train loss": f"{loss:.3f}" + (" (mixup)" if arm.endswith("mixup") else ""),
+            "final train loss": f"{loss:.3f}" + (" (mixup)" if mixes(arm) else ""),
         }
         if "baseline" not in results:  # a file of other arms (the --skip 2 one): no such bar
             del row["vs baseline"]
