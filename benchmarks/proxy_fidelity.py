@@ -108,7 +108,7 @@ def pretrain_dense(
     """A dense model of ``base`` trained on the search data as a search's dense start is:
     (its file, seconds)."""
     t0 = time.perf_counter()
-    dense = dense_start(folder, base=base, trainer=recipe, data=data, epochs=epochs)
+    dense = dense_start(folder, spec={"base": base}, trainer=recipe, data=data, epochs=epochs)
     print(f"dense {base} pretrained: top-1 {dense['top1']:.3f} after {epochs} epochs", flush=True)
     return dense["init"], time.perf_counter() - t0
 

@@ -25,7 +25,7 @@ import os
 import statistics
 from pathlib import Path
 
-from condconv_nas import search
+from condconv_nas import build_model, count_madds, search
 from condconv_nas.data import parse_source
 from condconv_nas.nas.options import parse_budget
 from condconv_nas.nas.space import load_space
@@ -93,8 +93,10 @@ def main() -> None:
         )
         print(f"supernet: {supernet}", flush=True)
     else:
+        # the shape `search` trains its dense start at, shared by every run here
+        shape = load_space(args.space).dense_start(lambda s: count_madds(build_model(s)) <= budget)
         dense = dense_start(
-            args.results, base=load_space(args.space).base, trainer=args.trainer, data=args.data,
+            args.results, spec=shape.to_dict(), trainer=args.trainer, data=args.data,
             epochs=recipe.dense_epochs, progress=True, note=print,
         )  # fmt: skip
         shared["init"] = dense["init"]

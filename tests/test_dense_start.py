@@ -55,7 +55,12 @@ def test_a_second_worker_waits_for_the_first_workers_dense_start(tmp_path, monke
     threading.Thread(target=finish).start()
     notes = []
     got = warm_start.dense_start(
-        tmp_path, base="mobilenet_v1", trainer="proxy", data="digits", epochs=1, note=notes.append
+        tmp_path,
+        spec={"base": "mobilenet_v1"},
+        trainer="proxy",
+        data="digits",
+        epochs=1,
+        note=notes.append,
     )
     assert (
         not trained
@@ -69,5 +74,7 @@ def test_a_second_worker_waits_for_the_first_workers_dense_start(tmp_path, monke
     monkeypatch.setattr(
         warm_start, "_train", lambda work, final, *a, **k: (trained.append(1), final.touch())
     )
-    warm_start.dense_start(tmp_path, base="mobilenet_v1", trainer="proxy", data="digits", epochs=1)
+    warm_start.dense_start(
+        tmp_path, spec={"base": "mobilenet_v1"}, trainer="proxy", data="digits", epochs=1
+    )
     assert trained == [1]

@@ -765,6 +765,27 @@ def test_shipped_small_image_spaces():
         assert madds[0] < madds[1] < madds[2]
 
 
+def test_the_dense_start_is_the_widest_static_network_on_the_largest_maps_the_budget_affords(
+    files,
+):
+    space = load_space("mobilenet_v1_32")
+    static = {"width_multiplier": 1.0, "begin_stage": "none", "classifier": False}
+    madds = [count_madds(space.to_spec({**static, "skip_downsample": k})) for k in (0, 1, 2)]
+    picks = {
+        madds[0] - 1: 0,  # nothing fits: the smallest maps, the cheapest start
+        madds[1] - 1: 0,
+        madds[1]: 1,
+        madds[2] - 1: 1,
+        madds[2]: 2,
+    }
+    for budget, skip in picks.items():
+        got = space.dense_start(lambda s, b=budget: count_madds(s) <= b)
+        assert (got.width_multiplier, got.depth_multiplier) == (1.0, 1.0)
+        assert (got.skip_downsample, got.condconv, got.resolution) == (skip, None, 32)
+    narrow = load_space(files / "narrow.yaml").dense_start(lambda s: True)
+    assert narrow.width_multiplier == 0.25 and narrow.base == "mobilenet_v1"
+
+
 def test_a_space_whose_stride_plan_leaves_no_map_is_refused(tmp_path):
     bad = SMALL_SPACE.replace("resolution: 32", "resolution: 12")
     (tmp_path / "bad.yaml").write_text(bad)

@@ -374,11 +374,15 @@ def test_search_trains_its_dense_start_once_and_upcycles_every_candidate(files, 
 
     res = search(3)
     assert res.returncode == 0, res.stderr
-    assert "training the dense start first: mobilenet_v2, 2 epochs" in res.stderr
+    # the space's widest (0.5x), on the only maps it has
+    assert (
+        "dense start first: mobilenet_v2 0.5x, skip_downsample 0 (97.1M MADDs at 224 px), "
+        "2 epochs on digits" in res.stderr
+    )
     run = files / "results" / "d"
     dense = run / "dense.pt"
     spec = load_exported(dense).spec
-    assert spec.base == "mobilenet_v2" and spec.condconv is None and spec.width_multiplier == 1.0
+    assert spec.base == "mobilenet_v2" and spec.condconv is None and spec.width_multiplier == 0.5
     config = json.loads((run / "config.json").read_text())
     assert config["dense_start"]["init"] == str(dense.resolve())
     assert config["dense_start"]["epochs"] == 2 and 0 < config["dense_start"]["top1"] <= 1

@@ -282,14 +282,17 @@ def _write_config(run_dir: Path, config: dict) -> None:
 
 
 def _dense_start(options, task, run_dir: Path, reporter) -> dict:
+    spec = task.space.dense_start(lambda s: task.count(s)[0] <= task.budget)
     if not (run_dir / DENSE).is_file():
         reporter.note(
-            f"training the dense start first: {task.space.base}, "
-            f"{task.recipe.dense_epochs} epochs on {task.data} (once per run)"
+            f"training the dense start first: {spec.base} {spec.width_multiplier}x, "
+            f"skip_downsample {spec.skip_downsample} ({task.count(spec)[0] / 1e6:.1f}M MADDs "
+            f"at {spec.resolution} px), {task.recipe.dense_epochs} epochs on {task.data} "
+            "(once per run)"
         )
     return dense_start(
         run_dir,
-        base=task.space.base,
+        spec=spec.to_dict(),
         trainer=options.trainer,
         data=str(task.data),
         epochs=task.recipe.dense_epochs,

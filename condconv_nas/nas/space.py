@@ -220,6 +220,27 @@ class SearchSpace:
                 found[name] = params
         return found
 
+    def dense_start(self, fits: Callable[[ArchSpec], bool]) -> ArchSpec:
+        """The static network the search's dense start trains: the base at the space's widest
+        width and its own depth (1.0), at the largest ``skip_downsample`` where it ``fits`` the
+        budget (else the smallest).
+
+        Widest, so every candidate inherits its tensors whole or their leading slices; a deeper
+        candidate's extra blocks start fresh (at depth 1.1 EfficientNet-B0's start would cost 1.5
+        times as much). The stride plan changes no tensor, but it changes what the weights learn:
+        a start trained on 1x1 maps gave its own shape the proxy's best score in a 32 px search
+        (benchmarks/README.md, "small images"), so it trains on the largest maps the budget
+        affords."""
+        top = {
+            "width_multiplier": max(self.decisions["width_multiplier"], key=float),
+            "depth_multiplier": 1.0,
+            "begin_stage": "none",
+            "classifier": False,
+        }
+        skips = sorted(self.decisions["skip_downsample"], key=int)
+        shapes = [self.to_spec({**top, "skip_downsample": s}) for s in skips]
+        return next((s for s in reversed(shapes) if fits(s)), shapes[0])
+
     def cheapest(self) -> ArchSpec:
         """The cheapest point: smallest width and depth, CondConv as late and as light as the space
         allows.

@@ -1,4 +1,5 @@
-"""The search's own dense start: the space's base network, trained once per run on the search's
+"""The search's own dense start: a static network of the space's base (its widest, at the largest
+maps the budget affords: `SearchSpace.dense_start`), trained once per run on the search's
 training split, from which every candidate is upcycled before the proxy trains it; and
 `once_per_run`, the lock and hand-over that it and the one-shot supernet are trained under.
 
@@ -109,7 +110,7 @@ def publish(work: Path, model: Path, final: Path, info: Path, record: dict) -> N
 def dense_start(
     run_dir: Path,
     *,
-    base: str,
+    spec: dict,
     trainer: str,
     data: str,
     epochs: int,
@@ -117,19 +118,21 @@ def dense_start(
     note: Callable[[str], None] | None = None,
 ) -> dict:
     """The run folder's dense start, trained first if the run has none: ``{"init": path,
-    "top1": its held-out top-1, "epochs": epochs}``.
+    "top1": its held-out top-1, "epochs": epochs, "spec": spec}``.
 
-    ``progress``: the training's epoch lines and bar on stderr; ``note(line)`` hears when this
-    process resumes the dense start or waits for another's."""
+    ``spec``: the static network to train, as `train` takes it (``{"base": "mobilenet_v1"}``, or
+    a search space's `SearchSpace.dense_start` as a dict). ``progress``: the training's epoch
+    lines and bar on stderr; ``note(line)`` hears when this process resumes the dense start or
+    waits for another's."""
 
     def train(work: Path, final: Path, info: Path) -> None:
-        _train(work, final, info, base=base, trainer=trainer, data=data, epochs=epochs,
+        _train(work, final, info, spec=spec, trainer=trainer, data=data, epochs=epochs,
                progress=progress, note=note)  # fmt: skip
 
     return once_per_run(run_dir, Path(DENSE).stem, train, what="dense start", note=note)
 
 
-def _train(work: Path, final: Path, info: Path, *, base, trainer, data, epochs, progress, note):
+def _train(work: Path, final: Path, info: Path, *, spec, trainer, data, epochs, progress, note):
     from ..data import parse_source
     from ..training.recipe import load_recipe
     from ..training.run import train  # training loads torch and timm
@@ -142,7 +145,7 @@ def _train(work: Path, final: Path, info: Path, *, base, trainer, data, epochs, 
     if resume and note is not None:
         note(f"resuming the dense start from {work / 'last.pt'}")
     metrics = train(
-        {"base": base},
+        spec,
         trainer=recipe,
         data=data,
         epochs=epochs,
@@ -151,5 +154,5 @@ def _train(work: Path, final: Path, info: Path, *, base, trainer, data, epochs, 
         progress=progress,
         split="search",
     )
-    record = {"top1": metrics["top1"], "epochs": epochs, "base": base}
+    record = {"top1": metrics["top1"], "epochs": epochs, "spec": spec}
     publish(work, work / "model.pt", final, info, record)
