@@ -29,7 +29,10 @@ width alone (how it orders the CondConv decisions), and both again for the mean 
 dense model of the space's base trained on the search data (the search's dense start: the recipe's
 ``dense_epochs``, else the reference's epochs, on the same training split), every candidate
 upcycled from it; it reports tau, error, noise and cost (the pretraining's seconds once, then per
-candidate) like the others. The ``proxy`` column stays from scratch (``dense_epochs`` unused).
+candidate) like the others. The dense model is the base at 1.0x and skip 0, as the search's
+dense start is for every 224 px space; for a space searching ``skip_downsample`` the search now
+trains it on the largest maps its budget affords, which this benchmark (no budget) does not.
+The ``proxy`` column stays from scratch (``dense_epochs`` unused).
 
 ``--oneshot`` adds the one-shot column (``search --strategy oneshot``): one supernet of
 ``--space`` trained on the search data as a search trains it (``nas.supernet``), and every spec

@@ -784,6 +784,12 @@ def test_the_dense_start_is_the_widest_static_network_on_the_largest_maps_the_bu
         assert (got.skip_downsample, got.condconv, got.resolution) == (skip, None, 32)
     narrow = load_space(files / "narrow.yaml").dense_start(lambda s: True)
     assert narrow.width_multiplier == 0.25 and narrow.base == "mobilenet_v1"
+    # the widest, wherever the file lists it; deeper candidates' extra blocks start fresh
+    (files / "unsorted.yaml").write_text(
+        SMALL_SPACE.replace("[0.25, 0.5]", "[0.75, 0.25]") + "  depth_multiplier: [1.1, 1.0]\n"
+    )
+    got = load_space(files / "unsorted.yaml").dense_start(lambda s: True)
+    assert (got.width_multiplier, got.depth_multiplier) == (0.75, 1.0)
 
 
 def test_a_space_whose_stride_plan_leaves_no_map_is_refused(tmp_path):

@@ -163,8 +163,9 @@ def search(
     the search ends (``measured_ms``): see docs/latency.md. ``latency_device``: the latency table
     file of the target machine (``condconv-nas latency --space`` writes it there): every worker
     predicts from it, and the front is not measured here. Without ``init``, a recipe with
-    ``dense_epochs`` first trains the space's base once per run (``dense.pt`` in the run folder,
-    see ``warm_start``) and every candidate starts from it; ``strategy="oneshot"`` scores them,
+    ``dense_epochs`` first trains a static network of the space's base once per run (its widest,
+    on the largest maps the budget affords: `SearchSpace.dense_start`; ``dense.pt`` in the run
+    folder, see ``warm_start``) and every candidate starts from it; ``strategy="oneshot"`` scores them,
     untrained, from a supernet of the space trained once per run instead (``nas.supernet``).
     """
     if options is None:
@@ -287,7 +288,7 @@ def _dense_start(options, task, run_dir: Path, reporter) -> dict:
         reporter.note(
             f"training the dense start first: {spec.base} {spec.width_multiplier}x, "
             f"skip_downsample {spec.skip_downsample} ({task.count(spec)[0] / 1e6:.1f}M MADDs "
-            f"at {spec.resolution} px), {task.recipe.dense_epochs} epochs on {task.data} "
+            f"counted at {spec.resolution} px), {task.recipe.dense_epochs} epochs on {task.data} "
             "(once per run)"
         )
     return dense_start(

@@ -134,6 +134,7 @@ def dense_start(
 
 def _train(work: Path, final: Path, info: Path, *, spec, trainer, data, epochs, progress, note):
     from ..data import parse_source
+    from ..training.checkpoint import load, spec_of
     from ..training.recipe import load_recipe
     from ..training.run import train  # training loads torch and timm
 
@@ -141,9 +142,13 @@ def _train(work: Path, final: Path, info: Path, *, spec, trainer, data, epochs, 
     # trained with: subsets and re-estimated statistics are the candidates' short trainings'
     recipe = load_recipe(trainer).for_data(parse_source(data).kind)
     recipe = dataclasses.replace(recipe, train_subset=1.0, bn_recalibrate=0)
-    resume = (work / "last.pt").is_file()
-    if resume and note is not None:
-        note(f"resuming the dense start from {work / 'last.pt'}")
+    last = work / "last.pt"
+    resume = last.is_file()
+    if resume:
+        # the shape the run started with: an earlier version chose another for some spaces
+        spec = spec_of(load(last), last).to_dict()
+        if note is not None:
+            note(f"resuming the dense start from {last}")
     metrics = train(
         spec,
         trainer=recipe,
@@ -154,5 +159,6 @@ def _train(work: Path, final: Path, info: Path, *, spec, trainer, data, epochs, 
         progress=progress,
         split="search",
     )
-    record = {"top1": metrics["top1"], "epochs": epochs, "spec": spec}
+    trained = spec_of(load(work / "model.pt"), work / "model.pt")  # its class count the data's
+    record = {"top1": metrics["top1"], "epochs": epochs, "spec": trained.to_dict()}
     publish(work, work / "model.pt", final, info, record)

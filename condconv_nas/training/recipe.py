@@ -82,8 +82,9 @@ class Recipe:
     workers: Annotated[StrictInt, Field(ge=0, le=1024)] = 0  # data loader worker processes
     # proxy only: trainings from different seeds whose mean top-1 scores a candidate
     repeats: Annotated[StrictInt, Field(ge=1, le=100)] = 1
-    # search only, without --init: the space's base is first trained this many epochs on the
-    # search's training split and every candidate starts from it (0: every one from scratch)
+    # search only, without --init: a static network of the space's base (`SearchSpace.dense_start`)
+    # is first trained this many epochs on the search's training split and every candidate
+    # starts from it (0: every one from scratch)
     dense_epochs: _Epochs = 0
     # search with --strategy oneshot: the supernet's epochs over the search's training split
     # (0: dense_epochs, else epochs)
