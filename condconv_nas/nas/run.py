@@ -165,8 +165,9 @@ def search(
     predicts from it, and the front is not measured here. Without ``init``, a recipe with
     ``dense_epochs`` first trains a static network of the space's base once per run (its widest,
     on the largest maps the budget affords: `SearchSpace.dense_start`; ``dense.pt`` in the run
-    folder, see ``warm_start``) and every candidate starts from it; ``strategy="oneshot"`` scores them,
-    untrained, from a supernet of the space trained once per run instead (``nas.supernet``).
+    folder, see ``warm_start``) and every candidate starts from it; ``strategy="oneshot"``
+    scores them, untrained, from a supernet of the space trained once per run instead
+    (``nas.supernet``).
     """
     if options is None:
         options = SearchConfig.of(settings)
