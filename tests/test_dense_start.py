@@ -78,3 +78,28 @@ def test_a_second_worker_waits_for_the_first_workers_dense_start(tmp_path, monke
         tmp_path, spec={"base": "mobilenet_v1"}, trainer="proxy", data="digits", epochs=1
     )
     assert trained == [1]
+
+
+def test_a_dense_start_begun_at_another_shape_resumes_at_that_shape(tmp_path, monkeypatch):
+    """A run killed during an earlier version's dense start (1.0x, skip 0, where the search now
+    picks skip 1) resumes what it began, and dense.json records what was trained."""
+    from condconv_nas import load_spec
+    from condconv_nas.training import checkpoint
+    from condconv_nas.training import run as training
+
+    began = load_spec({"base": "mobilenet_v1", "num_classes": 10})
+    work = tmp_path / ".dense"
+    work.mkdir()
+    checkpoint.save({"spec": began.to_dict(), "model": {}}, work / "last.pt")
+    asked = []
+
+    def train(spec, *, out, resume, **_):
+        asked.append((spec, resume))
+        checkpoint.save({"spec": spec, "model": {}}, out / "model.pt")
+        return {"top1": 0.5}
+
+    monkeypatch.setattr(training, "train", train)
+    now = began.replace(skip_downsample=1, resolution=32).to_dict()
+    got = warm_start.dense_start(tmp_path, spec=now, trainer="proxy", data="digits", epochs=1)
+    assert asked == [(began.to_dict(), True)]
+    assert got["spec"] == began.to_dict() and (tmp_path / "dense.pt").is_file()
