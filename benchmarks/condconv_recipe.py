@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 
 import torch
 from figure2 import run_one as train_figure2
-from figure2 import spec_for
+from figure2 import spec_for, standard_error
 
 from condconv_nas.files import write_atomic
 from condconv_nas.training.recipe import load_recipe
@@ -147,7 +148,11 @@ def report(results: dict, args) -> None:
         xs = top1s(arm)
         if not xs:
             continue
-        se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
+        se = standard_error(xs) if len(xs) > 1 else float("nan")
+        bar = top1s(static_bar(arm))
+        gap_se = math.hypot(se, standard_error(bar)) if len(bar) > 1 else float("nan")
+        if is_static(arm):
+            gap_se = float("nan")  # a bar against itself
         loss = mean([r["train_losses"][-1] for r in results[arm].values()])
         row = {
             "arm": arm,
@@ -156,7 +161,8 @@ def report(results: dict, args) -> None:
             "se": f"{se:.4f}",
             "vs baseline": f"{mean(xs) - base:+.4f}",
             # against the static network trained alike (a mixup arm: the static mixup arm)
-            "vs static": f"{mean(xs) - mean(top1s(static_bar(arm))):+.4f}",
+            "vs static": f"{mean(xs) - mean(bar):+.4f}",
+            "in s.e.": "" if math.isnan(gap_se) else f"{(mean(xs) - mean(bar)) / gap_se:+.1f}",
             # a mixup arm's loss is on blended images and labels: comparable among mixup arms only
             "final train loss": f"{loss:.3f}" + (" (mixup)" if mixes(arm) else ""),
         }

@@ -170,7 +170,7 @@ def table(done: dict[Key, dict], args) -> list[dict]:
                 "madds_px": madds_at,
                 "top1": round(statistics.mean(by_seed.values()), 4),
                 "seeds": [round(t, 4) for t in by_seed.values()],
-                "se": round(_se(list(by_seed.values())), 4) if len(by_seed) > 1 else None,
+                "se": round(standard_error([*by_seed.values()]), 4) if len(by_seed) > 1 else None,
                 "by_seed": {str(s): round(t, 4) for s, t in by_seed.items()},
                 "curves": {str(s): v["train_losses"] for s, v in mine.items() if v["train_losses"]},
                 "epochs": args.epochs,
@@ -181,7 +181,7 @@ def table(done: dict[Key, dict], args) -> list[dict]:
     return rows
 
 
-def _se(values: list[float]) -> float:
+def standard_error(values: list[float]) -> float:
     """The standard error of the mean of ``values`` (two or more)."""
     return statistics.stdev(values) / len(values) ** 0.5
 
@@ -201,7 +201,7 @@ def gains(rows: list[dict], controls: list[dict]) -> list[dict]:
             if c["skip"] != r["skip"]:
                 continue
             both = len(r["seeds"]) > 1 < len(c["seeds"])
-            se = math.hypot(_se(r["seeds"]), _se(c["seeds"])) if both else None
+            se = math.hypot(*map(standard_error, (r["seeds"], c["seeds"]))) if both else None
             pairs = [r["by_seed"][s] - c["by_seed"][s] for s in r["by_seed"] if s in c["by_seed"]]
             sd = statistics.stdev(pairs) if len(pairs) > 1 else 0.0
             gain = r["top1"] - c["top1"]
