@@ -25,8 +25,6 @@ class Epoch:
 class Reporter:
     """Progress of a search or a training. This one says nothing."""
 
-    shows = False  # whether it writes to stderr (then trainings before a search's trials show)
-
     def note(self, line: str) -> None:
         """Work outside the epochs and trials: a dense start, a resume, a changed classifier."""
 
@@ -50,8 +48,6 @@ class Reporter:
 
 class LineReporter(Reporter):
     """A line on stderr per note, finished trial and training epoch."""
-
-    shows = True
 
     def note(self, line):
         print(line, file=sys.stderr)

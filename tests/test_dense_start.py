@@ -29,6 +29,7 @@ def test_a_killed_dense_start_resumes_from_its_last_epoch(files):
     proc.kill()
     _, err = proc.communicate(timeout=60)
     assert "epoch 1/3" in err and "left)" in err  # each epoch shown, with the time left
+    assert "it/s" not in err  # --quiet: lines, no bar
     assert (work / "last.pt").is_file() and not (work.parent / "dense.pt").exists()
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr

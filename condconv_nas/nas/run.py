@@ -298,7 +298,7 @@ def _dense_start(options, task, run_dir: Path, reporter) -> dict:
         trainer=options.trainer,
         data=str(task.data),
         epochs=task.recipe.dense_epochs,
-        progress=reporter.shows,
+        progress=reporter,  # the search's own: --quiet gives epoch lines, no bar
         note=reporter.note,
     )
 

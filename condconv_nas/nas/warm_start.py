@@ -114,16 +114,16 @@ def dense_start(
     trainer: str,
     data: str,
     epochs: int,
-    progress: bool = False,
+    progress=False,
     note: Callable[[str], None] | None = None,
 ) -> dict:
     """The run folder's dense start, trained first if the run has none: ``{"init": path,
     "top1": its held-out top-1, "epochs": epochs, "spec": spec}``.
 
     ``spec``: the static network to train, as `train` takes it (``{"base": "mobilenet_v1"}``, or
-    a search space's `SearchSpace.dense_start` as a dict). ``progress``: the training's epoch
-    lines and bar on stderr; ``note(line)`` hears when this process resumes the dense start or
-    waits for another's."""
+    a search space's `SearchSpace.dense_start` as a dict). ``progress``: as `train` takes it
+    (True: epoch lines and a bar on stderr; or a `progress.Reporter`, as the search's own);
+    ``note(line)`` hears when this process resumes the dense start or waits for another's."""
 
     def train(work: Path, final: Path, info: Path) -> None:
         _train(work, final, info, spec=spec, trainer=trainer, data=data, epochs=epochs,
