@@ -38,15 +38,17 @@ class FrontPlotInfo:
     presets: list[Point]  # the paper's presets in the space; top1 None when not evaluated
     objective: str = "madds"  # x: madds or latency
     latency_budget: float | None = None  # ms
+    resolution: int = 224  # px: where MADDs and latency are counted (the space's)
 
     def x(self, p: Point) -> float | None:
         return p.latency_ms if self.objective == "latency" else p.madds_m
 
     @property
     def xlabel(self) -> str:
+        at = f"{self.resolution}x{self.resolution} px"
         if self.objective == "latency":
-            return "latency (ms, predicted on this machine, full-size spec)"
-        return "MADDs (millions, full-size spec)"
+            return f"latency at {at} (ms, predicted on this machine)"
+        return f"MADDs at {at} (millions)"
 
     @property
     def budget_x(self) -> tuple[float, str] | None:
@@ -77,6 +79,7 @@ def front_plot_info(
     objective: str = "madds",
     latency_budget: float | None = None,
     preset_latency: dict[str, float] | None = None,
+    resolution: int = 224,
 ) -> FrontPlotInfo:
     """What the plots show, from the run's rows; presets at their own trial's top-1 when
     evaluated. For ``objective="latency"`` x is the predicted latency (points without one are
@@ -132,6 +135,7 @@ def front_plot_info(
         presets=preset_points,
         objective=objective,
         latency_budget=latency_budget,
+        resolution=resolution,
     )
 
 
@@ -451,6 +455,7 @@ def draw_run(
     objective: str = "madds",
     latency_budget: float | None = None,
     preset_latency: dict[str, float] | None = None,
+    resolution: int = 224,
 ) -> FrontPlotInfo:
     """pareto.png and pareto.html of a run folder; returns what they show."""
     info = front_plot_info(
@@ -462,6 +467,7 @@ def draw_run(
         objective=objective,
         latency_budget=latency_budget,
         preset_latency=preset_latency,
+        resolution=resolution,
     )
     plot_front_png(run_dir / "pareto.png", info)
     plot_front_html(run_dir / "pareto.html", info)

@@ -736,6 +736,8 @@ def test_a_small_image_space_searches_skip_downsample_and_counts_at_its_resoluti
     res = search(files, "--trials", "4", "--space", files / "small.yaml", budget="20M", run="s")
     assert res.returncode == 0, res.stderr
     assert "budget 20M MADDs at 32x32 px" in res.stderr
+    # the plots' axis says where MADDs are counted
+    assert "MADDs at 32x32 px (millions)" in (files / "results/s/pareto.html").read_text()
     rows = list(csv.DictReader((files / "results" / "s" / "trials.csv").open()))
     assert len(rows) == 4 and "skip_downsample" in rows[0]
     space = load_space(files / "small.yaml")

@@ -74,5 +74,6 @@ class RunFolder:
             objective=task.objective,
             latency_budget=task.latency_budget,
             preset_latency={n: p["latency_ms"] for n, p in presets.items() if "latency_ms" in p},
+            resolution=task.space.resolution,
         )
         return SearchResult(self.run_dir, front, rows, finished, self.total, running)
