@@ -150,9 +150,9 @@ def report(results: dict, args) -> None:
             continue
         se = standard_error(xs) if len(xs) > 1 else float("nan")
         bar = top1s(static_bar(arm))
-        gap_se = math.hypot(se, standard_error(bar)) if len(bar) > 1 else float("nan")
-        if is_static(arm):
-            gap_se = float("nan")  # a bar against itself
+        # no gap for a static arm (its own bar) or a bar of one seed
+        measurable = len(bar) > 1 and not is_static(arm)
+        gap_se = math.hypot(se, standard_error(bar)) if measurable else float("nan")
         loss = mean([r["train_losses"][-1] for r in results[arm].values()])
         row = {
             "arm": arm,
