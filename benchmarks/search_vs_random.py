@@ -25,11 +25,12 @@ import os
 import statistics
 from pathlib import Path
 
-from condconv_nas import build_model, count_madds, search
+from condconv_nas import search
 from condconv_nas.data import parse_source
 from condconv_nas.nas.options import parse_budget
 from condconv_nas.nas.space import load_space
 from condconv_nas.nas.supernet import train_supernet
+from condconv_nas.nas.task import SearchTask
 from condconv_nas.nas.warm_start import dense_start
 from condconv_nas.training.recipe import load_recipe
 
@@ -94,7 +95,8 @@ def main() -> None:
         print(f"supernet: {supernet}", flush=True)
     else:
         # the shape `search` trains its dense start at, shared by every run here
-        shape = load_space(args.space).dense_start(lambda s: count_madds(build_model(s)) <= budget)
+        task = SearchTask(space=load_space(args.space), budget=budget, recipe=recipe, data=source)
+        shape = task.dense_shape()
         dense = dense_start(
             args.results, spec=shape.to_dict(), trainer=args.trainer, data=args.data,
             epochs=recipe.dense_epochs, progress=True, note=print,

@@ -284,7 +284,7 @@ def _write_config(run_dir: Path, config: dict) -> None:
 
 
 def _dense_start(options, task, run_dir: Path, reporter) -> dict:
-    spec = task.space.dense_start(lambda s: task.count(s)[0] <= task.budget)
+    spec = task.dense_shape()
     if not (run_dir / DENSE).is_file():
         reporter.note(
             f"training the dense start first: {spec.base} {spec.width_multiplier}x, "

@@ -62,6 +62,11 @@ class SearchTask:
             self._counts[spec.id] = (count_madds(model), count_params(model))
         return self._counts[spec.id]
 
+    def dense_shape(self):
+        """The static network the search's dense start trains (`SearchSpace.dense_start`), judged
+        against this task's MADD budget by the same cached count the candidates get."""
+        return self.space.dense_start(lambda s: self.count(s)[0] <= self.budget)
+
     def measure(self, params: dict[str, Any]):
         """(spec, MADDs, parameters) of a point, counted on the full-size spec."""
         spec = self.space.to_spec(params)
