@@ -226,6 +226,17 @@ def test_every_routing_variant(spec, layers):
         assert entry["expert_spread"] == pytest.approx(gaps.mean(), rel=1e-6)
     number = {e["name"]: e["layer"] for e in info["expert_layers"]}
     assert [sorted({number[s] for s in e["serves"]}) for e in info["layers"]] == layers
+    # every layer's kernel spread, from each example's mixed kernel built whole with numpy
+    module = dict(zip(served, cond, strict=True))
+    spread = {e["name"]: e["kernel_spread"] for e in info["expert_layers"]}
+    for entry, r in zip(info["layers"], weights.values(), strict=True):
+        for name in entry["serves"]:
+            m = module[name]
+            w = m.weight.detach().double().numpy().reshape(m.num_experts, -1)
+            kernels, mean = r @ w, r.mean(0) @ w  # examples x weights; the mean routing's kernel
+            gaps = np.linalg.norm(kernels - mean, axis=1) / np.linalg.norm(mean)
+            assert spread[name] == pytest.approx(gaps.mean(), rel=1e-6), name
+    assert all(v > 0 for v in spread.values())  # fresh routers vary, fresh experts differ
 
 
 def test_static_model_and_foreign_files_exit_2(tmp_path, cli):

@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from helpers import ctrl_c_default, run_cli
+from helpers import NARROW_SPACE, ctrl_c_default, run_cli
 
 import condconv_nas
 from condconv_nas import count_madds, load_spec
@@ -396,10 +396,16 @@ def test_sigkill_while_writing_the_run_folder_then_rerun_loses_nothing(files):
         time.sleep(0.005)
     proc.kill()
     proc.wait(timeout=60)
+    assert (run / "trials.csv").exists(), "no trial finished in 300 s"
     for name in ("trials.csv", "pareto.csv", "pareto.json", "config.json"):
         if (run / name).exists():  # whatever was written is whole
             text = (run / name).read_text()
-            json.loads(text) if name.endswith(".json") else list(csv.DictReader(text.splitlines()))
+            if name.endswith(".json"):
+                json.loads(text)
+                continue
+            # csv reads a row cut short without complaint, its missing fields as None
+            assert text.endswith("\n"), f"{name} ends mid-line"
+            assert all(None not in r.values() for r in csv.DictReader(text.splitlines())), name
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader((run / "trials.csv").open()))
@@ -547,7 +553,11 @@ def test_drawing_a_run_writes_a_png_and_leaves_matplotlibs_backend_alone(tmp_pat
 
 def test_two_workers_started_together_with_different_seeds_share_the_run(files):
     """Two workers on one new run, started at the same instant with different --seed: both succeed,
-    the run holds exactly --trials trials, and no architecture was trained twice."""
+    the run holds exactly --trials trials, and no architecture was trained twice. The space has
+    two points, so six trials must repeat one: the rule is exercised, not merely unbroken."""
+    two = NARROW_SPACE.replace("[4, 5, none]", "[5, none]").replace("[2, 4]", "[2]")
+    two = two.replace("[false, true]", "[false]").replace("[block, single]", "[block]")
+    (files / "two.yaml").write_text(two)
     cmd = [
         sys.executable,
         "-m",
@@ -556,7 +566,7 @@ def test_two_workers_started_together_with_different_seeds_share_the_run(files):
         "--budget",
         "2G",
         "--space",
-        str(files / "narrow.yaml"),
+        str(files / "two.yaml"),
         "--trainer",
         str(files / "tiny.yaml"),
         "--results",
@@ -578,12 +588,11 @@ def test_two_workers_started_together_with_different_seeds_share_the_run(files):
     rows = list(csv.DictReader((files / "results" / "pair" / "trials.csv").open()))
     assert len(rows) == 6
     trained = [r["spec_id"] for r in rows if r["status"] in ("trained", "untrained")]
-    assert len(trained) == len(set(trained)), rows
-    assert all(
-        r["status"] == "reused" and r["reused_from"]
-        for r in rows
-        if r["spec_id"] in trained and r["status"] not in ("trained", "untrained")
-    )
+    assert len(trained) == len(set(trained)) <= 2, rows
+    others = [r for r in rows if r["status"] not in ("trained", "untrained")]
+    assert len(others) >= 4 and all(
+        r["status"] == "reused" and r["reused_from"] and r["spec_id"] in trained for r in others
+    ), rows
 
 
 def test_library_search_returns_the_run_and_prints_nothing(files, capsys):
@@ -687,11 +696,15 @@ def test_condconv_decisions_are_sampled_only_when_condconv_is_on():
 def test_optuna_dashboard_serves_the_runs_study_on_loopback(files):
     """`optuna-dashboard sqlite:///RUN/study.db` (the [dashboard] extra, in [all]) lists the run's
     study."""
-    import shutil
+    import importlib.util
     import socket
     import urllib.request
+    from pathlib import Path
 
-    exe = shutil.which("optuna-dashboard") or pytest.skip("optuna-dashboard is not installed")
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        pytest.skip("optuna-dashboard is not installed (the [dashboard] extra)")
+    # beside this interpreter, not on PATH: pytest run from an unactivated venv still finds it
+    exe = Path(sys.executable).with_name("optuna-dashboard")
     res = search(files, "--trials", "1", budget="2G", run="dash", space="narrow.yaml")
     assert res.returncode == 0, res.stderr
     with socket.socket() as s:
