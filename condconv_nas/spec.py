@@ -79,7 +79,7 @@ class ArchSpec:
     bn_eps: Annotated[Float, Field(gt=0, lt=1)] = 1e-5
     # the first k of the base's stride-2 steps (from the stem) run at stride 1: small images keep
     # larger maps (EfficientNet-B0 at 32 px ends on 1x1 maps with 0, 2x2 with 1, 4x4 with 2)
-    skip_downsample: Annotated[StrictInt, Field(ge=0, le=64)] = 0
+    skip_downsample: Annotated[StrictInt, Field(ge=0)] = 0  # the base bounds it (below)
     condconv: CondConvSpec | None = None  # None: a static model
     # an integer (a Literal would take 1.0 and true)
     schema_version: Annotated[StrictInt, Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)] = (
@@ -167,7 +167,9 @@ class ArchSpec:
         published bases (skipping none) are left as they always were: they run at any size, as
         padded stride-2 layers keep a 1x1 map 1x1, and at sizes such as 240 px."""
         skip, stride = self.skip_downsample, self.total_stride
-        plan = f"skip_downsample {skip} leaves {self.base} a total stride of {stride}"
+        plan = f"{skip} leaves {self.base} a total stride of {stride}"
+        if name != "skip_downsample":  # else the message would name the field twice
+            plan = f"skip_downsample {plan}"
         if skip and resolution < stride:
             raise SpecError(
                 f"{name}: {plan}, which shrinks resolution {resolution} under a 1x1 map; "

@@ -97,6 +97,8 @@ def bad(tmp_path_factory):
     (d / "norun" / "config.json").write_text("{}")
     # stride plans that do not fit a resolution: under 1x1 maps, or maps of a fraction of a pixel
     (d / "skip1.json").write_text('{"base": "mobilenet_v1", "skip_downsample": 1}')
+    (d / "skip65.json").write_text('{"base": "mobilenet_v1", "skip_downsample": 65}')
+    (d / "r36.yaml").write_text("resolution: 36\n")  # a recipe whose images no skip plan divides
     (d / "skip2.json").write_text(
         '{"base": "mobilenet_v1", "skip_downsample": 2, "resolution": 32}'
     )
@@ -183,6 +185,17 @@ CASES = {  # name: (argv, a word the message must contain)
     "analyze a bad spec inside": (["analyze", "badspec.pt"], "badspec.pt: spec: skip_downsample"),
     "train a folder with no front": (["train", "norun", "--out", "out"], "not a run folder"),
     "madds resolution under 1x1": (["madds", "skip1.json", "--resolution", "8"], "--resolution"),
+    "madds skip past the base's steps": (["madds", "skip65.json"], "at most 5"),
+    "train at a recipe resolution the plan cannot divide": (
+        ["train", "skip2.json", "--out", "out", "--trainer", "r36.yaml"],
+        "--trainer resolution: skip_downsample 2",
+    ),
+    "search a space at a recipe resolution it cannot divide": (
+        S + ["--space", "mobilenet_v1_32", "--trainer", "r36.yaml"],
+        "--trainer resolution: skip_downsample 1",
+    ),
+    "search budget negative": (["search", "--budget=-60M"], "must be positive"),
+    "search budget in other digits": (["search", "--budget", "\uff16\uff10M"], "not a number"),
     "madds resolution undivided": (["madds", "skip2.json", "--resolution", "33"], "--resolution"),
     "export resolution under 1x1": (["export", "skip1.json", "--resolution", "8"], "1x1"),
     "export resolution undivided": (["export", "skip2.json", "--resolution", "36"], "divide"),

@@ -30,7 +30,9 @@ MAX_PER_TRIAL = 1024  # Ray: the most CPUs or GPUs one trial (or worker) may ask
 def parse_budget(text: str) -> int:
     """``400M``, ``0.4G``, ``413000000``, ``500k`` -> MADDs as an int; ValueError naming the text
     otherwise."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*", str(text))
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*", str(text), re.ASCII)
+    if not m and re.fullmatch(r"\s*-.*", str(text)):
+        raise ValueError(f"budget {short_repr(text)} must be positive")
     if not m:
         raise ValueError(
             f"budget {short_repr(text)} is not a number with an optional K/M/G suffix (e.g. 400M, "

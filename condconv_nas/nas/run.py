@@ -44,6 +44,8 @@ def prepare(options: SearchConfig):
     source = parse_source(options.data)
     recipe = load_recipe(options.trainer).for_data(source.kind)
     recipe.check_optimizer()
+    if recipe.resolution:  # the candidates train at the recipe's size, not the space's
+        space.check_trains_at(recipe.resolution, "--trainer resolution")
     _, scored_on = check_data(source, holdout=recipe.holdout, seed=recipe.seed)
     init = None if options.init is None else check_init(options.init, space.base)
     task = SearchTask(

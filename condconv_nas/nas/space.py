@@ -241,6 +241,13 @@ class SearchSpace:
         shapes = [self.to_spec({**top, "skip_downsample": s}) for s in skips]
         return next((s for s in reversed(shapes) if fits(s)), shapes[0])
 
+    def check_trains_at(self, resolution: int, name: str) -> None:
+        """`SpecError` naming ``name`` unless every stride plan the space holds runs at
+        ``resolution`` (a recipe's, where its candidates train): maps of 1x1 or more, whole."""
+        for skip in self.decisions["skip_downsample"]:
+            spec = ArchSpec(base=self.base, resolution=self.resolution, skip_downsample=int(skip))
+            spec.check_resolution(resolution, name)
+
     def cheapest(self) -> ArchSpec:
         """The cheapest point: smallest width and depth, CondConv as late and as light as the space
         allows.

@@ -155,6 +155,8 @@ def _check_inputs(
     data = parse_source(data)
     recipe = trainer if isinstance(trainer, Recipe) else load_recipe(trainer)
     recipe = recipe.for_data(data.kind).for_base(spec.base)
+    if recipe.resolution:  # the images train at the recipe's size, not the spec's
+        spec.check_resolution(recipe.resolution, "--trainer resolution")
     if seed is not None:
         recipe = dataclasses.replace(recipe, seed=check_seed(seed))
     # the recipe's ranges (training.recipe.Recipe)
