@@ -81,6 +81,10 @@ def find_yaml(text: str, package: str, flag: str, what: str) -> Path:
     names = sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
     if text in names:
         return Path(str(shipped / f"{text}.yaml"))
+    if path.is_dir():
+        raise UsageError(f"{flag} {text}: a folder, not a YAML file")
+    if path.suffix in (".yaml", ".yml") and path.stem in names:
+        raise UsageError(f"{flag} {text}: no such file; the shipped {what} is {path.stem!r}")
     if path.suffix in (".yaml", ".yml") or path.exists():
         raise UsageError(f"{flag} {text}: no such file")
     raise UsageError(f"{flag} {text!r}: not a shipped {what} ({', '.join(names)}) nor a YAML file")

@@ -194,6 +194,11 @@ CASES = {  # name: (argv, a word the message must contain)
         S + ["--space", "mobilenet_v1_32", "--trainer", "r36.yaml"],
         "--trainer resolution: skip_downsample 1",
     ),
+    "search space a folder": (S + ["--space", "runs"], "a folder"),
+    "search shipped space with a suffix": (
+        S + ["--space", "mobilenet_v1_32.yaml"],
+        "the shipped space is 'mobilenet_v1_32'",
+    ),
     "search budget negative": (["search", "--budget=-60M"], "must be positive"),
     "search budget in other digits": (["search", "--budget", "\uff16\uff10M"], "not a number"),
     "madds resolution undivided": (["madds", "skip2.json", "--resolution", "33"], "--resolution"),
