@@ -26,8 +26,8 @@ FILES = {
 }
 _UBYTE = 0x08
 HOW_TO_GET = (
-    "get Fashion-MNIST with `apt-get install dataset-fashion-mnist` (Debian, Ubuntu) or put the "
-    "four idx files, plain or .gz, in one folder"
+    "MNIST and Fashion-MNIST are four idx files, plain or .gz, in one folder (Fashion-MNIST: "
+    "`apt-get install dataset-fashion-mnist` on Debian and Ubuntu)"
 )
 
 
