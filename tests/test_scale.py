@@ -246,8 +246,12 @@ def test_ray_backend_on_a_real_local_cluster_trains_each_trial_on_two_workers(fi
     assert res.returncode == 0, res.stderr[-3000:]
     print(f"ray backend, 2 trials of 2 workers on a 2-CPU cluster: {time.time() - t0:.1f} s")
     rows = check_run_folder(files / "results" / "ray", 2)
-    # every candidate of narrow.yaml is within budget (over-budget rows: the NNI test's)
-    assert all(r["status"] in ("trained", "untrained") and r["workers"] == "2" for r in rows), rows
+    # every candidate of narrow.yaml is within budget (over-budget rows: the NNI test's); ASHA
+    # may stop the second trial early when its first epoch trails the first trial's (seen once
+    # locally, under load): it trained on two workers all the same
+    trained = ("trained", "untrained", "stopped_early")
+    assert all(r["status"] in trained and r["workers"] == "2" for r in rows), rows
+    assert rows[0]["status"] in ("trained", "untrained"), rows  # the first has no one to trail
     assert json.loads(res.stdout)  # stdout is the front as JSON (Ray's own output kept off it)
     config = json.loads((files / "results" / "ray" / "config.json").read_text())
     assert config["backend"] == "ray" and config["storage"].startswith("sqlite:///")
