@@ -31,9 +31,9 @@ def parse_budget(text: str) -> int:
     """``400M``, ``0.4G``, ``413000000``, ``500k`` -> MADDs as an int; ValueError naming the text
     otherwise."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*", str(text), re.ASCII)
-    if not m and re.fullmatch(r"\s*-.*", str(text)):
-        raise ValueError(f"budget {short_repr(text)} must be positive")
     if not m:
+        if str(text).lstrip().startswith("-"):
+            raise ValueError(f"budget {short_repr(text)} must be positive")
         raise ValueError(
             f"budget {short_repr(text)} is not a number with an optional K/M/G suffix (e.g. 400M, "
             f"0.4G, 413000000)"
