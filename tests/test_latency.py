@@ -252,10 +252,11 @@ def test_latency_command_prints_predicted_and_measured(tmp_path):
 
 
 def test_a_cached_table_far_from_a_measurement_now_is_set_aside_with_a_warning(tmp_path):
-    """A table measured under another load (here: every figure made 20 times slower; a table
+    """A table measured under another load (here: every figure made 1000 times slower; a table
     built while another job held a core was 2.5 to 10 times off) is checked against one quick
     measurement when a later process first uses it: set aside, saying how far off it was, and
-    refilled from now. The ratio allows the suite's other worker to slow either timing 4 times."""
+    refilled from now. The ratio allows other work to slow either timing 16 times (7 was seen
+    with two trainings beside the suite)."""
     spec = _spec("mobilenet-v1", resolution=32, width_multiplier=0.25)
     path = spec.save(tmp_path / "spec.json")
     env = {**ONE_THREAD, table.CACHE_ENV: str(tmp_path / "cache")}
@@ -264,16 +265,19 @@ def test_a_cached_table_far_from_a_measurement_now_is_set_aside_with_a_warning(t
     file = Path(json.loads(first.stdout)["table"])
     data = json.loads(file.read_text())
     for entry in data["entries"].values():
-        entry["ms"] *= 20
+        entry["ms"] *= 1000
     data["calibration"] = {
-        base: [[20 * a, 20 * b] for a, b in pairs] for base, pairs in data["calibration"].items()
+        base: [[1000 * a, 1000 * b] for a, b in pairs]
+        for base, pairs in data["calibration"].items()
     }
     file.write_text(json.dumps(data))
     res = run_cli("latency", path, "--format", "json", env=env)
     assert res.returncode == 0, res.stderr
     (line,) = res.stderr.strip().splitlines()
     ratio = float(re.search(r", ([\d.]+)x the ", line).group(1))
-    assert line.startswith("condconv-nas: warning: latency table") and 5 < ratio < 80, line
+    assert (
+        line.startswith("condconv-nas: warning: latency table") and 1000 / 16 < ratio < 1000 * 16
+    ), line
     (stale,) = file.parent.glob("*.stale-*.json")
     assert json.loads(stale.read_text()) == data  # kept as it was, for a look
     out = json.loads(res.stdout)

@@ -163,13 +163,14 @@ def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
     search.on_trial_result("b", {"top1": 0.3, "epoch": 1, "final": False, "madds": b["madds"]})
     assert epochs == [(1, 1, task.recipe.epochs * task.recipe.repeats)]  # trial 1, epoch 1
     search.on_trial_complete(
-        "a", {"top1": 0.25, "epoch": 1, "final": False, "madds": a["madds"]}
-    )  # ASHA stop
+        "a", {"top1": 0.25, "epoch": 1, "final": False, "madds": a["madds"], "workers": 2}
+    )  # ASHA stop, after an epoch on two processes
     search.on_trial_complete(
         "b", {"top1": 0.5, "top5": 0.9, "epoch": 2, "final": True, "madds": b["madds"]}
     )
     first, second = study.trials
     assert first.state.name == "PRUNED" and first.user_attrs["stopped_early"]
+    assert first.user_attrs["workers"] == 2  # what it trained on, kept though it stopped
     assert second.state.name == "COMPLETE" and second.values == [0.5, float(b["madds"])]
     assert ledger.finished() == 2  # a stopped trial counts toward --trials
     rows = [r.row() for r in ledger.records()]
@@ -247,8 +248,8 @@ def test_ray_backend_on_a_real_local_cluster_trains_each_trial_on_two_workers(fi
     print(f"ray backend, 2 trials of 2 workers on a 2-CPU cluster: {time.time() - t0:.1f} s")
     rows = check_run_folder(files / "results" / "ray", 2)
     # every candidate of narrow.yaml is within budget (over-budget rows: the NNI test's); ASHA
-    # may stop the second trial early when its first epoch trails the first trial's (seen once
-    # locally, under load): it trained on two workers all the same
+    # may stop the second trial early when its first epoch trails the first trial's (seen
+    # locally, under load): its record still says it trained on two workers
     trained = ("trained", "untrained", "stopped_early")
     assert all(r["status"] in trained and r["workers"] == "2" for r in rows), rows
     assert rows[0]["status"] in ("trained", "untrained"), rows  # the first has no one to trail

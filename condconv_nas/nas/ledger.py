@@ -221,10 +221,14 @@ class Ledger:
         state = State.FAIL if values is None else State.COMPLETE
         self.report(self.study.tell(trial, values, state))
 
-    def stopped_early(self, trial: Trial, epoch: int, top1: float | None) -> None:
-        """A scheduler (Ray's ASHA) stopped the trial after ``epoch``: it counts, but is off the
-        front."""
-        self._record(trial, stopped_early=True, top1_at_stop=top1, epochs_at_stop=epoch)
+    def stopped_early(
+        self, trial: Trial, epoch: int, top1: float | None, *, workers: int | None = None
+    ) -> None:
+        """A scheduler (Ray's ASHA) stopped the trial after ``epoch`` (trained on ``workers``
+        processes): it counts, but is off the front."""
+        self._record(
+            trial, stopped_early=True, top1_at_stop=top1, epochs_at_stop=epoch, workers=workers
+        )
         self.report(self.study.tell(trial, None, State.PRUNED))
 
     def abandon(self, trial: Trial) -> None:

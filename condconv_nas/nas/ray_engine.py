@@ -69,7 +69,9 @@ class StudySearch(ray_search.Searcher):
         elif result.get("final"):
             ledger.tell(trial, result.get("values") or ledger.record(trial, result))
         else:  # stopped at a rung by BandedASHA
-            ledger.stopped_early(trial, result.get("epoch"), result.get("top1"))
+            ledger.stopped_early(
+                trial, result.get("epoch"), result.get("top1"), workers=result.get("workers")
+            )
 
     def abandon_unfinished(self) -> None:
         """Trials Ray did not finish (Ctrl-C) are marked interrupted: the next run evaluates them
@@ -103,7 +105,8 @@ def ray_trial(
     keep_freed_memory()  # as the CLI does for its own process
     torch.set_num_threads(threads)
     result = task.evaluate(
-        config["point"], report=lambda epoch, m: tune.report(epoch_report(madds, epoch, m))
+        config["point"],
+        report=lambda epoch, m: tune.report(epoch_report(madds, epoch, m, workers=1)),
     )
     tune.report(final_report(result, madds, epochs, workers=1))
 

@@ -34,14 +34,16 @@ def final_report(result: dict, madds: int, epochs: int, workers: int) -> dict:
     }
 
 
-def epoch_report(madds: int, epoch: int, metrics: dict) -> dict:
-    """An intermediate report: the held-out metrics after ``epoch`` (what ASHA compares)."""
+def epoch_report(madds: int, epoch: int, metrics: dict, workers: int) -> dict:
+    """An intermediate report: the held-out metrics after ``epoch`` (what ASHA compares), and
+    the processes training (recorded if ASHA stops the trial here)."""
     return {
         "top1": metrics["top1"],
         "top5": metrics["top5"],
         "madds": madds,
         "epoch": epoch,
         "final": False,
+        "workers": workers,
     }
 
 
@@ -61,7 +63,7 @@ def train_worker(config: dict) -> None:
         config["stops"].placed.remote(config["trial_id"], get_current_placement_group())
 
     def report(epoch: int, metrics: dict) -> None:
-        train.report(epoch_report(madds, epoch, metrics))
+        train.report(epoch_report(madds, epoch, metrics, workers=world()[0]))
         if told_to_stop(config["stops"], config["trial_id"]):
             raise Stopped
 
