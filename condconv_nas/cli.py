@@ -530,9 +530,12 @@ class Export(Command):
 
     def take_action(self, args):
         from .export import FORMATS, export_onnx
+        from .validation import check_int
 
         if args.format not in FORMATS:
             raise UsageError(f"--format: {args.format!r} is not one of {', '.join(FORMATS)}")
+        if args.resolution is not None:  # named as the flag, not as the library's keyword
+            check_int(args.resolution, "--resolution", 8, 4096)
         r = export_onnx(args.source, args.out, resolution=args.resolution, opset=args.opset)
         print(
             f"{r.path}: ONNX opset {r.opset}, images (batch, 3, {r.resolution}, {r.resolution}) "

@@ -202,6 +202,8 @@ BAD = {
         "cannot be written",
     ),
     "opset too old": (lambda p: ["mobilenet-v1", "--opset", "13", "--out", p / "m.onnx"], "opset"),
+    # named as the CLI's flag, not the library's keyword
+    "resolution too small": (lambda p: ["mobilenet-v1", "--resolution", "5"], "--resolution must"),
 }
 
 
