@@ -10,6 +10,7 @@ might carry weights that would go uncounted: `count_madds` raises rather than un
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections import Counter
 
@@ -28,6 +29,7 @@ with warnings.catch_warnings():  # fvcore scripts its focal loss on import: torc
         matmul_flop_jit,
     )
 
+from .errors import UsageError
 from .layers import CondConv2d, CondLinear
 from .spec import ArchSpec, load_spec
 
@@ -95,6 +97,7 @@ def count_madds(
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 8:
         raise ValueError(f"resolution must be an int >= 8, got {resolution!r}")
 
+    _check_memory(model, resolution)
     was_training = model.training
     # Count the served form: per-example kernels (the convention's n * kernel-size mixing cost).
     cond_layers = [m for m in model.modules() if isinstance(m, (CondConv2d, CondLinear))]
@@ -123,3 +126,55 @@ def count_madds(
             f"cannot count MADDs: no handle for op(s) {', '.join(unknown)}, which may carry weights"
         )
     return int(total)
+
+
+def _check_memory(model: nn.Module, resolution: int) -> None:
+    """Refuse, before tracing, a count whose forward pass cannot fit in this machine's memory
+    (a spec that skips its downsampling, at a size in the thousands): a bound from the widest
+    layer first, then the largest layer's maps measured on the meta device, which holds none."""
+    free = _available_bytes()
+    param = next(model.parameters(), None)
+    item = param.element_size() if param is not None else 4
+    widest = max((getattr(m, "out_channels", 0) for m in model.modules()), default=0)
+    if free is None or 3 * max(widest, 3) * resolution**2 * item < free:
+        return
+    need = largest_layer_bytes(model, resolution)
+    if 2 * need > free:  # the trace holds a layer's input and output, and some inputs longer
+        raise UsageError(
+            f"resolution {resolution}: one layer's input and output maps take "
+            f"{need / 2**30:.1f} GB, and this machine has {free / 2**30:.1f} GB free; "
+            "count at a smaller resolution"
+        )
+
+
+def largest_layer_bytes(model: nn.Module, resolution: int) -> int:
+    """The bytes of the largest input plus output of any leaf module, for one example at
+    ``resolution``, found by a forward pass on the meta device (shapes only, no memory)."""
+    meta = copy.deepcopy(model).to("meta").eval()
+    param = next(meta.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    largest = 0
+
+    def hook(module, inputs, output) -> None:
+        nonlocal largest
+        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
+
+    for m in meta.modules():
+        if not any(True for _ in m.children()):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        meta(torch.empty(1, 3, resolution, resolution, dtype=dtype, device="meta"))
+    return largest
+
+
+def _available_bytes() -> int | None:
+    """Memory available to a new allocation (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -244,6 +244,24 @@ def test_hand_computed_madds_with_skip_downsample():
     assert count_madds(cc) == hand + MIXING + (64 + 128 + 256) * 4
 
 
+def test_a_count_that_cannot_fit_in_memory_is_refused_before_tracing(monkeypatch):
+    from condconv_nas import madds
+    from condconv_nas.errors import UsageError
+
+    # MobileNetV1 at 224 px: its largest layer is the BatchNorm after the first pointwise
+    # convolution, 64 channels at 112x112 in and out
+    assert madds.largest_layer_bytes(build_model(load_spec("mobilenet-v1")), 224) == (
+        2 * 64 * 112 * 112 * 4
+    )
+    # every halving skipped at 1024 px: 1024 channels at 1024x1024, 8 GiB in and out; with 1 GiB
+    # free the count is refused, not traced into the out-of-memory killer
+    skip5 = load_spec("mobilenet-v1").replace(skip_downsample=5)
+    monkeypatch.setattr(madds, "_available_bytes", lambda: 2**30)
+    with pytest.raises(UsageError, match=r"resolution 1024: .* 8\.0 GB, .* 1\.0 GB free"):
+        count_madds(skip5, resolution=1024)
+    assert count_madds(tiny()) == STATIC + MIXING + (64 + 128 + 256) * 4  # small ones still count
+
+
 @pytest.mark.parametrize("base", BASES)
 def test_skip_downsample_keeps_larger_maps_for_every_base(base):
     from condconv_nas.archs import stride_steps as steps_of
