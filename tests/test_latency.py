@@ -393,7 +393,7 @@ def test_search_under_a_latency_budget_never_trains_slow_candidates(files, monke
 
 
 @pytest.mark.slow
-# ray: in test_scale.py, with every test that starts Ray
+# ray: its searcher judges in the driver, tested in test_scale.py without starting a Ray
 @pytest.mark.parametrize("backend", ["nni"])
 def test_every_backend_judges_the_latency_budget(files, backend, monkeypatch):
     """Ray and NNI judge their points through the same path as Optuna: over the latency budget

@@ -559,10 +559,36 @@ def test_postgresql_storage_with_two_workers(files, postgres):
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
 
 
-@pytest.mark.slow
-def test_the_ray_backend_judges_the_latency_budget(files, monkeypatch):
+def test_the_ray_searcher_judges_the_latency_budget_in_the_driver(files, monkeypatch):
+    """Ray's searcher judges each point where it asks for it, in the driver, through the ledger
+    the Optuna engine uses (tested end to end in test_latency.py): a point over the latency
+    budget comes back with its values, so its Ray trial reports them and never trains; one
+    within it comes back to be trained. Both keep their predicted latency."""
+    import optuna
     import test_latency
 
-    assert no_ray_left(), "a Ray is already running on this machine"
-    test_latency.test_every_backend_judges_the_latency_budget(files, "ray", monkeypatch)
-    assert no_ray_left()
+    from condconv_nas.data import parse_source
+    from condconv_nas.nas.ledger import Callbacks, Ledger
+    from condconv_nas.nas.ray_engine import StudySearch
+    from condconv_nas.nas.space import load_space
+    from condconv_nas.nas.study import DIRECTIONS, Study
+    from condconv_nas.nas.task import SearchTask
+    from condconv_nas.training.recipe import load_recipe
+
+    _, limit = test_latency._split_budget(files, monkeypatch)
+    task = SearchTask(
+        space=load_space(str(files / "split.yaml")),
+        budget=2 * 10**9,
+        recipe=load_recipe(str(files / "tiny.yaml")),
+        data=parse_source("digits"),
+        latency_budget=limit,
+    )
+    study = Study(optuna.create_study(directions=list(DIRECTIONS)))
+    for width in (1.0, 0.25):
+        study.enqueue({"width_multiplier": width, "begin_stage": "none"}, {})
+    search = StudySearch(Ledger(study, task, 2, Callbacks()))
+    wide, narrow = search.suggest("wide"), search.suggest("narrow")
+    assert wide["values"] == (0.0, float(wide["madds"])) and narrow["values"] is None
+    over, under = (t.attrs for t in study.trials())
+    assert over["latency_ms"] > limit >= under["latency_ms"] > 0
+    assert (over["feasible"], over["over"], under["feasible"]) == (False, ["latency"], True)
