@@ -10,6 +10,7 @@ import abc
 import argparse
 import errno
 import json
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -536,7 +537,10 @@ class Export(Command):
             raise UsageError(f"--format: {args.format!r} is not one of {', '.join(FORMATS)}")
         if args.resolution is not None:  # named as the flag, not as the library's keyword
             check_int(args.resolution, "--resolution", 8, 4096)
-        r = export_onnx(args.source, args.out, resolution=args.resolution, opset=args.opset)
+        try:
+            r = export_onnx(args.source, args.out, resolution=args.resolution, opset=args.opset)
+        except UsageError as e:  # the library names its keywords; here they are flags
+            raise UsageError(re.sub(r"^(resolution|opset):", r"--\1:", str(e))) from None
         print(
             f"{r.path}: ONNX opset {r.opset}, images (batch, 3, {r.resolution}, {r.resolution}) "
             f"-> logits (batch, {r.num_classes})"

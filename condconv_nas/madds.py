@@ -84,7 +84,8 @@ def count_madds(
 ) -> int:
     """MADDs of one example at ``resolution`` (default: the spec's, or 224 for a bare module).
 
-    Raises ``ValueError`` naming any op fvcore met that may carry weights and has no handle.
+    Raises ``ValueError`` naming any op fvcore met that may carry weights and has no handle, and
+    `UsageError` (a ValueError) before tracing where the forward pass would not fit in memory.
     """
     if isinstance(spec_or_model, nn.Module):
         model = spec_or_model
@@ -129,27 +130,35 @@ def count_madds(
 
 
 def _check_memory(model: nn.Module, resolution: int) -> None:
-    """Refuse, before tracing, a count whose forward pass cannot fit in this machine's memory
-    (a spec that skips its downsampling, at a size in the thousands): a bound from the widest
+    """Refuse, before tracing, a count whose forward pass cannot fit in the memory its device has
+    free (a spec that skips its downsampling, at a size in the thousands): a bound from the widest
     layer first, then the largest layer's maps measured on the meta device, which holds none."""
-    free = _available_bytes()
     param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    free = _available_bytes(device)
     item = param.element_size() if param is not None else 4
-    widest = max((getattr(m, "out_channels", 0) for m in model.modules()), default=0)
-    if free is None or 3 * max(widest, 3) * resolution**2 * item < free:
+    widest = max([getattr(m, "out_channels", 0) for m in model.modules()] + [3])
+    # a layer's input and output are at most the widest maps at full size each; the trace holds
+    # about twice that
+    if free is None or 4 * widest * resolution**2 * item < free:
         return
-    need = largest_layer_bytes(model, resolution)
-    if 2 * need > free:  # the trace holds a layer's input and output, and some inputs longer
+    try:
+        need = 2 * largest_layer_bytes(model, resolution)
+    except (NotImplementedError, RuntimeError):  # a module the meta device cannot run: trace
+        return
+    if need > free:
         raise UsageError(
-            f"resolution {resolution}: one layer's input and output maps take "
-            f"{need / 2**30:.1f} GB, and this machine has {free / 2**30:.1f} GB free; "
-            "count at a smaller resolution"
+            f"resolution {resolution}: counting this spec's MADDs needs about "
+            f"{need / 2**30:.1f} GB (its largest layer's maps, held while traced), and "
+            f"{free / 2**30:.1f} GB are free; count at a smaller resolution"
         )
 
 
 def largest_layer_bytes(model: nn.Module, resolution: int) -> int:
     """The bytes of the largest input plus output of any leaf module, for one example at
     ``resolution``, found by a forward pass on the meta device (shapes only, no memory)."""
+    from .layers.strategy import fixed_forms
+
     meta = copy.deepcopy(model).to("meta").eval()
     param = next(meta.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
@@ -163,13 +172,22 @@ def largest_layer_bytes(model: nn.Module, resolution: int) -> int:
     for m in meta.modules():
         if not any(True for _ in m.children()):
             m.register_forward_hook(hook)
-    with torch.no_grad():
+    with torch.no_grad(), fixed_forms("kernel"):  # the form counted; nothing to time on meta
         meta(torch.empty(1, 3, resolution, resolution, dtype=dtype, device="meta"))
     return largest
 
 
-def _available_bytes() -> int | None:
-    """Memory available to a new allocation (Linux's MemAvailable); None where unknown."""
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new allocation on ``device``: the GPU's own, else the host's (psutil's
+    figure where installed, else Linux's MemAvailable); None where unknown, and no check."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        import psutil  # installed with the ray extra
+
+        return psutil.virtual_memory().available
+    except ImportError:
+        pass
     try:
         with open("/proc/meminfo") as f:
             for line in f:

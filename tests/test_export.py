@@ -192,6 +192,10 @@ def _junk(tmp_path):
     return [tmp_path / "junk.pt"]
 
 
+def _skip1(tmp_path):
+    return load_spec("mobilenet-v1").replace(skip_downsample=1).save(tmp_path / "skip1.json")
+
+
 BAD = {
     "checkpoint not ours": (_foreign, "no spec and model weights"),
     "not a checkpoint": (_junk, "not a condconv-nas checkpoint"),
@@ -204,6 +208,10 @@ BAD = {
     "opset too old": (lambda p: ["mobilenet-v1", "--opset", "13", "--out", p / "m.onnx"], "opset"),
     # named as the CLI's flag, not the library's keyword
     "resolution too small": (lambda p: ["mobilenet-v1", "--resolution", "5"], "--resolution must"),
+    "resolution the stride plan cannot run at": (
+        lambda p: [_skip1(p), "--resolution", "20"],
+        "--resolution: skip_downsample 1 leaves mobilenet_v1 a total stride of 16",
+    ),
 }
 
 
