@@ -132,25 +132,32 @@ def test_banded_asha_compares_trials_only_within_their_madd_band():
     assert told == ["big2"]
 
 
+def search_task(files, space: str, **options):
+    """A SearchTask on ``files``' ``space`` and tiny recipe, scored on the digits (``options``:
+    the budgets), for tests that drive Ray's searcher without starting Ray."""
+    from condconv_nas.data import parse_source
+    from condconv_nas.nas.space import load_space
+    from condconv_nas.nas.task import SearchTask
+    from condconv_nas.training.recipe import load_recipe
+
+    return SearchTask(
+        space=load_space(str(files / space)),
+        recipe=load_recipe(str(files / "tiny.yaml")),
+        data=parse_source("digits"),
+        **options,
+    )
+
+
 @pytest.mark.slow
 def test_a_trial_ray_stops_early_is_recorded_counted_and_reported(files):
     import optuna
 
-    from condconv_nas.data import parse_source
     from condconv_nas.nas.ledger import Callbacks, Ledger
     from condconv_nas.nas.progress import trial_line
     from condconv_nas.nas.ray_engine import StudySearch
-    from condconv_nas.nas.space import load_space
     from condconv_nas.nas.study import DIRECTIONS, Study
-    from condconv_nas.nas.task import SearchTask
-    from condconv_nas.training.recipe import load_recipe
 
-    task = SearchTask(
-        space=load_space(str(files / "space.yaml")),
-        budget=10**10,
-        recipe=load_recipe(str(files / "tiny.yaml")),
-        data=parse_source("digits"),
-    )
+    task = search_task(files, "space.yaml", budget=10**10)
     study = optuna.create_study(study_name="s", directions=list(DIRECTIONS))
     reported, epochs = [], []
     callbacks = Callbacks(
@@ -576,22 +583,12 @@ def test_the_ray_searcher_judges_the_latency_budget_in_the_driver(files, monkeyp
     import test_latency
     import torch
 
-    from condconv_nas.data import parse_source
     from condconv_nas.nas import ray_engine
     from condconv_nas.nas.ledger import Callbacks, Ledger
-    from condconv_nas.nas.space import load_space
     from condconv_nas.nas.study import DIRECTIONS, Study
-    from condconv_nas.nas.task import SearchTask
-    from condconv_nas.training.recipe import load_recipe
 
     _, limit = test_latency._split_budget(files, monkeypatch)
-    task = SearchTask(
-        space=load_space(str(files / "split.yaml")),
-        budget=2 * 10**9,
-        recipe=load_recipe(str(files / "tiny.yaml")),
-        data=parse_source("digits"),
-        latency_budget=limit,
-    )
+    task = search_task(files, "split.yaml", budget=2 * 10**9, latency_budget=limit)
     study = Study(optuna.create_study(directions=list(DIRECTIONS)))
     for width in (1.0, 0.25):
         study.enqueue({"width_multiplier": width, "begin_stage": "none"}, {})
