@@ -217,17 +217,17 @@ def search(
 
 def _ledger(
     study: Study, task: SearchTask, folder: RunFolder, reporter: Reporter
-) -> tuple[Ledger, Callable[[], SearchResult]]:
+) -> tuple[Ledger, Callable[..., SearchResult]]:
     """The run's ledger (the presets that fit queued, what killed processes left taken back),
     and the run folder's writer, which it calls after every trial: a stop loses nothing."""
 
-    def write() -> SearchResult:
+    def write(final: bool = True) -> SearchResult:
         """The folder from the ledger's records and counts, read at once."""
         now = ledger.tally()
-        return folder.write(now.records, finished=now.finished, running=now.running)
+        return folder.write(now.records, finished=now.finished, running=now.running, final=final)
 
     def on_trial(record: TrialRecord) -> None:
-        reporter.trial(trial_line(record), write().best)
+        reporter.trial(trial_line(record), write(final=False).best)
 
     def on_epoch(trial: int, epoch: int, epochs: int) -> None:
         reporter.epoch(Epoch(epoch, epochs, trial=trial))

@@ -3,6 +3,7 @@ the `SearchResult` that ``search()`` returns."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,25 +46,43 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 class RunFolder:
-    """The run folder's tables, front and pictures, rewritten from the records after each trial."""
+    """The run folder's tables and front, rewritten from the records after each trial; its
+    pictures too, at most every ``picture_every`` seconds and whenever the search stops.
+
+    Drawing them takes about a second, as long as counting an over-budget candidate: redrawn
+    after every trial, they doubled the time of a search through cheap trials."""
+
+    picture_every = 30.0
 
     def __init__(self, task: SearchTask, run_dir: Path, presets: dict, total: int) -> None:
         self.task, self.run_dir, self.presets, self.total = task, run_dir, presets, total
+        self.drawn: float | None = None  # when the pictures were last drawn (time.monotonic)
         self.decisions = list(task.space.searched)
         res = task.space.resolution
         self.budgets = f"budget {format_madds(task.budget)} MADDs at {res}x{res} px" + (
             f" and {task.latency_budget:g} ms" if task.latency_budget is not None else ""
         )
 
-    def write(self, records: list[TrialRecord], *, finished: int, running: int) -> SearchResult:
-        """Write the folder from ``records``; ``finished`` and ``running``: the run's counts."""
-        task, presets = self.task, self.presets
+    def write(
+        self, records: list[TrialRecord], *, finished: int, running: int, final: bool = True
+    ) -> SearchResult:
+        """Write the folder from ``records``; ``finished`` and ``running``: the run's counts.
+        ``final``: the search stops here, so the pictures are drawn whenever they were last."""
+        task = self.task
         rows = [r.row() for r in records]
         if task.uses_latency:
             measured = read_measured(self.run_dir)["measured_ms"]
             for r in rows:
                 r["measured_ms"] = measured.get(r["spec_id"])
         front = write_run(self.run_dir, rows, self.decisions, objective=task.objective)
+        now = time.monotonic()
+        if final or self.drawn is None or now - self.drawn >= self.picture_every:
+            self._draw(rows, front)
+            self.drawn = now
+        return SearchResult(self.run_dir, front, rows, finished, self.total, running)
+
+    def _draw(self, rows: list[dict], front: list[dict]) -> None:
+        task, presets = self.task, self.presets
         draw_run(
             self.run_dir,
             rows,
@@ -76,4 +95,3 @@ class RunFolder:
             preset_latency={n: p["latency_ms"] for n, p in presets.items() if "latency_ms" in p},
             resolution=task.space.resolution,
         )
-        return SearchResult(self.run_dir, front, rows, finished, self.total, running)
