@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import json
 import re
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -412,25 +413,37 @@ def test_every_backend_judges_the_latency_budget(files, backend, monkeypatch):
         assert (r["feasible"] == "False") == slow and (r["top1"] == "") == slow, r
 
 
-def _device_table(files, monkeypatch):
-    """``split.yaml`` in ``files``, this machine's table for it (one thread) and ``device.json``:
-    a copy of it as another machine's, every entry 3 times slower (a slower target device)."""
-    (files / "split.yaml").write_text(SPLIT_SPACE)
-    monkeypatch.setenv(table.CACHE_ENV, str(files / "cache"))
-    monkeypatch.setattr(table, "_open", {})
-    monkeypatch.setattr(table, "_read_only", {})
+@pytest.fixture(scope="module")
+def device_tables(tmp_path_factory):
+    """This machine's latency table for ``split.yaml`` (one thread), and ``device.json``: a copy
+    of it as another machine's, every entry 3 times slower (a slower target device). Built once
+    for the module: the tests only read them."""
+    root = tmp_path_factory.mktemp("tables")
+    (root / "split.yaml").write_text(SPLIT_SPACE)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        mine = build_table(files / "split.yaml")
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(table.CACHE_ENV, str(root / "cache"))
+        mp.setattr(table, "_open", {})
+        mp.setattr(table, "_read_only", {})
+        torch.set_num_threads(1)
+        try:
+            mine = build_table(root / "split.yaml")
+        finally:
+            torch.set_num_threads(threads)
     data = json.loads(mine.path.read_text())
     data["key"]["host"] = "edge-device"
     for entry in data["entries"].values():
         entry["ms"] *= 3
-    (files / "device.json").write_text(json.dumps(data))
-    return files / "device.json", mine.path
+    (root / "device.json").write_text(json.dumps(data))
+    return root / "device.json", mine.path
+
+
+def _device_table(files, device_tables):
+    """``split.yaml`` and a copy of ``device.json`` in ``files``; and this machine's table."""
+    (files / "split.yaml").write_text(SPLIT_SPACE)
+    device, mine = device_tables
+    shutil.copy(device, files / "device.json")
+    return files / "device.json", mine
 
 
 def _search_split(files, *extra, run="dev", cache="here", seed=2, timeout=900):
@@ -458,14 +471,14 @@ def _search_split(files, *extra, run="dev", cache="here", seed=2, timeout=900):
     )
 
 
-def test_search_predicts_with_the_named_device_table(files, monkeypatch):
+def test_search_predicts_with_the_named_device_table(files, device_tables):
     """--latency-device: every prediction comes from the target machine's table file, nothing is
     measured on the machine that searches, and the run records whose latencies they are."""
     import itertools
 
     from condconv_nas.nas.space import load_space
 
-    device, mine = _device_table(files, monkeypatch)
+    device, mine = _device_table(files, device_tables)
     space = load_space(files / "split.yaml")
     points = [
         dict(zip(space.searched, v, strict=True))
@@ -507,9 +520,9 @@ def test_search_predicts_with_the_named_device_table(files, monkeypatch):
     ids=["empty", "lacks-one-part", "bad-entry", "other-batch", "not-a-table", "no-latency"],
 )
 def test_a_device_table_that_cannot_serve_is_refused_before_writing(
-    files, monkeypatch, change, args, message
+    files, device_tables, change, args, message
 ):
-    device, _ = _device_table(files, monkeypatch)
+    device, _ = _device_table(files, device_tables)
     data = json.loads(device.read_text())
     change(data)
     device.write_text(json.dumps(data))
