@@ -2,7 +2,7 @@ import os
 
 import pytest
 import torch
-from helpers import NARROW_SPACE, TINY_RECIPE, TINY_SPACE, run_cli
+from helpers import NARROW_SPACE, TINY_RECIPE, TINY_SPACE, run_cli, run_here
 
 # pytest-xdist runs two tests at a time (setup.cfg): one thread each, so that they do not fight
 # over the cores; alone, two.
@@ -13,6 +13,12 @@ torch.set_num_threads(1 if XDIST else max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def refuse():
+    """The CLI in this process, for input it must refuse before any work (`run_here`)."""
+    return run_here
 
 
 @pytest.fixture

@@ -218,12 +218,12 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_cli_bad_input_exit_2_one_line_nothing_written(tmp_path, cli, case):
+def test_cli_bad_input_exit_2_one_line_nothing_written(tmp_path, refuse, case):
     make_args, message = BAD[case]
     (tmp_path / "file.txt").write_text("x")
     args = make_args(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    res = cli("export", *args, cwd=tmp_path)
+    res = refuse("export", *args, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr

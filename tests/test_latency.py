@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli, run_here
 
 from condconv_nas import build_model, load_spec, predict_latency
 from condconv_nas.errors import UsageError
@@ -247,7 +247,7 @@ def test_latency_command_prints_predicted_and_measured(tmp_path):
         (["search", "--budget", "400M", "--latency-budget", "abc"], "latency"),
         (["search", "--budget", "400M", "--objective", "speed"], "--objective"),
     ):
-        res = run_cli(*args, "--format", "json", env=env)
+        res = run_here(*args, "--format", "json", env=env)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and word in lines[0], res.stderr
 
@@ -388,7 +388,7 @@ def test_search_under_a_latency_budget_never_trains_slow_candidates(files, monke
     assert shown.returncode == 0 and json.loads(shown.stdout) == front
     # a resume with another latency budget is another run: refused, nothing changed
     before = (run / "trials.csv").read_text()
-    res = search("--latency-budget", "1000ms")
+    res = _search_split(files, "--latency-budget", "1000ms", run="lat", cache="cache", cli=run_here)
     assert res.returncode == 2 and "latency_budget" in res.stderr
     assert (run / "trials.csv").read_text() == before
 
@@ -446,9 +446,10 @@ def _device_table(files, device_tables):
     return files / "device.json", mine
 
 
-def _search_split(files, *extra, run="dev", cache="here", seed=2, timeout=900):
-    """A 4-trial search of ``split.yaml`` on one thread, the latency cache in ``files/cache``."""
-    return run_cli(
+def _search_split(files, *extra, run="dev", cache="here", seed=2, timeout=900, cli=run_cli):
+    """A 4-trial search of ``split.yaml`` on one thread, the latency cache in ``files/cache``
+    (``cli=run_here``: in this process, for a search that must be refused)."""
+    return cli(
         "search",
         "--budget",
         "2G",
@@ -526,7 +527,7 @@ def test_a_device_table_that_cannot_serve_is_refused_before_writing(
     data = json.loads(device.read_text())
     change(data)
     device.write_text(json.dumps(data))
-    res = _search_split(files, *args, "--latency-device", device)
+    res = _search_split(files, *args, "--latency-device", device, cli=run_here)
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (files / "results").exists()

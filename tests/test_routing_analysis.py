@@ -239,19 +239,19 @@ def test_every_routing_variant(spec, layers):
     assert all(v > 0 for v in spread.values())  # fresh routers vary, fresh experts differ
 
 
-def test_static_model_and_foreign_files_exit_2(tmp_path, cli):
+def test_static_model_and_foreign_files_exit_2(tmp_path, refuse):
     static = ArchSpec.from_dict(TINY)
     checkpoint.save(
         {"spec": static.to_dict(), "model": build_model(static).state_dict()}, tmp_path / "s.pt"
     )
-    res = cli("analyze", tmp_path / "s.pt")
+    res = refuse("analyze", tmp_path / "s.pt")
     assert res.returncode == 2 and "no CondConv layers" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "routing").exists()
     (tmp_path / "notes.pt").write_text("not a checkpoint")
-    res = cli("analyze", tmp_path / "notes.pt")
+    res = refuse("analyze", tmp_path / "notes.pt")
     assert res.returncode == 2 and "not a condconv-nas checkpoint" in res.stderr
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    res = cli("analyze", tmp_path / "other.pt", "--data", "digits")
+    res = refuse("analyze", tmp_path / "other.pt", "--data", "digits")
     assert res.returncode == 2 and "no spec" in res.stderr
     assert not (tmp_path / "routing").exists()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import ctrl_c_default
+from helpers import ctrl_c_default, run_here
 
 # Every test that starts Ray, or checks that none runs, lives in this file: pytest-xdist runs a
 # file's tests one after another (setup.cfg: --dist loadfile), so they never run beside each other.
@@ -429,7 +429,7 @@ def test_a_real_cluster_trains_each_trial_on_two_workers_and_one_killed_fails_on
 def test_workers_per_trial_refused_with_one_line_before_anything_is_written(files, extra, says):
     cores = str((os.cpu_count() or 1) + 1)  # one worker more than a local Ray has CPUs
     extra = [cores if e == "CORES" else e for e in extra]
-    res = subprocess.run(search_cmd(files, "w", *extra), capture_output=True, text=True)
+    res = run_here(*search_cmd(files, "w", *extra)[3:])  # in this process: no Ray may start
     assert res.returncode == 2 and says in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 2
     assert not (files / "results").exists()
@@ -437,9 +437,7 @@ def test_workers_per_trial_refused_with_one_line_before_anything_is_written(file
 
 
 def test_address_needs_the_ray_backend(files):
-    res = subprocess.run(
-        search_cmd(files, "x", "--address", "127.0.0.1:1"), capture_output=True, text=True
-    )
+    res = run_here(*search_cmd(files, "x", "--address", "127.0.0.1:1")[3:])
     assert res.returncode == 2 and "--backend ray" in res.stderr and "Traceback" not in res.stderr
     assert not (files / "results").exists()
 

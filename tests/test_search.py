@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from helpers import NARROW_SPACE, ctrl_c_default, run_cli
+from helpers import NARROW_SPACE, ctrl_c_default, run_cli, run_here
 
 import condconv_nas
 from condconv_nas import count_madds, load_spec
@@ -260,7 +260,7 @@ def test_resume_after_interrupt_keeps_finished_trials_and_exact_total(files):
     ],
 )
 def test_refused_cases_exit_2_and_write_nothing(tmp_path, args, message):
-    res = run_cli("search", *args, "--results", tmp_path / "results")
+    res = run_here("search", *args, "--results", tmp_path / "results")
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "results").exists()
@@ -769,7 +769,7 @@ def test_the_dense_start_is_the_widest_static_network_on_the_largest_maps_the_bu
 def test_a_space_whose_stride_plan_leaves_no_map_is_refused(tmp_path):
     bad = SMALL_SPACE.replace("resolution: 32", "resolution: 12")
     (tmp_path / "bad.yaml").write_text(bad)
-    res = run_cli(
+    res = run_here(
         "search", "--budget", "1G", "--space", tmp_path / "bad.yaml", "--results", tmp_path / "r"
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr

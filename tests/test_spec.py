@@ -122,22 +122,22 @@ def test_invalid_spec_rejected_naming_the_field(case):
         "skip leaves under 1x1",
     ],
 )
-def test_invalid_spec_through_cli_exit_2(case, tmp_path, cli):
+def test_invalid_spec_through_cli_exit_2(case, tmp_path, refuse):
     d, field = INVALID[case]
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(d))
-    res = cli("madds", path)
+    res = refuse("madds", path)
     assert res.returncode == 2
     assert field in res.stderr and "Traceback" not in res.stderr
     assert res.stdout == ""
 
 
-def test_malformed_json_and_missing_file_exit_2(tmp_path, cli):
+def test_malformed_json_and_missing_file_exit_2(tmp_path, refuse):
     path = tmp_path / "broken.json"
     path.write_text("{not json")
-    res = cli("madds", path)
+    res = refuse("madds", path)
     assert res.returncode == 2 and "not valid JSON" in res.stderr and "Traceback" not in res.stderr
-    res = cli("madds", tmp_path / "missing.json")
+    res = refuse("madds", tmp_path / "missing.json")
     assert res.returncode == 2 and "no such spec file" in res.stderr
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_here
 
 from condconv_nas.training.checkpoint import load_exported
 
@@ -61,11 +62,11 @@ def test_train_then_resume_continues(tmp_path, recipe, cli):
         (["mobilenet-v2", "--trainer", recipe], "spec"),
         (["mobilenet-v1", "--trainer", tmp_path / "sgd.yaml"], "optimizer"),
     ):
-        res = cli("train", *args, "--epochs", "4", "--out", out, "--resume")
+        res = run_here("train", *args, "--epochs", "4", "--out", out, "--resume")
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and word in lines[0], res.stderr
     # fewer epochs than last.pt holds: refused; as many: nothing trained, the same answer
-    res = cli(
+    res = run_here(
         "train", "mobilenet-v1", "--trainer", recipe, "--epochs", "2", "--out", out, "--resume"
     )
     assert res.returncode == 2 and "has trained 3 epochs" in res.stderr, res.stderr
@@ -300,15 +301,15 @@ def test_imagenet_recipe_augmentations_one_step(tmp_path, monkeypatch):
     assert all(g["eps"] == 1e-3 for g in opt.param_groups), [g["eps"] for g in opt.param_groups]
 
 
-def test_bad_recipe_and_missing_data_exit_2(tmp_path, cli):
+def test_bad_recipe_and_missing_data_exit_2(tmp_path, refuse):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 2\nlearning_rate: 0.1\n")
-    res = cli("train", "mobilenet-v1", "--trainer", bad, "--out", tmp_path / "o")
+    res = refuse("train", "mobilenet-v1", "--trainer", bad, "--out", tmp_path / "o")
     assert res.returncode == 2 and "learning_rate" in res.stderr and "Traceback" not in res.stderr
-    res = cli("train", "mobilenet-v1", "--data", "imagefolder:/no/such", "--out", tmp_path / "o")
+    res = refuse("train", "mobilenet-v1", "--data", "imagefolder:/no/such", "--out", tmp_path / "o")
     assert res.returncode == 2 and "/no/such" in res.stderr
     assert not (tmp_path / "o").exists()
-    res = cli("evaluate", tmp_path / "missing.pt")
+    res = refuse("evaluate", tmp_path / "missing.pt")
     assert res.returncode == 2 and "missing.pt" in res.stderr
 
 

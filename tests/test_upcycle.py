@@ -311,18 +311,18 @@ def test_search_init_file_end_to_end(files, cli):
         assert (0.8 < share < 1) if r["width_multiplier"] == "0.35" else (0.2 < share < 0.8)
 
 
-def test_mismatched_source_exits_2_naming_both(files, cli, tmp_path):
-    res = cli("train", "mobilenet-v1", "--init", files / "v2.pt", "--out", tmp_path / "o")
+def test_mismatched_source_exits_2_naming_both(files, refuse, tmp_path):
+    res = refuse("train", "mobilenet-v1", "--init", files / "v2.pt", "--out", tmp_path / "o")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "mobilenet_v1" in res.stderr and "mobilenet_v2" in res.stderr
     assert not (tmp_path / "o").exists()
-    res = cli(
+    res = refuse(
         "search", "--budget", "400M", "--space", "efficientnet_b0", "--results", tmp_path / "res",
         "--init", files / "v2.pt",
     )  # fmt: skip
     assert res.returncode == 2 and "mobilenet_v2" in res.stderr and "efficientnet_b0" in res.stderr
     assert not (tmp_path / "res").exists()
-    res = cli("train", "mobilenet-v2", "--init", tmp_path / "none.pt", "--out", tmp_path / "o")
+    res = refuse("train", "mobilenet-v2", "--init", tmp_path / "none.pt", "--out", tmp_path / "o")
     assert res.returncode == 2 and "none.pt" in res.stderr
 
 
