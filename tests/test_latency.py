@@ -384,7 +384,7 @@ def test_search_under_a_latency_budget_never_trains_slow_candidates(files, monke
     config = json.loads((run / "config.json").read_text())
     assert config["latency_budget"] == limit and config["latency_batch"] == 1
     assert config["objective"] == "madds" and config["latency_table"]["threads"] == 1
-    shown = run_cli("show", run, "--format", "json")
+    shown = run_here("show", run, "--format", "json")
     assert shown.returncode == 0 and json.loads(shown.stdout) == front
     # a resume with another latency budget is another run: refused, nothing changed
     before = (run / "trials.csv").read_text()

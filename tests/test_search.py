@@ -108,12 +108,12 @@ def test_end_to_end_search_writes_every_file(files):
     assert shown.returncode == 0 and json.loads(shown.stdout) == front
     # the best spec, named: a path that works from here, and the run folder itself as a spec
     best = max(front, key=lambda p: p["top1"])
-    named = run_cli("show", run, "--best")
+    named = run_here("show", run, "--best")
     assert named.returncode == 0 and named.stdout.strip() == str(
         run / "specs" / f"{best['trial']}.json"
     )
     assert load_spec(named.stdout.strip()) == load_spec(run) == load_spec(best["spec"])
-    table = run_cli("show", run).stdout
+    table = run_here("show", run).stdout
     assert str(run / "specs" / f"{best['trial']}.json") in table
 
 
@@ -322,7 +322,7 @@ def test_chance_level_trials_are_recorded_and_kept_off_the_front(files):
     )  # the same point twice
     assert json.loads((run / "pareto.json").read_text()) == [] and not (run / "specs").exists()
     assert "2 untrained (not clearly above chance), kept off the front" in res.stderr
-    shown = run_cli("show", run)
+    shown = run_here("show", run)
     assert shown.returncode == 0 and "2 trial(s) trained to no better than chance" in shown.stderr
 
 

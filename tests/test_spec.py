@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_here
 
 from condconv_nas import load_spec
 from condconv_nas.spec import PRESETS, ArchSpec, SpecError
@@ -141,18 +142,18 @@ def test_malformed_json_and_missing_file_exit_2(tmp_path, refuse):
     assert res.returncode == 2 and "no such spec file" in res.stderr
 
 
-def test_madds_cli_json(cli):
-    res = cli("madds", "condconv-efficientnet-b0", "--format", "json")
+def test_madds_cli_json():
+    res = run_here("madds", "condconv-efficientnet-b0", "--format", "json")  # in this process
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["params"] == 24013284 and isinstance(out["madds"], int)
     assert abs(out["madds"] / 1e6 - 413) / 413 < 0.025
-    res = cli("madds", "mobilenet-v1", "--resolution", "112", "--format", "json")
+    res = run_here("madds", "mobilenet-v1", "--resolution", "112", "--format", "json")
     assert json.loads(res.stdout)["resolution"] == 112
 
 
-def test_table1_cli(cli):
-    res = cli("table1", "--format", "json")
+def test_table1_cli():
+    res = run_here("table1", "--format", "json")  # in this process
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     # the paper's Table 1 MADDs (M), baseline then CondConv, written here, not read from the code
