@@ -7,20 +7,16 @@ no example ever starts a search, a training or a measurement. Derandomized: the 
 on every run.
 """
 
-import contextlib
 import importlib.util
-import io
 import json
-import os
 import warnings
 
 import pytest
 import torch
 import yaml
+from helpers import run_here
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from condconv_nas.cli import main
 
 FUZZ = settings(
     max_examples=12,
@@ -50,37 +46,18 @@ def _tree(root):
 def refused(folder, argv, word=None):
     """Run the CLI in ``folder``: exit 2, one line on stderr (naming ``word``), nothing written."""
     before = _tree(folder)
-    out, err = io.StringIO(), io.StringIO()
-    cwd, threads = os.getcwd(), torch.get_num_threads()
-    env = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # the default --threads: no look at the cores
-    os.chdir(folder)
-    try:
-        with (
-            warnings.catch_warnings(record=True) as caught,
-            contextlib.redirect_stdout(out),
-            contextlib.redirect_stderr(err),
-        ):
-            warnings.simplefilter("always")
-            try:
-                code = main([str(a) for a in argv])
-            except SystemExit as e:  # argparse's own errors
-                code = e.code
-    finally:
-        os.chdir(cwd)
-        torch.set_num_threads(threads)
-        if env is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = env
-    text = err.getvalue()
+    # OMP_NUM_THREADS: the default --threads, without a look at the cores
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_here(*argv, cwd=folder, env={"OMP_NUM_THREADS": torch.get_num_threads()})
+    code, text, out = res.returncode, res.stderr, res.stdout
     shown = [a if len(str(a)) < 200 else f"{str(a)[:100]}...({len(str(a))} chars)" for a in argv]
     assert code == 2, (shown, code, text[-3000:])
     lines = text.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("condconv-nas"), (shown, text[-3000:])
     if word is not None:
         assert word in lines[0], (shown, lines[0][:500])
-    assert "Traceback" not in text and out.getvalue() == ""
+    assert "Traceback" not in text and out == ""
     assert not [str(w.message) for w in caught if w.category is not FutureWarning]
     assert _tree(folder) == before, ("something was written", shown)
     return lines[0]
