@@ -30,10 +30,10 @@ def run_cli(*args, cwd=None, timeout=900, env=None):
 def run_here(*args, cwd=None, env=None, timeout=None):
     """``condconv-nas ARGS`` in this process, through the CLI's ``main``: for input the CLI must
     refuse before any work, and for commands that read a result (``show``, ``madds``). The exit
-    status, stdout and stderr are a fresh process's, without its
-    6 to 8 s of imports (torch, timm, Optuna); an exception escaping ``main`` fails the test, as
-    its traceback would. Threads, the working folder and the environment are put back;
-    ``timeout``, taken as `run_cli` takes it, is not needed."""
+    status, stdout and stderr are a fresh process's, without its 6 to 8 s of imports (torch,
+    timm, Optuna); an exception escaping ``main`` fails the test, as its traceback would.
+    Threads, the working folder and the environment are put back; ``timeout``, taken as
+    `run_cli` takes it, is not needed."""
     import torch
 
     from condconv_nas.cli import main

@@ -67,7 +67,7 @@ class RunFolder:
         self, records: list[TrialRecord], *, finished: int, running: int, final: bool = True
     ) -> SearchResult:
         """Write the folder from ``records``; ``finished`` and ``running``: the run's counts.
-        ``final``: the search stops here, so the pictures are drawn whenever they were last."""
+        ``final``: the search stops here, so the pictures are drawn however recently they were."""
         task = self.task
         rows = [r.row() for r in records]
         if task.uses_latency:
