@@ -32,31 +32,42 @@ def run_here(*args, cwd=None, env=None, timeout=None):
     refuse before any work, and for commands that read a result (``show``, ``madds``). The exit
     status, stdout and stderr are a fresh process's, without its 6 to 8 s of imports (torch,
     timm, Optuna); an exception escaping ``main`` fails the test, as its traceback would.
-    Threads, the working folder and the environment are put back; ``timeout``, taken as
-    `run_cli` takes it, is not needed."""
+    Warnings are written to its stderr as the CLI prints them (pytest would record them instead).
+    Threads, the working folder, the environment and the warning format are put back;
+    ``timeout``, taken as `run_cli` takes it, is not needed."""
+    import warnings
+
     import torch
 
     from condconv_nas.cli import main
 
     out, err, threads, here = io.StringIO(), io.StringIO(), torch.get_num_threads(), os.getcwd()
-    saved = {k: os.environ.get(k) for k in env or {}}
+    environ, formatwarning = dict(os.environ), warnings.formatwarning
     try:
         os.environ.update({k: str(v) for k, v in (env or {}).items()})
         if cwd is not None:
             os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            warnings.simplefilter("default")  # then Python's own defaults, as a fresh process has
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+                warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("ignore", category=ResourceWarning)
             try:
                 code = main([str(a) for a in args])
             except SystemExit as e:  # argparse's own errors
                 code = e.code
+            for w in caught:
+                err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
     finally:
         os.chdir(here)
         torch.set_num_threads(threads)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.clear()
+        os.environ.update(environ)
+        warnings.formatwarning = formatwarning
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 

@@ -99,8 +99,8 @@ def variant(base, begin, *, width=0.25, depth=0.5, **routing_and_classifier):
     )
 
 
-# Every base's CondConv blocks and every routing form, at depth 0.5 and width 0.25 (an export
-# takes 10 to 20 s); the presets are these blocks at full size, CondConv-EfficientNet-B0 above.
+# Every base's CondConv blocks, every routing form and a static network, at depth 0.5 and width
+# 0.25 (an export takes 10 to 20 s); the presets are these blocks at full size, CondConv-B0 above.
 VARIANTS = {
     # every CondConv layer with its own router, from the stem on
     "share layer, stem": variant("efficientnet_b0", 1, share="layer"),
@@ -127,6 +127,8 @@ VARIANTS = {
     # small images: the first two halvings at stride 1 (4x4 final maps at 32 px)
     "skip_downsample 2, efficientnet": variant("efficientnet_b0", 6).replace(skip_downsample=2),
     "skip_downsample 2, resnet": variant("resnet50", 6, share="pair").replace(skip_downsample=2),
+    # and a network with no CondConv layer at all
+    "static": variant("efficientnet_b0", 1).replace(condconv=None),
 }
 
 

@@ -548,10 +548,18 @@ def test_two_workers_started_together_with_different_seeds_share_the_run(files):
     assert all(n >= 1 for n in worked) and sum(worked) == 6, worked
 
 
-def test_library_search_returns_the_run_and_prints_nothing(files, capsys):
+def test_library_search_returns_the_run_and_prints_nothing(files, capsys, monkeypatch):
     import condconv_nas
     from condconv_nas.errors import UsageError
+    from condconv_nas.nas import run_folder
 
+    # the pictures: drawn after the first trial, then not for a long while, then as the search
+    # ends (whatever the time): twice for two trials
+    monkeypatch.setattr(run_folder.RunFolder, "picture_every", 1e9)
+    drawn, draw = [], run_folder.draw_run
+    monkeypatch.setattr(
+        run_folder, "draw_run", lambda *a, **k: drawn.append(len(a[1])) or draw(*a, **k)
+    )
     result = condconv_nas.search(
         budget="2G",
         space=str(files / "narrow.yaml"),
@@ -567,6 +575,7 @@ def test_library_search_returns_the_run_and_prints_nothing(files, capsys):
         int(r["trial"]) for r in csv.DictReader((result.run_dir / "trials.csv").open())
     ]
     assert capsys.readouterr() == ("", "")
+    assert drawn == [1, 2]  # the rows drawn: after the first trial, and both at the end
     for kwargs, message in (
         ({"budget": "lots"}, "budget"),
         ({"budget": 0}, "budget"),
@@ -819,7 +828,7 @@ def test_the_run_folder_draws_its_pictures_at_most_every_half_minute_and_when_th
     tmp_path, monkeypatch
 ):
     """trials.csv and the front follow every trial; pareto.png and pareto.html are drawn after
-    the first trial, then no more often than every 30 s, and always as the search stops."""
+    the first trial, then no more often than every 30 s, and always as the search ends."""
     from condconv_nas.nas import run_folder
 
     clock, drawn = [100.0], []

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import run_here
+from helpers import run_cli, run_here
 
 from condconv_nas import load_spec
 from condconv_nas.spec import PRESETS, ArchSpec, SpecError
@@ -148,7 +148,8 @@ def test_madds_cli_json():
     out = json.loads(res.stdout)
     assert out["params"] == 24013284 and isinstance(out["madds"], int)
     assert abs(out["madds"] / 1e6 - 413) / 413 < 0.025
-    res = run_here("madds", "mobilenet-v1", "--resolution", "112", "--format", "json")
+    # a fresh process, as a user runs it (imports nothing the test process had done for it)
+    res = run_cli("madds", "mobilenet-v1", "--resolution", "112", "--format", "json")
     assert json.loads(res.stdout)["resolution"] == 112
 
 

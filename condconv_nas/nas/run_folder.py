@@ -47,7 +47,7 @@ class SearchInterrupted(KeyboardInterrupt):
 
 class RunFolder:
     """The run folder's tables and front, rewritten from the records after each trial; its
-    pictures too, at most every ``picture_every`` seconds and whenever the search stops.
+    pictures too, at most every ``picture_every`` seconds, and as the search ends or is interrupted.
 
     Drawing them takes about a second, as long as counting an over-budget candidate: redrawn
     after every trial, they doubled the time of a search through cheap trials."""
